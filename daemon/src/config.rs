@@ -1,0 +1,478 @@
+//! Daemon configuration: TOML on disk → [`Config`], validated once.
+//!
+//! The file is parsed into `Raw*` structs that mirror the TOML exactly
+//! (`deny_unknown_fields`, so a misspelt key is refused with its name), then
+//! [`Config::from_raw`] checks the cross-field rules (dev mode only on
+//! loopback, unique ids, a key for every callback URL) and produces the
+//! values the rest of the daemon trusts. Every key is documented in
+//! `docs/configuration.md` and in `packaging/kiroku.toml`.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    callbacks: RawCallbacks,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    credentials: Vec<RawCredential>,
+    #[serde(default)]
+    apps: Vec<RawApp>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    public_url: Option<String>,
+    max_body_bytes: Option<usize>,
+    shutdown_grace_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_tasks: Option<usize>,
+    api_rate_per_second: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCallbacks {
+    retry_for_seconds: Option<u64>,
+    timeout_seconds: Option<u64>,
+    max_in_flight: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
+    format: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredential {
+    secret_id: String,
+    secret_key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    sdk_app_id: u32,
+    user_sig_key: Option<String>,
+    callback_url: Option<String>,
+    callback_key: Option<String>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub limits: Limits,
+    pub callbacks: CallbackConfig,
+    pub log: LogConfig,
+    /// TC3-HMAC-SHA256 API keys. Empty = open dev mode (loopback only).
+    pub credentials: Vec<Credential>,
+    /// Known applications. Empty in dev mode = any SdkAppId is accepted.
+    pub apps: Vec<AppConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub public_url: String,
+    pub max_body_bytes: usize,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_tasks: usize,
+    pub api_rate_per_second: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct CallbackConfig {
+    /// How long an undelivered callback is retried before it is given up.
+    pub retry_for: Duration,
+    /// Per-attempt HTTP timeout.
+    pub timeout: Duration,
+    /// Callback POSTs in flight at once (over all tasks).
+    pub max_in_flight: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Clone)]
+pub struct Credential {
+    pub secret_id: String,
+    pub secret_key: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("secret_id", &self.secret_id)
+            .field("secret_key", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Clone)]
+pub struct AppConfig {
+    pub sdk_app_id: u32,
+    pub user_sig_key: Option<String>,
+    pub callback: Option<CallbackTarget>,
+}
+
+impl std::fmt::Debug for AppConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppConfig")
+            .field("sdk_app_id", &self.sdk_app_id)
+            .field("user_sig_key", &self.user_sig_key.as_ref().map(|_| "<redacted>"))
+            .field("callback", &self.callback.as_ref().map(|c| &c.url))
+            .finish()
+    }
+}
+
+/// Where an app's callbacks go and the key that signs them.
+#[derive(Clone)]
+pub struct CallbackTarget {
+    pub url: String,
+    pub key: String,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATA_DIR: &str = "./kiroku-data";
+pub const DEFAULT_MAX_TASKS: usize = 100;
+pub const DEFAULT_API_RATE: u32 = 20;
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_CALLBACK_RETRY_FOR_SECONDS: u64 = 24 * 3600;
+
+impl Config {
+    /// The embedded defaults (`kiroku serve` without `--config`).
+    pub fn embedded_defaults() -> Self {
+        // The raw default has no required fields, so this cannot fail; a
+        // failure would be a bug in the defaults themselves.
+        Self::from_raw(RawConfig::default()).expect("embedded defaults are valid")
+    }
+
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<config>"),
+            message: e.to_string(),
+        })?;
+        Self::from_raw(raw)
+    }
+
+    /// True when no API credentials are configured: requests are not
+    /// signature-checked. Only allowed on a loopback listen address.
+    pub fn dev_mode(&self) -> bool {
+        self.credentials.is_empty()
+    }
+
+    pub fn app(&self, sdk_app_id: u32) -> Option<&AppConfig> {
+        self.apps.iter().find(|a| a.sdk_app_id == sdk_app_id)
+    }
+
+    fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
+        let listen_text = raw.server.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            invalid(
+                "server.listen",
+                format!("`{listen_text}` is not an IP:port address (e.g. 127.0.0.1:8080)"),
+            )
+        })?;
+        let public_url = match raw.server.public_url {
+            Some(url) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(invalid(
+                        "server.public_url",
+                        format!("`{url}` must start with http:// or https://"),
+                    ));
+                }
+                url.trim_end_matches('/').to_owned()
+            }
+            None => format!("http://{listen}"),
+        };
+        let max_body_bytes = raw
+            .server
+            .max_body_bytes
+            .unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if !(1024..=64 * 1024 * 1024).contains(&max_body_bytes) {
+            return Err(invalid(
+                "server.max_body_bytes",
+                "must be between 1024 and 67108864",
+            ));
+        }
+        let shutdown_grace = Duration::from_secs(raw.server.shutdown_grace_seconds.unwrap_or(30));
+
+        let max_tasks = raw.limits.max_tasks.unwrap_or(DEFAULT_MAX_TASKS);
+        if max_tasks == 0 {
+            return Err(invalid("limits.max_tasks", "must be at least 1"));
+        }
+        let api_rate_per_second = raw.limits.api_rate_per_second.unwrap_or(DEFAULT_API_RATE);
+        if api_rate_per_second == 0 {
+            return Err(invalid("limits.api_rate_per_second", "must be at least 1"));
+        }
+
+        let retry_for = Duration::from_secs(
+            raw.callbacks
+                .retry_for_seconds
+                .unwrap_or(DEFAULT_CALLBACK_RETRY_FOR_SECONDS),
+        );
+        let timeout_seconds = raw.callbacks.timeout_seconds.unwrap_or(5);
+        if !(1..=120).contains(&timeout_seconds) {
+            return Err(invalid("callbacks.timeout_seconds", "must be 1..=120"));
+        }
+        let max_in_flight = raw.callbacks.max_in_flight.unwrap_or(16);
+        if max_in_flight == 0 {
+            return Err(invalid("callbacks.max_in_flight", "must be at least 1"));
+        }
+
+        let level = raw.log.level.unwrap_or_else(|| "info".to_owned());
+        let format = match raw.log.format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(invalid(
+                    "log.format",
+                    format!("`{other}` is not one of \"text\", \"json\""),
+                ))
+            }
+        };
+
+        let mut seen_ids = HashSet::new();
+        let mut credentials = Vec::with_capacity(raw.credentials.len());
+        for (i, c) in raw.credentials.into_iter().enumerate() {
+            if c.secret_id.is_empty() || c.secret_key.is_empty() {
+                return Err(invalid(
+                    format!("credentials[{i}]"),
+                    "secret_id and secret_key must not be empty",
+                ));
+            }
+            if !seen_ids.insert(c.secret_id.clone()) {
+                return Err(invalid(
+                    format!("credentials[{i}].secret_id"),
+                    format!("`{}` appears twice", c.secret_id),
+                ));
+            }
+            credentials.push(Credential {
+                secret_id: c.secret_id,
+                secret_key: c.secret_key,
+            });
+        }
+
+        let mut seen_apps = HashSet::new();
+        let mut apps = Vec::with_capacity(raw.apps.len());
+        for (i, a) in raw.apps.into_iter().enumerate() {
+            if a.sdk_app_id == 0 {
+                return Err(invalid(format!("apps[{i}].sdk_app_id"), "must not be 0"));
+            }
+            if !seen_apps.insert(a.sdk_app_id) {
+                return Err(invalid(
+                    format!("apps[{i}].sdk_app_id"),
+                    format!("{} appears twice", a.sdk_app_id),
+                ));
+            }
+            if a.user_sig_key.as_deref() == Some("") {
+                return Err(invalid(
+                    format!("apps[{i}].user_sig_key"),
+                    "must not be empty (leave it out to accept any UserSig)",
+                ));
+            }
+            let callback = match (a.callback_url, a.callback_key) {
+                (None, None) => None,
+                (Some(url), Some(key)) => {
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        return Err(invalid(
+                            format!("apps[{i}].callback_url"),
+                            format!("`{url}` must start with http:// or https://"),
+                        ));
+                    }
+                    if key.is_empty() {
+                        return Err(invalid(
+                            format!("apps[{i}].callback_key"),
+                            "must not be empty",
+                        ));
+                    }
+                    Some(CallbackTarget { url, key })
+                }
+                (Some(_), None) => {
+                    return Err(invalid(
+                        format!("apps[{i}].callback_key"),
+                        "is required with callback_url: callbacks are always signed",
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(invalid(
+                        format!("apps[{i}].callback_url"),
+                        "is required when callback_key is set",
+                    ))
+                }
+            };
+            apps.push(AppConfig {
+                sdk_app_id: a.sdk_app_id,
+                user_sig_key: a.user_sig_key,
+                callback,
+            });
+        }
+
+        if credentials.is_empty() && !listen.ip().is_loopback() {
+            return Err(invalid(
+                "credentials",
+                format!(
+                    "no [[credentials]] configured (open dev mode) but server.listen is {listen}: \
+                     dev mode is only allowed on a loopback address; add [[credentials]] or listen on 127.0.0.1"
+                ),
+            ));
+        }
+
+        Ok(Config {
+            data_dir: raw
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            server: ServerConfig {
+                listen,
+                public_url,
+                max_body_bytes,
+                shutdown_grace,
+            },
+            limits: Limits {
+                max_tasks,
+                api_rate_per_second,
+            },
+            callbacks: CallbackConfig {
+                retry_for,
+                timeout: Duration::from_secs(timeout_seconds),
+                max_in_flight,
+            },
+            log: LogConfig { level, format },
+            credentials,
+            apps,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        match Config::parse(text) {
+            Ok(_) => panic!("config was accepted: {text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn embedded_defaults_are_dev_mode_on_loopback() {
+        let c = Config::embedded_defaults();
+        assert!(c.dev_mode());
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.data_dir, PathBuf::from("./kiroku-data"));
+        assert_eq!(c.limits.max_tasks, 100);
+        assert_eq!(c.limits.api_rate_per_second, 20);
+        assert_eq!(c.server.public_url, "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn example_config_in_packaging_is_valid() {
+        let text = include_str!("../../packaging/kiroku.toml");
+        let c = Config::parse(text).expect("packaging/kiroku.toml parses");
+        assert!(!c.dev_mode());
+        assert_eq!(c.apps.len(), 1);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        assert!(err("colour = 1").contains("colour"));
+        assert!(err("[server]\nlistn = \"127.0.0.1:1\"").contains("listn"));
+        assert!(err("[[apps]]\nsdk_app_id = 1\nsdkappid = 2").contains("sdkappid"));
+    }
+
+    #[test]
+    fn dev_mode_needs_loopback() {
+        let e = err("[server]\nlisten = \"0.0.0.0:8080\"");
+        assert!(e.contains("loopback"), "{e}");
+        let ok = Config::parse(
+            "[server]\nlisten = \"0.0.0.0:8080\"\n[[credentials]]\nsecret_id = \"a\"\nsecret_key = \"b\"",
+        )
+        .expect("valid");
+        assert!(!ok.dev_mode());
+        assert!(Config::parse("[server]\nlisten = \"[::1]:8080\"").is_ok());
+    }
+
+    #[test]
+    fn cross_field_rules() {
+        assert!(err("[[apps]]\nsdk_app_id = 1\ncallback_url = \"http://x\"").contains("callback_key"));
+        assert!(err("[[apps]]\nsdk_app_id = 1\n[[apps]]\nsdk_app_id = 1").contains("twice"));
+        assert!(err("[limits]\nmax_tasks = 0").contains("limits.max_tasks"));
+        assert!(err("[server]\nlisten = \"localhost\"").contains("server.listen"));
+        assert!(err("[log]\nformat = \"xml\"").contains("log.format"));
+    }
+}

@@ -1,0 +1,23 @@
+//! kiroku: an on-premises recording appliance for real-time audio/video
+//! rooms, with a REST API wire-compatible with Tencent Cloud TRTC's cloud
+//! recording.
+//!
+//! Module map (see `docs/architecture.md`):
+//! - [`config`]: TOML → validated configuration.
+//! - [`api`]: the Tencent-compatible REST API (TC3 signatures, validation,
+//!   rate limits, the axum edge).
+//! - [`auth`]: TRTC UserSig verification.
+//! - [`task`]: recording tasks, their parameters and lifecycle.
+//! - [`notify`]: signed event callbacks from a durable outbox.
+//! - [`store`]: the embedded transactional state store.
+//! - [`metrics`], [`systemd`], [`server`]: operations.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod metrics;
+pub mod notify;
+pub mod server;
+pub mod store;
+pub mod systemd;
+pub mod task;

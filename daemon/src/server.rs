@@ -1,0 +1,141 @@
+//! The daemon: wires the store, the outbox, the task manager and the HTTP
+//! listener together, and drains them on shutdown.
+//!
+//! [`run`] takes an already bound listener and a shutdown future (as
+//! mini-redis does), so tests and the binary drive it the same way.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::api::http::{self as api_http, ApiState};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::notify::deliver;
+use crate::store::Store;
+use crate::systemd;
+use crate::task::manager::Manager;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error("cannot create data_dir {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("HTTP server: {0}")]
+    Http(std::io::Error),
+}
+
+struct Shared {
+    api: Arc<ApiState>,
+    metrics: Metrics,
+}
+
+pub fn router(api: Arc<ApiState>, metrics: Metrics) -> Router {
+    let shared = Arc::new(Shared { api: api.clone(), metrics });
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .with_state(shared)
+        .merge(Router::new().route("/", any(api_http::handle)).with_state(api))
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics_text(State(s): State<Arc<Shared>>) -> Response {
+    let _ = &s.api;
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Runs the daemon on `listener` until `shutdown` completes, then drains:
+/// stops accepting, lets in-flight requests finish (up to
+/// `server.shutdown_grace_seconds`), stops the workers and closes the store.
+/// Live tasks stay live in the store and resume at the next start.
+pub async fn run(config: Arc<Config>, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
+    let store_path = config.data_dir.join("state.redb");
+    let store = {
+        let path = store_path.clone();
+        tokio::task::spawn_blocking(move || Store::open(&path))
+            .await
+            .map_err(|e| ServerError::Http(std::io::Error::other(e)))??
+    };
+    let store = Arc::new(store);
+    let records = store.load_tasks()?;
+    let backlog = store.load_outbox()?;
+    tracing::info!(path = %store_path.display(), tasks = records.len(), callbacks_pending = backlog.len(), "state store opened");
+
+    let metrics = Metrics::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (outbox, outbox_worker) = deliver::start(store.clone(), backlog, config.callbacks, metrics.clone(), stop_rx.clone());
+    let manager = Manager::start(config.clone(), store.clone(), records, outbox, metrics.clone()).await;
+    let api = Arc::new(ApiState::new(config.clone(), manager.clone(), metrics.clone()));
+    let app = router(api, metrics);
+
+    let addr = listener.local_addr().map_err(ServerError::Http)?;
+    tracing::info!(%addr, public_url = %config.server.public_url, "listening");
+    systemd::ready(&format!("{} tasks", manager.live_count().await));
+    let heartbeat = tokio::spawn(heartbeat(manager.clone(), stop_rx));
+
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let grace = config.server.shutdown_grace;
+    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutdown requested: draining in-flight requests");
+        systemd::stopping();
+        let _ = drain_tx.send(());
+    });
+    let serve = tokio::spawn(async move { serve.await });
+    let result = tokio::select! {
+        r = serve => r.map_err(|e| ServerError::Http(std::io::Error::other(e)))?.map_err(ServerError::Http),
+        _ = async {
+            let _ = drain_rx.await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(grace_s = grace.as_secs(), "in-flight requests did not finish within the grace period");
+            Ok(())
+        }
+    };
+    let _ = stop_tx.send(true);
+    let _ = outbox_worker.await;
+    heartbeat.abort();
+    // Let every store handle go before returning so the database closes.
+    drop(manager);
+    drop(store);
+    tracing::info!("stopped");
+    result
+}
+
+async fn heartbeat(manager: Manager, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let watchdog = systemd::watchdog_interval();
+    let period = watchdog.unwrap_or(std::time::Duration::from_secs(10)).min(std::time::Duration::from_secs(10));
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if watchdog.is_some() {
+                    systemd::watchdog_ping();
+                }
+                systemd::status(&format!("{} tasks", manager.live_count().await));
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! The embedded transactional state store (redb, one file under `data_dir`).
+//!
+//! It holds the live tasks and the callback outbox. A task's state change
+//! and the callbacks it causes are committed in one transaction, so a crash
+//! can never record a stop without its 302 or send a 302 for a task that
+//! still runs. Every commit is durable (fsync) before the caller answers.
+//!
+//! Values are JSON: easy to inspect and to migrate, and tiny next to media.
+//! All calls block on disk; async callers go through `spawn_blocking`.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::notify::event::LeaveCode;
+use crate::task::params::RecordingSpec;
+
+const TASKS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tasks");
+const OUTBOX: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("outbox");
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("state store: {0}")]
+    Db(#[from] redb::Error),
+    #[error("state store: corrupt record {key}: {source}")]
+    Corrupt {
+        key: String,
+        source: serde_json::Error,
+    },
+}
+
+fn db_err(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Db(e.into())
+}
+
+/// Where a task is in its life (spec §3.2: Idle / InProgress / Exited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Created; no media pulled yet.
+    Idle,
+    /// Media is being recorded.
+    InProgress,
+    /// Stopping: files are being finished and uploaded.
+    Exited { leave_code: LeaveCode },
+}
+
+impl TaskState {
+    /// The `Status` string DescribeCloudRecording answers.
+    pub fn api_status(self) -> &'static str {
+        match self {
+            TaskState::Idle => "Idle",
+            TaskState::InProgress => "InProgress",
+            TaskState::Exited { .. } => "Exited",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub task_id: String,
+    pub spec: RecordingSpec,
+    pub state: TaskState,
+    pub created_ms: u64,
+}
+
+/// A callback waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub seq: u64,
+    pub task_id: String,
+    pub sdk_app_id: u32,
+    pub event_type: u32,
+    pub url: String,
+    pub body: String,
+    pub sign: String,
+    pub created_ms: u64,
+    pub attempts: u32,
+    pub next_attempt_ms: u64,
+}
+
+/// A callback to queue (its seq is assigned by the store).
+#[derive(Debug, Clone)]
+pub struct NewCallback {
+    pub task_id: String,
+    pub sdk_app_id: u32,
+    pub event_type: u32,
+    pub url: String,
+    pub body: String,
+    pub sign: String,
+    pub created_ms: u64,
+}
+
+/// A change to commit atomically.
+#[derive(Debug, Default)]
+pub struct Change<'a> {
+    pub put_task: Option<&'a TaskRecord>,
+    pub remove_task: Option<&'a str>,
+    pub callbacks: Vec<NewCallback>,
+}
+
+pub struct Store {
+    db: Database,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(db_err)?;
+        let txn = db.begin_write().map_err(db_err)?;
+        {
+            txn.open_table(TASKS).map_err(db_err)?;
+            txn.open_table(OUTBOX).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(Self { db })
+    }
+
+    pub fn load_tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(TASKS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(db_err)? {
+            let (k, v) = item.map_err(db_err)?;
+            let rec = serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
+                key: k.value().to_owned(),
+                source,
+            })?;
+            out.push(rec);
+        }
+        Ok(out)
+    }
+
+    /// The outbox in seq order.
+    pub fn load_outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(OUTBOX).map_err(db_err)?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(db_err)? {
+            let (k, v) = item.map_err(db_err)?;
+            let e = serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
+                key: format!("outbox/{}", k.value()),
+                source,
+            })?;
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    /// Commits a change; returns the queued callbacks with their seqs.
+    pub fn apply(&self, change: Change<'_>) -> Result<Vec<OutboxEntry>, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let mut queued = Vec::with_capacity(change.callbacks.len());
+        {
+            let mut tasks = txn.open_table(TASKS).map_err(db_err)?;
+            if let Some(rec) = change.put_task {
+                let bytes = serde_json::to_vec(rec).map_err(|source| StoreError::Corrupt {
+                    key: rec.task_id.clone(),
+                    source,
+                })?;
+                tasks.insert(rec.task_id.as_str(), bytes.as_slice()).map_err(db_err)?;
+            }
+            if let Some(id) = change.remove_task {
+                tasks.remove(id).map_err(db_err)?;
+            }
+            let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
+            let mut next_seq = match outbox.last().map_err(db_err)? {
+                Some((k, _)) => k.value() + 1,
+                None => 1,
+            };
+            for cb in change.callbacks {
+                let entry = OutboxEntry {
+                    seq: next_seq,
+                    task_id: cb.task_id,
+                    sdk_app_id: cb.sdk_app_id,
+                    event_type: cb.event_type,
+                    url: cb.url,
+                    body: cb.body,
+                    sign: cb.sign,
+                    created_ms: cb.created_ms,
+                    attempts: 0,
+                    next_attempt_ms: cb.created_ms,
+                };
+                let bytes = serde_json::to_vec(&entry).map_err(|source| StoreError::Corrupt {
+                    key: format!("outbox/{next_seq}"),
+                    source,
+                })?;
+                outbox.insert(next_seq, bytes.as_slice()).map_err(db_err)?;
+                queued.push(entry);
+                next_seq += 1;
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(queued)
+    }
+
+    /// Records a failed attempt.
+    pub fn outbox_retry(&self, seq: u64, attempts: u32, next_attempt_ms: u64) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
+            let current = outbox.get(seq).map_err(db_err)?.map(|v| v.value().to_vec());
+            if let Some(bytes) = current {
+                let mut e: OutboxEntry = serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
+                    key: format!("outbox/{seq}"),
+                    source,
+                })?;
+                e.attempts = attempts;
+                e.next_attempt_ms = next_attempt_ms;
+                let bytes = serde_json::to_vec(&e).map_err(|source| StoreError::Corrupt {
+                    key: format!("outbox/{seq}"),
+                    source,
+                })?;
+                outbox.insert(seq, bytes.as_slice()).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// Removes a delivered or given-up callback.
+    pub fn outbox_remove(&self, seq: u64) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
+            outbox.remove(seq).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{model, validate};
+
+    fn spec() -> RecordingSpec {
+        let raw: model::CreateCloudRecordingRequest = serde_json::from_value(serde_json::json!({
+            "SdkAppId": 1, "RoomId": "5", "UserId": "bot", "UserSig": "s",
+            "RecordParams": {"RecordMode": 2}, "MixLayoutParams": {"MixLayoutMode": 1}
+        }))
+        .expect("shape");
+        validate::create(raw).expect("valid")
+    }
+
+    fn cb(task: &str, body: &str) -> NewCallback {
+        NewCallback {
+            task_id: task.into(),
+            sdk_app_id: 1,
+            event_type: 301,
+            url: "http://x".into(),
+            body: body.into(),
+            sign: "s".into(),
+            created_ms: 10,
+        }
+    }
+
+    #[test]
+    fn tasks_and_outbox_survive_reopen() {
+        let dir = std::env::temp_dir().join(format!("kiroku-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("state.redb");
+        let _ = std::fs::remove_file(&path);
+        let rec = TaskRecord {
+            task_id: "t1".into(),
+            spec: spec(),
+            state: TaskState::Idle,
+            created_ms: 10,
+        };
+        {
+            let store = Store::open(&path).expect("open");
+            let q = store
+                .apply(Change {
+                    put_task: Some(&rec),
+                    callbacks: vec![cb("t1", "a"), cb("t1", "b")],
+                    ..Change::default()
+                })
+                .expect("apply");
+            assert_eq!(q.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+            store.outbox_retry(1, 3, 999).expect("retry");
+        }
+        let store = Store::open(&path).expect("reopen");
+        assert_eq!(store.load_tasks().expect("load"), vec![rec.clone()]);
+        let ob = store.load_outbox().expect("outbox");
+        assert_eq!(ob.len(), 2);
+        assert_eq!((ob[0].attempts, ob[0].next_attempt_ms, ob[1].body.as_str()), (3, 999, "b"));
+        store.outbox_remove(1).expect("remove");
+        store
+            .apply(Change {
+                remove_task: Some("t1"),
+                callbacks: vec![cb("t1", "c")],
+                ..Change::default()
+            })
+            .expect("apply");
+        assert!(store.load_tasks().expect("load").is_empty());
+        let seqs: Vec<u64> = store.load_outbox().expect("outbox").iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![2, 3]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

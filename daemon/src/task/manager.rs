@@ -1,0 +1,412 @@
+//! The task manager: every live task, its runner, and the API operations.
+//!
+//! ```text
+//!   Create ──▶ Idle ──(first media)──▶ InProgress
+//!                │                         │
+//!                └──── Delete / idle / ────┴──▶ Exited ──(files finished)──▶ removed
+//!                      same bot UserId
+//! ```
+//!
+//! *Settings vs. state*: a task's `RecordingSpec` changes only through
+//! Modify; its `TaskState` through the transitions above. Every transition
+//! is committed to the store together with the callbacks it causes (301 on
+//! create, 302 on stop) before the API answers.
+//!
+//! *Locking*: one async mutex (`State`) serialises mutations, including the
+//! store commit, so the live-task count, the store and the outbox never
+//! disagree. It is never held while waiting on anything but the store.
+//!
+//! Each task has a runner (a tokio task: it only waits on timers and
+//! channels, no media work) that applies the MaxIdleTime rule and, once the
+//! task is Exited, finishes it. Later, the runner is where recording
+//! pipelines are started and stopped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Mutex};
+
+use crate::api::error::{codes, ApiError};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::notify::deliver::{now_ms, Outbox};
+use crate::notify::event::{self, EventSubject, EventType, LeaveCode};
+use crate::store::{Change, NewCallback, Store, TaskRecord, TaskState};
+use crate::task::idle::IdleTimer;
+use crate::task::params::{Modification, RecordingSpec};
+
+/// What DescribeCloudRecording answers.
+#[derive(Debug, Clone)]
+pub struct TaskStatus {
+    pub task_id: String,
+    pub status: &'static str,
+    pub files: Vec<StorageFile>,
+}
+
+/// One `StorageFileList` entry.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StorageFile {
+    pub user_id: String,
+    pub file_name: String,
+    pub track_type: String,
+    pub begin_time_stamp: u64,
+}
+
+#[derive(Debug)]
+enum Control {
+    /// Finish the task (it is already Exited in the store).
+    Stop,
+}
+
+struct Live {
+    record: TaskRecord,
+    control: mpsc::Sender<Control>,
+}
+
+#[derive(Default)]
+struct State {
+    tasks: HashMap<String, Live>,
+}
+
+struct Inner {
+    config: Arc<Config>,
+    store: Arc<Store>,
+    outbox: Outbox,
+    metrics: Metrics,
+    state: Mutex<State>,
+}
+
+/// Cheap to clone; all clones share the same tasks.
+#[derive(Clone)]
+pub struct Manager {
+    inner: Arc<Inner>,
+}
+
+fn new_task_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    hex::encode(bytes)
+}
+
+impl Manager {
+    /// Creates the manager and brings back every task the store holds.
+    pub async fn start(
+        config: Arc<Config>,
+        store: Arc<Store>,
+        records: Vec<TaskRecord>,
+        outbox: Outbox,
+        metrics: Metrics,
+    ) -> Self {
+        let mgr = Manager {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                outbox,
+                metrics,
+                state: Mutex::new(State::default()),
+            }),
+        };
+        {
+            let mut st = mgr.inner.state.lock().await;
+            for record in records {
+                let exiting = matches!(record.state, TaskState::Exited { .. });
+                let task_id = record.task_id.clone();
+                let control = mgr.spawn_runner(&record);
+                if exiting {
+                    let _ = control.try_send(Control::Stop);
+                }
+                tracing::info!(task_id = %task_id, state = record.state.api_status(), "task restored from the state store");
+                st.tasks.insert(task_id, Live { record, control });
+            }
+            mgr.update_gauges(&st);
+        }
+        mgr
+    }
+
+    fn spawn_runner(&self, record: &TaskRecord) -> mpsc::Sender<Control> {
+        let (tx, rx) = mpsc::channel(16);
+        let max_idle = Duration::from_secs(u64::from(record.spec.record.max_idle_seconds));
+        tokio::spawn(run_task(self.clone(), record.task_id.clone(), max_idle, rx));
+        tx
+    }
+
+    fn update_gauges(&self, st: &State) {
+        let (mut idle, mut progress, mut exited) = (0, 0, 0);
+        for live in st.tasks.values() {
+            match live.record.state {
+                TaskState::Idle => idle += 1,
+                TaskState::InProgress => progress += 1,
+                TaskState::Exited { .. } => exited += 1,
+            }
+        }
+        let g = &self.inner.metrics.tasks;
+        g.with_label_values(&["idle"]).set(idle);
+        g.with_label_values(&["in_progress"]).set(progress);
+        g.with_label_values(&["exited"]).set(exited);
+    }
+
+    /// Number of live tasks (for systemd STATUS= and logs).
+    pub async fn live_count(&self) -> usize {
+        self.inner.state.lock().await.tasks.len()
+    }
+
+    fn callback(&self, record: &TaskRecord, (ty, payload): (EventType, serde_json::Value), now: u64) -> Option<NewCallback> {
+        let spec = &record.spec;
+        let target = self.inner.config.app(spec.sdk_app_id)?.callback.as_ref()?;
+        let subject = EventSubject {
+            room: &spec.room,
+            bot_user_id: &spec.bot_user_id,
+            task_id: &record.task_id,
+        };
+        let body = event::body(ty, &subject, payload, now);
+        Some(NewCallback {
+            task_id: record.task_id.clone(),
+            sdk_app_id: spec.sdk_app_id,
+            event_type: ty as u32,
+            url: target.url.clone(),
+            sign: event::sign(&target.key, &body),
+            body,
+            created_ms: now,
+        })
+    }
+
+    async fn commit(&self, change: Change<'_>) -> Result<(), ApiError> {
+        // The store blocks on fsync; keep it off the runtime's workers.
+        let store = self.inner.store.clone();
+        let put = change.put_task.cloned();
+        let remove = change.remove_task.map(str::to_owned);
+        let callbacks = change.callbacks;
+        let result = tokio::task::spawn_blocking(move || {
+            store.apply(Change {
+                put_task: put.as_ref(),
+                remove_task: remove.as_deref(),
+                callbacks,
+            })
+        })
+        .await;
+        match result {
+            Ok(Ok(queued)) => {
+                self.inner.outbox.queued(queued);
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                self.inner.metrics.store_errors.inc();
+                tracing::error!(error = %e, "state store commit failed");
+                Err(ApiError::internal("the state store could not commit the change; retry with the same parameters"))
+            }
+            Err(e) => {
+                self.inner.metrics.store_errors.inc();
+                tracing::error!(error = %e, "state store task panicked");
+                Err(ApiError::internal("the state store could not commit the change; retry with the same parameters"))
+            }
+        }
+    }
+
+    /// CreateCloudRecording (the spec is already validated and authorised).
+    pub async fn create(&self, spec: RecordingSpec) -> Result<String, ApiError> {
+        let now = now_ms();
+        let mut st = self.inner.state.lock().await;
+        // A new task whose bot UserId is already in the room replaces the
+        // old one, as TRTC does (302 LeaveCode 101 for the old task).
+        let displaced: Option<String> = st
+            .tasks
+            .values()
+            .find(|l| {
+                l.record.spec.sdk_app_id == spec.sdk_app_id
+                    && l.record.spec.room == spec.room
+                    && l.record.spec.bot_user_id == spec.bot_user_id
+                    && !matches!(l.record.state, TaskState::Exited { .. })
+            })
+            .map(|l| l.record.task_id.clone());
+        let live_after = st.tasks.len() + 1 - usize::from(displaced.is_some());
+        if live_after > self.inner.config.limits.max_tasks {
+            self.inner.metrics.tasks_refused.with_label_values(&["max_tasks"]).inc();
+            return Err(ApiError::new(
+                codes::RESTRICTED_CONCURRENCY,
+                format!(
+                    "this appliance already runs {} recording tasks (limits.max_tasks = {}); stop one or raise the limit",
+                    st.tasks.len(),
+                    self.inner.config.limits.max_tasks
+                ),
+            ));
+        }
+        if let Some(old) = displaced {
+            self.stop_locked(&mut st, &old, LeaveCode::SameUserIdEntered).await?;
+        }
+        let record = TaskRecord {
+            task_id: new_task_id(),
+            spec,
+            state: TaskState::Idle,
+            created_ms: now,
+        };
+        let callbacks = self.callback(&record, event::recorder_start(0), now).into_iter().collect();
+        self.commit(Change {
+            put_task: Some(&record),
+            callbacks,
+            ..Change::default()
+        })
+        .await?;
+        let control = self.spawn_runner(&record);
+        let task_id = record.task_id.clone();
+        tracing::info!(task_id = %task_id, sdk_app_id = record.spec.sdk_app_id, room = %record.spec.room,
+            mode = ?record.spec.record.mode, "recording task created");
+        st.tasks.insert(task_id.clone(), Live { record, control });
+        self.inner.metrics.tasks_started.inc();
+        self.update_gauges(&st);
+        Ok(task_id)
+    }
+
+    /// The live task for an API call, or `TaskNotExist` (unknown, ended,
+    /// another app's, or past its ResourceExpiredHour).
+    fn lookup<'a>(&self, st: &'a State, sdk_app_id: u32, task_id: &str, now: u64) -> Result<&'a Live, ApiError> {
+        let not_exist = || {
+            ApiError::new(
+                codes::TASK_NOT_EXIST,
+                format!("task {task_id} does not exist for SdkAppId {sdk_app_id} (never created, or already ended)"),
+            )
+        };
+        let live = st.tasks.get(task_id).filter(|l| l.record.spec.sdk_app_id == sdk_app_id).ok_or_else(not_exist)?;
+        let expires = live.record.created_ms + u64::from(live.record.spec.resource_expired_hours) * 3_600_000;
+        if now >= expires {
+            return Err(ApiError::new(
+                codes::TASK_NOT_EXIST,
+                format!(
+                    "task {task_id} is past its ResourceExpiredHour ({} h): it can no longer be queried or changed",
+                    live.record.spec.resource_expired_hours
+                ),
+            ));
+        }
+        Ok(live)
+    }
+
+    pub async fn describe(&self, sdk_app_id: u32, task_id: &str) -> Result<TaskStatus, ApiError> {
+        let st = self.inner.state.lock().await;
+        let live = self.lookup(&st, sdk_app_id, task_id, now_ms())?;
+        Ok(TaskStatus {
+            task_id: live.record.task_id.clone(),
+            status: live.record.state.api_status(),
+            files: Vec::new(),
+        })
+    }
+
+    /// ModifyCloudRecording. `validate` turns the raw request into a
+    /// modification against the task's own parameters.
+    pub async fn modify(
+        &self,
+        sdk_app_id: u32,
+        task_id: &str,
+        validate: impl FnOnce(&RecordingSpec) -> Result<Modification, ApiError>,
+    ) -> Result<(), ApiError> {
+        let st = self.inner.state.lock().await;
+        let live = self.lookup(&st, sdk_app_id, task_id, now_ms())?;
+        if matches!(live.record.state, TaskState::Exited { .. }) {
+            return Err(ApiError::new(
+                codes::TASK_NOT_EXIST,
+                format!("task {task_id} is exiting and can no longer be modified"),
+            ));
+        }
+        let change = validate(&live.record.spec)?;
+        let mut record = live.record.clone();
+        if let Some(sub) = change.subscription {
+            record.spec.record.subscription = sub;
+        }
+        if let (Some(layout), Some(mix)) = (change.layout, record.spec.mix.as_mut()) {
+            mix.layout = layout;
+        }
+        self.commit(Change {
+            put_task: Some(&record),
+            ..Change::default()
+        })
+        .await?;
+        drop(st);
+        let mut st = self.inner.state.lock().await;
+        if let Some(live) = st.tasks.get_mut(task_id) {
+            live.record.spec = record.spec;
+        }
+        tracing::info!(task_id, "recording task modified");
+        Ok(())
+    }
+
+    pub async fn delete(&self, sdk_app_id: u32, task_id: &str) -> Result<(), ApiError> {
+        let mut st = self.inner.state.lock().await;
+        self.lookup(&st, sdk_app_id, task_id, now_ms())?;
+        self.stop_locked(&mut st, task_id, LeaveCode::ApiStop).await
+    }
+
+    /// Stops a task for `reason` (idempotent once it is Exited).
+    async fn stop(&self, task_id: &str, reason: LeaveCode) -> Result<(), ApiError> {
+        let mut st = self.inner.state.lock().await;
+        self.stop_locked(&mut st, task_id, reason).await
+    }
+
+    async fn stop_locked(&self, st: &mut State, task_id: &str, reason: LeaveCode) -> Result<(), ApiError> {
+        let Some(live) = st.tasks.get(task_id) else { return Ok(()) };
+        if matches!(live.record.state, TaskState::Exited { .. }) {
+            return Ok(());
+        }
+        let now = now_ms();
+        let mut record = live.record.clone();
+        record.state = TaskState::Exited { leave_code: reason };
+        let callbacks = self.callback(&record, event::recorder_stop(reason), now).into_iter().collect();
+        self.commit(Change {
+            put_task: Some(&record),
+            callbacks,
+            ..Change::default()
+        })
+        .await?;
+        tracing::info!(task_id, reason = reason.label(), "recording task stopping");
+        self.inner.metrics.tasks_stopped.with_label_values(&[reason.label()]).inc();
+        if let Some(live) = st.tasks.get_mut(task_id) {
+            live.record = record;
+            let _ = live.control.try_send(Control::Stop);
+        }
+        self.update_gauges(st);
+        Ok(())
+    }
+
+    /// Called by the runner once an Exited task has nothing left to do.
+    async fn finish(&self, task_id: &str) {
+        let mut st = self.inner.state.lock().await;
+        if self
+            .commit(Change {
+                remove_task: Some(task_id),
+                ..Change::default()
+            })
+            .await
+            .is_err()
+        {
+            // Left in the store as Exited: the next start finishes it.
+            return;
+        }
+        st.tasks.remove(task_id);
+        self.update_gauges(&st);
+        tracing::info!(task_id, "recording task ended");
+    }
+}
+
+async fn run_task(mgr: Manager, task_id: String, max_idle: Duration, mut control: mpsc::Receiver<Control>) {
+    // No rooms exist yet (ingest comes later), so the room is empty from
+    // the start and the timer is never reset.
+    let timer = IdleTimer::new(max_idle, tokio::time::Instant::now().into_std());
+    let mut stopping = false;
+    loop {
+        let deadline = timer.deadline().filter(|_| !stopping).map(tokio::time::Instant::from_std);
+        tokio::select! {
+            cmd = control.recv() => match cmd {
+                Some(Control::Stop) | None => break,
+            },
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+                if timer.expired(tokio::time::Instant::now().into_std()) {
+                    tracing::info!(task_id = %task_id, max_idle_s = max_idle.as_secs(), "no publisher for MaxIdleTime");
+                    stopping = mgr.stop(&task_id, LeaveCode::Idle).await.is_ok();
+                    if !stopping {
+                        // The store refused the stop; try again shortly.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }
+    }
+    mgr.finish(&task_id).await;
+}

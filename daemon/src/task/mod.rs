@@ -1,0 +1,6 @@
+//! Recording tasks: validated parameters, the idle rule, and the manager
+//! that owns every live task.
+
+pub mod idle;
+pub mod manager;
+pub mod params;
