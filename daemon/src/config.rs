@@ -177,7 +177,10 @@ impl std::fmt::Debug for AppConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppConfig")
             .field("sdk_app_id", &self.sdk_app_id)
-            .field("user_sig_key", &self.user_sig_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "user_sig_key",
+                &self.user_sig_key.as_ref().map(|_| "<redacted>"),
+            )
             .field("callback", &self.callback.as_ref().map(|c| &c.url))
             .finish()
     }
@@ -240,7 +243,10 @@ impl Config {
     }
 
     fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
-        let listen_text = raw.server.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen_text = raw
+            .server
+            .listen
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
         let listen: SocketAddr = listen_text.parse().map_err(|_| {
             invalid(
                 "server.listen",
@@ -259,10 +265,7 @@ impl Config {
             }
             None => format!("http://{listen}"),
         };
-        let max_body_bytes = raw
-            .server
-            .max_body_bytes
-            .unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        let max_body_bytes = raw.server.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
         if !(1024..=64 * 1024 * 1024).contains(&max_body_bytes) {
             return Err(invalid(
                 "server.max_body_bytes",
@@ -469,7 +472,9 @@ mod tests {
 
     #[test]
     fn cross_field_rules() {
-        assert!(err("[[apps]]\nsdk_app_id = 1\ncallback_url = \"http://x\"").contains("callback_key"));
+        assert!(
+            err("[[apps]]\nsdk_app_id = 1\ncallback_url = \"http://x\"").contains("callback_key")
+        );
         assert!(err("[[apps]]\nsdk_app_id = 1\n[[apps]]\nsdk_app_id = 1").contains("twice"));
         assert!(err("[limits]\nmax_tasks = 0").contains("limits.max_tasks"));
         assert!(err("[server]\nlisten = \"localhost\"").contains("server.listen"));

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use kiroku::config::{Config, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "kiroku", version, about = "On-premises recording appliance with a Tencent TRTC-compatible cloud-recording API")]
+#[command(
+    name = "kiroku",
+    version,
+    about = "On-premises recording appliance with a Tencent TRTC-compatible cloud-recording API"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -34,7 +38,9 @@ fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KIROKU_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -66,7 +72,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     if config.apps.is_empty() && config.dev_mode() {
-        tracing::warn!("no [[apps]] configured: any SdkAppId is accepted and no callbacks are sent");
+        tracing::warn!(
+            "no [[apps]] configured: any SdkAppId is accepted and no callbacks are sent"
+        );
     }
     let config = Arc::new(config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -77,8 +85,12 @@ fn serve(config: Config) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
-            .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
-        kiroku::server::run(config, listener, shutdown_signal()).await.context("server")
+            .with_context(|| {
+                format!("cannot listen on {} (server.listen)", config.server.listen)
+            })?;
+        kiroku::server::run(config, listener, shutdown_signal())
+            .await
+            .context("server")
     })
 }
 
@@ -90,7 +102,11 @@ fn main() -> ExitCode {
                 println!(
                     "{}: valid ({} mode, listen {}, data_dir {}, {} app(s))",
                     file.display(),
-                    if c.dev_mode() { "open dev" } else { "authenticated" },
+                    if c.dev_mode() {
+                        "open dev"
+                    } else {
+                        "authenticated"
+                    },
                     c.server.listen,
                     c.data_dir.display(),
                     c.apps.len()

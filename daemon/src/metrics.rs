@@ -60,9 +60,13 @@ impl Metrics {
             &["action"],
         )
         .expect("valid metric");
-        r.register(Box::new(api_request_duration.clone())).expect("unique metric");
+        r.register(Box::new(api_request_duration.clone()))
+            .expect("unique metric");
         let tasks = IntGaugeVec::new(
-            Opts::new("kiroku_tasks", "Recording tasks by state (idle, in_progress, exited)"),
+            Opts::new(
+                "kiroku_tasks",
+                "Recording tasks by state (idle, in_progress, exited)",
+            ),
             &["state"],
         )
         .expect("valid metric");
@@ -70,11 +74,21 @@ impl Metrics {
         for s in ["idle", "in_progress", "exited"] {
             tasks.with_label_values(&[s]).set(0);
         }
-        let pending = IntGauge::new("kiroku_callbacks_pending", "Callbacks in the durable outbox, not yet delivered")
-            .expect("valid metric");
-        r.register(Box::new(pending.clone())).expect("unique metric");
-        let build = IntGaugeVec::new(Opts::new("kiroku_build_info", "Always 1; the version label tells the build"), &["version"])
-            .expect("valid metric");
+        let pending = IntGauge::new(
+            "kiroku_callbacks_pending",
+            "Callbacks in the durable outbox, not yet delivered",
+        )
+        .expect("valid metric");
+        r.register(Box::new(pending.clone()))
+            .expect("unique metric");
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "kiroku_build_info",
+                "Always 1; the version label tells the build",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
         r.register(Box::new(build.clone())).expect("unique metric");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         Self {
@@ -82,23 +96,44 @@ impl Metrics {
             api_request_duration,
             tasks,
             tasks_started: counter(&r, "kiroku_tasks_started_total", "Recording tasks created"),
-            tasks_stopped: counter_vec(&r, "kiroku_tasks_stopped_total", "Recording tasks stopped, by reason (LeaveCode)", &["reason"]),
+            tasks_stopped: counter_vec(
+                &r,
+                "kiroku_tasks_stopped_total",
+                "Recording tasks stopped, by reason (LeaveCode)",
+                &["reason"],
+            ),
             tasks_refused: counter_vec(
                 &r,
                 "kiroku_tasks_refused_total",
                 "CreateCloudRecording refusals that are capacity, not caller, errors",
                 &["reason"],
             ),
-            callbacks_queued: counter(&r, "kiroku_callbacks_queued_total", "Callbacks written to the outbox"),
-            callbacks_delivered: counter(&r, "kiroku_callbacks_delivered_total", "Callbacks answered with HTTP 2xx"),
-            callbacks_retried: counter(&r, "kiroku_callbacks_retried_total", "Callback attempts that failed and were rescheduled"),
+            callbacks_queued: counter(
+                &r,
+                "kiroku_callbacks_queued_total",
+                "Callbacks written to the outbox",
+            ),
+            callbacks_delivered: counter(
+                &r,
+                "kiroku_callbacks_delivered_total",
+                "Callbacks answered with HTTP 2xx",
+            ),
+            callbacks_retried: counter(
+                &r,
+                "kiroku_callbacks_retried_total",
+                "Callback attempts that failed and were rescheduled",
+            ),
             callbacks_given_up: counter(
                 &r,
                 "kiroku_callbacks_given_up_total",
                 "Callbacks dropped after failing for callbacks.retry_for_seconds",
             ),
             callbacks_pending: pending,
-            store_errors: counter(&r, "kiroku_store_errors_total", "Failed state-store operations"),
+            store_errors: counter(
+                &r,
+                "kiroku_store_errors_total",
+                "Failed state-store operations",
+            ),
             registry: r,
         }
     }
@@ -127,9 +162,13 @@ mod tests {
     #[test]
     fn registry_builds_and_renders() {
         let m = Metrics::new();
-        m.api_requests.with_label_values(&["DescribeCloudRecording", "Success"]).inc();
+        m.api_requests
+            .with_label_values(&["DescribeCloudRecording", "Success"])
+            .inc();
         let text = m.render();
-        assert!(text.contains("kiroku_api_requests_total{action=\"DescribeCloudRecording\",code=\"Success\"} 1"));
+        assert!(text.contains(
+            "kiroku_api_requests_total{action=\"DescribeCloudRecording\",code=\"Success\"} 1"
+        ));
         assert!(text.contains("kiroku_tasks{state=\"idle\"} 0"));
         assert!(text.contains("kiroku_build_info"));
     }

@@ -26,7 +26,10 @@ use crate::task::manager::Manager;
 #[non_exhaustive]
 pub enum ServerError {
     #[error("cannot create data_dir {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error("HTTP server: {0}")]
@@ -39,12 +42,19 @@ struct Shared {
 }
 
 pub fn router(api: Arc<ApiState>, metrics: Metrics) -> Router {
-    let shared = Arc::new(Shared { api: api.clone(), metrics });
+    let shared = Arc::new(Shared {
+        api: api.clone(),
+        metrics,
+    });
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .with_state(shared)
-        .merge(Router::new().route("/", any(api_http::handle)).with_state(api))
+        .merge(
+            Router::new()
+                .route("/", any(api_http::handle))
+                .with_state(api),
+        )
 }
 
 async fn healthz() -> &'static str {
@@ -55,7 +65,10 @@ async fn metrics_text(State(s): State<Arc<Shared>>) -> Response {
     let _ = &s.api;
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         s.metrics.render(),
     )
         .into_response()
@@ -65,7 +78,11 @@ async fn metrics_text(State(s): State<Arc<Shared>>) -> Response {
 /// stops accepting, lets in-flight requests finish (up to
 /// `server.shutdown_grace_seconds`), stops the workers and closes the store.
 /// Live tasks stay live in the store and resume at the next start.
-pub async fn run(config: Arc<Config>, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+pub async fn run(
+    config: Arc<Config>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
         path: config.data_dir.display().to_string(),
         source,
@@ -84,9 +101,26 @@ pub async fn run(config: Arc<Config>, listener: TcpListener, shutdown: impl Futu
 
     let metrics = Metrics::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (outbox, outbox_worker) = deliver::start(store.clone(), backlog, config.callbacks, metrics.clone(), stop_rx.clone());
-    let manager = Manager::start(config.clone(), store.clone(), records, outbox, metrics.clone()).await;
-    let api = Arc::new(ApiState::new(config.clone(), manager.clone(), metrics.clone()));
+    let (outbox, outbox_worker) = deliver::start(
+        store.clone(),
+        backlog,
+        config.callbacks,
+        metrics.clone(),
+        stop_rx.clone(),
+    );
+    let manager = Manager::start(
+        config.clone(),
+        store.clone(),
+        records,
+        outbox,
+        metrics.clone(),
+    )
+    .await;
+    let api = Arc::new(ApiState::new(
+        config.clone(),
+        manager.clone(),
+        metrics.clone(),
+    ));
     let app = router(api, metrics);
 
     let addr = listener.local_addr().map_err(ServerError::Http)?;
@@ -125,7 +159,9 @@ pub async fn run(config: Arc<Config>, listener: TcpListener, shutdown: impl Futu
 
 async fn heartbeat(manager: Manager, mut stop: tokio::sync::watch::Receiver<bool>) {
     let watchdog = systemd::watchdog_interval();
-    let period = watchdog.unwrap_or(std::time::Duration::from_secs(10)).min(std::time::Duration::from_secs(10));
+    let period = watchdog
+        .unwrap_or(std::time::Duration::from_secs(10))
+        .min(std::time::Duration::from_secs(10));
     let mut tick = tokio::time::interval(period);
     loop {
         tokio::select! {

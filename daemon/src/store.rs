@@ -159,17 +159,19 @@ impl Store {
                     key: rec.task_id.clone(),
                     source,
                 })?;
-                tasks.insert(rec.task_id.as_str(), bytes.as_slice()).map_err(db_err)?;
+                tasks
+                    .insert(rec.task_id.as_str(), bytes.as_slice())
+                    .map_err(db_err)?;
             }
             if let Some(id) = change.remove_task {
                 tasks.remove(id).map_err(db_err)?;
             }
             let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
-            let mut next_seq = match outbox.last().map_err(db_err)? {
+            let first_seq = match outbox.last().map_err(db_err)? {
                 Some((k, _)) => k.value() + 1,
                 None => 1,
             };
-            for cb in change.callbacks {
+            for (next_seq, cb) in (first_seq..).zip(change.callbacks) {
                 let entry = OutboxEntry {
                     seq: next_seq,
                     task_id: cb.task_id,
@@ -188,7 +190,6 @@ impl Store {
                 })?;
                 outbox.insert(next_seq, bytes.as_slice()).map_err(db_err)?;
                 queued.push(entry);
-                next_seq += 1;
             }
         }
         txn.commit().map_err(db_err)?;
@@ -196,16 +197,22 @@ impl Store {
     }
 
     /// Records a failed attempt.
-    pub fn outbox_retry(&self, seq: u64, attempts: u32, next_attempt_ms: u64) -> Result<(), StoreError> {
+    pub fn outbox_retry(
+        &self,
+        seq: u64,
+        attempts: u32,
+        next_attempt_ms: u64,
+    ) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
         {
             let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
             let current = outbox.get(seq).map_err(db_err)?.map(|v| v.value().to_vec());
             if let Some(bytes) = current {
-                let mut e: OutboxEntry = serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
-                    key: format!("outbox/{seq}"),
-                    source,
-                })?;
+                let mut e: OutboxEntry =
+                    serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
+                        key: format!("outbox/{seq}"),
+                        source,
+                    })?;
                 e.attempts = attempts;
                 e.next_attempt_ms = next_attempt_ms;
                 let bytes = serde_json::to_vec(&e).map_err(|source| StoreError::Corrupt {
@@ -283,7 +290,10 @@ mod tests {
         assert_eq!(store.load_tasks().expect("load"), vec![rec.clone()]);
         let ob = store.load_outbox().expect("outbox");
         assert_eq!(ob.len(), 2);
-        assert_eq!((ob[0].attempts, ob[0].next_attempt_ms, ob[1].body.as_str()), (3, 999, "b"));
+        assert_eq!(
+            (ob[0].attempts, ob[0].next_attempt_ms, ob[1].body.as_str()),
+            (3, 999, "b")
+        );
         store.outbox_remove(1).expect("remove");
         store
             .apply(Change {
@@ -293,7 +303,12 @@ mod tests {
             })
             .expect("apply");
         assert!(store.load_tasks().expect("load").is_empty());
-        let seqs: Vec<u64> = store.load_outbox().expect("outbox").iter().map(|e| e.seq).collect();
+        let seqs: Vec<u64> = store
+            .load_outbox()
+            .expect("outbox")
+            .iter()
+            .map(|e| e.seq)
+            .collect();
         assert_eq!(seqs, vec![2, 3]);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -53,11 +53,18 @@ fn unix_now() -> i64 {
 fn request_id() -> String {
     let b: [u8; 16] = rand::random();
     let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// Builds the Tencent envelope. Always 200 + `application/json`.
-pub fn envelope(request_id: &str, result: Result<Map<String, Value>, &ApiError>) -> Response {
+pub fn envelope(request_id: &str, result: Result<Map<String, Value>, ApiError>) -> Response {
     let response = match result {
         Ok(mut fields) => {
             fields.insert("RequestId".into(), Value::from(request_id));
@@ -91,7 +98,10 @@ pub async fn handle(State(api): State<Arc<ApiState>>, req: Request) -> Response 
         Ok(_) => "Success",
         Err(e) => &e.code,
     };
-    api.metrics.api_requests.with_label_values(&[label, code]).inc();
+    api.metrics
+        .api_requests
+        .with_label_values(&[label, code])
+        .inc();
     api.metrics
         .api_request_duration
         .with_label_values(&[label])
@@ -99,15 +109,22 @@ pub async fn handle(State(api): State<Arc<ApiState>>, req: Request) -> Response 
     if let Err(e) = &result {
         tracing::debug!(request_id = %rid, action = label, code = %e.code, message = %e.message, "API error");
     }
-    envelope(&rid, result.as_ref().map(Clone::clone))
+    envelope(&rid, result)
 }
 
-async fn dispatch(api: &ApiState, req: Request, action: Option<Action>) -> Result<Map<String, Value>, ApiError> {
+async fn dispatch(
+    api: &ApiState,
+    req: Request,
+    action: Option<Action>,
+) -> Result<Map<String, Value>, ApiError> {
     let (parts, body) = req.into_parts();
     if parts.method != Method::POST {
         return Err(ApiError::new(
             codes::UNSUPPORTED_PROTOCOL,
-            format!("{} is not supported: send POST / with a TC3-HMAC-SHA256-signed JSON body", parts.method),
+            format!(
+                "{} is not supported: send POST / with a TC3-HMAC-SHA256-signed JSON body",
+                parts.method
+            ),
         ));
     }
     let limit = api.config.server.max_body_bytes;
@@ -118,10 +135,20 @@ async fn dispatch(api: &ApiState, req: Request, action: Option<Action>) -> Resul
         )
     })?;
     if !api.config.dev_mode() {
-        authenticate(api, &parts.headers, parts.uri.path(), parts.uri.query().unwrap_or(""), &body)?;
+        authenticate(
+            api,
+            &parts.headers,
+            parts.uri.path(),
+            parts.uri.query().unwrap_or(""),
+            &body,
+        )?;
     }
     let action = action.ok_or_else(|| {
-        let given = parts.headers.get("x-tc-action").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let given = parts
+            .headers
+            .get("x-tc-action")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         ApiError::new(
             codes::INVALID_ACTION,
             format!(
@@ -130,15 +157,27 @@ async fn dispatch(api: &ApiState, req: Request, action: Option<Action>) -> Resul
             ),
         )
     })?;
-    let version = parts.headers.get("x-tc-version").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let version = parts
+        .headers
+        .get("x-tc-version")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if version != API_VERSION {
         return Err(ApiError::new(
             codes::NO_SUCH_VERSION,
             format!("X-TC-Version {version:?} is not supported: use {API_VERSION}"),
         ));
     }
-    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !content_type.trim_start().to_ascii_lowercase().starts_with("application/json") {
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type
+        .trim_start()
+        .to_ascii_lowercase()
+        .starts_with("application/json")
+    {
         return Err(ApiError::new(
             codes::UNSUPPORTED_PROTOCOL,
             format!("Content-Type {content_type:?} is not supported: send application/json"),
@@ -152,30 +191,53 @@ async fn dispatch(api: &ApiState, req: Request, action: Option<Action>) -> Resul
     }
 }
 
-fn authenticate(api: &ApiState, headers: &HeaderMap, path: &str, query: &str, body: &[u8]) -> Result<(), ApiError> {
+fn authenticate(
+    api: &ApiState,
+    headers: &HeaderMap,
+    path: &str,
+    query: &str,
+    body: &[u8],
+) -> Result<(), ApiError> {
     let auth_err = |e: tc3::AuthError| ApiError::new(e.code(), e.to_string());
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| auth_err(tc3::AuthError::Malformed("the Authorization header is missing".into())))?;
+        .ok_or_else(|| {
+            auth_err(tc3::AuthError::Malformed(
+                "the Authorization header is missing".into(),
+            ))
+        })?;
     let auth = tc3::parse_authorization(value).map_err(auth_err)?;
     let timestamp: i64 = headers
         .get("x-tc-timestamp")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| auth_err(tc3::AuthError::Malformed("X-TC-Timestamp is missing or not a Unix time".into())))?;
+        .ok_or_else(|| {
+            auth_err(tc3::AuthError::Malformed(
+                "X-TC-Timestamp is missing or not a Unix time".into(),
+            ))
+        })?;
     let mut signed = Vec::with_capacity(auth.signed_headers.len());
     for name in &auth.signed_headers {
-        let v = headers.get(name.as_str()).and_then(|v| v.to_str().ok()).ok_or_else(|| {
-            auth_err(tc3::AuthError::Mismatch(format!("the signed header `{name}` is not in the request")))
-        })?;
+        let v = headers
+            .get(name.as_str())
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                auth_err(tc3::AuthError::Mismatch(format!(
+                    "the signed header `{name}` is not in the request"
+                )))
+            })?;
         signed.push((name.clone(), v.to_owned()));
     }
     let unsigned = headers
         .get("x-tc-content-sha256")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v == tc3::UNSIGNED_PAYLOAD);
-    let payload_hash = if unsigned { tc3::UNSIGNED_PAYLOAD.to_owned() } else { tc3::sha256_hex(body) };
+    let payload_hash = if unsigned {
+        tc3::UNSIGNED_PAYLOAD.to_owned()
+    } else {
+        tc3::sha256_hex(body)
+    };
     let req = tc3::SignedRequest {
         method: "POST",
         path,
@@ -195,7 +257,11 @@ fn authenticate(api: &ApiState, headers: &HeaderMap, path: &str, query: &str, bo
 
 /// JSON → raw request, with errors that name the offending field.
 fn parse<T: DeserializeOwned>(body: &[u8], action: Action) -> Result<T, ApiError> {
-    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
     let mut de = serde_json::Deserializer::from_slice(body);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -230,22 +296,33 @@ fn json_error(path: &str, e: &serde_json::Error, action: Action) -> ApiError {
                     format!("`{full}` is not a parameter of {}", action.name()),
                 )
             } else if path == "." || path.is_empty() {
-                ApiError::new(codes::BODY_PARAMS, format!("the request body must be a JSON object: {msg}"))
+                ApiError::new(
+                    codes::BODY_PARAMS,
+                    format!("the request body must be a JSON object: {msg}"),
+                )
             } else {
-                ApiError::new(codes::BODY_PARAMS, format!("`{path}` has the wrong type: {msg}"))
+                ApiError::new(
+                    codes::BODY_PARAMS,
+                    format!("`{path}` has the wrong type: {msg}"),
+                )
             }
         }
     }
 }
 
 /// The app's configuration, or `None` in open dev mode without `[[apps]]`.
-fn check_app(api: &ApiState, sdk_app_id: u32) -> Result<Option<&crate::config::AppConfig>, ApiError> {
+fn check_app(
+    api: &ApiState,
+    sdk_app_id: u32,
+) -> Result<Option<&crate::config::AppConfig>, ApiError> {
     match api.config.app(sdk_app_id) {
         Some(app) => Ok(Some(app)),
         None if api.config.dev_mode() && api.config.apps.is_empty() => Ok(None),
         None => Err(ApiError::new(
             codes::SDK_APP_ID_NOT_EXIST,
-            format!("SdkAppId {sdk_app_id} is not configured on this appliance (add it under [[apps]])"),
+            format!(
+                "SdkAppId {sdk_app_id} is not configured on this appliance (add it under [[apps]])"
+            ),
         )),
     }
 }
@@ -253,7 +330,11 @@ fn check_app(api: &ApiState, sdk_app_id: u32) -> Result<Option<&crate::config::A
 fn rate_limit(api: &ApiState, sdk_app_id: u32, action: Action) -> Result<(), ApiError> {
     let granted = match api.limiter.lock() {
         Ok(mut l) => l.try_acquire(sdk_app_id, action.name(), Instant::now()),
-        Err(poisoned) => poisoned.into_inner().try_acquire(sdk_app_id, action.name(), Instant::now()),
+        Err(poisoned) => {
+            poisoned
+                .into_inner()
+                .try_acquire(sdk_app_id, action.name(), Instant::now())
+        }
     };
     if granted {
         Ok(())
@@ -270,7 +351,11 @@ fn rate_limit(api: &ApiState, sdk_app_id: u32, action: Action) -> Result<(), Api
 }
 
 /// SdkAppId → known app → rate limit: the common prefix of every action.
-fn admit(api: &ApiState, sdk_app_id: Option<i64>, action: Action) -> Result<(u32, Option<&crate::config::AppConfig>), ApiError> {
+fn admit(
+    api: &ApiState,
+    sdk_app_id: Option<i64>,
+    action: Action,
+) -> Result<(u32, Option<&crate::config::AppConfig>), ApiError> {
     let id = validate::sdk_app_id(sdk_app_id)?;
     let app = check_app(api, id)?;
     rate_limit(api, id, action)?;
@@ -281,18 +366,30 @@ fn fields(pairs: Vec<(&str, Value)>) -> Map<String, Value> {
     pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
-async fn create(api: &ApiState, req: model::CreateCloudRecordingRequest) -> Result<Map<String, Value>, ApiError> {
+async fn create(
+    api: &ApiState,
+    req: model::CreateCloudRecordingRequest,
+) -> Result<Map<String, Value>, ApiError> {
     let (_, app) = admit(api, req.sdk_app_id, Action::Create)?;
     let spec = validate::create(req)?;
     if let Some(key) = app.and_then(|a| a.user_sig_key.as_deref()) {
-        usersig::verify(&spec.bot_user_sig, key, spec.sdk_app_id, &spec.bot_user_id, unix_now())
-            .map_err(|e| ApiError::new(codes::INVALID_USER_SIG, format!("`UserSig`: {e}")))?;
+        usersig::verify(
+            &spec.bot_user_sig,
+            key,
+            spec.sdk_app_id,
+            &spec.bot_user_id,
+            unix_now(),
+        )
+        .map_err(|e| ApiError::new(codes::INVALID_USER_SIG, format!("`UserSig`: {e}")))?;
     }
     let task_id = api.manager.create(spec).await?;
     Ok(fields(vec![("TaskId", Value::from(task_id))]))
 }
 
-async fn describe(api: &ApiState, req: model::DescribeCloudRecordingRequest) -> Result<Map<String, Value>, ApiError> {
+async fn describe(
+    api: &ApiState,
+    req: model::DescribeCloudRecordingRequest,
+) -> Result<Map<String, Value>, ApiError> {
     let (id, _) = admit(api, req.sdk_app_id, Action::Describe)?;
     let task_id = validate::task_id(req.task_id)?;
     let status = api.manager.describe(id, &task_id).await?;
@@ -304,17 +401,25 @@ async fn describe(api: &ApiState, req: model::DescribeCloudRecordingRequest) -> 
     ]))
 }
 
-async fn modify(api: &ApiState, req: model::ModifyCloudRecordingRequest) -> Result<Map<String, Value>, ApiError> {
+async fn modify(
+    api: &ApiState,
+    req: model::ModifyCloudRecordingRequest,
+) -> Result<Map<String, Value>, ApiError> {
     let (id, _) = admit(api, req.sdk_app_id, Action::Modify)?;
     let task_id = validate::task_id(req.task_id)?;
     let (layout, subscription) = (req.mix_layout_params, req.subscribe_stream_user_ids);
     api.manager
-        .modify(id, &task_id, move |spec| validate::modification(layout, subscription, spec))
+        .modify(id, &task_id, move |spec| {
+            validate::modification(layout, subscription, spec)
+        })
         .await?;
     Ok(fields(vec![("TaskId", Value::from(task_id))]))
 }
 
-async fn delete(api: &ApiState, req: model::DeleteCloudRecordingRequest) -> Result<Map<String, Value>, ApiError> {
+async fn delete(
+    api: &ApiState,
+    req: model::DeleteCloudRecordingRequest,
+) -> Result<Map<String, Value>, ApiError> {
     let (id, _) = admit(api, req.sdk_app_id, Action::Delete)?;
     let task_id = validate::task_id(req.task_id)?;
     api.manager.delete(id, &task_id).await?;
@@ -327,27 +432,46 @@ mod tests {
 
     #[test]
     fn json_errors_name_the_field() {
-        let e = parse::<model::CreateCloudRecordingRequest>(br#"{"RecordParams": {"Foo": 1}}"#, Action::Create).expect_err("unknown");
+        let e = parse::<model::CreateCloudRecordingRequest>(
+            br#"{"RecordParams": {"Foo": 1}}"#,
+            Action::Create,
+        )
+        .expect_err("unknown");
         assert_eq!(e.code, codes::UNKNOWN_PARAMETER);
         assert!(e.message.contains("`RecordParams.Foo`"), "{}", e.message);
-        let e = parse::<model::CreateCloudRecordingRequest>(br#"{"Bar": 1}"#, Action::Create).expect_err("unknown");
+        let e = parse::<model::CreateCloudRecordingRequest>(br#"{"Bar": 1}"#, Action::Create)
+            .expect_err("unknown");
         assert!(e.message.contains("`Bar`"), "{}", e.message);
-        let e = parse::<model::CreateCloudRecordingRequest>(br#"{"RecordParams": {"MaxIdleTime": "30"}}"#, Action::Create).expect_err("type");
+        let e = parse::<model::CreateCloudRecordingRequest>(
+            br#"{"RecordParams": {"MaxIdleTime": "30"}}"#,
+            Action::Create,
+        )
+        .expect_err("type");
         assert_eq!(e.code, codes::BODY_PARAMS);
-        assert!(e.message.contains("`RecordParams.MaxIdleTime`"), "{}", e.message);
-        let e = parse::<model::CreateCloudRecordingRequest>(br#"{"SdkAppId": 1"#, Action::Create).expect_err("syntax");
+        assert!(
+            e.message.contains("`RecordParams.MaxIdleTime`"),
+            "{}",
+            e.message
+        );
+        let e = parse::<model::CreateCloudRecordingRequest>(br#"{"SdkAppId": 1"#, Action::Create)
+            .expect_err("syntax");
         assert_eq!(e.code, codes::BODY_PARAMS);
-        let e = parse::<model::CreateCloudRecordingRequest>(b"[1]", Action::Create).expect_err("array");
+        let e =
+            parse::<model::CreateCloudRecordingRequest>(b"[1]", Action::Create).expect_err("array");
         assert_eq!(e.code, codes::BODY_PARAMS);
-        let e = parse::<model::DeleteCloudRecordingRequest>(br#"{} {}"#, Action::Delete).expect_err("trailing");
+        let e = parse::<model::DeleteCloudRecordingRequest>(br#"{} {}"#, Action::Delete)
+            .expect_err("trailing");
         assert_eq!(e.code, codes::BODY_PARAMS);
         assert!(parse::<model::DeleteCloudRecordingRequest>(b"", Action::Delete).is_ok());
     }
 
     #[test]
     fn envelope_is_200_json_exactly() {
-        let r = envelope("rid", Err(&ApiError::new(codes::INVALID_ACTION, "x")));
+        let r = envelope("rid", Err(ApiError::new(codes::INVALID_ACTION, "x")));
         assert_eq!(r.status(), StatusCode::OK);
-        assert_eq!(r.headers().get(header::CONTENT_TYPE).map(|v| v.as_bytes()), Some(&b"application/json"[..]));
+        assert_eq!(
+            r.headers().get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
+            Some(&b"application/json"[..])
+        );
     }
 }

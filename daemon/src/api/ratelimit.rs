@@ -70,7 +70,9 @@ mod tests {
     fn bursts_to_the_rate_then_sustains_it() {
         let mut rl = RateLimiter::new(20);
         let t0 = Instant::now();
-        let granted = (0..25).filter(|_| rl.try_acquire(1, "Describe", t0)).count();
+        let granted = (0..25)
+            .filter(|_| rl.try_acquire(1, "Describe", t0))
+            .count();
         assert_eq!(granted, 20);
         // 50 ms later one more token has accrued.
         assert!(rl.try_acquire(1, "Describe", t0 + Duration::from_millis(50)));

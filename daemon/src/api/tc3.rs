@@ -97,7 +97,10 @@ pub fn parse_authorization(value: &str) -> Result<Authorization, AuthError> {
             "Credential must be SecretId/YYYY-MM-DD/service/tc3_request",
         ));
     }
-    let signed_headers: Vec<String> = signed.split(';').map(|h| h.trim().to_ascii_lowercase()).collect();
+    let signed_headers: Vec<String> = signed
+        .split(';')
+        .map(|h| h.trim().to_ascii_lowercase())
+        .collect();
     if signed_headers.iter().any(String::is_empty) {
         return Err(malformed("SignedHeaders has an empty name"));
     }
@@ -207,8 +210,8 @@ pub fn verify(
     req: &SignedRequest<'_>,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<(), AuthError> {
-    let secret_key =
-        lookup(&auth.secret_id).ok_or_else(|| AuthError::SecretIdNotFound(auth.secret_id.clone()))?;
+    let secret_key = lookup(&auth.secret_id)
+        .ok_or_else(|| AuthError::SecretIdNotFound(auth.secret_id.clone()))?;
     let skew = (now - timestamp).abs();
     if skew > MAX_CLOCK_SKEW_SECONDS {
         return Err(AuthError::Expired {
@@ -298,7 +301,10 @@ mod tests {
 
     #[test]
     fn verify_accepts_the_vector_and_refuses_changes() {
-        assert_eq!(verify_vector(GOOD, 1_795_248_959 + 299, VECTOR_BODY), Ok(()));
+        assert_eq!(
+            verify_vector(GOOD, 1_795_248_959 + 299, VECTOR_BODY),
+            Ok(())
+        );
         let tampered = VECTOR_BODY.replace("recorder_1234", "recorder_9999");
         assert_eq!(
             verify_vector(GOOD, 1_795_248_959, &tampered).map_err(|e| e.code()),

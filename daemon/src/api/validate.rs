@@ -72,7 +72,9 @@ pub fn user_id(field: &str, v: &str) -> R<()> {
     if v.is_empty() || v.len() > 32 || !v.chars().all(is_user_id_char) {
         return Err(ApiError::new(
             codes::INVALID_USER_ID,
-            format!("`{field}` = {v:?} is not a TRTC UserId: 1 to 32 characters of A-Z a-z 0-9 _ -"),
+            format!(
+                "`{field}` = {v:?} is not a TRTC UserId: 1 to 32 characters of A-Z a-z 0-9 _ -"
+            ),
         ));
     }
     Ok(())
@@ -87,7 +89,11 @@ pub fn room_id(room: Option<String>, room_id_type: Option<i64>) -> R<RoomId> {
     let kind = int("RoomIdType", room_id_type, 1, 0, 1)?;
     if kind == 1 {
         match room.parse::<u32>() {
-            Ok(n) if (1..=4_294_967_294).contains(&n) && !room.starts_with('0') && !room.starts_with('+') => {
+            Ok(n)
+                if (1..=4_294_967_294).contains(&n)
+                    && !room.starts_with('0')
+                    && !room.starts_with('+') =>
+            {
                 Ok(RoomId::Int(n))
             }
             _ => Err(ApiError::new(
@@ -113,7 +119,11 @@ pub fn room_id(room: Option<String>, room_id_type: Option<i64>) -> R<RoomId> {
 
 pub fn task_id(v: Option<String>) -> R<String> {
     let v = required_text(v, codes::MISSING_TASK_ID, "TaskId")?;
-    if v.len() > 128 || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+    if v.len() > 128
+        || !v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
         return Err(ApiError::new(
             codes::INVALID_TASK_ID,
             format!("`TaskId` = {v:?} is not a TaskId issued by this appliance"),
@@ -132,7 +142,9 @@ fn user_pattern(field: &str, v: String) -> R<UserPattern> {
     }
     Err(ApiError::new(
         codes::INVALID_USER_IDS,
-        format!("`{field}` has {v:?}: entries are TRTC UserIds or a prefix wildcard like \"abc.*$\""),
+        format!(
+            "`{field}` has {v:?}: entries are TRTC UserIds or a prefix wildcard like \"abc.*$\""
+        ),
     ))
 }
 
@@ -141,13 +153,19 @@ fn user_list(field: &str, v: Option<Vec<String>>) -> R<Option<Vec<UserPattern>>>
     if list.len() > MAX_SUBSCRIBE_LIST_LEN {
         return Err(ApiError::new(
             codes::INVALID_USER_IDS,
-            format!("`{field}` has {} entries; at most {MAX_SUBSCRIBE_LIST_LEN} are allowed", list.len()),
+            format!(
+                "`{field}` has {} entries; at most {MAX_SUBSCRIBE_LIST_LEN} are allowed",
+                list.len()
+            ),
         ));
     }
     if list.is_empty() {
         return Ok(None);
     }
-    list.into_iter().map(|u| user_pattern(field, u)).collect::<R<Vec<_>>>().map(Some)
+    list.into_iter()
+        .map(|u| user_pattern(field, u))
+        .collect::<R<Vec<_>>>()
+        .map(Some)
 }
 
 fn filter(
@@ -194,7 +212,11 @@ pub fn subscription(parent: &str, v: Option<raw::SubscribeStreamUserIds>) -> R<S
 
 fn record_params(v: Option<raw::RecordParams>) -> R<RecordParams> {
     let v = required(v, codes::MISSING_RECORD_PARAMS, "RecordParams")?;
-    let mode = match required(v.record_mode, codes::MISSING_RECORD_MODE, "RecordParams.RecordMode")? {
+    let mode = match required(
+        v.record_mode,
+        codes::MISSING_RECORD_MODE,
+        "RecordParams.RecordMode",
+    )? {
         1 => RecordMode::Single,
         2 => RecordMode::Mixed,
         other => {
@@ -218,14 +240,22 @@ fn record_params(v: Option<raw::RecordParams>) -> R<RecordParams> {
         3 => OutputFormat::Mp4,
         _ => OutputFormat::Aac,
     };
-    if matches!(output_format, OutputFormat::HlsAac | OutputFormat::Aac) && stream_type != StreamType::AudioOnly {
+    if matches!(output_format, OutputFormat::HlsAac | OutputFormat::Aac)
+        && stream_type != StreamType::AudioOnly
+    {
         return Err(ApiError::new(
             codes::RECORD_AUDIO_ONLY,
             "`RecordParams.OutputFormat` 2 (hls+aac) and 4 (aac) need `RecordParams.StreamType` = 1 (audio only)",
         ));
     }
     let av_merge = int("RecordParams.AvMerge", v.av_merge, 0, 0, 1)? == 1;
-    let max_media_file_minutes = int("RecordParams.MaxMediaFileDuration", v.max_media_file_duration, 1440, 1, 1440)?;
+    let max_media_file_minutes = int(
+        "RecordParams.MaxMediaFileDuration",
+        v.max_media_file_duration,
+        1440,
+        1,
+        1440,
+    )?;
     let media = match int("RecordParams.MediaId", v.media_id, 0, 0, 2)? {
         0 => MediaSelection::MainAndAux,
         1 => MediaSelection::Main,
@@ -235,8 +265,17 @@ fn record_params(v: Option<raw::RecordParams>) -> R<RecordParams> {
         0 => FillType::LastFrame,
         _ => FillType::Black,
     };
-    let subscribe_ability = int("RecordParams.SubscribeAbility", v.subscribe_ability, 0, 0, 1)? == 1;
-    let subscription = subscription("RecordParams.SubscribeStreamUserIds", v.subscribe_stream_user_ids)?;
+    let subscribe_ability = int(
+        "RecordParams.SubscribeAbility",
+        v.subscribe_ability,
+        0,
+        0,
+        1,
+    )? == 1;
+    let subscription = subscription(
+        "RecordParams.SubscribeStreamUserIds",
+        v.subscribe_stream_user_ids,
+    )?;
     Ok(RecordParams {
         mode,
         max_idle_seconds: max_idle as u32,
@@ -252,7 +291,12 @@ fn record_params(v: Option<raw::RecordParams>) -> R<RecordParams> {
 }
 
 fn name_part(field: &str, v: &str, max: usize) -> R<()> {
-    if v.is_empty() || v.len() > max || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+    if v.is_empty()
+        || v.len() > max
+        || !v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
         return Err(ApiError::new(
             codes::INVALID_VALUE,
             format!("`{field}` = {v:?}: 1 to {max} characters of A-Z a-z 0-9 _ -"),
@@ -275,26 +319,45 @@ fn cloud_storage(v: raw::CloudStorage) -> R<CloudStorage> {
         }
     };
     let region = required_text(v.region, codes::MISSING_REGION, &format!("{p}.Region"))?;
-    if region.len() > 64 || !region.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    if region.len() > 64
+        || !region
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         return Err(ApiError::new(
             codes::INVALID_VALUE,
             format!("`{p}.Region` = {region:?} is not a region name"),
         ));
     }
     let bucket = required_text(v.bucket, codes::MISSING_BUCKET, &format!("{p}.Bucket"))?;
-    if bucket.len() > 255 || !bucket.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+    if bucket.len() > 255
+        || !bucket
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
         return Err(ApiError::new(
             codes::INVALID_VALUE,
             format!("`{p}.Bucket` = {bucket:?} is not a bucket name"),
         ));
     }
-    let access_key = required_text(v.access_key, codes::MISSING_ACCESS_KEY, &format!("{p}.AccessKey"))?;
-    let secret_key = required_text(v.secret_key, codes::MISSING_SECRET_KEY, &format!("{p}.SecretKey"))?;
+    let access_key = required_text(
+        v.access_key,
+        codes::MISSING_ACCESS_KEY,
+        &format!("{p}.AccessKey"),
+    )?;
+    let secret_key = required_text(
+        v.secret_key,
+        codes::MISSING_SECRET_KEY,
+        &format!("{p}.SecretKey"),
+    )?;
     let prefix = v.file_name_prefix.unwrap_or_default();
     if prefix.len() > 10 {
         return Err(ApiError::new(
             codes::INVALID_VALUE,
-            format!("`{p}.FileNamePrefix` has {} entries; at most 10 are allowed", prefix.len()),
+            format!(
+                "`{p}.FileNamePrefix` has {} entries; at most 10 are allowed",
+                prefix.len()
+            ),
         ));
     }
     for part in &prefix {
@@ -312,7 +375,11 @@ fn cloud_storage(v: raw::CloudStorage) -> R<CloudStorage> {
 
 fn vod(v: raw::CloudVod, stream_type: StreamType) -> R<Vod> {
     let p = "StorageParams.CloudVod.TencentVod";
-    let v = required(v.tencent_vod, codes::MISSING, "StorageParams.CloudVod.TencentVod")?;
+    let v = required(
+        v.tencent_vod,
+        codes::MISSING,
+        "StorageParams.CloudVod.TencentVod",
+    )?;
     let media_type = match int(&format!("{p}.MediaType"), v.media_type, 0, 0, 4)? {
         0 => VodMediaType::Mp4,
         1 => VodMediaType::Hls,
@@ -320,19 +387,37 @@ fn vod(v: raw::CloudVod, stream_type: StreamType) -> R<Vod> {
         3 => VodMediaType::HlsMp4,
         _ => VodMediaType::HlsAac,
     };
-    if matches!(media_type, VodMediaType::Aac | VodMediaType::HlsAac) && stream_type != StreamType::AudioOnly {
+    if matches!(media_type, VodMediaType::Aac | VodMediaType::HlsAac)
+        && stream_type != StreamType::AudioOnly
+    {
         return Err(ApiError::new(
             codes::RECORD_AUDIO_ONLY,
             format!("`{p}.MediaType` 2 (aac) and 4 (hls+aac) need `RecordParams.StreamType` = 1 (audio only)"),
         ));
     }
-    let expire = int(&format!("{p}.ExpireTime"), v.expire_time, 0, 0, i64::from(u32::MAX))?;
-    let class_id = int(&format!("{p}.ClassId"), v.class_id, 0, 0, i64::from(u32::MAX))?;
+    let expire = int(
+        &format!("{p}.ExpireTime"),
+        v.expire_time,
+        0,
+        0,
+        i64::from(u32::MAX),
+    )?;
+    let class_id = int(
+        &format!("{p}.ClassId"),
+        v.class_id,
+        0,
+        0,
+        i64::from(u32::MAX),
+    )?;
     let sub_app_id = match v.sub_app_id {
         None | Some(0) => None,
         Some(n) => Some(int(&format!("{p}.SubAppId"), Some(n), 0, 1, i64::from(u32::MAX))? as u64),
     };
-    let user_define_record_id = text(&format!("{p}.UserDefineRecordId"), v.user_define_record_id, 64)?;
+    let user_define_record_id = text(
+        &format!("{p}.UserDefineRecordId"),
+        v.user_define_record_id,
+        64,
+    )?;
     if let Some(id) = &user_define_record_id {
         name_part(&format!("{p}.UserDefineRecordId"), id, 64)?;
     }
@@ -342,8 +427,16 @@ fn vod(v: raw::CloudVod, stream_type: StreamType) -> R<Vod> {
         storage_region: text(&format!("{p}.StorageRegion"), v.storage_region, 64)?,
         class_id: class_id as u64,
         sub_app_id,
-        session_context: text(&format!("{p}.SessionContext"), v.session_context, MAX_TEXT_LEN)?,
-        source_context: text(&format!("{p}.SourceContext"), v.source_context, MAX_TEXT_LEN)?,
+        session_context: text(
+            &format!("{p}.SessionContext"),
+            v.session_context,
+            MAX_TEXT_LEN,
+        )?,
+        source_context: text(
+            &format!("{p}.SourceContext"),
+            v.source_context,
+            MAX_TEXT_LEN,
+        )?,
         media_type,
         user_define_record_id,
     })
@@ -375,11 +468,28 @@ fn transcode(v: Option<raw::MixTranscodeParams>) -> R<MixTranscode> {
         None => VideoParams::default(),
         Some(vp) => {
             let p = "MixTranscodeParams.VideoParams";
-            let need = |x: Option<i64>, f: &str| required(x, codes::MISSING, &format!("{p}.{f} (all VideoParams fields are required when VideoParams is given)"));
+            let need = |x: Option<i64>, f: &str| {
+                required(
+                    x,
+                    codes::MISSING,
+                    &format!(
+                        "{p}.{f} (all VideoParams fields are required when VideoParams is given)"
+                    ),
+                )
+            };
             let (w, h) = (need(vp.width, "Width")?, need(vp.height, "Height")?);
-            let (fps, bitrate, gop) = (need(vp.fps, "Fps")?, need(vp.bit_rate, "BitRate")?, need(vp.gop, "Gop")?);
+            let (fps, bitrate, gop) = (
+                need(vp.fps, "Fps")?,
+                need(vp.bit_rate, "BitRate")?,
+                need(vp.gop, "Gop")?,
+            );
             let side = i64::from(MAX_CANVAS_SIDE);
-            if !(16..=side).contains(&w) || !(16..=side).contains(&h) || w % 2 != 0 || h % 2 != 0 || w * h > i64::from(MAX_CANVAS_PIXELS) {
+            if !(16..=side).contains(&w)
+                || !(16..=side).contains(&h)
+                || w % 2 != 0
+                || h % 2 != 0
+                || w * h > i64::from(MAX_CANVAS_PIXELS)
+            {
                 return Err(ApiError::new(
                     codes::VIDEO_RESOLUTION,
                     format!("`{p}.Width`×`Height` = {w}×{h}: each side must be even, 16..=1920, and Width×Height at most 1920×1080"),
@@ -389,7 +499,8 @@ fn transcode(v: Option<raw::MixTranscodeParams>) -> R<MixTranscode> {
                 width: w as u32,
                 height: h as u32,
                 fps: int(&format!("{p}.Fps"), Some(fps), 0, 1, 60)? as u32,
-                bitrate_bps: int(&format!("{p}.BitRate"), Some(bitrate), 0, 64_000, 8_192_000)? as u32,
+                bitrate_bps: int(&format!("{p}.BitRate"), Some(bitrate), 0, 64_000, 8_192_000)?
+                    as u32,
                 gop_seconds: int(&format!("{p}.Gop"), Some(gop), 0, 1, 60)? as u32,
             }
         }
@@ -404,12 +515,26 @@ fn transcode(v: Option<raw::MixTranscodeParams>) -> R<MixTranscode> {
                     format!("`{p}.{f}` = {value} is not allowed: {allowed}"),
                 )
             };
-            let need = |x: Option<i64>, f: &str| required(x, codes::MISSING, &format!("{p}.{f} (all AudioParams fields are required when AudioParams is given)"));
+            let need = |x: Option<i64>, f: &str| {
+                required(
+                    x,
+                    codes::MISSING,
+                    &format!(
+                        "{p}.{f} (all AudioParams fields are required when AudioParams is given)"
+                    ),
+                )
+            };
             let sample_rate_hz = match need(ap.sample_rate, "SampleRate")? {
                 1 => 48_000,
                 2 => 44_100,
                 3 => 16_000,
-                other => return Err(bad("SampleRate", other, "1 (48 kHz), 2 (44.1 kHz) or 3 (16 kHz)")),
+                other => {
+                    return Err(bad(
+                        "SampleRate",
+                        other,
+                        "1 (48 kHz), 2 (44.1 kHz) or 3 (16 kHz)",
+                    ))
+                }
             };
             let channels = match need(ap.channel, "Channel")? {
                 1 => 1,
@@ -437,10 +562,15 @@ fn image_url(field: &str, v: Option<String>, bad_url_code: &'static str) -> R<Op
     };
     let lower = url.to_ascii_lowercase();
     let scheme_ok = lower.starts_with("http://") || lower.starts_with("https://");
-    if !scheme_ok || url.len() > MAX_URL_LEN || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if !scheme_ok
+        || url.len() > MAX_URL_LEN
+        || url.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
         return Err(ApiError::new(
             bad_url_code,
-            format!("`{field}` = {url:?} is not an http(s) URL of at most {MAX_URL_LEN} characters"),
+            format!(
+                "`{field}` = {url:?} is not an http(s) URL of at most {MAX_URL_LEN} characters"
+            ),
         ));
     }
     let path = lower.split(['?', '#']).next().unwrap_or_default();
@@ -454,7 +584,10 @@ fn image_url(field: &str, v: Option<String>, bad_url_code: &'static str) -> R<Op
 }
 
 fn colour(field: &str, v: &str) -> R<Rgb> {
-    let hex = v.strip_prefix('#').or_else(|| v.strip_prefix("0x")).or_else(|| v.strip_prefix("0X"));
+    let hex = v
+        .strip_prefix('#')
+        .or_else(|| v.strip_prefix("0x"))
+        .or_else(|| v.strip_prefix("0X"));
     if let Some(h) = hex.filter(|h| h.len() == 6 && h.chars().all(|c| c.is_ascii_hexdigit())) {
         let byte = |i: usize| u8::from_str_radix(&h[i..i + 2], 16).unwrap_or(0);
         return Ok(Rgb(byte(0), byte(2), byte(4)));
@@ -475,7 +608,11 @@ fn render_mode(field: &str, v: Option<i64>, default: i64) -> R<RenderMode> {
 }
 
 fn media_id(field: &str, v: Option<i64>) -> R<MediaId> {
-    Ok(if int(field, v, 0, 0, 1)? == 0 { MediaId::Main } else { MediaId::Aux })
+    Ok(if int(field, v, 0, 0, 1)? == 0 {
+        MediaId::Main
+    } else {
+        MediaId::Aux
+    })
 }
 
 fn font(field: &str, v: Option<String>) -> R<Font> {
@@ -489,25 +626,54 @@ fn font(field: &str, v: Option<String>) -> R<Font> {
     }
 }
 
-fn rect(field: &str, top: Option<i64>, left: Option<i64>, width: Option<i64>, height: Option<i64>, max: i64) -> R<Rect> {
+fn rect(
+    field: &str,
+    top: Option<i64>,
+    left: Option<i64>,
+    width: Option<i64>,
+    height: Option<i64>,
+    max: i64,
+) -> R<Rect> {
     let need = |x: Option<i64>, f: &str| required(x, codes::MISSING, &format!("{field}.{f}"));
-    let (t, l, w, h) = (need(top, "Top")?, need(left, "Left")?, need(width, "Width")?, need(height, "Height")?);
+    let (t, l, w, h) = (
+        need(top, "Top")?,
+        need(left, "Left")?,
+        need(width, "Width")?,
+        need(height, "Height")?,
+    );
     for (f, v) in [("Top", t), ("Left", l), ("Width", w), ("Height", h)] {
         if !(0..=max).contains(&v) {
-            return Err(ApiError::out_of_range(&format!("{field}.{f}"), v, &format!("0..={max}")));
+            return Err(ApiError::out_of_range(
+                &format!("{field}.{f}"),
+                v,
+                &format!("0..={max}"),
+            ));
         }
     }
-    Ok(Rect { top: t as u32, left: l as u32, width: w as u32, height: h as u32 })
+    Ok(Rect {
+        top: t as u32,
+        left: l as u32,
+        width: w as u32,
+        height: h as u32,
+    })
 }
 
 fn custom_tile(i: usize, t: raw::MixLayout, canvas: &VideoParams) -> R<CustomTile> {
     let f = format!("MixLayoutParams.MixLayoutList[{i}]");
     let side = i64::from(MAX_CANVAS_SIDE);
     let r = rect(&f, t.top, t.left, t.width, t.height, side).map_err(|e| ApiError {
-        code: if e.code == codes::MISSING { e.code } else { codes::PRESET_LAYOUT_CONFIG.into() },
+        code: if e.code == codes::MISSING {
+            e.code
+        } else {
+            codes::PRESET_LAYOUT_CONFIG.into()
+        },
         message: e.message,
     })?;
-    if r.width == 0 || r.height == 0 || r.left + r.width > canvas.width || r.top + r.height > canvas.height {
+    if r.width == 0
+        || r.height == 0
+        || r.left + r.width > canvas.width
+        || r.top + r.height > canvas.height
+    {
         return Err(ApiError::new(
             codes::PRESET_LAYOUT_CONFIG,
             format!(
@@ -530,7 +696,11 @@ fn custom_tile(i: usize, t: raw::MixLayout, canvas: &VideoParams) -> R<CustomTil
         render_mode: render_mode(&format!("{f}.RenderMode"), t.render_mode, 1)?,
         media: media_id(&format!("{f}.MediaId"), t.media_id)?,
         layer: int(&format!("{f}.ImageLayer"), t.image_layer, 0, 0, 1000)? as u32,
-        sub_background_image: image_url(&format!("{f}.SubBackgroundImage"), t.sub_background_image, codes::INVALID_VALUE)?,
+        sub_background_image: image_url(
+            &format!("{f}.SubBackgroundImage"),
+            t.sub_background_image,
+            codes::INVALID_VALUE,
+        )?,
     })
 }
 
@@ -539,23 +709,41 @@ fn watermark(i: usize, w: raw::WaterMark) -> R<Watermark> {
     let kind = int(&format!("{f}.WaterMarkType"), w.water_mark_type, 0, 0, 2)?;
     match kind {
         0 => {
-            let img = required(w.water_mark_image, codes::MISSING, &format!("{f}.WaterMarkImage (WaterMarkType 0)"))?;
+            let img = required(
+                w.water_mark_image,
+                codes::MISSING,
+                &format!("{f}.WaterMarkImage (WaterMarkType 0)"),
+            )?;
             let g = format!("{f}.WaterMarkImage");
-            let url = image_url(&format!("{g}.WaterMarkUrl"), img.water_mark_url, codes::WATERMARK)?
-                .ok_or_else(|| ApiError::missing(codes::MISSING, &format!("{g}.WaterMarkUrl")))?;
+            let url = image_url(
+                &format!("{g}.WaterMarkUrl"),
+                img.water_mark_url,
+                codes::WATERMARK,
+            )?
+            .ok_or_else(|| ApiError::missing(codes::MISSING, &format!("{g}.WaterMarkUrl")))?;
             let r = rect(&g, img.top, img.left, img.width, img.height, 2560)?;
             if r.width == 0 || r.height == 0 {
-                return Err(ApiError::new(codes::WATERMARK, format!("`{g}` Width and Height must be at least 1")));
+                return Err(ApiError::new(
+                    codes::WATERMARK,
+                    format!("`{g}` Width and Height must be at least 1"),
+                ));
             }
             Ok(Watermark::Image { url, rect: r })
         }
         1 => {
-            let c = required(w.water_mark_char, codes::MISSING, &format!("{f}.WaterMarkChar (WaterMarkType 1)"))?;
+            let c = required(
+                w.water_mark_char,
+                codes::MISSING,
+                &format!("{f}.WaterMarkChar (WaterMarkType 1)"),
+            )?;
             let g = format!("{f}.WaterMarkChar");
             let r = rect(&g, c.top, c.left, c.width, c.height, 2560)?;
             let chars = required_text(c.chars, codes::MISSING, &format!("{g}.Chars"))?;
             if chars.chars().count() > 256 {
-                return Err(ApiError::new(codes::WATERMARK, format!("`{g}.Chars` is longer than 256 characters")));
+                return Err(ApiError::new(
+                    codes::WATERMARK,
+                    format!("`{g}.Chars` is longer than 256 characters"),
+                ));
             }
             let background = match c.back_ground_color.filter(|s| !s.is_empty()) {
                 Some(s) => Some(colour(&format!("{g}.BackGroundColor"), &s)?),
@@ -574,7 +762,11 @@ fn watermark(i: usize, w: raw::WaterMark) -> R<Watermark> {
             })
         }
         _ => {
-            let t = required(w.water_mark_timestamp, codes::MISSING, &format!("{f}.WaterMarkTimestamp (WaterMarkType 2)"))?;
+            let t = required(
+                w.water_mark_timestamp,
+                codes::MISSING,
+                &format!("{f}.WaterMarkTimestamp (WaterMarkType 2)"),
+            )?;
             let g = format!("{f}.WaterMarkTimestamp");
             let pos = match int(&format!("{g}.Pos"), t.pos, 0, 0, 6)? {
                 0 => TimestampPos::TopLeft,
@@ -610,14 +802,24 @@ pub fn mix_layout(v: Option<raw::MixLayoutParams>, canvas: &VideoParams) -> R<Mi
     if list.len() > MAX_LAYOUT_ENTRIES {
         return Err(ApiError::new(
             codes::PRESET_LAYOUT_CONFIG,
-            format!("`{p}.MixLayoutList` has {} entries; at most {MAX_LAYOUT_ENTRIES} are allowed", list.len()),
+            format!(
+                "`{p}.MixLayoutList` has {} entries; at most {MAX_LAYOUT_ENTRIES} are allowed",
+                list.len()
+            ),
         ));
     }
     let custom = match (mode, list.is_empty()) {
         (LayoutMode::Custom, true) => {
-            return Err(ApiError::missing(codes::MISSING_PRESET_LAYOUT, "MixLayoutParams.MixLayoutList (MixLayoutMode 4)"))
+            return Err(ApiError::missing(
+                codes::MISSING_PRESET_LAYOUT,
+                "MixLayoutParams.MixLayoutList (MixLayoutMode 4)",
+            ))
         }
-        (LayoutMode::Custom, false) => list.into_iter().enumerate().map(|(i, t)| custom_tile(i, t, canvas)).collect::<R<Vec<_>>>()?,
+        (LayoutMode::Custom, false) => list
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| custom_tile(i, t, canvas))
+            .collect::<R<Vec<_>>>()?,
         (_, false) => {
             return Err(ApiError::new(
                 codes::PRESET_LAYOUT_CONFIG,
@@ -630,10 +832,17 @@ pub fn mix_layout(v: Option<raw::MixLayoutParams>, canvas: &VideoParams) -> R<Mi
     if marks.len() > MAX_WATERMARKS {
         return Err(ApiError::new(
             codes::WATERMARK,
-            format!("`{p}.WaterMarkList` has {} entries; at most {MAX_WATERMARKS} are allowed", marks.len()),
+            format!(
+                "`{p}.WaterMarkList` has {} entries; at most {MAX_WATERMARKS} are allowed",
+                marks.len()
+            ),
         ));
     }
-    let watermarks = marks.into_iter().enumerate().map(|(i, w)| watermark(i, w)).collect::<R<Vec<_>>>()?;
+    let watermarks = marks
+        .into_iter()
+        .enumerate()
+        .map(|(i, w)| watermark(i, w))
+        .collect::<R<Vec<_>>>()?;
     let max_resolution_user = match v.max_resolution_user_id.filter(|u| !u.is_empty()) {
         Some(u) => {
             user_id(&format!("{p}.MaxResolutionUserId"), &u)?;
@@ -641,7 +850,13 @@ pub fn mix_layout(v: Option<raw::MixLayoutParams>, canvas: &VideoParams) -> R<Mi
         }
         None => None,
     };
-    let placeholder = int(&format!("{p}.PlaceHolderMode"), v.place_holder_mode, 0, 0, 1)? == 1;
+    let placeholder = int(
+        &format!("{p}.PlaceHolderMode"),
+        v.place_holder_mode,
+        0,
+        0,
+        1,
+    )? == 1;
     Ok(MixLayout {
         mode,
         custom,
@@ -651,13 +866,31 @@ pub fn mix_layout(v: Option<raw::MixLayoutParams>, canvas: &VideoParams) -> R<Mi
         },
         max_resolution_user,
         max_resolution_media: media_id(&format!("{p}.MediaId"), v.media_id)?,
-        background_image: image_url(&format!("{p}.BackgroundImageUrl"), v.background_image_url, codes::BACKGROUND_IMAGE_URL)?,
-        background_render_mode: render_mode(&format!("{p}.BackgroundImageRenderMode"), v.background_image_render_mode, 1)?,
+        background_image: image_url(
+            &format!("{p}.BackgroundImageUrl"),
+            v.background_image_url,
+            codes::BACKGROUND_IMAGE_URL,
+        )?,
+        background_render_mode: render_mode(
+            &format!("{p}.BackgroundImageRenderMode"),
+            v.background_image_render_mode,
+            1,
+        )?,
         placeholder,
-        placeholder_image: image_url(&format!("{p}.DefaultSubBackgroundImage"), v.default_sub_background_image, codes::INVALID_VALUE)?,
+        placeholder_image: image_url(
+            &format!("{p}.DefaultSubBackgroundImage"),
+            v.default_sub_background_image,
+            codes::INVALID_VALUE,
+        )?,
         watermarks,
         render_mode: render_mode(&format!("{p}.RenderMode"), v.render_mode, 1)?,
-        big_tile_right: int(&format!("{p}.MaxResolutionUserAlign"), v.max_resolution_user_align, 0, 0, 1)? == 1,
+        big_tile_right: int(
+            &format!("{p}.MaxResolutionUserAlign"),
+            v.max_resolution_user_align,
+            0,
+            0,
+            1,
+        )? == 1,
         pure_audio_disable_layout: v.pure_audio_disable_layout.unwrap_or(false),
     })
 }
@@ -671,7 +904,10 @@ pub fn create(req: raw::CreateCloudRecordingRequest) -> R<RecordingSpec> {
     user_id("UserId", &bot)?;
     let bot_user_sig = required_text(req.user_sig, codes::MISSING_USER_SIG, "UserSig")?;
     if bot_user_sig.len() > 8192 {
-        return Err(ApiError::new(codes::INVALID_USER_SIG, "`UserSig` is longer than 8192 characters"));
+        return Err(ApiError::new(
+            codes::INVALID_USER_SIG,
+            "`UserSig` is longer than 8192 characters",
+        ));
     }
     let record = record_params(req.record_params)?;
     let storage = storage(req.storage_params, record.stream_type)?;
@@ -696,7 +932,8 @@ pub fn create(req: raw::CreateCloudRecordingRequest) -> R<RecordingSpec> {
             None
         }
     };
-    let resource_expired_hours = int("ResourceExpiredHour", req.resource_expired_hour, 72, 6, 720)? as u32;
+    let resource_expired_hours =
+        int("ResourceExpiredHour", req.resource_expired_hour, 72, 6, 720)? as u32;
     let private_map_key = text("PrivateMapKey", req.private_map_key, 4096)?;
     Ok(RecordingSpec {
         sdk_app_id,
@@ -731,7 +968,10 @@ pub fn modification(
         None => None,
         Some(s) => Some(subscription("SubscribeStreamUserIds", Some(s))?),
     };
-    Ok(Modification { subscription, layout })
+    Ok(Modification {
+        subscription,
+        layout,
+    })
 }
 
 #[cfg(test)]
@@ -750,7 +990,11 @@ mod tests {
         })
     }
 
-    fn with(mut v: serde_json::Value, path: &[&str], value: serde_json::Value) -> serde_json::Value {
+    fn with(
+        mut v: serde_json::Value,
+        path: &[&str],
+        value: serde_json::Value,
+    ) -> serde_json::Value {
         let mut cur = &mut v;
         for key in &path[..path.len() - 1] {
             cur = cur
@@ -759,7 +1003,9 @@ mod tests {
                 .entry(key.to_string())
                 .or_insert_with(|| serde_json::json!({}));
         }
-        cur.as_object_mut().expect("object").insert(path[path.len() - 1].to_string(), value);
+        cur.as_object_mut()
+            .expect("object")
+            .insert(path[path.len() - 1].to_string(), value);
         v
     }
 
@@ -783,44 +1029,141 @@ mod tests {
         assert!(s.mix.is_none());
         let m = parse(with(base(), &["RecordParams", "RecordMode"], 2.into())).expect("valid");
         let mix = m.mix.expect("mixed has settings");
-        assert_eq!(mix.transcode.video, VideoParams { width: 360, height: 640, fps: 15, bitrate_bps: 550_000, gop_seconds: 10 });
-        assert_eq!(mix.transcode.audio, AudioParams { sample_rate_hz: 48_000, channels: 2, bitrate_bps: 64_000 });
+        assert_eq!(
+            mix.transcode.video,
+            VideoParams {
+                width: 360,
+                height: 640,
+                fps: 15,
+                bitrate_bps: 550_000,
+                gop_seconds: 10
+            }
+        );
+        assert_eq!(
+            mix.transcode.audio,
+            AudioParams {
+                sample_rate_hz: 48_000,
+                channels: 2,
+                bitrate_bps: 64_000
+            }
+        );
         assert_eq!(mix.layout.mode, LayoutMode::NineGrid);
     }
 
     #[test]
     fn the_refusals_the_issue_lists() {
-        assert_eq!(code(with(base(), &["RecordParams", "RecordMode"], 3.into())), codes::OUT_OF_RANGE);
-        assert_eq!(code(with(base(), &["RecordParams", "RecordMode"], 0.into())), codes::OUT_OF_RANGE);
-        assert_eq!(code(with(base(), &["RecordParams", "MaxIdleTime"], 4.into())), codes::OUT_OF_RANGE);
-        assert_eq!(code(with(base(), &["RecordParams", "MaxIdleTime"], 86_401.into())), codes::OUT_OF_RANGE);
-        assert_eq!(code(with(base(), &["RecordParams", "MaxIdleTime"], 5.into())), "accepted");
+        assert_eq!(
+            code(with(base(), &["RecordParams", "RecordMode"], 3.into())),
+            codes::OUT_OF_RANGE
+        );
+        assert_eq!(
+            code(with(base(), &["RecordParams", "RecordMode"], 0.into())),
+            codes::OUT_OF_RANGE
+        );
+        assert_eq!(
+            code(with(base(), &["RecordParams", "MaxIdleTime"], 4.into())),
+            codes::OUT_OF_RANGE
+        );
+        assert_eq!(
+            code(with(
+                base(),
+                &["RecordParams", "MaxIdleTime"],
+                86_401.into()
+            )),
+            codes::OUT_OF_RANGE
+        );
+        assert_eq!(
+            code(with(base(), &["RecordParams", "MaxIdleTime"], 5.into())),
+            "accepted"
+        );
         let both = with(
-            with(base(), &["StorageParams", "CloudStorage"], serde_json::json!({"Vendor":1,"Region":"r","Bucket":"b","AccessKey":"a","SecretKey":"s"})),
+            with(
+                base(),
+                &["StorageParams", "CloudStorage"],
+                serde_json::json!({"Vendor":1,"Region":"r","Bucket":"b","AccessKey":"a","SecretKey":"s"}),
+            ),
             &["StorageParams", "CloudVod"],
             serde_json::json!({"TencentVod": {}}),
         );
         assert_eq!(code(both), codes::STORAGE_PARAMS);
         let mixed = with(base(), &["RecordParams", "RecordMode"], 2.into());
         let video = |w: i64, h: i64| serde_json::json!({"Width": w, "Height": h, "Fps": 15, "BitRate": 1_000_000, "Gop": 2});
-        assert_eq!(code(with(mixed.clone(), &["MixTranscodeParams", "VideoParams"], video(1920, 1080))), "accepted");
-        assert_eq!(code(with(mixed.clone(), &["MixTranscodeParams", "VideoParams"], video(1080, 1920))), "accepted");
-        assert_eq!(code(with(mixed.clone(), &["MixTranscodeParams", "VideoParams"], video(1920, 1082))), codes::VIDEO_RESOLUTION);
-        assert_eq!(code(with(mixed.clone(), &["MixTranscodeParams", "VideoParams"], video(2560, 720))), codes::VIDEO_RESOLUTION);
-        let tiles: Vec<_> = (0..26).map(|_| serde_json::json!({"Top":0,"Left":0,"Width":10,"Height":10})).collect();
+        assert_eq!(
+            code(with(
+                mixed.clone(),
+                &["MixTranscodeParams", "VideoParams"],
+                video(1920, 1080)
+            )),
+            "accepted"
+        );
+        assert_eq!(
+            code(with(
+                mixed.clone(),
+                &["MixTranscodeParams", "VideoParams"],
+                video(1080, 1920)
+            )),
+            "accepted"
+        );
+        assert_eq!(
+            code(with(
+                mixed.clone(),
+                &["MixTranscodeParams", "VideoParams"],
+                video(1920, 1082)
+            )),
+            codes::VIDEO_RESOLUTION
+        );
+        assert_eq!(
+            code(with(
+                mixed.clone(),
+                &["MixTranscodeParams", "VideoParams"],
+                video(2560, 720)
+            )),
+            codes::VIDEO_RESOLUTION
+        );
+        let tiles: Vec<_> = (0..26)
+            .map(|_| serde_json::json!({"Top":0,"Left":0,"Width":10,"Height":10}))
+            .collect();
         let layout = serde_json::json!({"MixLayoutMode": 4, "MixLayoutList": tiles});
-        assert_eq!(code(with(mixed.clone(), &["MixLayoutParams"], layout)), codes::PRESET_LAYOUT_CONFIG);
+        assert_eq!(
+            code(with(mixed.clone(), &["MixLayoutParams"], layout)),
+            codes::PRESET_LAYOUT_CONFIG
+        );
         let marks: Vec<_> = (0..26).map(|_| serde_json::json!({"WaterMarkType":1,"WaterMarkChar":{"Top":0,"Left":0,"Width":10,"Height":10,"Chars":"x"}})).collect();
-        assert_eq!(code(with(mixed.clone(), &["MixLayoutParams", "WaterMarkList"], marks.into())), codes::WATERMARK);
+        assert_eq!(
+            code(with(
+                mixed.clone(),
+                &["MixLayoutParams", "WaterMarkList"],
+                marks.into()
+            )),
+            codes::WATERMARK
+        );
         // Default canvas is 360×640: a tile reaching x = 361 is outside.
         let outside = serde_json::json!({"MixLayoutMode": 4, "MixLayoutList": [{"Top":0,"Left":200,"Width":161,"Height":100}]});
-        assert_eq!(code(with(mixed.clone(), &["MixLayoutParams"], outside)), codes::PRESET_LAYOUT_CONFIG);
+        assert_eq!(
+            code(with(mixed.clone(), &["MixLayoutParams"], outside)),
+            codes::PRESET_LAYOUT_CONFIG
+        );
         let inside = serde_json::json!({"MixLayoutMode": 4, "MixLayoutList": [{"Top":0,"Left":200,"Width":160,"Height":640}]});
         assert_eq!(code(with(mixed, &["MixLayoutParams"], inside)), "accepted");
-        let lists = serde_json::json!({"SubscribeAudioUserIds": ["a"], "UnSubscribeAudioUserIds": ["b"]});
-        assert_eq!(code(with(base(), &["RecordParams", "SubscribeStreamUserIds"], lists)), codes::INVALID_USER_IDS);
+        let lists =
+            serde_json::json!({"SubscribeAudioUserIds": ["a"], "UnSubscribeAudioUserIds": ["b"]});
+        assert_eq!(
+            code(with(
+                base(),
+                &["RecordParams", "SubscribeStreamUserIds"],
+                lists
+            )),
+            codes::INVALID_USER_IDS
+        );
         let mixed_kinds = serde_json::json!({"SubscribeAudioUserIds": ["a"], "UnSubscribeVideoUserIds": ["b", "c.*$"]});
-        assert_eq!(code(with(base(), &["RecordParams", "SubscribeStreamUserIds"], mixed_kinds)), "accepted");
+        assert_eq!(
+            code(with(
+                base(),
+                &["RecordParams", "SubscribeStreamUserIds"],
+                mixed_kinds
+            )),
+            "accepted"
+        );
     }
 
     #[test]
@@ -832,43 +1175,113 @@ mod tests {
         assert!(e.message.contains("RecordParams"));
         let e = parse(with(base(), &["RecordParams"], serde_json::json!({}))).expect_err("missing");
         assert_eq!(e.code, codes::MISSING_RECORD_MODE);
-        let e = parse(with(base(), &["StorageParams", "CloudStorage"], serde_json::json!({"Vendor": 0, "Region": "r"}))).expect_err("missing");
+        let e = parse(with(
+            base(),
+            &["StorageParams", "CloudStorage"],
+            serde_json::json!({"Vendor": 0, "Region": "r"}),
+        ))
+        .expect_err("missing");
         assert_eq!(e.code, codes::MISSING_BUCKET);
-        assert!(e.message.contains("StorageParams.CloudStorage.Bucket"), "{}", e.message);
+        assert!(
+            e.message.contains("StorageParams.CloudStorage.Bucket"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
     fn rooms_and_users() {
-        assert_eq!(code(with(base(), &["RoomId"], "abc".into())), codes::INVALID_VALUE_ROOM_ID);
-        assert_eq!(code(with(base(), &["RoomId"], "4294967295".into())), codes::INVALID_VALUE_ROOM_ID);
-        assert_eq!(code(with(base(), &["RoomId"], "0".into())), codes::INVALID_VALUE_ROOM_ID);
-        let s = parse(with(with(base(), &["RoomId"], "room a#1".into()), &["RoomIdType"], 0.into())).expect("valid");
+        assert_eq!(
+            code(with(base(), &["RoomId"], "abc".into())),
+            codes::INVALID_VALUE_ROOM_ID
+        );
+        assert_eq!(
+            code(with(base(), &["RoomId"], "4294967295".into())),
+            codes::INVALID_VALUE_ROOM_ID
+        );
+        assert_eq!(
+            code(with(base(), &["RoomId"], "0".into())),
+            codes::INVALID_VALUE_ROOM_ID
+        );
+        let s = parse(with(
+            with(base(), &["RoomId"], "room a#1".into()),
+            &["RoomIdType"],
+            0.into(),
+        ))
+        .expect("valid");
         assert_eq!(s.room, RoomId::Str("room a#1".into()));
-        assert_eq!(code(with(with(base(), &["RoomId"], "é".into()), &["RoomIdType"], 0.into())), codes::INVALID_STR_ROOM_ID);
-        assert_eq!(code(with(base(), &["RoomIdType"], 2.into())), codes::OUT_OF_RANGE);
-        assert_eq!(code(with(base(), &["UserId"], "a b".into())), codes::INVALID_USER_ID);
-        assert_eq!(code(with(base(), &["UserId"], "x".repeat(33).into())), codes::INVALID_USER_ID);
-        assert_eq!(code(with(base(), &["SdkAppId"], 0.into())), codes::INVALID_SDK_APP_ID);
+        assert_eq!(
+            code(with(
+                with(base(), &["RoomId"], "é".into()),
+                &["RoomIdType"],
+                0.into()
+            )),
+            codes::INVALID_STR_ROOM_ID
+        );
+        assert_eq!(
+            code(with(base(), &["RoomIdType"], 2.into())),
+            codes::OUT_OF_RANGE
+        );
+        assert_eq!(
+            code(with(base(), &["UserId"], "a b".into())),
+            codes::INVALID_USER_ID
+        );
+        assert_eq!(
+            code(with(base(), &["UserId"], "x".repeat(33).into())),
+            codes::INVALID_USER_ID
+        );
+        assert_eq!(
+            code(with(base(), &["SdkAppId"], 0.into())),
+            codes::INVALID_SDK_APP_ID
+        );
     }
 
     #[test]
     fn mode_specific_parameters() {
-        assert_eq!(code(with(base(), &["MixLayoutParams"], serde_json::json!({}))), codes::NOT_FOR_MODE);
-        assert_eq!(code(with(base(), &["RecordParams", "OutputFormat"], 4.into())), codes::RECORD_AUDIO_ONLY);
+        assert_eq!(
+            code(with(base(), &["MixLayoutParams"], serde_json::json!({}))),
+            codes::NOT_FOR_MODE
+        );
+        assert_eq!(
+            code(with(base(), &["RecordParams", "OutputFormat"], 4.into())),
+            codes::RECORD_AUDIO_ONLY
+        );
         let audio = with(base(), &["RecordParams", "StreamType"], 1.into());
-        assert_eq!(code(with(audio, &["RecordParams", "OutputFormat"], 4.into())), "accepted");
+        assert_eq!(
+            code(with(audio, &["RecordParams", "OutputFormat"], 4.into())),
+            "accepted"
+        );
         let mixed = with(base(), &["RecordParams", "RecordMode"], 2.into());
         assert_eq!(
-            code(with(mixed.clone(), &["MixLayoutParams", "BackgroundImageUrl"], "http://x/a.gif".into())),
+            code(with(
+                mixed.clone(),
+                &["MixLayoutParams", "BackgroundImageUrl"],
+                "http://x/a.gif".into()
+            )),
             codes::CHECK_SUFFIX_FAILED
         );
-        assert_eq!(code(with(mixed.clone(), &["MixLayoutParams", "BackGroundColor"], "red".into())), codes::INVALID_VALUE);
         assert_eq!(
-            code(with(mixed.clone(), &["MixTranscodeParams", "AudioParams"], serde_json::json!({"SampleRate": 4, "Channel": 1, "BitRate": 64000}))),
+            code(with(
+                mixed.clone(),
+                &["MixLayoutParams", "BackGroundColor"],
+                "red".into()
+            )),
+            codes::INVALID_VALUE
+        );
+        assert_eq!(
+            code(with(
+                mixed.clone(),
+                &["MixTranscodeParams", "AudioParams"],
+                serde_json::json!({"SampleRate": 4, "Channel": 1, "BitRate": 64000})
+            )),
             codes::AUDIO_ENCODE_PARAMS
         );
         assert_eq!(
-            code(with(mixed, &["MixTranscodeParams", "VideoParams"], serde_json::json!({"Width": 640}))),
+            code(with(
+                mixed,
+                &["MixTranscodeParams", "VideoParams"],
+                serde_json::json!({"Width": 640})
+            )),
             codes::MISSING
         );
     }

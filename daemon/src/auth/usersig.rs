@@ -103,8 +103,8 @@ pub fn verify(
     if json.len() as u64 > MAX_JSON_BYTES {
         return Err(UserSigError::Malformed("too large once decompressed"));
     }
-    let doc: SigDoc =
-        serde_json::from_slice(&json).map_err(|_| UserSigError::Malformed("not the expected JSON"))?;
+    let doc: SigDoc = serde_json::from_slice(&json)
+        .map_err(|_| UserSigError::Malformed("not the expected JSON"))?;
     if doc.version != "2.0" {
         return Err(UserSigError::Malformed("TLS.ver is not 2.0"));
     }
@@ -121,7 +121,7 @@ pub fn verify(
         });
     }
     let expected = base64::engine::general_purpose::STANDARD.encode(mac(key, &content(&doc)));
-    if expected.as_bytes().len() != doc.sig.len()
+    if expected.len() != doc.sig.len()
         || expected
             .bytes()
             .zip(doc.sig.bytes())
@@ -185,7 +185,10 @@ mod tests {
     #[test]
     fn verifies_a_sig_from_the_reference_library() {
         let sig = PY_SIG.trim();
-        assert_eq!(verify(sig, "k3y", 1_400_000_001, "alice", 1_795_248_959 + 10), Ok(()));
+        assert_eq!(
+            verify(sig, "k3y", 1_400_000_001, "alice", 1_795_248_959 + 10),
+            Ok(())
+        );
         assert!(matches!(
             verify(sig, "k3y", 1_400_000_001, "alice", 1_795_248_959 + 86_401),
             Err(UserSigError::Expired { .. })

@@ -72,7 +72,8 @@ pub fn start(
             }
         };
         let mut schedule = Schedule::new(config.retry_for.as_millis() as u64);
-        let mut entries: std::collections::HashMap<u64, Arc<OutboxEntry>> = std::collections::HashMap::new();
+        let mut entries: std::collections::HashMap<u64, Arc<OutboxEntry>> =
+            std::collections::HashMap::new();
         for e in backlog {
             schedule.push(pending_of(&e));
             entries.insert(e.seq, Arc::new(e));
@@ -83,7 +84,9 @@ pub fn start(
         loop {
             let now = now_ms();
             for p in schedule.due(now) {
-                let Some(entry) = entries.get(&p.seq).cloned() else { continue };
+                let Some(entry) = entries.get(&p.seq).cloned() else {
+                    continue;
+                };
                 let client = client.clone();
                 let done = done_tx.clone();
                 let permits = permits.clone();

@@ -99,7 +99,8 @@ pub fn body(event: EventType, subject: &EventSubject<'_>, payload: Value, now_ms
 
 /// The `Sign` header: base64(HMAC-SHA256(key, body)).
 pub fn sign(key: &str, body: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes any key length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes any key length");
     mac.update(body.as_bytes());
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
@@ -136,7 +137,10 @@ mod tests {
         let str_room = RoomId::Str("1234".into());
         let b = body(
             EventType::RecorderStart,
-            &EventSubject { room: &str_room, ..subject },
+            &EventSubject {
+                room: &str_room,
+                ..subject
+            },
             json!({"Status": 0}),
             0,
         );
@@ -149,7 +153,8 @@ mod tests {
         assert_eq!(
             sign("Jefe", "what do ya want for nothing?"),
             base64::engine::general_purpose::STANDARD.encode(
-                hex::decode("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843").expect("hex")
+                hex::decode("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+                    .expect("hex")
             )
         );
     }

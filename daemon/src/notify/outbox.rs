@@ -48,7 +48,9 @@ pub enum Outcome {
 
 pub fn backoff_ms(failed_attempts: u32) -> u64 {
     let exp = failed_attempts.saturating_sub(1).min(20);
-    BASE_BACKOFF_MS.saturating_mul(1u64 << exp).min(MAX_BACKOFF_MS)
+    BASE_BACKOFF_MS
+        .saturating_mul(1u64 << exp)
+        .min(MAX_BACKOFF_MS)
 }
 
 #[derive(Debug, Default)]
@@ -70,7 +72,10 @@ impl Schedule {
     /// Adds a pending callback (new, or loaded from the store at start-up).
     /// Seqs must grow per task; loading in seq order guarantees it.
     pub fn push(&mut self, p: Pending) {
-        self.queues.entry(p.task_id.clone()).or_default().push_back(p);
+        self.queues
+            .entry(p.task_id.clone())
+            .or_default()
+            .push_back(p);
     }
 
     pub fn pending(&self) -> usize {
@@ -105,7 +110,13 @@ impl Schedule {
     }
 
     /// Reports the result of sending `seq`.
-    pub fn complete(&mut self, task_id: &str, seq: u64, delivered: bool, now_ms: u64) -> Option<Outcome> {
+    pub fn complete(
+        &mut self,
+        task_id: &str,
+        seq: u64,
+        delivered: bool,
+        now_ms: u64,
+    ) -> Option<Outcome> {
         self.in_flight.remove(&seq);
         let q = self.queues.get_mut(task_id)?;
         let head = q.front_mut().filter(|h| h.seq == seq)?;
@@ -155,7 +166,10 @@ mod tests {
         let seq: Vec<u64> = (1..=12).map(backoff_ms).collect();
         assert_eq!(
             seq,
-            vec![1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000, 256_000, 300_000, 300_000, 300_000]
+            vec![
+                1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000, 256_000, 300_000,
+                300_000, 300_000
+            ]
         );
     }
 
@@ -167,8 +181,14 @@ mod tests {
         s.push(p(3, "b", 0));
         let due: Vec<u64> = s.due(0).iter().map(|x| x.seq).collect();
         assert_eq!(due, vec![1, 3]);
-        assert!(s.due(0).is_empty(), "in-flight heads are not handed out twice");
-        assert_eq!(s.complete("a", 1, true, 10), Some(Outcome::Delivered { seq: 1 }));
+        assert!(
+            s.due(0).is_empty(),
+            "in-flight heads are not handed out twice"
+        );
+        assert_eq!(
+            s.complete("a", 1, true, 10),
+            Some(Outcome::Delivered { seq: 1 })
+        );
         let due: Vec<u64> = s.due(10).iter().map(|x| x.seq).collect();
         assert_eq!(due, vec![2]);
     }
@@ -181,14 +201,25 @@ mod tests {
         s.due(0);
         assert_eq!(
             s.complete("a", 1, false, 100),
-            Some(Outcome::Retry { seq: 1, attempts: 1, next_attempt_ms: 1_100 })
+            Some(Outcome::Retry {
+                seq: 1,
+                attempts: 1,
+                next_attempt_ms: 1_100
+            })
         );
         assert!(s.due(1_099).is_empty(), "seq 2 must wait behind seq 1");
         assert_eq!(s.next_wakeup(), Some(1_100));
-        assert_eq!(s.due(1_100).iter().map(|x| x.seq).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(
+            s.due(1_100).iter().map(|x| x.seq).collect::<Vec<_>>(),
+            vec![1]
+        );
         assert_eq!(
             s.complete("a", 1, false, 1_100),
-            Some(Outcome::Retry { seq: 1, attempts: 2, next_attempt_ms: 3_100 })
+            Some(Outcome::Retry {
+                seq: 1,
+                attempts: 2,
+                next_attempt_ms: 3_100
+            })
         );
     }
 
@@ -203,8 +234,13 @@ mod tests {
             assert_eq!(s.due(now).len(), 1);
             attempts += 1;
             match s.complete("a", 1, false, now) {
-                Some(Outcome::Retry { next_attempt_ms, .. }) => now = next_attempt_ms,
-                Some(Outcome::GivenUp { seq: 1, attempts: n }) => {
+                Some(Outcome::Retry {
+                    next_attempt_ms, ..
+                }) => now = next_attempt_ms,
+                Some(Outcome::GivenUp {
+                    seq: 1,
+                    attempts: n,
+                }) => {
                     assert_eq!(n, attempts);
                     break;
                 }
@@ -213,7 +249,10 @@ mod tests {
         }
         // 1+2+4 s = 7 s of retries; the next (8 s later) would pass 10 s.
         assert_eq!(attempts, 4);
-        assert_eq!(s.due(now).iter().map(|x| x.seq).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(
+            s.due(now).iter().map(|x| x.seq).collect::<Vec<_>>(),
+            vec![2]
+        );
         assert_eq!(s.pending(), 1);
     }
 

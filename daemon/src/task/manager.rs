@@ -151,7 +151,12 @@ impl Manager {
         self.inner.state.lock().await.tasks.len()
     }
 
-    fn callback(&self, record: &TaskRecord, (ty, payload): (EventType, serde_json::Value), now: u64) -> Option<NewCallback> {
+    fn callback(
+        &self,
+        record: &TaskRecord,
+        (ty, payload): (EventType, serde_json::Value),
+        now: u64,
+    ) -> Option<NewCallback> {
         let spec = &record.spec;
         let target = self.inner.config.app(spec.sdk_app_id)?.callback.as_ref()?;
         let subject = EventSubject {
@@ -193,12 +198,16 @@ impl Manager {
             Ok(Err(e)) => {
                 self.inner.metrics.store_errors.inc();
                 tracing::error!(error = %e, "state store commit failed");
-                Err(ApiError::internal("the state store could not commit the change; retry with the same parameters"))
+                Err(ApiError::internal(
+                    "the state store could not commit the change; retry with the same parameters",
+                ))
             }
             Err(e) => {
                 self.inner.metrics.store_errors.inc();
                 tracing::error!(error = %e, "state store task panicked");
-                Err(ApiError::internal("the state store could not commit the change; retry with the same parameters"))
+                Err(ApiError::internal(
+                    "the state store could not commit the change; retry with the same parameters",
+                ))
             }
         }
     }
@@ -221,7 +230,11 @@ impl Manager {
             .map(|l| l.record.task_id.clone());
         let live_after = st.tasks.len() + 1 - usize::from(displaced.is_some());
         if live_after > self.inner.config.limits.max_tasks {
-            self.inner.metrics.tasks_refused.with_label_values(&["max_tasks"]).inc();
+            self.inner
+                .metrics
+                .tasks_refused
+                .with_label_values(&["max_tasks"])
+                .inc();
             return Err(ApiError::new(
                 codes::RESTRICTED_CONCURRENCY,
                 format!(
@@ -232,7 +245,8 @@ impl Manager {
             ));
         }
         if let Some(old) = displaced {
-            self.stop_locked(&mut st, &old, LeaveCode::SameUserIdEntered).await?;
+            self.stop_locked(&mut st, &old, LeaveCode::SameUserIdEntered)
+                .await?;
         }
         let record = TaskRecord {
             task_id: new_task_id(),
@@ -240,7 +254,10 @@ impl Manager {
             state: TaskState::Idle,
             created_ms: now,
         };
-        let callbacks = self.callback(&record, event::recorder_start(0), now).into_iter().collect();
+        let callbacks = self
+            .callback(&record, event::recorder_start(0), now)
+            .into_iter()
+            .collect();
         self.commit(Change {
             put_task: Some(&record),
             callbacks,
@@ -259,15 +276,26 @@ impl Manager {
 
     /// The live task for an API call, or `TaskNotExist` (unknown, ended,
     /// another app's, or past its ResourceExpiredHour).
-    fn lookup<'a>(&self, st: &'a State, sdk_app_id: u32, task_id: &str, now: u64) -> Result<&'a Live, ApiError> {
+    fn lookup<'a>(
+        &self,
+        st: &'a State,
+        sdk_app_id: u32,
+        task_id: &str,
+        now: u64,
+    ) -> Result<&'a Live, ApiError> {
         let not_exist = || {
             ApiError::new(
                 codes::TASK_NOT_EXIST,
                 format!("task {task_id} does not exist for SdkAppId {sdk_app_id} (never created, or already ended)"),
             )
         };
-        let live = st.tasks.get(task_id).filter(|l| l.record.spec.sdk_app_id == sdk_app_id).ok_or_else(not_exist)?;
-        let expires = live.record.created_ms + u64::from(live.record.spec.resource_expired_hours) * 3_600_000;
+        let live = st
+            .tasks
+            .get(task_id)
+            .filter(|l| l.record.spec.sdk_app_id == sdk_app_id)
+            .ok_or_else(not_exist)?;
+        let expires =
+            live.record.created_ms + u64::from(live.record.spec.resource_expired_hours) * 3_600_000;
         if now >= expires {
             return Err(ApiError::new(
                 codes::TASK_NOT_EXIST,
@@ -340,15 +368,25 @@ impl Manager {
         self.stop_locked(&mut st, task_id, reason).await
     }
 
-    async fn stop_locked(&self, st: &mut State, task_id: &str, reason: LeaveCode) -> Result<(), ApiError> {
-        let Some(live) = st.tasks.get(task_id) else { return Ok(()) };
+    async fn stop_locked(
+        &self,
+        st: &mut State,
+        task_id: &str,
+        reason: LeaveCode,
+    ) -> Result<(), ApiError> {
+        let Some(live) = st.tasks.get(task_id) else {
+            return Ok(());
+        };
         if matches!(live.record.state, TaskState::Exited { .. }) {
             return Ok(());
         }
         let now = now_ms();
         let mut record = live.record.clone();
         record.state = TaskState::Exited { leave_code: reason };
-        let callbacks = self.callback(&record, event::recorder_stop(reason), now).into_iter().collect();
+        let callbacks = self
+            .callback(&record, event::recorder_stop(reason), now)
+            .into_iter()
+            .collect();
         self.commit(Change {
             put_task: Some(&record),
             callbacks,
@@ -356,7 +394,11 @@ impl Manager {
         })
         .await?;
         tracing::info!(task_id, reason = reason.label(), "recording task stopping");
-        self.inner.metrics.tasks_stopped.with_label_values(&[reason.label()]).inc();
+        self.inner
+            .metrics
+            .tasks_stopped
+            .with_label_values(&[reason.label()])
+            .inc();
         if let Some(live) = st.tasks.get_mut(task_id) {
             live.record = record;
             let _ = live.control.try_send(Control::Stop);
@@ -385,13 +427,21 @@ impl Manager {
     }
 }
 
-async fn run_task(mgr: Manager, task_id: String, max_idle: Duration, mut control: mpsc::Receiver<Control>) {
+async fn run_task(
+    mgr: Manager,
+    task_id: String,
+    max_idle: Duration,
+    mut control: mpsc::Receiver<Control>,
+) {
     // No rooms exist yet (ingest comes later), so the room is empty from
     // the start and the timer is never reset.
     let timer = IdleTimer::new(max_idle, tokio::time::Instant::now().into_std());
     let mut stopping = false;
     loop {
-        let deadline = timer.deadline().filter(|_| !stopping).map(tokio::time::Instant::from_std);
+        let deadline = timer
+            .deadline()
+            .filter(|_| !stopping)
+            .map(tokio::time::Instant::from_std);
         tokio::select! {
             cmd = control.recv() => match cmd {
                 Some(Control::Stop) | None => break,

@@ -451,6 +451,9 @@ mod tests {
     #[test]
     fn room_ids_are_typed_in_json() {
         assert_eq!(RoomId::Int(1234).to_json(), serde_json::json!(1234));
-        assert_eq!(RoomId::Str("1234".into()).to_json(), serde_json::json!("1234"));
+        assert_eq!(
+            RoomId::Str("1234".into()).to_json(),
+            serde_json::json!("1234")
+        );
     }
 }

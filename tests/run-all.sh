@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs everything kiroku's tests need (idempotent; apt + pip) and runs
+# every test: formatting, lints, Rust unit/integration tests, the end-to-end
+# suite that drives the real binary with Tencent's own SDK, and a short
+# run of the API benchmark. This is the README's test command and the only
+# thing .ci/run calls.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# --- system packages -------------------------------------------------------
+APT_PACKAGES=(build-essential pkg-config python3 python3-venv python3-pip systemd curl ca-certificates)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  step "apt-get install ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+if ! command -v cargo >/dev/null; then
+  echo "cargo not found: install a Rust toolchain (https://rustup.rs) first" >&2
+  exit 1
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+# --- python test dependencies ---------------------------------------------
+step "python venv (.venv) with tests/e2e/requirements.txt"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -r tests/e2e/requirements.txt
+
+# --- Rust -----------------------------------------------------------------
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+step "cargo build"
+cargo build --workspace --locked
+step "cargo test"
+cargo test --workspace --locked
+
+# --- end to end -----------------------------------------------------------
+step "end-to-end tests (tests/e2e, Tencent SDK against the real binary)"
+KIROKU_BIN="$PWD/target/debug/kiroku" .venv/bin/python -m pytest -q tests/e2e
+
+# --- benchmark smoke --------------------------------------------------------
+step "API benchmark (short, debug build; figures in docs/performance.md come from release builds)"
+./target/debug/api-load --kiroku target/debug/kiroku --seconds 2 --concurrency 4
+
+step "all tests passed"
