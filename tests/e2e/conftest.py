@@ -1,0 +1,138 @@
+"""Fixtures: kiroku daemons on free ports, callback receivers, SDK clients.
+
+Run from the repository root:  .venv/bin/python -m pytest -q tests/e2e
+The binary is $KIROKU_BIN (default target/debug/kiroku).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from kiroku_e2e import (
+    ACTIVE_DAEMONS,
+    KIROKU_BIN,
+    CallbackReceiver,
+    Daemon,
+    base_config,
+    deep_merge,
+    free_port,
+)
+
+
+def pytest_report_header(config):
+    return f"kiroku binary: {KIROKU_BIN}"
+
+
+def pytest_sessionstart(session):
+    if not Path(KIROKU_BIN).exists():
+        # Not fatal here: Daemon.start() waits a little for a relink.
+        print(f"warning: {KIROKU_BIN} does not exist (set KIROKU_BIN)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed:
+        for d in list(ACTIVE_DAEMONS):
+            rep.sections.append((f"kiroku log: {d.log_path}", d.log_tail(150)))
+
+
+class DaemonFactory:
+    """Starts daemons with custom config pieces; stops and checks them at teardown."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.daemons: list[Daemon] = []
+
+    def config(self, name: str = "kiroku", *, callback_url: str | None = None, dev_mode: bool = False,
+               port: int | None = None, data_dir: Path | None = None, **overrides) -> dict:
+        port = port or free_port()
+        cfg = base_config(data_dir or (self.root / name / "data"), port, callback_url, dev_mode)
+        return deep_merge(cfg, overrides)
+
+    def __call__(self, name: str = "kiroku", *, start: bool = True, env: dict | None = None,
+                 config: dict | None = None, **kw) -> Daemon:
+        if config is None:
+            config = self.config(name, **kw)
+        d = Daemon(self.root / name, config, name=name, env=env)
+        self.daemons.append(d)
+        if start:
+            d.start()
+        return d
+
+    def finish(self) -> None:
+        problems = []
+        for d in self.daemons:
+            if d.running:
+                try:
+                    rc = d.stop(timeout=10)
+                except AssertionError as e:
+                    problems.append(str(e))
+                    continue
+                if rc != 0:
+                    problems.append(f"{d.name} exited with {rc} on SIGTERM (expected 0)\n{d.log_tail()}")
+            if re.search(r"panicked", d.log_text()):
+                problems.append(f"{d.name} panicked\n{d.log_tail(200)}")
+            if d in ACTIVE_DAEMONS:
+                ACTIVE_DAEMONS.remove(d)
+        assert not problems, "\n\n".join(problems)
+
+
+@pytest.fixture
+def kiroku(tmp_path):
+    """Factory: `kiroku(name, callback_url=..., limits={...}, ...)` → a started Daemon.
+
+    Keyword arguments other than name/start/env/config/callback_url/dev_mode/
+    port/data_dir are merged into the default config (kiroku_e2e.base_config).
+    At teardown every daemon still running gets SIGTERM and must exit 0 within
+    10 s, and no daemon log may contain "panicked".
+    """
+    f = DaemonFactory(tmp_path)
+    yield f
+    f.finish()
+
+
+@pytest.fixture(scope="module")
+def kiroku_module(tmp_path_factory):
+    """Like `kiroku`, shared by a whole test module."""
+    f = DaemonFactory(tmp_path_factory.mktemp("kiroku"))
+    yield f
+    f.finish()
+
+
+@pytest.fixture(scope="module")
+def daemon(kiroku_module):
+    """One authenticated daemon (no callbacks) shared by a module."""
+    return kiroku_module("shared")
+
+
+@pytest.fixture(scope="module")
+def api(daemon):
+    return daemon.sdk()
+
+
+@pytest.fixture
+def make_receiver():
+    """Factory of callback receivers; `make_receiver(start=False)` reserves a port only."""
+    made: list[CallbackReceiver] = []
+
+    def make(start: bool = True) -> CallbackReceiver:
+        r = CallbackReceiver()
+        made.append(r)
+        if start:
+            r.start()
+        return r
+
+    yield make
+    for r in made:
+        r.stop()
+
+
+@pytest.fixture
+def receiver(make_receiver):
+    """A running callback receiver (answers 200 unless told otherwise)."""
+    return make_receiver()
