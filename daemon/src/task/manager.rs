@@ -34,6 +34,7 @@ use crate::notify::deliver::{now_ms, Outbox};
 use crate::notify::event::{self, EventSubject, EventType, LeaveCode};
 use crate::store::{Change, NewCallback, Store, TaskRecord, TaskState};
 use crate::task::idle::IdleTimer;
+use crate::task::lifecycle::{self, Event, Transition};
 use crate::task::params::{Modification, RecordingSpec};
 
 /// What DescribeCloudRecording answers.
@@ -377,12 +378,13 @@ impl Manager {
         let Some(live) = st.tasks.get(task_id) else {
             return Ok(());
         };
-        if matches!(live.record.state, TaskState::Exited { .. }) {
+        let Transition::To(next_state) = lifecycle::next(live.record.state, Event::Stop(reason))
+        else {
             return Ok(());
-        }
+        };
         let now = now_ms();
         let mut record = live.record.clone();
-        record.state = TaskState::Exited { leave_code: reason };
+        record.state = next_state;
         let callbacks = self
             .callback(&record, event::recorder_stop(reason), now)
             .into_iter()
@@ -410,6 +412,12 @@ impl Manager {
     /// Called by the runner once an Exited task has nothing left to do.
     async fn finish(&self, task_id: &str) {
         let mut st = self.inner.state.lock().await;
+        let Some(live) = st.tasks.get(task_id) else {
+            return;
+        };
+        if lifecycle::next(live.record.state, Event::Finished) != Transition::Remove {
+            return;
+        }
         if self
             .commit(Change {
                 remove_task: Some(task_id),

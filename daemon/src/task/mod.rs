@@ -2,5 +2,6 @@
 //! that owns every live task.
 
 pub mod idle;
+pub mod lifecycle;
 pub mod manager;
 pub mod params;
