@@ -49,6 +49,8 @@ struct RawConfig {
     #[serde(default)]
     log: RawLog,
     #[serde(default)]
+    ingest: RawIngest,
+    #[serde(default)]
     credentials: Vec<RawCredential>,
     #[serde(default)]
     apps: Vec<RawApp>,
@@ -85,6 +87,13 @@ struct RawLog {
     format: Option<String>,
 }
 
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawIngest {
+    udp_listen: Option<String>,
+    advertised_addresses: Option<Vec<String>>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCredential {
@@ -109,6 +118,7 @@ pub struct Config {
     pub limits: Limits,
     pub callbacks: CallbackConfig,
     pub log: LogConfig,
+    pub ingest: IngestConfig,
     /// TC3-HMAC-SHA256 API keys. Empty = open dev mode (loopback only).
     pub credentials: Vec<Credential>,
     /// Known applications. Empty in dev mode = any SdkAppId is accepted.
@@ -137,6 +147,14 @@ pub struct CallbackConfig {
     pub timeout: Duration,
     /// Callback POSTs in flight at once (over all tasks).
     pub max_in_flight: usize,
+}
+
+/// WebRTC ingest: the one UDP socket and the addresses put in ICE candidates.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    pub udp_listen: SocketAddr,
+    /// Empty: advertise `udp_listen` itself.
+    pub advertised_addresses: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,6 +214,7 @@ pub struct CallbackTarget {
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./kiroku-data";
 pub const DEFAULT_MAX_TASKS: usize = 100;
+pub const DEFAULT_UDP_PORT: u16 = 8443;
 pub const DEFAULT_API_RATE: u32 = 20;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_CALLBACK_RETRY_FOR_SECONDS: u64 = 24 * 3600;
@@ -395,6 +414,47 @@ impl Config {
             ));
         }
 
+        let udp_text = raw
+            .ingest
+            .udp_listen
+            .unwrap_or_else(|| SocketAddr::new(listen.ip(), DEFAULT_UDP_PORT).to_string());
+        let udp_listen: SocketAddr = udp_text.parse().map_err(|_| {
+            invalid(
+                "ingest.udp_listen",
+                format!("`{udp_text}` is not an IP:port address (e.g. 0.0.0.0:8443)"),
+            )
+        })?;
+        let mut advertised_addresses = Vec::new();
+        for (i, a) in raw
+            .ingest
+            .advertised_addresses
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            let ip: std::net::IpAddr = a.parse().map_err(|_| {
+                invalid(
+                    format!("ingest.advertised_addresses[{i}]"),
+                    format!("`{a}` is not an IP address"),
+                )
+            })?;
+            if ip.is_unspecified() {
+                return Err(invalid(
+                    format!("ingest.advertised_addresses[{i}]"),
+                    "an unspecified address cannot be advertised to publishers",
+                ));
+            }
+            advertised_addresses.push(ip);
+        }
+        if udp_listen.ip().is_unspecified() && advertised_addresses.is_empty() {
+            return Err(invalid(
+                "ingest.advertised_addresses",
+                format!(
+                    "ingest.udp_listen is {udp_listen}: list the address(es) publishers reach this box at"
+                ),
+            ));
+        }
+
         Ok(Config {
             data_dir: raw
                 .data_dir
@@ -415,6 +475,10 @@ impl Config {
                 max_in_flight,
             },
             log: LogConfig { level, format },
+            ingest: IngestConfig {
+                udp_listen,
+                advertised_addresses,
+            },
             credentials,
             apps,
         })
@@ -463,7 +527,7 @@ mod tests {
         let e = err("[server]\nlisten = \"0.0.0.0:8080\"");
         assert!(e.contains("loopback"), "{e}");
         let ok = Config::parse(
-            "[server]\nlisten = \"0.0.0.0:8080\"\n[[credentials]]\nsecret_id = \"a\"\nsecret_key = \"b\"",
+            "[server]\nlisten = \"0.0.0.0:8080\"\n[ingest]\nadvertised_addresses = [\"192.0.2.7\"]\n[[credentials]]\nsecret_id = \"a\"\nsecret_key = \"b\"",
         )
         .expect("valid");
         assert!(!ok.dev_mode());
@@ -479,5 +543,17 @@ mod tests {
         assert!(err("[limits]\nmax_tasks = 0").contains("limits.max_tasks"));
         assert!(err("[server]\nlisten = \"localhost\"").contains("server.listen"));
         assert!(err("[log]\nformat = \"xml\"").contains("log.format"));
+        assert!(err("[ingest]\nudp_listen = \"0.0.0.0:9\"").contains("ingest.advertised_addresses"));
+        assert!(err("[ingest]\nadvertised_addresses = [\"x\"]")
+            .contains("ingest.advertised_addresses[0]"));
+        let c = Config::parse(
+            "[ingest]\nudp_listen = \"0.0.0.0:9\"\nadvertised_addresses = [\"192.0.2.1\"]",
+        )
+        .expect("valid");
+        assert_eq!(c.ingest.advertised_addresses.len(), 1);
+        assert_eq!(
+            Config::embedded_defaults().ingest.udp_listen.to_string(),
+            "127.0.0.1:8443"
+        );
     }
 }

@@ -8,6 +8,8 @@
 //!   rate limits, the axum edge).
 //! - [`auth`]: TRTC UserSig verification.
 //! - [`task`]: recording tasks, their parameters and lifecycle.
+//! - [`ingest`]: WHIP sessions on str0m; [`room`]: rooms of publishers and
+//!   subscriptions to their media; [`media`]: bitstream helpers.
 //! - [`notify`]: signed event callbacks from a durable outbox.
 //! - [`store`]: the embedded transactional state store.
 //! - [`metrics`], [`systemd`], [`server`]: operations.
@@ -15,8 +17,12 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod ingest;
+pub mod media;
 pub mod metrics;
 pub mod notify;
+pub mod publish;
+pub mod room;
 pub mod server;
 pub mod store;
 pub mod systemd;

@@ -138,6 +138,11 @@ impl Metrics {
         }
     }
 
+    /// The registry, for subsystems that register their own metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

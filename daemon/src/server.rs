@@ -16,6 +16,8 @@ use tokio::net::TcpListener;
 
 use crate::api::http::{self as api_http, ApiState};
 use crate::config::Config;
+use crate::ingest::whip::{self, WhipState};
+use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::notify::deliver;
 use crate::store::Store;
@@ -34,6 +36,11 @@ pub enum ServerError {
     Store(#[from] crate::store::StoreError),
     #[error("HTTP server: {0}")]
     Http(std::io::Error),
+    #[error("cannot bind the WebRTC UDP socket {addr} (ingest.udp_listen): {source}")]
+    Udp {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 struct Shared {
@@ -55,6 +62,26 @@ pub fn router(api: Arc<ApiState>, metrics: Metrics) -> Router {
                 .route("/", any(api_http::handle))
                 .with_state(api),
         )
+}
+
+fn status_router(ingest: Arc<Ingest>) -> Router {
+    Router::new()
+        .route("/v1/rooms", get(rooms_status))
+        .with_state(ingest)
+}
+
+/// `GET /v1/rooms`: every room, its users in join order, their tracks.
+async fn rooms_status(State(ingest): State<Arc<Ingest>>) -> Response {
+    let body = serde_json::json!({
+        "rooms": ingest.registry.status(),
+        "sessions": ingest.sessions.len(),
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 async fn healthz() -> &'static str {
@@ -121,7 +148,22 @@ pub async fn run(
         manager.clone(),
         metrics.clone(),
     ));
-    let app = router(api, metrics);
+    str0m::crypto::from_feature_flags().install_process_default();
+    let ingest = Ingest::start(
+        config.ingest.udp_listen,
+        &config.ingest.advertised_addresses,
+        &metrics,
+    )
+    .map_err(|source| ServerError::Udp {
+        addr: config.ingest.udp_listen,
+        source,
+    })?;
+    let app = router(api, metrics)
+        .merge(whip::router(Arc::new(WhipState {
+            config: config.clone(),
+            ingest: ingest.clone(),
+        })))
+        .merge(status_router(ingest.clone()));
 
     let addr = listener.local_addr().map_err(ServerError::Http)?;
     tracing::info!(%addr, public_url = %config.server.public_url, "listening");
@@ -149,6 +191,9 @@ pub async fn run(
     };
     let _ = stop_tx.send(true);
     let _ = outbox_worker.await;
+    tokio::task::spawn_blocking(move || ingest.shutdown())
+        .await
+        .ok();
     heartbeat.abort();
     // Let every store handle go before returning so the database closes.
     drop(manager);

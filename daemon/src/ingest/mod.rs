@@ -1,0 +1,344 @@
+//! WebRTC ingest: WHIP (RFC 9725) sessions on str0m, one UDP socket.
+//!
+//! - `offer`: checks an offer can be recorded (H.264 / Opus), pure.
+//! - `router`: datagram → peer (STUN ufrag, then source address), pure.
+//! - `engine`: the media thread driving every peer's `Rtc`.
+//! - `whip`: the HTTP endpoints.
+//!
+//! A WHIP handler accepts the offer on its own `Rtc` (so the SDP answer
+//! never waits on the media thread), then hands the `Rtc` to the engine.
+
+pub mod engine;
+pub mod offer;
+pub mod router;
+pub mod whip;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge};
+
+use crate::metrics::Metrics;
+use crate::room::{DropReason, Registry, RoomKey, RoomObserver, TrackKind};
+
+pub use engine::{Command, NewPeer};
+
+/// Why an offer could not be answered.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AcceptError {
+    #[error("{0}")]
+    Sdp(String),
+    #[error("{0}")]
+    Unanswerable(String),
+}
+
+pub fn random_token(len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    (0..len)
+        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// Builds the server side of a session: an ICE-lite `Rtc` that takes H.264
+/// and Opus only, with host candidates at `candidates`, answering `sdp`.
+/// Returns the `Rtc`, its local ICE ufrag (the routing key) and the answer.
+pub fn accept_offer(
+    sdp: &str,
+    candidates: &[SocketAddr],
+    now: std::time::Instant,
+) -> Result<(str0m::Rtc, String, String), AcceptError> {
+    let parsed = str0m::change::SdpOffer::from_sdp_string(sdp)
+        .map_err(|e| AcceptError::Sdp(e.to_string()))?;
+    let ufrag = random_token(16);
+    let mut rtc = str0m::RtcConfig::new()
+        .set_ice_lite(true)
+        .set_local_ice_credentials(str0m::IceCreds {
+            ufrag: ufrag.clone(),
+            pass: random_token(32),
+        })
+        .clear_codecs()
+        .enable_h264(true)
+        .enable_opus(true, false)
+        .set_stats_interval(Some(std::time::Duration::from_secs(1)))
+        .build(now);
+    for addr in candidates {
+        let c = str0m::Candidate::host(*addr, "udp")
+            .map_err(|e| AcceptError::Unanswerable(format!("ICE candidate {addr}: {e}")))?;
+        rtc.add_local_candidate(c);
+    }
+    let answer = rtc
+        .sdp_api()
+        .accept_offer(parsed)
+        .map_err(|e| AcceptError::Unanswerable(e.to_string()))?;
+    Ok((rtc, ufrag, answer.to_sdp_string()))
+}
+
+/// Ingest counters, registered in the daemon's registry.
+#[derive(Clone)]
+pub struct IngestMetrics {
+    pub peers: IntGauge,
+    pub packets: IntCounter,
+    pub bytes: IntCounter,
+    pub unroutable: IntCounter,
+    pub malformed: IntCounter,
+    pub socket_errors: IntCounter,
+    pub frames: IntCounterVec,
+    pub drops: IntCounterVec,
+    pub keyframe_requests: IntCounter,
+    pub nacks: IntCounter,
+    pub plis: IntCounter,
+    pub sessions_created: IntCounter,
+    pub sessions_refused: IntCounterVec,
+    pub sessions_connected: IntCounter,
+    pub sessions_ended: IntCounterVec,
+    pub rooms: IntGauge,
+    pub rooms_by_users: prometheus::IntGaugeVec,
+}
+
+impl IngestMetrics {
+    pub fn register(m: &Metrics) -> Self {
+        let r = m.registry();
+        let c = |n: &str, h: &str| {
+            let c = IntCounter::new(n, h).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let cv = |n: &str, h: &str, l: &[&str]| {
+            let c = IntCounterVec::new(prometheus::Opts::new(n, h), l).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let g = |n: &str, h: &str| {
+            let g = IntGauge::new(n, h).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let rooms_by_users = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "kiroku_rooms_by_users",
+                "Rooms by number of publishing users",
+            ),
+            &["users"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(rooms_by_users.clone()))
+            .expect("unique metric");
+        Self {
+            peers: g("kiroku_ingest_peers", "WHIP peers held by the media engine"),
+            packets: c(
+                "kiroku_ingest_packets_received_total",
+                "UDP datagrams received",
+            ),
+            bytes: c("kiroku_ingest_received_bytes_total", "UDP bytes received"),
+            unroutable: c(
+                "kiroku_ingest_unroutable_packets_total",
+                "Datagrams that matched no peer",
+            ),
+            malformed: c(
+                "kiroku_ingest_malformed_packets_total",
+                "Datagrams a peer could not use",
+            ),
+            socket_errors: c(
+                "kiroku_ingest_socket_errors_total",
+                "UDP send/receive errors",
+            ),
+            frames: cv(
+                "kiroku_ingest_frames_total",
+                "Frames received, by track",
+                &["track"],
+            ),
+            drops: cv(
+                "kiroku_ingest_frame_drops_total",
+                "Frames not delivered to a subscriber, by reason",
+                &["reason"],
+            ),
+            keyframe_requests: c(
+                "kiroku_ingest_keyframe_requests_total",
+                "PLIs kiroku asked publishers for",
+            ),
+            nacks: c("kiroku_ingest_nacks_total", "NACKs sent to publishers"),
+            plis: c(
+                "kiroku_ingest_plis_total",
+                "PLIs and FIRs sent to publishers",
+            ),
+            sessions_created: c(
+                "kiroku_whip_sessions_created_total",
+                "WHIP sessions created",
+            ),
+            sessions_refused: cv(
+                "kiroku_whip_sessions_refused_total",
+                "WHIP offers refused, by HTTP status",
+                &["status"],
+            ),
+            sessions_connected: c(
+                "kiroku_whip_sessions_connected_total",
+                "WHIP sessions whose ICE/DTLS connected",
+            ),
+            sessions_ended: cv(
+                "kiroku_whip_sessions_ended_total",
+                "WHIP sessions ended, by reason",
+                &["reason"],
+            ),
+            rooms: g("kiroku_rooms", "Rooms with at least one publishing user"),
+            rooms_by_users,
+        }
+    }
+}
+
+/// WHIP sessions by id (the `Location` resource).
+#[derive(Default)]
+pub struct SessionTable {
+    sessions: Mutex<HashMap<String, SessionEntry>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionEntry {
+    pub key: RoomKey,
+    pub user_id: String,
+    pub aux: bool,
+    pub etag: String,
+}
+
+impl SessionTable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SessionEntry>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    pub fn insert(&self, id: String, e: SessionEntry) {
+        self.lock().insert(id, e);
+    }
+    pub fn get(&self, id: &str) -> Option<SessionEntry> {
+        self.lock().get(id).cloned()
+    }
+    pub fn remove(&self, id: &str) -> Option<SessionEntry> {
+        self.lock().remove(id)
+    }
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The room observer the daemon installs: metrics, and key frame requests
+/// routed to the engine.
+pub struct EngineObserver {
+    metrics: IngestMetrics,
+    commands: SyncSender<Command>,
+}
+
+impl RoomObserver for EngineObserver {
+    fn frame_dropped(&self, reason: DropReason) {
+        self.metrics
+            .drops
+            .with_label_values(&[reason.label()])
+            .inc();
+    }
+    fn keyframe_wanted(&self, session_id: &str, kind: TrackKind) {
+        let cmd = Command::RequestKeyframe {
+            session_id: session_id.to_owned(),
+            kind,
+        };
+        if let Err(TrySendError::Full(_)) = self.commands.try_send(cmd) {
+            self.metrics
+                .drops
+                .with_label_values(&["keyframe_request_overflow"])
+                .inc();
+        }
+    }
+    fn users_changed(&self, rooms: &[usize]) {
+        self.metrics.rooms.set(rooms.len() as i64);
+        let mut buckets = [0i64; 5];
+        for &n in rooms {
+            let b = match n {
+                0..=1 => 0,
+                2..=4 => 1,
+                5..=9 => 2,
+                10..=25 => 3,
+                _ => 4,
+            };
+            buckets[b] += 1;
+        }
+        for (label, v) in ["1", "2-4", "5-9", "10-25", "26+"].iter().zip(buckets) {
+            self.metrics
+                .rooms_by_users
+                .with_label_values(&[label])
+                .set(v);
+        }
+    }
+}
+
+/// The running ingest: what the WHIP handlers need.
+pub struct Ingest {
+    pub commands: SyncSender<Command>,
+    /// The UDP socket's bound address (its port goes into candidates).
+    pub udp_addr: SocketAddr,
+    /// Addresses advertised as ICE host candidates.
+    pub candidates: Vec<SocketAddr>,
+    pub sessions: Arc<SessionTable>,
+    pub registry: Arc<Registry>,
+    pub metrics: IngestMetrics,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Ingest {
+    /// Binds the UDP socket and starts the media thread.
+    pub fn start(
+        udp_listen: SocketAddr,
+        advertised: &[std::net::IpAddr],
+        metrics: &Metrics,
+    ) -> std::io::Result<Arc<Self>> {
+        let socket = UdpSocket::bind(udp_listen)?;
+        let udp_addr = socket.local_addr()?;
+        let candidates = if advertised.is_empty() {
+            vec![udp_addr]
+        } else {
+            advertised
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, udp_addr.port()))
+                .collect()
+        };
+        let im = IngestMetrics::register(metrics);
+        let (tx, rx) = sync_channel(4096);
+        let observer = Arc::new(EngineObserver {
+            metrics: im.clone(),
+            commands: tx.clone(),
+        });
+        let registry = Arc::new(Registry::new(observer));
+        let sessions = Arc::new(SessionTable::default());
+        let core = engine::IngestCore::new(
+            udp_addr,
+            registry.clone(),
+            sessions.clone(),
+            im.clone(),
+            std::time::Instant::now(),
+        );
+        let thread = std::thread::Builder::new()
+            .name("kiroku-ingest".into())
+            .spawn(move || engine::run(core, socket, rx))?;
+        tracing::info!(%udp_addr, candidates = ?candidates, "WebRTC ingest listening");
+        Ok(Arc::new(Self {
+            commands: tx,
+            udp_addr,
+            candidates,
+            sessions,
+            registry,
+            metrics: im,
+            thread: Mutex::new(Some(thread)),
+        }))
+    }
+
+    /// Ends every session and stops the media thread.
+    pub fn shutdown(&self) {
+        let _ = self.commands.send(Command::Shutdown);
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,361 @@
+//! WHIP endpoints (RFC 9725) on the daemon's HTTP listener.
+//!
+//! - `POST /whip/{SdkAppId}/{RoomId}/{UserId}` — main stream (camera + mic)
+//! - `POST /whip/{SdkAppId}/{RoomId}/{UserId}/aux` — aux stream (screen share)
+//!   Rooms are integer rooms; add `?roomType=string` for a string room.
+//!   Body `application/sdp` → `201 Created`, the answer, `Location`, `ETag`.
+//! - `DELETE /whip/session/{id}` ends the session (`200`).
+//! - `PATCH /whip/session/{id}` with `application/trickle-ice-sdpfrag`:
+//!   trickled candidates are acknowledged with `204` — kiroku is an ICE-lite
+//!   agent and learns the client's addresses from its connectivity checks,
+//!   so it needs none; an ICE restart (`If-Match: *`) answers `422` (not
+//!   supported: publish again instead), a stale `If-Match` `412`.
+//! - `OPTIONS` on all of them, with CORS so pages on other origins publish.
+//!
+//! Errors are plain text with the RFC's status codes. Authentication is
+//! `Authorization: Bearer <UserSig>` for the UserId in the path, checked
+//! with the app's `user_sig_key` (apps without one are open).
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::routing::{patch, post};
+use axum::Router;
+
+use super::{offer, Command, Ingest, NewPeer, SessionEntry};
+use crate::api::validate;
+use crate::auth::usersig;
+use crate::config::Config;
+use crate::room::RoomKey;
+
+const MAX_OFFER_BYTES: usize = 64 * 1024;
+
+pub struct WhipState {
+    pub config: Arc<Config>,
+    pub ingest: Arc<Ingest>,
+}
+
+pub fn router(state: Arc<WhipState>) -> Router {
+    Router::new()
+        .route(
+            "/whip/session/{id}",
+            patch(patch_session).delete(delete_session).options(options),
+        )
+        .route(
+            "/whip/{app}/{room}/{user}",
+            post(publish_main).options(options),
+        )
+        .route(
+            "/whip/{app}/{room}/{user}/aux",
+            post(publish_aux).options(options),
+        )
+        .with_state(state)
+}
+
+fn with_cors(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Location, ETag, Link, Accept-Patch, Accept-Post"),
+    );
+    r
+}
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response {
+    let mut body = msg.into();
+    body.push('\n');
+    let r = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Body::from(body))
+        .unwrap_or_default();
+    with_cors(r)
+}
+
+async fn options() -> Response {
+    let r = Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .header(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            "POST, PATCH, DELETE, OPTIONS",
+        )
+        .header(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            "Content-Type, Authorization, If-Match",
+        )
+        .header(header::ACCESS_CONTROL_MAX_AGE, "86400")
+        .header("Accept-Post", "application/sdp")
+        .header("Accept-Patch", "application/trickle-ice-sdpfrag")
+        .body(Body::empty())
+        .unwrap_or_default();
+    with_cors(r)
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct PublishQuery {
+    #[serde(rename = "roomType")]
+    room_type: Option<String>,
+}
+
+async fn publish_main(
+    State(s): State<Arc<WhipState>>,
+    Path((app, room, user)): Path<(String, String, String)>,
+    Query(q): Query<PublishQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    publish(&s, &app, &room, &user, q, false, &headers, &body)
+}
+
+async fn publish_aux(
+    State(s): State<Arc<WhipState>>,
+    Path((app, room, user)): Path<(String, String, String)>,
+    Query(q): Query<PublishQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    publish(&s, &app, &room, &user, q, true, &headers, &body)
+}
+
+fn random_token(len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    (0..len)
+        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn publish(
+    s: &WhipState,
+    app: &str,
+    room: &str,
+    user: &str,
+    q: PublishQuery,
+    aux: bool,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let result = publish_inner(s, app, room, user, q, aux, headers, body);
+    match result {
+        Ok(r) => {
+            s.ingest.metrics.sessions_created.inc();
+            r
+        }
+        Err((status, msg)) => {
+            s.ingest
+                .metrics
+                .sessions_refused
+                .with_label_values(&[status.as_str()])
+                .inc();
+            tracing::debug!(status = status.as_u16(), %msg, "WHIP offer refused");
+            text(status, msg)
+        }
+    }
+}
+
+type WhipError = (StatusCode, String);
+
+#[allow(clippy::too_many_arguments)]
+fn publish_inner(
+    s: &WhipState,
+    app: &str,
+    room: &str,
+    user: &str,
+    q: PublishQuery,
+    aux: bool,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, WhipError> {
+    let bad = |m: String| (StatusCode::BAD_REQUEST, m);
+    let sdk_app_id: u32 = app
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| bad(format!("`{app}` is not a SdkAppId")))?;
+    let app_cfg = s.config.app(sdk_app_id);
+    if app_cfg.is_none() && !(s.config.dev_mode() && s.config.apps.is_empty()) {
+        return Err((
+            StatusCode::NOT_FOUND,
+            format!("SdkAppId {sdk_app_id} is not configured on this appliance"),
+        ));
+    }
+    let room_type = match q.room_type.as_deref() {
+        None | Some("integer") | Some("int") => 1,
+        Some("string") | Some("str") => 0,
+        Some(other) => {
+            return Err(bad(format!(
+                "roomType={other:?}: use \"integer\" (default) or \"string\""
+            )))
+        }
+    };
+    let room =
+        validate::room_id(Some(room.to_owned()), Some(room_type)).map_err(|e| bad(e.message))?;
+    validate::user_id("UserId", user).map_err(|e| bad(e.message))?;
+
+    if let Some(key) = app_cfg.and_then(|a| a.user_sig_key.as_deref()) {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or((
+                StatusCode::UNAUTHORIZED,
+                "Authorization: Bearer <UserSig> is required for this app".to_owned(),
+            ))?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        usersig::verify(token, key, sdk_app_id, user, now)
+            .map_err(|e| (StatusCode::UNAUTHORIZED, e.to_string()))?;
+    }
+
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type
+        .trim()
+        .to_ascii_lowercase()
+        .starts_with("application/sdp")
+    {
+        return Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type {content_type:?}: a WHIP offer is application/sdp"),
+        ));
+    }
+    if body.len() > MAX_OFFER_BYTES {
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the offer is larger than {MAX_OFFER_BYTES} bytes"),
+        ));
+    }
+    let sdp = std::str::from_utf8(body).map_err(|_| bad("the offer is not UTF-8 text".into()))?;
+    offer::check(sdp, aux).map_err(|e| match e {
+        offer::OfferError::Malformed(m) => bad(format!("the body is not an SDP offer: {m}")),
+        offer::OfferError::Unusable(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
+    })?;
+    let (rtc, ufrag, answer) = super::accept_offer(sdp, &s.ingest.candidates, Instant::now())
+        .map_err(|e| match e {
+            super::AcceptError::Sdp(m) => bad(format!("the body is not an SDP offer: {m}")),
+            super::AcceptError::Unanswerable(m) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("the offer cannot be answered: {m}"),
+            ),
+        })?;
+
+    let session_id = random_token(24);
+    let key = RoomKey { sdk_app_id, room };
+    let etag = format!("\"{}\"", random_token(12));
+    s.ingest.sessions.insert(
+        session_id.clone(),
+        SessionEntry {
+            key: key.clone(),
+            user_id: user.to_owned(),
+            aux,
+            etag: etag.clone(),
+        },
+    );
+    let peer = NewPeer {
+        session_id: session_id.clone(),
+        rtc,
+        local_ufrag: ufrag,
+        key,
+        user_id: user.to_owned(),
+        aux,
+    };
+    if s.ingest
+        .commands
+        .try_send(Command::AddPeer(Box::new(peer)))
+        .is_err()
+    {
+        s.ingest.sessions.remove(&session_id);
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the media engine is overloaded; retry shortly".into(),
+        ));
+    }
+    tracing::info!(%session_id, sdk_app_id, user_id = user, aux, "WHIP session created");
+    let location = format!("/whip/session/{session_id}");
+    let r = Response::builder()
+        .status(StatusCode::CREATED)
+        .header(header::CONTENT_TYPE, "application/sdp")
+        .header(header::LOCATION, location)
+        .header(header::ETAG, etag)
+        .header("Accept-Patch", "application/trickle-ice-sdpfrag")
+        .body(Body::from(answer))
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(with_cors(r))
+}
+
+async fn delete_session(State(s): State<Arc<WhipState>>, Path(id): Path<String>) -> Response {
+    if s.ingest.sessions.get(&id).is_none() {
+        return text(StatusCode::NOT_FOUND, format!("no WHIP session {id}"));
+    }
+    let _ = s.ingest.commands.try_send(Command::RemovePeer {
+        session_id: id.clone(),
+    });
+    s.ingest.sessions.remove(&id);
+    with_cors(
+        Response::builder()
+            .status(StatusCode::OK)
+            .body(Body::empty())
+            .unwrap_or_default(),
+    )
+}
+
+async fn patch_session(
+    State(s): State<Arc<WhipState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(entry) = s.ingest.sessions.get(&id) else {
+        return text(StatusCode::NOT_FOUND, format!("no WHIP session {id}"));
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type
+        .trim()
+        .eq_ignore_ascii_case("application/trickle-ice-sdpfrag")
+    {
+        return text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type {content_type:?}: PATCH takes application/trickle-ice-sdpfrag"),
+        );
+    }
+    match headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) {
+        Some("*") => {
+            return text(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "ICE restarts are not supported: end this session and publish again",
+            )
+        }
+        Some(tag) if tag != entry.etag => {
+            return text(
+                StatusCode::PRECONDITION_FAILED,
+                "If-Match does not match the session's ETag",
+            )
+        }
+        _ => {}
+    }
+    if std::str::from_utf8(&body).is_err() {
+        return text(StatusCode::BAD_REQUEST, "the fragment is not UTF-8 text");
+    }
+    with_cors(
+        Response::builder()
+            .status(StatusCode::NO_CONTENT)
+            .body(Body::empty())
+            .unwrap_or_default(),
+    )
+}

@@ -1,0 +1,4 @@
+//! Media formats: bitstream parsing now; TS/HLS/MP4 muxing later.
+
+pub mod h264;
+pub mod rtp_time;
