@@ -32,6 +32,168 @@ enum Command {
         /// TOML configuration file.
         file: PathBuf,
     },
+    /// Publish a synthetic test pattern and tone into a room over WHIP.
+    Publish(Box<PublishArgs>),
+}
+
+#[derive(clap::Args)]
+struct PublishArgs {
+    /// Base URL of the kiroku daemon.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// SdkAppId of the room.
+    #[arg(long, default_value_t = 1_400_000_001)]
+    sdk_app_id: u32,
+    /// Room id (an integer room unless --string-room).
+    #[arg(long)]
+    room: String,
+    /// The room id is a string room id (RoomIdType 0).
+    #[arg(long)]
+    string_room: bool,
+    /// User id; with --count N the users are <user>_1 .. <user>_N.
+    #[arg(long, default_value = "publisher")]
+    user: String,
+    /// Number of users to publish (one encoder, sent N times).
+    #[arg(long, default_value_t = 1)]
+    count: usize,
+    /// Also publish an aux (screen share) stream per user.
+    #[arg(long)]
+    aux: bool,
+    /// Seconds to publish.
+    #[arg(long, default_value_t = 30.0)]
+    duration: f64,
+    /// UserSig to send as Bearer token.
+    #[arg(long)]
+    user_sig: Option<String>,
+    /// Key to issue a UserSig per user (TLS-Sig-API v2), instead of --user-sig.
+    #[arg(long)]
+    user_sig_key: Option<String>,
+    #[arg(long, default_value_t = 640)]
+    width: u32,
+    #[arg(long, default_value_t = 360)]
+    height: u32,
+    #[arg(long, default_value_t = 15)]
+    fps: u32,
+    /// Video bitrate in bits/s.
+    #[arg(long, default_value_t = 600_000)]
+    bitrate: u32,
+    /// Base colour, #RRGGBB.
+    #[arg(long, default_value = "#2060c0")]
+    color: String,
+    /// bars (moving colour bars) or solid (one colour, for layout tests).
+    #[arg(long, default_value = "bars")]
+    pattern: String,
+    /// Tone frequency in Hz.
+    #[arg(long, default_value_t = 440.0)]
+    tone: f32,
+    /// Key frame interval in frames.
+    #[arg(long, default_value_t = 30)]
+    keyframe_interval: u32,
+    #[arg(long)]
+    no_audio: bool,
+    #[arg(long)]
+    no_video: bool,
+    /// Local IP to send from.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: std::net::IpAddr,
+    /// Vanish at the end without a WHIP DELETE (tests consent timeouts).
+    #[arg(long)]
+    no_delete: bool,
+    /// Print the final report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn publish(a: PublishArgs) -> anyhow::Result<()> {
+    use kiroku::publish::client::{self, PublishOptions};
+    use kiroku::publish::source::{AudioConfig, Pattern, Rgb, VideoConfig};
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KIROKU_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    if a.count == 0 || a.count > 10_000 {
+        anyhow::bail!("--count must be 1..=10000");
+    }
+    if !(a.duration.is_finite() && a.duration > 0.0) {
+        anyhow::bail!("--duration must be a positive number of seconds");
+    }
+    let color: Rgb = a
+        .color
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--color: {e}"))?;
+    let pattern: Pattern = a
+        .pattern
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--pattern: {e}"))?;
+    let video = (!a.no_video).then(|| VideoConfig {
+        width: a.width,
+        height: a.height,
+        fps: a.fps,
+        bitrate_bps: a.bitrate,
+        label: a.user.clone(),
+        color,
+        pattern,
+        keyframe_interval_frames: a.keyframe_interval,
+    });
+    let audio = (!a.no_audio).then(|| AudioConfig {
+        frequency_hz: a.tone,
+        ..AudioConfig::default()
+    });
+    let opts = PublishOptions {
+        url: a.url,
+        sdk_app_id: a.sdk_app_id,
+        room: a.room,
+        string_room: a.string_room,
+        user: a.user,
+        count: a.count,
+        aux: a.aux,
+        duration: std::time::Duration::from_secs_f64(a.duration),
+        user_sig: a.user_sig,
+        user_sig_key: a.user_sig_key,
+        video,
+        audio,
+        bind: a.bind,
+        no_delete: a.no_delete,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let report = runtime.block_on(async {
+        let stop2 = stop.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            stop2.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        client::run(opts, stop).await
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+    } else {
+        println!(
+            "published {:.1} s: {} session(s), {} connected; {} video / {} audio frames encoded, {} / {} sent; {} key frame request(s); {} bytes",
+            report.seconds,
+            report.sessions,
+            report.connected,
+            report.video_frames_encoded,
+            report.audio_frames_encoded,
+            report.video_frames_sent,
+            report.audio_frames_sent,
+            report.keyframe_requests,
+            report.bytes_sent
+        );
+    }
+    if report.connected < report.sessions {
+        anyhow::bail!(
+            "{} of {} sessions never connected",
+            report.sessions - report.connected,
+            report.sessions
+        );
+    }
+    Ok(())
 }
 
 fn init_logging(config: &Config) {
@@ -97,6 +259,13 @@ fn serve(config: Config) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Publish(args) => match publish(*args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("kiroku publish: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
                 println!(

@@ -1,3 +1,5 @@
-//! Test publisher: a synthetic media source (moving H.264 test pattern and an Opus tone) for `kiroku publish`.
+//! Test publisher (`kiroku publish`): a synthetic media source (moving
+//! H.264 test pattern and an Opus tone) and a WHIP client that sends it.
 
+pub mod client;
 pub mod source;

@@ -1,0 +1,445 @@
+//! `kiroku publish`: a WHIP client on str0m that publishes synthetic media.
+//!
+//! Each user gets a main session (audio + video) and optionally an aux
+//! session (screen-share video), each its own `Rtc` and UDP socket (the
+//! server routes by source address, so sessions must not share one).
+//! One encoder per stream kind feeds every session: with `--count N` the
+//! picture and tone are encoded once and sent N times, which keeps load
+//! tests cheap. Media runs on a plain thread at real time.
+
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::change::SdpAnswer;
+use str0m::format::Codec;
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+
+use super::source::{AudioConfig, AudioSource, SourceError, VideoConfig, VideoSource};
+use crate::auth::usersig;
+
+#[derive(Debug, Clone)]
+pub struct PublishOptions {
+    /// Base URL of the daemon, e.g. `http://127.0.0.1:8080`.
+    pub url: String,
+    pub sdk_app_id: u32,
+    pub room: String,
+    pub string_room: bool,
+    /// The user id, or the prefix `<user>_<n>` with `count > 1`.
+    pub user: String,
+    pub count: usize,
+    pub aux: bool,
+    pub duration: Duration,
+    /// A fixed UserSig, or a key to issue one per user.
+    pub user_sig: Option<String>,
+    pub user_sig_key: Option<String>,
+    pub video: Option<VideoConfig>,
+    pub audio: Option<AudioConfig>,
+    /// Local address to bind the UDP sockets to.
+    pub bind: IpAddr,
+    /// Skip the WHIP DELETE at the end (simulates a publisher that vanishes).
+    pub no_delete: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    #[error("media source: {0}")]
+    Source(#[from] SourceError),
+    #[error("{0}")]
+    Whip(String),
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("WebRTC: {0}")]
+    Rtc(#[from] str0m::RtcError),
+}
+
+/// What the run achieved.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct PublishReport {
+    pub sessions: usize,
+    pub connected: usize,
+    pub video_frames_encoded: u64,
+    pub audio_frames_encoded: u64,
+    pub video_frames_sent: u64,
+    pub audio_frames_sent: u64,
+    pub keyframe_requests: u64,
+    pub bytes_sent: u64,
+    pub seconds: f64,
+}
+
+struct Session {
+    user: String,
+    aux: bool,
+    rtc: Rtc,
+    socket: UdpSocket,
+    local: SocketAddr,
+    location: String,
+    audio: Option<Mid>,
+    video: Option<Mid>,
+    pts: Option<(Option<Pt>, Option<Pt>)>,
+    connected: bool,
+    dead: bool,
+    deadline: Instant,
+}
+
+fn user_ids(o: &PublishOptions) -> Vec<String> {
+    if o.count <= 1 {
+        vec![o.user.clone()]
+    } else {
+        (1..=o.count).map(|i| format!("{}_{i}", o.user)).collect()
+    }
+}
+
+fn user_sig(o: &PublishOptions, user: &str) -> Option<String> {
+    if let Some(s) = &o.user_sig {
+        return Some(s.clone());
+    }
+    let key = o.user_sig_key.as_ref()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    Some(usersig::generate(key, o.sdk_app_id, user, now, 86_400))
+}
+
+/// Opens one WHIP session (offer → POST → answer).
+async fn open(
+    http: &reqwest::Client,
+    o: &PublishOptions,
+    user: &str,
+    aux: bool,
+) -> Result<Session, PublishError> {
+    let socket = UdpSocket::bind(SocketAddr::new(o.bind, 0))?;
+    socket.set_nonblocking(true)?;
+    let local = socket.local_addr()?;
+    let now = Instant::now();
+    let mut rtc = RtcConfig::new()
+        .clear_codecs()
+        .enable_h264(true)
+        .enable_opus(true, false)
+        .build(now);
+    rtc.add_local_candidate(
+        Candidate::host(local, "udp").map_err(|e| PublishError::Whip(e.to_string()))?,
+    );
+    let mut api = rtc.sdp_api();
+    let audio = (!aux && o.audio.is_some())
+        .then(|| api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
+    let video = o
+        .video
+        .is_some()
+        .then(|| api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
+    let (offer, pending) = api
+        .apply()
+        .ok_or_else(|| PublishError::Whip("nothing to publish: enable audio or video".into()))?;
+    let mut url = format!(
+        "{}/whip/{}/{}/{}",
+        o.url.trim_end_matches('/'),
+        o.sdk_app_id,
+        o.room,
+        user
+    );
+    if aux {
+        url.push_str("/aux");
+    }
+    if o.string_room {
+        url.push_str("?roomType=string");
+    }
+    let mut req = http
+        .post(&url)
+        .header("Content-Type", "application/sdp")
+        .body(offer.to_sdp_string());
+    if let Some(sig) = user_sig(o, user) {
+        req = req.header("Authorization", format!("Bearer {sig}"));
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| PublishError::Whip(format!("POST {url}: {e}")))?;
+    let status = resp.status();
+    let location = resp
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = resp
+        .text()
+        .await
+        .map_err(|e| PublishError::Whip(format!("POST {url}: {e}")))?;
+    if status.as_u16() != 201 {
+        return Err(PublishError::Whip(format!(
+            "POST {url}: {status}: {}",
+            body.trim()
+        )));
+    }
+    let location =
+        location.ok_or_else(|| PublishError::Whip(format!("POST {url}: 201 without Location")))?;
+    let location = if location.starts_with("http") {
+        location
+    } else {
+        format!("{}{location}", o.url.trim_end_matches('/'))
+    };
+    let answer = SdpAnswer::from_sdp_string(&body)
+        .map_err(|e| PublishError::Whip(format!("bad answer: {e}")))?;
+    rtc.sdp_api().accept_answer(pending, answer)?;
+    Ok(Session {
+        user: user.to_owned(),
+        aux,
+        rtc,
+        socket,
+        local,
+        location,
+        audio,
+        video,
+        pts: None,
+        connected: false,
+        dead: false,
+        deadline: now,
+    })
+}
+
+/// Publishes until `duration` passes or `stop` is set.
+pub async fn run(o: PublishOptions, stop: Arc<AtomicBool>) -> Result<PublishReport, PublishError> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| PublishError::Whip(e.to_string()))?;
+    // Validate the media configuration before opening any session.
+    let main_video = o.video.clone().map(VideoSource::new).transpose()?;
+    let aux_video = match (&o.video, o.aux) {
+        (Some(v), true) => Some(VideoSource::new(VideoConfig {
+            label: format!("{} screen", v.label),
+            pattern: super::source::Pattern::Bars,
+            ..v.clone()
+        })?),
+        _ => None,
+    };
+    let audio = o.audio.clone().map(AudioSource::new).transpose()?;
+    let mut sessions = Vec::new();
+    for user in user_ids(&o) {
+        sessions.push(open(&http, &o, &user, false).await?);
+        if o.aux && o.video.is_some() {
+            sessions.push(open(&http, &o, &user, true).await?);
+        }
+    }
+    let duration = o.duration;
+    let report = tokio::task::spawn_blocking(move || {
+        let mut sessions = sessions;
+        let r = media_loop(&mut sessions, main_video, aux_video, audio, duration, &stop);
+        (sessions, r)
+    })
+    .await
+    .map_err(|e| PublishError::Whip(e.to_string()))?;
+    let (sessions, report) = report;
+    if !o.no_delete {
+        for s in &sessions {
+            let _ = http.delete(&s.location).send().await;
+        }
+    }
+    report
+}
+
+fn media_loop(
+    sessions: &mut [Session],
+    mut main_video: Option<VideoSource>,
+    mut aux_video: Option<VideoSource>,
+    mut audio: Option<AudioSource>,
+    duration: Duration,
+    stop: &AtomicBool,
+) -> Result<PublishReport, PublishError> {
+    let mut report = PublishReport {
+        sessions: sessions.len(),
+        ..Default::default()
+    };
+    let start = Instant::now();
+    let fps = main_video.as_ref().map_or(15, |v| v.config().fps.max(1));
+    let mut video_n: u64 = 0;
+    let mut audio_n: u64 = 0;
+    let mut buf = vec![0u8; 2048];
+    let (mut want_main_key, mut want_aux_key) = (false, false);
+    loop {
+        let now = Instant::now();
+        let elapsed = now - start;
+        if elapsed >= duration || stop.load(Ordering::Relaxed) {
+            break;
+        }
+        // Network in.
+        for s in sessions.iter_mut().filter(|s| !s.dead) {
+            loop {
+                match s.socket.recv_from(&mut buf) {
+                    Ok((n, source)) => {
+                        let Ok(contents) = buf[..n].try_into() else {
+                            continue;
+                        };
+                        let input = Input::Receive(
+                            now,
+                            Receive {
+                                proto: Protocol::Udp,
+                                source,
+                                destination: s.local,
+                                contents,
+                            },
+                        );
+                        if s.rtc.handle_input(input).is_err() {
+                            s.dead = true;
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(_) => break,
+                }
+            }
+            if !s.dead && now >= s.deadline && s.rtc.handle_input(Input::Timeout(now)).is_err() {
+                s.dead = true;
+            }
+        }
+        // Media out, at real time, only to connected sessions.
+        let video_due = Duration::from_micros(video_n * 1_000_000 / u64::from(fps));
+        if elapsed >= video_due {
+            let media_time = video_due;
+            if let Some(src) = main_video.as_mut() {
+                if std::mem::take(&mut want_main_key) {
+                    src.force_keyframe();
+                }
+                let f = src.next_frame(media_time)?;
+                report.video_frames_encoded += 1;
+                let data: Arc<[u8]> = f.data.into();
+                report.video_frames_sent += send(
+                    sessions,
+                    false,
+                    true,
+                    now,
+                    MediaTime::from_90khz(f.pts_90khz),
+                    &data,
+                );
+            }
+            if let Some(src) = aux_video.as_mut() {
+                if std::mem::take(&mut want_aux_key) {
+                    src.force_keyframe();
+                }
+                let f = src.next_frame(media_time)?;
+                let data: Arc<[u8]> = f.data.into();
+                report.video_frames_sent += send(
+                    sessions,
+                    true,
+                    true,
+                    now,
+                    MediaTime::from_90khz(f.pts_90khz),
+                    &data,
+                );
+            }
+            video_n += 1;
+        }
+        let audio_due = Duration::from_millis(audio_n * 20);
+        if elapsed >= audio_due {
+            if let Some(src) = audio.as_mut() {
+                let f = src.next_frame()?;
+                report.audio_frames_encoded += 1;
+                let data: Arc<[u8]> = f.data.into();
+                let t = MediaTime::new(f.pts_48khz, Frequency::FORTY_EIGHT_KHZ);
+                report.audio_frames_sent += send(sessions, false, false, now, t, &data);
+            }
+            audio_n += 1;
+        }
+        // Drain every session.
+        let mut next = start + Duration::from_micros(video_n * 1_000_000 / u64::from(fps));
+        next = next.min(start + Duration::from_millis(audio_n * 20));
+        for s in sessions.iter_mut().filter(|s| !s.dead) {
+            loop {
+                match s.rtc.poll_output() {
+                    Ok(Output::Timeout(t)) => {
+                        s.deadline = t;
+                        break;
+                    }
+                    Ok(Output::Transmit(t)) => {
+                        report.bytes_sent += t.contents.len() as u64;
+                        let _ = s.socket.send_to(&t.contents, t.destination);
+                    }
+                    Ok(Output::Event(Event::Connected)) => {
+                        s.connected = true;
+                        report.connected += 1;
+                        tracing::info!(user = %s.user, aux = s.aux, "connected");
+                    }
+                    Ok(Output::Event(Event::KeyframeRequest(_))) => {
+                        report.keyframe_requests += 1;
+                        if s.aux {
+                            want_aux_key = true;
+                        } else {
+                            want_main_key = true;
+                        }
+                    }
+                    Ok(Output::Event(Event::IceConnectionStateChange(
+                        IceConnectionState::Disconnected,
+                    ))) => {
+                        tracing::warn!(user = %s.user, aux = s.aux, "disconnected");
+                        s.dead = true;
+                        break;
+                    }
+                    Ok(Output::Event(_)) => {}
+                    Err(e) => {
+                        tracing::warn!(user = %s.user, error = %e, "session failed");
+                        s.dead = true;
+                        break;
+                    }
+                }
+            }
+            next = next.min(s.deadline);
+        }
+        let sleep = next
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(5));
+        if !sleep.is_zero() {
+            std::thread::sleep(sleep);
+        }
+    }
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Writes one frame to every connected session of the right kind; returns
+/// how many sessions took it.
+fn send(
+    sessions: &mut [Session],
+    aux: bool,
+    video: bool,
+    now: Instant,
+    t: MediaTime,
+    data: &Arc<[u8]>,
+) -> u64 {
+    let mut n = 0;
+    for s in sessions
+        .iter_mut()
+        .filter(|s| s.connected && !s.dead && s.aux == aux)
+    {
+        let Some(mid) = (if video { s.video } else { s.audio }) else {
+            continue;
+        };
+        if s.pts.is_none() {
+            let pt_of = |rtc: &mut Rtc, mid: Option<Mid>, codec: Codec| {
+                let mid = mid?;
+                let w = rtc.writer(mid)?;
+                let pt = w
+                    .payload_params()
+                    .find(|p| p.spec().codec == codec)
+                    .map(|p| p.pt());
+                pt
+            };
+            let a = pt_of(&mut s.rtc, s.audio, Codec::Opus);
+            let v = pt_of(&mut s.rtc, s.video, Codec::H264);
+            s.pts = Some((a, v));
+        }
+        let Some((a, v)) = s.pts else { continue };
+        let Some(pt) = (if video { v } else { a }) else {
+            continue;
+        };
+        let Some(w) = s.rtc.writer(mid) else { continue };
+        if w.write(pt, now, t, data.clone()).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
