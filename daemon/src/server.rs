@@ -135,19 +135,7 @@ pub async fn run(
         metrics.clone(),
         stop_rx.clone(),
     );
-    let manager = Manager::start(
-        config.clone(),
-        store.clone(),
-        records,
-        outbox,
-        metrics.clone(),
-    )
-    .await;
-    let api = Arc::new(ApiState::new(
-        config.clone(),
-        manager.clone(),
-        metrics.clone(),
-    ));
+
     str0m::crypto::from_feature_flags().install_process_default();
     let ingest = Ingest::start(
         config.ingest.udp_listen,
@@ -158,6 +146,21 @@ pub async fn run(
         addr: config.ingest.udp_listen,
         source,
     })?;
+    let manager = Manager::start(
+        config.clone(),
+        store.clone(),
+        records,
+        outbox,
+        metrics.clone(),
+        ingest.registry.clone(),
+    )
+    .await;
+    let api = Arc::new(ApiState::new(
+        config.clone(),
+        manager.clone(),
+        metrics.clone(),
+    ));
+
     let app = router(api, metrics)
         .merge(whip::router(Arc::new(WhipState {
             config: config.clone(),

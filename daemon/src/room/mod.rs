@@ -35,6 +35,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+const PRUNE_ROOMS_ABOVE: usize = 1024;
+
 /// Identifies a room across apps and room id types.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RoomKey {
@@ -369,6 +371,12 @@ impl Registry {
 
     fn room(&self, key: &RoomKey) -> Arc<Room> {
         let mut rooms = lock(&self.rooms);
+        if rooms.len() >= PRUNE_ROOMS_ABOVE && !rooms.contains_key(key) {
+            // Rooms that were only watched by tasks that have ended.
+            rooms.retain(|_, r| {
+                !lock(&r.state).users.is_empty() || r.events.receiver_count() > 0 || r.publishers.receiver_count() > 0
+            });
+        }
         rooms
             .entry(key.clone())
             .or_insert_with(|| {

@@ -33,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::notify::deliver::{now_ms, Outbox};
 use crate::notify::event::{self, EventSubject, EventType, LeaveCode};
 use crate::store::{Change, NewCallback, Store, TaskRecord, TaskState};
+use crate::room::{Registry, RoomKey, RoomWatch};
 use crate::task::idle::IdleTimer;
 use crate::task::lifecycle::{self, Event, Transition};
 use crate::task::params::{Modification, RecordingSpec};
@@ -73,6 +74,7 @@ struct State {
 
 struct Inner {
     config: Arc<Config>,
+    rooms: Arc<Registry>,
     store: Arc<Store>,
     outbox: Outbox,
     metrics: Metrics,
@@ -98,10 +100,12 @@ impl Manager {
         records: Vec<TaskRecord>,
         outbox: Outbox,
         metrics: Metrics,
+        rooms: Arc<Registry>,
     ) -> Self {
         let mgr = Manager {
             inner: Arc::new(Inner {
                 config,
+                rooms,
                 store,
                 outbox,
                 metrics,
@@ -128,7 +132,11 @@ impl Manager {
     fn spawn_runner(&self, record: &TaskRecord) -> mpsc::Sender<Control> {
         let (tx, rx) = mpsc::channel(16);
         let max_idle = Duration::from_secs(u64::from(record.spec.record.max_idle_seconds));
-        tokio::spawn(run_task(self.clone(), record.task_id.clone(), max_idle, rx));
+        let room = self.inner.rooms.watch(&RoomKey {
+            sdk_app_id: record.spec.sdk_app_id,
+            room: record.spec.room.clone(),
+        });
+        tokio::spawn(run_task(self.clone(), record.task_id.clone(), max_idle, room, rx));
         tx
     }
 
@@ -439,11 +447,13 @@ async fn run_task(
     mgr: Manager,
     task_id: String,
     max_idle: Duration,
+    room: RoomWatch,
     mut control: mpsc::Receiver<Control>,
 ) {
-    // No rooms exist yet (ingest comes later), so the room is empty from
-    // the start and the timer is never reset.
-    let timer = IdleTimer::new(max_idle, tokio::time::Instant::now().into_std());
+    let mut publishers = room.publishers;
+    let now = || tokio::time::Instant::now().into_std();
+    let mut timer = IdleTimer::new(max_idle, now());
+    timer.set_publishers(*publishers.borrow_and_update(), now());
     let mut stopping = false;
     loop {
         let deadline = timer
@@ -454,8 +464,21 @@ async fn run_task(
             cmd = control.recv() => match cmd {
                 Some(Control::Stop) | None => break,
             },
-            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
-                if timer.expired(tokio::time::Instant::now().into_std()) {
+            changed = publishers.changed() => {
+                if changed.is_err() {
+                    // The room registry is gone (shutdown): nothing more to watch.
+                    std::future::pending::<()>().await;
+                }
+                let n = *publishers.borrow_and_update();
+                timer.set_publishers(n, now());
+            }
+            _ = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if timer.expired(now()) {
                     tracing::info!(task_id = %task_id, max_idle_s = max_idle.as_secs(), "no publisher for MaxIdleTime");
                     stopping = mgr.stop(&task_id, LeaveCode::Idle).await.is_ok();
                     if !stopping {
