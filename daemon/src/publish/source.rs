@@ -494,7 +494,10 @@ impl VideoSource {
             .max_frame_rate(FrameRate::from_hz(cfg.fps as f32))
             // One access unit per call, always: a publisher paced by the
             // caller must not go silent because the rate control chose to
-            // drop a frame.
+            // drop a frame. OpenH264 warns on stderr at init that it then
+            // "can't control" the bitrate; it still steers QP towards the
+            // target, and this simple picture undershoots it anyway
+            // (about 200 kbit/s at 640x360@15 for a 600 kbit/s target).
             .skip_frames(false)
             // IDRs are placed by this module (periodic and on request);
             // the encoder's own period and scene-cut IDRs are turned off
