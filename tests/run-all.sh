@@ -11,7 +11,7 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 step() { printf '\n==> %s\n' "$*"; }
 
 # --- system packages -------------------------------------------------------
-APT_PACKAGES=(build-essential pkg-config python3 python3-venv python3-pip systemd curl ca-certificates)
+APT_PACKAGES=(build-essential pkg-config cmake nasm python3 python3-venv python3-pip systemd curl ca-certificates chromium)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -188,10 +188,18 @@ impl IngestMetrics {
     }
 }
 
-/// WHIP sessions by id (the `Location` resource).
+/// WHIP sessions by id (the `Location` resource), and by what they publish
+/// (room, user, main/aux), so that publishing again replaces the old
+/// session at once, not only when the media thread gets to it.
 #[derive(Default)]
 pub struct SessionTable {
-    sessions: Mutex<HashMap<String, SessionEntry>>,
+    inner: Mutex<Sessions>,
+}
+
+#[derive(Default)]
+struct Sessions {
+    by_id: HashMap<String, SessionEntry>,
+    by_slot: HashMap<(RoomKey, String, bool), String>,
 }
 
 #[derive(Debug, Clone)]
@@ -202,22 +210,46 @@ pub struct SessionEntry {
     pub etag: String,
 }
 
+impl SessionEntry {
+    fn slot(&self) -> (RoomKey, String, bool) {
+        (self.key.clone(), self.user_id.clone(), self.aux)
+    }
+}
+
 impl SessionTable {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SessionEntry>> {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
-    pub fn insert(&self, id: String, e: SessionEntry) {
-        self.lock().insert(id, e);
+
+    /// Adds a session; returns the id of the session it replaces, if any.
+    pub fn insert(&self, id: String, e: SessionEntry) -> Option<String> {
+        let mut t = self.lock();
+        let replaced = t.by_slot.insert(e.slot(), id.clone());
+        if let Some(old) = &replaced {
+            t.by_id.remove(old);
+        }
+        t.by_id.insert(id, e);
+        replaced
     }
+
     pub fn get(&self, id: &str) -> Option<SessionEntry> {
-        self.lock().get(id).cloned()
+        self.lock().by_id.get(id).cloned()
     }
+
     pub fn remove(&self, id: &str) -> Option<SessionEntry> {
-        self.lock().remove(id)
+        let mut t = self.lock();
+        let e = t.by_id.remove(id)?;
+        let slot = e.slot();
+        if t.by_slot.get(&slot).map(String::as_str) == Some(id) {
+            t.by_slot.remove(&slot);
+        }
+        Some(e)
     }
+
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().by_id.len()
     }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

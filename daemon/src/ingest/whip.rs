@@ -196,8 +196,13 @@ fn publish_inner(
             )))
         }
     };
-    let room =
-        validate::room_id(Some(room.to_owned()), Some(room_type)).map_err(|e| bad(e.message))?;
+    let room = validate::room_id(Some(room.to_owned()), Some(room_type)).map_err(|e| {
+        if room_type == 1 {
+            bad(format!("`{room}` is not an integer room id (1..=4294967294); add ?roomType=string for a string room"))
+        } else {
+            bad(e.message)
+        }
+    })?;
     validate::user_id("UserId", user).map_err(|e| bad(e.message))?;
 
     if let Some(key) = app_cfg.and_then(|a| a.user_sig_key.as_deref()) {

@@ -374,7 +374,9 @@ impl Registry {
         if rooms.len() >= PRUNE_ROOMS_ABOVE && !rooms.contains_key(key) {
             // Rooms that were only watched by tasks that have ended.
             rooms.retain(|_, r| {
-                !lock(&r.state).users.is_empty() || r.events.receiver_count() > 0 || r.publishers.receiver_count() > 0
+                !lock(&r.state).users.is_empty()
+                    || r.events.receiver_count() > 0
+                    || r.publishers.receiver_count() > 0
             });
         }
         rooms

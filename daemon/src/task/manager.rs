@@ -32,8 +32,8 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::notify::deliver::{now_ms, Outbox};
 use crate::notify::event::{self, EventSubject, EventType, LeaveCode};
-use crate::store::{Change, NewCallback, Store, TaskRecord, TaskState};
 use crate::room::{Registry, RoomKey, RoomWatch};
+use crate::store::{Change, NewCallback, Store, TaskRecord, TaskState};
 use crate::task::idle::IdleTimer;
 use crate::task::lifecycle::{self, Event, Transition};
 use crate::task::params::{Modification, RecordingSpec};
@@ -136,7 +136,13 @@ impl Manager {
             sdk_app_id: record.spec.sdk_app_id,
             room: record.spec.room.clone(),
         });
-        tokio::spawn(run_task(self.clone(), record.task_id.clone(), max_idle, room, rx));
+        tokio::spawn(run_task(
+            self.clone(),
+            record.task_id.clone(),
+            max_idle,
+            room,
+            rx,
+        ));
         tx
     }
 
