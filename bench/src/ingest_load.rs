@@ -1,0 +1,225 @@
+//! Ingest capacity benchmark: N WHIP publishers (`kiroku publish --count N`)
+//! into one daemon. Prints, per N: packets/s and frames/s received, the
+//! daemon's CPU per publisher, and — side by side in the same run — the
+//! publisher process's CPU (str0m sending the same media: packetising,
+//! SRTP, pacing), a reference for what the daemon costs per peer.
+//!
+//! CPU comes from /proc/<pid>/stat (utime + stime) over a steady window
+//! that starts after every session is connected.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(about = "kiroku WHIP ingest benchmark")]
+struct Args {
+    #[arg(long, default_value = "target/release/kiroku")]
+    kiroku: PathBuf,
+    /// Publisher counts to run, comma separated.
+    #[arg(long, default_value = "10,50,100", value_delimiter = ',')]
+    counts: Vec<usize>,
+    /// Seconds of the measured window per count.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long, default_value_t = 320)]
+    width: u32,
+    #[arg(long, default_value_t = 180)]
+    height: u32,
+    #[arg(long, default_value_t = 15)]
+    fps: u32,
+}
+
+fn clock_ticks() -> f64 {
+    // USER_HZ is 100 on every Linux this runs on; /proc reports in it.
+    100.0
+}
+
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the ")" of the command name: state is field 3; utime 14, stime 15.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("odd /proc stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11).context("utime")?.parse()?;
+    let stime: f64 = f.get(12).context("stime")?.parse()?;
+    Ok((utime + stime) / clock_ticks())
+}
+
+fn metric(port: u16, name: &str) -> anyhow::Result<f64> {
+    let body = http_get::metrics_text(port)?;
+    Ok(body
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum())
+}
+
+mod http_get {
+    /// A tiny blocking GET of /metrics (keeps the bench free of a runtime).
+    pub fn metrics_text(port: u16) -> anyhow::Result<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default())
+    }
+}
+
+struct Killer(Child);
+impl Drop for Killer {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    if !a.kiroku.exists() {
+        bail!(
+            "{} does not exist: cargo build --release -p kiroku, or pass --kiroku",
+            a.kiroku.display()
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("kiroku-ingest-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let cfg = dir.join("kiroku.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n[ingest]\nudp_listen = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n",
+            dir.join("data").display()
+        ),
+    )?;
+    let daemon = Killer(
+        Command::new(&a.kiroku)
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let t0 = Instant::now();
+    while http_get::metrics_text(port).is_err() {
+        if t0.elapsed() > Duration::from_secs(15) {
+            bail!("the daemon did not start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "kiroku ingest: N publishers x (Opus 50 pkt/s + H.264 {}x{}@{}), {} s window, machine: {} CPUs",
+        a.width,
+        a.height,
+        a.fps,
+        a.seconds,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+    println!(
+        "{:>5} {:>10} {:>10} {:>9} {:>12} {:>14} {:>14} {:>8}",
+        "N",
+        "packets/s",
+        "frames/s",
+        "Mbit/s",
+        "daemon CPU%",
+        "daemon %/pub",
+        "publisher %/pub",
+        "ratio"
+    );
+    for &n in &a.counts {
+        let settle = 3 + n as u64 / 25;
+        let publisher = Killer(
+            Command::new(&a.kiroku)
+                .args([
+                    "publish",
+                    "--url",
+                    &format!("http://127.0.0.1:{port}"),
+                    "--room",
+                    "9000",
+                    "--user",
+                    "bench",
+                ])
+                .args([
+                    "--count",
+                    &n.to_string(),
+                    "--duration",
+                    &(a.seconds + settle + 2).to_string(),
+                ])
+                .args([
+                    "--width",
+                    &a.width.to_string(),
+                    "--height",
+                    &a.height.to_string(),
+                    "--fps",
+                    &a.fps.to_string(),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+        let connected_by = Instant::now() + Duration::from_secs(settle + 20);
+        while metric(port, "kiroku_ingest_peers")? < n as f64 {
+            if Instant::now() > connected_by {
+                bail!(
+                    "only {} of {n} publishers connected",
+                    metric(port, "kiroku_ingest_peers")?
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let (p0, f0, b0) = (
+            metric(port, "kiroku_ingest_packets_received_total")?,
+            metric(port, "kiroku_ingest_frames_total")?,
+            metric(port, "kiroku_ingest_received_bytes_total")?,
+        );
+        let (d0, s0, w0) = (
+            cpu_seconds(daemon.0.id())?,
+            cpu_seconds(publisher.0.id())?,
+            Instant::now(),
+        );
+        std::thread::sleep(Duration::from_secs(a.seconds));
+        let wall = w0.elapsed().as_secs_f64();
+        let (d1, s1) = (cpu_seconds(daemon.0.id())?, cpu_seconds(publisher.0.id())?);
+        let (p1, f1, b1) = (
+            metric(port, "kiroku_ingest_packets_received_total")?,
+            metric(port, "kiroku_ingest_frames_total")?,
+            metric(port, "kiroku_ingest_received_bytes_total")?,
+        );
+        let daemon_pct = (d1 - d0) / wall * 100.0;
+        let pub_pct = (s1 - s0) / wall * 100.0;
+        println!(
+            "{n:>5} {:>10.0} {:>10.0} {:>9.2} {:>12.1} {:>14.3} {:>14.3} {:>8.2}",
+            (p1 - p0) / wall,
+            (f1 - f0) / wall,
+            (b1 - b0) * 8.0 / wall / 1e6,
+            daemon_pct,
+            daemon_pct / n as f64,
+            pub_pct / n as f64,
+            daemon_pct / pub_pct.max(1e-9)
+        );
+        drop(publisher);
+        let gone_by = Instant::now() + Duration::from_secs(20);
+        while metric(port, "kiroku_ingest_peers")? > 0.0 && Instant::now() < gone_by {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
