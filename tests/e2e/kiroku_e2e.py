@@ -9,6 +9,7 @@ expired timestamps, garbage). Nothing here imports daemon code.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import http.client
@@ -66,6 +67,33 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@functools.lru_cache(maxsize=None)
+def binary_accepts(toml_text: str) -> bool:
+    """Whether this build of kiroku accepts a config snippet (feature probe:
+    the daemon grows config sections while the suite must keep working)."""
+    import tempfile
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+        f.write(toml_text)
+        path = f.name
+    try:
+        r = subprocess.run([KIROKU_BIN, "check-config", path], capture_output=True, timeout=30)
+        return r.returncode == 0
+    finally:
+        os.unlink(path)
+
+
+def has_ingest() -> bool:
+    """Builds with WebRTC ingest bind a UDP socket (default <listen ip>:8443),
+    so every daemon of the suite gets its own free UDP port."""
+    return binary_accepts('[ingest]\nudp_listen = "127.0.0.1:9"\n')
 
 
 def wait_until(pred: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
@@ -143,6 +171,8 @@ def base_config(data_dir: Path, port: int, callback_url: str | None = None, dev_
             {"sdk_app_id": APP_SIG, "user_sig_key": USER_SIG_KEY},
         ],
     }
+    if has_ingest():
+        cfg["ingest"] = {"udp_listen": f"127.0.0.1:{free_udp_port()}"}
     return cfg
 
 
@@ -403,14 +433,15 @@ def utc_date(ts: int) -> str:
 
 
 def tc3_signature(secret_key: str, timestamp: int, host: str, body: bytes, content_type: str = "application/json",
-                  service: str = "trtc", date: str | None = None) -> str:
+                  service: str = "trtc", date: str | None = None, unsigned_payload: bool = False) -> str:
     """Signature= of api-schema.md §1.1 (SignedHeaders content-type;host)."""
     date = date or utc_date(timestamp)
+    payload_hash = "UNSIGNED-PAYLOAD" if unsigned_payload else hashlib.sha256(body).hexdigest()
     canonical = "\n".join([
         "POST", "/", "",
         f"content-type:{content_type}\nhost:{host}\n",
         "content-type;host",
-        hashlib.sha256(body).hexdigest(),
+        payload_hash,
     ])
     string_to_sign = "\n".join([
         "TC3-HMAC-SHA256", str(timestamp), f"{date}/{service}/tc3_request",
@@ -424,9 +455,10 @@ def tc3_signature(secret_key: str, timestamp: int, host: str, body: bytes, conte
 
 def signed_headers(host: str, action: str | None, body: bytes, timestamp: int | None = None,
                    secret_id: str = SECRET_ID, secret_key: str = SECRET_KEY,
-                   content_type: str = "application/json", version: str | None = API_VERSION) -> dict:
+                   content_type: str = "application/json", version: str | None = API_VERSION,
+                   unsigned_payload: bool = False) -> dict:
     ts = int(time.time()) if timestamp is None else timestamp
-    sig = tc3_signature(secret_key, ts, host, body, content_type)
+    sig = tc3_signature(secret_key, ts, host, body, content_type, unsigned_payload=unsigned_payload)
     h = {
         "Host": host,
         "Content-Type": content_type,
@@ -442,6 +474,8 @@ def signed_headers(host: str, action: str | None, body: bytes, timestamp: int | 
         h["X-TC-Action"] = action
     if version is not None:
         h["X-TC-Version"] = version
+    if unsigned_payload:
+        h["X-TC-Content-SHA256"] = "UNSIGNED-PAYLOAD"
     return h
 
 
@@ -565,6 +599,10 @@ class CallbackReceiver:
         self.path = path
         self.port = free_port()
         self.status = 200
+        # Seconds to wait before answering: a hung receiver. Use more than the
+        # daemon's callbacks.timeout_seconds; such attempts are recorded with
+        # answered = 0 (never counted as delivered).
+        self.delay = 0.0
         self.calls: list[Callback] = []  # every request, whatever was answered
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -583,22 +621,27 @@ class CallbackReceiver:
             def do_POST(self):  # noqa: N802
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n)
-                status = receiver.status
+                status, delay = receiver.status, receiver.delay
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 headers["_path"] = self.path
                 try:
-                    cb = Callback(headers, body, status, receiver.key)
+                    cb = Callback(headers, body, 0 if delay else status, receiver.key)
                 except ValueError:
                     cb = None
                 with receiver._lock:
                     if cb is not None:
                         receiver.calls.append(cb)
+                if delay:
+                    time.sleep(delay)
                 out = b'{"code":0}' if status == 200 else b'{"code":1}'
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(out)))
+                    self.end_headers()
+                    self.wfile.write(out)
+                except OSError:
+                    pass  # the daemon gave up waiting and closed the connection
 
             def log_message(self, *args):
                 pass
@@ -606,7 +649,8 @@ class CallbackReceiver:
         ThreadingHTTPServer.allow_reuse_address = True
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
         self._thread.start()
         return self
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kiroku_e2e import APP_ID, APP_ID2, create_params, uniq
+from kiroku_e2e import APP_ID, APP_ID2, create_params, metric_value, uniq
 
 CANVAS_1280x720 = {
     "VideoParams": {"Width": 1280, "Height": 720, "Fps": 25, "BitRate": 1500000, "Gop": 2},
@@ -44,8 +44,11 @@ def test_full_lifecycle_with_the_sdk(api, daemon):
     assert d["StorageFileList"] == []
     assert d["RequestId"]
 
-    # Tasks belong to their SdkAppId: another app cannot see it.
+    # Tasks belong to their SdkAppId: another app can neither see nor stop it.
     assert api.describe_error(task, app=APP_ID2).code == "FailedOperation.TaskNotExist"
+    assert api.error("DeleteCloudRecording", {"SdkAppId": APP_ID2, "TaskId": task}
+                     ).code == "FailedOperation.TaskNotExist"
+    assert api.describe(task)["Status"] == "Idle"
 
     m = api.modify(task, SubscribeStreamUserIds={
         "SubscribeAudioUserIds": ["alice", "bob"], "UnSubscribeVideoUserIds": ["screen.*$"]})
@@ -70,7 +73,6 @@ def test_full_lifecycle_with_the_sdk(api, daemon):
     api.delete(task2)
 
     text = daemon.metrics_text()
-    from kiroku_e2e import metric_value
     assert metric_value(text, "kiroku_api_requests_total", {"action": "CreateCloudRecording", "code": "Success"}) >= 2
     assert metric_value(text, "kiroku_api_requests_total",
                         {"action": "DescribeCloudRecording", "code": "FailedOperation.TaskNotExist"}) >= 2
@@ -205,3 +207,54 @@ def test_all_record_params_and_options(api):
     task = api.create(params)
     assert api.describe(task)["Status"] == "Idle"
     api.delete(task)
+
+
+def test_dev_mode_without_apps_accepts_any_app_unsigned(kiroku):
+    d = kiroku("dev", dev_mode=True, apps=[])
+    # No signature at all.
+    r = d.raw("CreateCloudRecording", create_params(app=1234567), sign=False).assert_envelope()
+    assert r.code is None, r
+    task = r.json["Response"]["TaskId"]
+    r = d.raw("DescribeCloudRecording", {"SdkAppId": 1234567, "TaskId": task}, sign=False).assert_envelope()
+    assert r.json["Response"]["Status"] == "Idle"
+    # A signed SDK request works as well (the signature is simply not checked).
+    api = d.sdk(secret_key="whatever")
+    assert api.describe(task, app=1234567)["Status"] == "Idle"
+    api.delete(task, app=1234567)
+
+
+def test_dev_mode_with_apps_still_refuses_unknown_apps(kiroku):
+    d = kiroku("devapps", dev_mode=True)
+    r = d.raw("CreateCloudRecording", create_params(app=1234567), sign=False).assert_envelope()
+    assert r.code == "FailedOperation.SdkAppIdNotExist", r
+    r = d.raw("CreateCloudRecording", create_params(app=APP_ID), sign=False).assert_envelope()
+    assert r.code is None, r
+
+
+def test_authenticated_mode_needs_a_signature(daemon):
+    r = daemon.raw("CreateCloudRecording", create_params(), sign=False).assert_envelope()
+    assert r.code == "AuthFailure.InvalidAuthorization", r
+
+
+@pytest.mark.parametrize("mode", ["HmacSHA256", "GET"])
+def test_other_sdk_transports_get_a_clean_error(daemon, mode):
+    """Only TC3-HMAC-SHA256 over POST is implemented; the SDK's legacy
+    signature and GET modes get a Tencent error code, not a network error."""
+    import json as _json
+
+    from tencentcloud.common import credential
+    from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentCloudSDKException
+    from tencentcloud.trtc.v20190722 import models, trtc_client
+
+    from kiroku_e2e import SECRET_ID, SECRET_KEY, sdk_profile
+    p = sdk_profile(daemon.port)
+    if mode == "GET":
+        p.httpProfile.reqMethod = "GET"
+    else:
+        p.signMethod = mode
+    c = trtc_client.TrtcClient(credential.Credential(SECRET_ID, SECRET_KEY), "ap-shanghai", p)
+    req = models.DescribeCloudRecordingRequest()
+    req.from_json_string(_json.dumps({"SdkAppId": APP_ID, "TaskId": "abc"}))
+    with pytest.raises(TencentCloudSDKException) as ei:
+        c.DescribeCloudRecording(req)
+    assert ei.value.code in ("UnsupportedProtocol", "AuthFailure.InvalidAuthorization"), ei.value
