@@ -462,6 +462,9 @@ impl IngestCore {
                     contiguous: d.contiguous,
                 };
                 self.metrics.frames.with_label_values(&[kind.label()]).inc();
+                if !frame.contiguous {
+                    self.metrics.discontinuities.inc();
+                }
                 t.track.deliver(&frame, self.registry.observer());
             }
             Event::MediaIngressStats(s) => {

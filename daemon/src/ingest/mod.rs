@@ -89,6 +89,7 @@ pub struct IngestMetrics {
     pub drops: IntCounterVec,
     pub keyframe_requests: IntCounter,
     pub nacks: IntCounter,
+    pub discontinuities: IntCounter,
     pub plis: IntCounter,
     pub sessions_created: IntCounter,
     pub sessions_refused: IntCounterVec,
@@ -160,6 +161,10 @@ impl IngestMetrics {
                 "PLIs kiroku asked publishers for",
             ),
             nacks: c("kiroku_ingest_nacks_total", "NACKs sent to publishers"),
+            discontinuities: c(
+                "kiroku_ingest_discontinuities_total",
+                "Frames that follow a gap NACK/RTX could not repair (unrecovered loss)",
+            ),
             plis: c(
                 "kiroku_ingest_plis_total",
                 "PLIs and FIRs sent to publishers",
