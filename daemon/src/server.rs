@@ -27,7 +27,7 @@ use crate::task::manager::Manager;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServerError {
-    #[error("cannot create data_dir {path}: {source}")]
+    #[error("cannot create data_dir {path}")]
     DataDir {
         path: String,
         source: std::io::Error,
@@ -36,7 +36,7 @@ pub enum ServerError {
     Store(#[from] crate::store::StoreError),
     #[error("HTTP server: {0}")]
     Http(std::io::Error),
-    #[error("cannot bind the WebRTC UDP socket {addr} (ingest.udp_listen): {source}")]
+    #[error("cannot bind the WebRTC UDP socket {addr} (ingest.udp_listen)")]
     Udp {
         addr: std::net::SocketAddr,
         source: std::io::Error,

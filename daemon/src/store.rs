@@ -22,9 +22,9 @@ const OUTBOX: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("outbox");
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    #[error("state store: {0}")]
+    #[error("state store")]
     Db(#[from] redb::Error),
-    #[error("state store: corrupt record {key}: {source}")]
+    #[error("state store: corrupt record {key}")]
     Corrupt {
         key: String,
         source: serde_json::Error,

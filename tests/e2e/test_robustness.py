@@ -173,7 +173,7 @@ def test_json_content_type_with_charset_is_fine(daemon):
     ("X-TC-Version", "NoSuchVersion"),
     ("X-TC-Timestamp", "AuthFailure.InvalidAuthorization"),
     ("Authorization", "AuthFailure.InvalidAuthorization"),
-    ("Content-Type", "AuthFailure.SignatureFailure"),  # a signed header is missing
+    ("Content-Type", "UnsupportedProtocol"),  # checked before the signature: says what to send
 ])
 def test_missing_headers(daemon, header, code):
     r = _ok(daemon.raw("DescribeCloudRecording", {"SdkAppId": APP_ID, "TaskId": "abc"}, drop=(header,)))

@@ -1,7 +1,7 @@
 //! The axum edge of the REST API: `POST /` with `X-TC-Action` routing.
 //!
-//! Order of checks: body size → signature (unless dev mode) → action →
-//! version → content type → JSON shape → SdkAppId known → rate limit →
+//! Order of checks: body size → content type → signature (unless dev
+//! mode) → action → version → JSON shape → SdkAppId known → rate limit →
 //! validation → the task manager. Every answer is HTTP 200 with
 //! `Content-Type: application/json` exactly, because Tencent's SDKs only
 //! look for `Response.Error` under those two conditions.
@@ -134,6 +134,24 @@ async fn dispatch(
             format!("the request body is larger than {limit} bytes (server.max_body_bytes)"),
         )
     })?;
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type
+        .trim_start()
+        .to_ascii_lowercase()
+        .starts_with("application/json")
+    {
+        return Err(ApiError::new(
+            codes::UNSUPPORTED_PROTOCOL,
+            format!(
+                "Content-Type {content_type:?} is not supported: kiroku takes TC3-HMAC-SHA256-signed JSON \
+                 (application/json); the legacy HmacSHA1/HmacSHA256 form signatures are not supported"
+            ),
+        ));
+    }
     if !api.config.dev_mode() {
         authenticate(
             api,
@@ -166,21 +184,6 @@ async fn dispatch(
         return Err(ApiError::new(
             codes::NO_SUCH_VERSION,
             format!("X-TC-Version {version:?} is not supported: use {API_VERSION}"),
-        ));
-    }
-    let content_type = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !content_type
-        .trim_start()
-        .to_ascii_lowercase()
-        .starts_with("application/json")
-    {
-        return Err(ApiError::new(
-            codes::UNSUPPORTED_PROTOCOL,
-            format!("Content-Type {content_type:?} is not supported: send application/json"),
         ));
     }
     match action {

@@ -212,7 +212,7 @@ impl Manager {
             }
             Ok(Err(e)) => {
                 self.inner.metrics.store_errors.inc();
-                tracing::error!(error = %e, "state store commit failed");
+                tracing::error!(error = ?e, "state store commit failed");
                 Err(ApiError::internal(
                     "the state store could not commit the change; retry with the same parameters",
                 ))
