@@ -467,6 +467,15 @@ impl IngestCore {
                 }
                 t.track.deliver(&frame, self.registry.observer());
             }
+            Event::StreamPaused(p) => {
+                // str0m pauses a receive stream when its RTP stops (a publisher
+                // that muted by stopping the track) and resumes it with the
+                // next packet; the status endpoint shows it as "muted".
+                if let Some(t) = peer.tracks.get(&p.mid) {
+                    t.track.set_muted(p.paused);
+                    tracing::info!(session_id = %peer.session_id, track = t.track.kind.label(), paused = p.paused, "track paused/resumed");
+                }
+            }
             Event::MediaIngressStats(s) => {
                 let now_counts = [s.packets, s.bytes, s.nacks, s.plis, s.firs];
                 let before = peer.mid_stats.insert(s.mid, now_counts).unwrap_or_default();

@@ -113,7 +113,16 @@ fn fake_h264(frame: u64) -> Vec<u8> {
     au
 }
 
-fn run_session(loss_every: u64) -> (Vec<MediaFrame>, Vec<MediaFrame>, u64) {
+struct SessionOutcome {
+    video: Vec<MediaFrame>,
+    audio: Vec<MediaFrame>,
+    lost: u64,
+    /// The video track's state in the status endpoint at the end.
+    video_state: &'static str,
+}
+
+/// Publishes for 10 simulated seconds; video stops at `video_stops_at`.
+fn run_session(loss_every: u64, video_stops_at: Duration) -> SessionOutcome {
     let t0 = Instant::now();
     let server_addr: SocketAddr = "10.0.0.1:8443".parse().expect("addr");
     let client_addr: SocketAddr = "10.0.0.2:50000".parse().expect("addr");
@@ -221,7 +230,7 @@ fn run_session(loss_every: u64) -> (Vec<MediaFrame>, Vec<MediaFrame>, u64) {
         // Publish: 30 fps video, 50 fps audio, once connected.
         if client.connected && now >= media_start {
             let media_t = now - media_start;
-            while Duration::from_millis(vframe * 1000 / 30) <= media_t {
+            while Duration::from_millis(vframe * 1000 / 30) <= media_t.min(video_stops_at) {
                 let w = client.rtc.writer(client.video).expect("video writer");
                 let pt = w
                     .payload_params()
@@ -291,12 +300,27 @@ fn run_session(loss_every: u64) -> (Vec<MediaFrame>, Vec<MediaFrame>, u64) {
         .unwrap_or(now + Duration::from_millis(1));
         now = next.min(now + Duration::from_millis(5));
     }
-    (video_got, audio_got, net.lost)
+    let video_state = registry
+        .track(&key, "alice", TrackKind::MainVideo)
+        .map(|t| t.status(now).state)
+        .unwrap_or("gone");
+    SessionOutcome {
+        video: video_got,
+        audio: audio_got,
+        lost: net.lost,
+        video_state,
+    }
 }
 
 #[test]
 fn frames_arrive_whole_and_in_order_over_a_clean_network() {
-    let (video, audio, _) = run_session(0);
+    let SessionOutcome {
+        video,
+        audio,
+        video_state,
+        ..
+    } = run_session(0, Duration::from_secs(60));
+    assert_eq!(video_state, "publishing");
     // ~9.5 s of media at 30 fps / 50 fps, minus the frames before the
     // subscriber's first key frame.
     assert!(video.len() > 250, "video frames: {}", video.len());
@@ -339,7 +363,9 @@ fn frames_arrive_whole_and_in_order_over_a_clean_network() {
 
 #[test]
 fn loss_and_reordering_are_repaired_by_nack() {
-    let (video, audio, lost) = run_session(20);
+    let SessionOutcome {
+        video, audio, lost, ..
+    } = run_session(20, Duration::from_secs(60));
     assert!(lost > 40, "the emulated network lost {lost} packets");
     // NACK/RTX recover video; the few frames that cannot be recovered in
     // time are skipped, not delivered broken.
@@ -359,4 +385,17 @@ fn loss_and_reordering_are_repaired_by_nack() {
             "reordered packets are put back in order"
         );
     }
+}
+
+#[test]
+fn a_track_whose_rtp_stops_shows_as_muted_while_audio_goes_on() {
+    let out = run_session(0, Duration::from_secs(4));
+    assert_eq!(out.video_state, "muted", "str0m paused the video stream");
+    let last_video = out.video.last().map(|f| f.rtp_time).unwrap_or(0) - out.video[0].rtp_time;
+    assert!(last_video <= 4 * 90_000 + 3000, "no video after the stop");
+    assert!(
+        out.audio.len() > 400,
+        "audio kept flowing: {}",
+        out.audio.len()
+    );
 }

@@ -274,7 +274,8 @@ impl Track {
 pub struct TrackStatus {
     pub kind: TrackKind,
     pub codec: Codec,
-    /// `publishing`, `silent` (no frame for 2 s) or `muted`.
+    /// `publishing`, `silent` (no frame for 2 s) or `muted` (the publisher
+    /// stopped sending the track: str0m paused its stream).
     pub state: &'static str,
     pub width: Option<u32>,
     pub height: Option<u32>,
