@@ -26,7 +26,7 @@ use axum::response::Response;
 use axum::routing::{patch, post};
 use axum::Router;
 
-use super::{offer, Command, Ingest, NewPeer, SessionEntry};
+use super::{offer, random_token, Command, Ingest, NewPeer, SessionEntry};
 use crate::api::validate;
 use crate::auth::usersig;
 use crate::config::Config;
@@ -47,11 +47,11 @@ pub fn router(state: Arc<WhipState>) -> Router {
         )
         .route(
             "/whip/{app}/{room}/{user}",
-            post(publish_main).options(options),
+            post(publish_stream::<false>).options(options),
         )
         .route(
             "/whip/{app}/{room}/{user}/aux",
-            post(publish_aux).options(options),
+            post(publish_stream::<true>).options(options),
         )
         .with_state(state)
 }
@@ -105,31 +105,15 @@ pub struct PublishQuery {
     room_type: Option<String>,
 }
 
-async fn publish_main(
+/// `POST` for the main stream (`AUX = false`) or the aux stream (`AUX = true`).
+async fn publish_stream<const AUX: bool>(
     State(s): State<Arc<WhipState>>,
     Path((app, room, user)): Path<(String, String, String)>,
     Query(q): Query<PublishQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    publish(&s, &app, &room, &user, q, false, &headers, &body)
-}
-
-async fn publish_aux(
-    State(s): State<Arc<WhipState>>,
-    Path((app, room, user)): Path<(String, String, String)>,
-    Query(q): Query<PublishQuery>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    publish(&s, &app, &room, &user, q, true, &headers, &body)
-}
-
-fn random_token(len: usize) -> String {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-    (0..len)
-        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
-        .collect()
+    publish(&s, &app, &room, &user, q, AUX, &headers, &body)
 }
 
 #[allow(clippy::too_many_arguments)]
