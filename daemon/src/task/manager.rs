@@ -497,3 +497,71 @@ async fn run_task(
     }
     mgr.finish(&task_id).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{model, validate};
+    use crate::room::{DropReason, RoomObserver, TrackKind};
+
+    struct NoObserver;
+    impl RoomObserver for NoObserver {
+        fn frame_dropped(&self, _r: DropReason) {}
+        fn keyframe_wanted(&self, _s: &str, _k: TrackKind) {}
+    }
+
+    #[tokio::test]
+    async fn resource_expired_hour_hides_the_task_but_it_keeps_running() {
+        let dir = std::env::temp_dir().join(format!("kiroku-mgr-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let store = Arc::new(Store::open(&dir.join("state.redb")).expect("store"));
+        let metrics = Metrics::new();
+        let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let config = Arc::new(Config::embedded_defaults());
+        let (outbox, _worker) = crate::notify::deliver::start(
+            store.clone(),
+            Vec::new(),
+            config.callbacks,
+            metrics.clone(),
+            stop_rx,
+        );
+        let rooms = Arc::new(Registry::new(Arc::new(NoObserver)));
+        let mgr = Manager::start(config, store.clone(), Vec::new(), outbox, metrics, rooms).await;
+        let raw: model::CreateCloudRecordingRequest = serde_json::from_value(serde_json::json!({
+            "SdkAppId": 1, "RoomId": "5", "UserId": "bot", "UserSig": "s",
+            "RecordParams": {"RecordMode": 1, "MaxIdleTime": 86400}, "ResourceExpiredHour": 6
+        }))
+        .expect("shape");
+        let task_id = mgr
+            .create(validate::create(raw).expect("valid"))
+            .await
+            .expect("created");
+        let st = mgr.inner.state.lock().await;
+        let created = st.tasks[&task_id].record.created_ms;
+        let six_hours = 6 * 3_600_000;
+        assert!(mgr
+            .lookup(&st, 1, &task_id, created + six_hours - 1)
+            .is_ok());
+        let err = mgr
+            .lookup(&st, 1, &task_id, created + six_hours)
+            .err()
+            .expect("expired");
+        assert_eq!(err.code, codes::TASK_NOT_EXIST);
+        assert!(
+            err.message.contains("ResourceExpiredHour"),
+            "{}",
+            err.message
+        );
+        assert!(
+            mgr.lookup(&st, 2, &task_id, created).is_err(),
+            "another app never sees the task"
+        );
+        assert!(
+            st.tasks.contains_key(&task_id),
+            "the task itself keeps running"
+        );
+        drop(st);
+        drop(mgr);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
