@@ -22,6 +22,7 @@ pub mod media;
 pub mod metrics;
 pub mod notify;
 pub mod publish;
+pub mod record;
 pub mod room;
 pub mod server;
 pub mod store;

@@ -1,0 +1,4 @@
+//! Recording: naming now; segmenting, TS/HLS writing and the single- and
+//! mixed-stream pipelines next.
+
+pub mod naming;
