@@ -2,3 +2,4 @@
 //! mixed-stream pipelines next.
 
 pub mod naming;
+pub mod playlist;
