@@ -11,7 +11,7 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 step() { printf '\n==> %s\n' "$*"; }
 
 # --- system packages -------------------------------------------------------
-APT_PACKAGES=(build-essential pkg-config cmake nasm python3 python3-venv python3-pip systemd curl ca-certificates chromium)
+APT_PACKAGES=(build-essential pkg-config cmake nasm python3 python3-venv python3-pip systemd curl ca-certificates chromium ffmpeg)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -41,7 +41,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo build"
 cargo build --workspace --locked
 step "cargo test"
-cargo test --workspace --locked
+KIROKU_REQUIRE_TOOLS=1 cargo test --workspace --locked
 
 # --- end to end -----------------------------------------------------------
 step "end-to-end tests (tests/e2e, Tencent SDK against the real binary)"

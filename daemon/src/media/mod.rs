@@ -2,3 +2,4 @@
 
 pub mod h264;
 pub mod rtp_time;
+pub mod ts;
