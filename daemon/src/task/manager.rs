@@ -229,7 +229,6 @@ impl Manager {
 
     /// CreateCloudRecording (the spec is already validated and authorised).
     pub async fn create(&self, spec: RecordingSpec) -> Result<String, ApiError> {
-        let now = now_ms();
         let mut st = self.inner.state.lock().await;
         // A new task whose bot UserId is already in the room replaces the
         // old one, as TRTC does (302 LeaveCode 101 for the old task).
@@ -263,6 +262,9 @@ impl Manager {
             self.stop_locked(&mut st, &old, LeaveCode::SameUserIdEntered)
                 .await?;
         }
+        // Read the clock after any displaced task stopped, so that its 302
+        // is never later than this task's 301.
+        let now = now_ms();
         let record = TaskRecord {
             task_id: new_task_id(),
             spec,
