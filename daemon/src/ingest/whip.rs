@@ -113,22 +113,7 @@ async fn publish_stream<const AUX: bool>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    publish(&s, &app, &room, &user, q, AUX, &headers, &body)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn publish(
-    s: &WhipState,
-    app: &str,
-    room: &str,
-    user: &str,
-    q: PublishQuery,
-    aux: bool,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Response {
-    let result = publish_inner(s, app, room, user, q, aux, headers, body);
-    match result {
+    match publish_inner(&s, &app, &room, &user, q, AUX, &headers, &body) {
         Ok(r) => {
             s.ingest.metrics.sessions_created.inc();
             r
