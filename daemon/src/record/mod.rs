@@ -3,3 +3,4 @@
 
 pub mod naming;
 pub mod playlist;
+pub mod segmenter;

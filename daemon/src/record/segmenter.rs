@@ -1,0 +1,241 @@
+//! Where HLS segments start and end.
+//!
+//! Rules:
+//! - A segment starts only where a decoder can start: a video key frame
+//!   (any frame of an audio-only stream). Frames before the first key
+//!   frame are dropped.
+//! - Once the open segment has reached `target`, the next key frame cuts.
+//! - If it reaches `target + keyframe_grace` with no key frame in sight,
+//!   [`Segmenter::wants_keyframe`] says so, and the recorder asks the
+//!   publisher for one (PLI); the segment runs long until it arrives.
+//! - A closed segment's duration is the distance from its first frame to
+//!   the first frame of the next; the last segment's is its span plus one
+//!   frame interval (the last frame's own duration).
+//!
+//! Sans-IO: timestamps are 90 kHz ticks on the recording's timeline, wall
+//! times are inputs.
+
+use std::time::{Duration, SystemTime};
+
+#[derive(Debug, Clone, Copy)]
+pub struct SegmenterConfig {
+    pub target: Duration,
+    pub keyframe_grace: Duration,
+}
+
+impl Default for SegmenterConfig {
+    fn default() -> Self {
+        Self {
+            target: Duration::from_secs(10),
+            keyframe_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What to do with a frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Not recordable yet (waiting for the first key frame).
+    Drop,
+    /// Append to the open segment.
+    Append,
+    /// Open the first segment (started at `start_wall`), then append.
+    Open { start_wall: SystemTime },
+    /// Close the open segment (`closed_seconds` long), open a new one
+    /// starting at `start_wall`, then append.
+    Cut {
+        closed_seconds: f64,
+        start_wall: SystemTime,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Open {
+    start_pts: u64,
+    last_pts: u64,
+    frames: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Segmenter {
+    cfg: SegmenterConfig,
+    open: Option<Open>,
+    /// A typical frame interval, for the last segment's duration.
+    frame_interval: u64,
+}
+
+fn ticks(d: Duration) -> u64 {
+    (d.as_micros() * 9 / 100) as u64
+}
+
+impl Segmenter {
+    pub fn new(cfg: SegmenterConfig) -> Self {
+        Self {
+            cfg,
+            open: None,
+            frame_interval: 0,
+        }
+    }
+
+    /// Decides for a frame at `pts` (90 kHz) that arrived at `wall`.
+    pub fn on_frame(&mut self, pts: u64, wall: SystemTime, can_start: bool) -> Decision {
+        let Some(open) = self.open.as_mut() else {
+            if !can_start {
+                return Decision::Drop;
+            }
+            self.open = Some(Open {
+                start_pts: pts,
+                last_pts: pts,
+                frames: 1,
+            });
+            return Decision::Open { start_wall: wall };
+        };
+        if pts > open.last_pts {
+            let step = pts - open.last_pts;
+            // Keep the smallest positive step seen: the nominal frame interval.
+            if self.frame_interval == 0 || step < self.frame_interval {
+                self.frame_interval = step;
+            }
+        }
+        let age = pts.saturating_sub(open.start_pts);
+        if can_start && age >= ticks(self.cfg.target) {
+            let closed_seconds = age as f64 / 90_000.0;
+            self.open = Some(Open {
+                start_pts: pts,
+                last_pts: pts,
+                frames: 1,
+            });
+            return Decision::Cut {
+                closed_seconds,
+                start_wall: wall,
+            };
+        }
+        open.last_pts = open.last_pts.max(pts);
+        open.frames += 1;
+        Decision::Append
+    }
+
+    /// True when the open segment has run past `target + keyframe_grace`
+    /// at `pts` without a key frame: ask the publisher for one.
+    pub fn wants_keyframe(&self, pts: u64) -> bool {
+        self.open.as_ref().is_some_and(|o| {
+            pts.saturating_sub(o.start_pts) >= ticks(self.cfg.target + self.cfg.keyframe_grace)
+        })
+    }
+
+    /// Closes the open segment (end of stream or a gap); its duration.
+    pub fn finish(&mut self) -> Option<f64> {
+        let o = self.open.take()?;
+        let span = o.last_pts - o.start_pts + self.frame_interval;
+        Some(span as f64 / 90_000.0)
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    fn wall(ms: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn cuts_at_the_first_keyframe_after_the_target() {
+        let mut s = Segmenter::new(SegmenterConfig {
+            target: Duration::from_secs(4),
+            keyframe_grace: Duration::from_secs(2),
+        });
+        // 15 fps, key frame every 30 frames (2 s); the first frame is not a key frame.
+        let mut durations = Vec::new();
+        let mut opened = Vec::new();
+        for n in 1..=150u64 {
+            let pts = n * 6000;
+            match s.on_frame(pts, wall(n * 1000 / 15), n % 30 == 0) {
+                Decision::Drop => assert!(n < 30),
+                Decision::Open { start_wall } => opened.push(start_wall),
+                Decision::Cut {
+                    closed_seconds,
+                    start_wall,
+                } => {
+                    durations.push(closed_seconds);
+                    opened.push(start_wall);
+                }
+                Decision::Append => {}
+            }
+        }
+        durations.extend(s.finish());
+        assert_eq!(
+            opened[0],
+            wall(2000),
+            "first segment at the first key frame"
+        );
+        // Key frames at 30, 60, 90, 120, 150: cuts at 90 and 150; the last
+        // segment is frame 150 alone, one frame interval long.
+        assert_eq!(durations, vec![4.0, 4.0, 1.0 / 15.0]);
+        let total: f64 = durations.iter().sum();
+        assert!(
+            (total - 121.0 / 15.0).abs() < 1e-9,
+            "frames 30..=150 at 15 fps, each with its own duration"
+        );
+    }
+
+    #[test]
+    fn a_long_gop_asks_for_a_keyframe_and_runs_long() {
+        let mut s = Segmenter::new(SegmenterConfig {
+            target: Duration::from_secs(4),
+            keyframe_grace: Duration::from_secs(1),
+        });
+        assert_eq!(
+            s.on_frame(0, wall(0), true),
+            Decision::Open {
+                start_wall: wall(0)
+            }
+        );
+        let mut asked_at = None;
+        for n in 1..180u64 {
+            let pts = n * 3000; // 30 fps, no key frame for almost 6 s
+            assert_eq!(s.on_frame(pts, wall(n * 33), false), Decision::Append);
+            if asked_at.is_none() && s.wants_keyframe(pts) {
+                asked_at = Some(pts);
+            }
+        }
+        assert_eq!(
+            asked_at,
+            Some(5 * 90_000),
+            "asks once target + grace passed"
+        );
+        // The key frame arrives at 6 s: the segment closes at 6 s.
+        match s.on_frame(6 * 90_000, wall(6000), true) {
+            Decision::Cut { closed_seconds, .. } => assert!((closed_seconds - 6.0).abs() < 1e-9),
+            other => panic!("{other:?}"),
+        }
+        assert!(!s.wants_keyframe(6 * 90_000 + 3000));
+    }
+
+    #[test]
+    fn audio_only_cuts_at_any_frame() {
+        let mut s = Segmenter::new(SegmenterConfig {
+            target: Duration::from_secs(2),
+            ..Default::default()
+        });
+        let mut cuts = 0;
+        for n in 0..250u64 {
+            // 20 ms Opus frames on the 90 kHz timeline.
+            if matches!(
+                s.on_frame(n * 1800, wall(n * 20), true),
+                Decision::Cut { .. }
+            ) {
+                cuts += 1;
+            }
+        }
+        assert_eq!(cuts, 2);
+        let last = s.finish().expect("open");
+        assert!((last - 1.0).abs() < 1e-9, "{last}");
+        assert_eq!(s.finish(), None);
+    }
+}
