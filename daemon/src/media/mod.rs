@@ -1,5 +1,6 @@
 //! Media formats: bitstream parsing now; TS/HLS/MP4 muxing later.
 
+pub mod aac;
 pub mod h264;
 pub mod rtp_time;
 pub mod ts;

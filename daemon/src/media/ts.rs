@@ -286,7 +286,7 @@ fn pes(stream_id: u8, pts: u64, dts: Option<u64>, payload: &[u8], bounded: bool)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Minimal demuxer for checking our own output: per-PID payloads
