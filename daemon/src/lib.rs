@@ -21,6 +21,7 @@ pub mod ingest;
 pub mod media;
 pub mod metrics;
 pub mod notify;
+pub mod output;
 pub mod publish;
 pub mod record;
 pub mod room;
