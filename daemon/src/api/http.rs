@@ -43,7 +43,8 @@ impl ApiState {
     }
 }
 
-fn unix_now() -> i64 {
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -61,6 +62,14 @@ fn request_id() -> String {
         &h[16..20],
         &h[20..32]
     )
+}
+
+/// A header's value as text; empty when absent or not visible ASCII.
+pub fn header_text(headers: &HeaderMap, name: impl axum::http::header::AsHeaderName) -> &str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
 }
 
 /// Builds the Tencent envelope. Always 200 + `application/json`.
@@ -134,11 +143,7 @@ async fn dispatch(
             format!("the request body is larger than {limit} bytes (server.max_body_bytes)"),
         )
     })?;
-    let content_type = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let content_type = header_text(&parts.headers, header::CONTENT_TYPE);
     if !content_type
         .trim_start()
         .to_ascii_lowercase()
@@ -162,11 +167,7 @@ async fn dispatch(
         )?;
     }
     let action = action.ok_or_else(|| {
-        let given = parts
-            .headers
-            .get("x-tc-action")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+        let given = header_text(&parts.headers, "x-tc-action");
         ApiError::new(
             codes::INVALID_ACTION,
             format!(
@@ -175,11 +176,7 @@ async fn dispatch(
             ),
         )
     })?;
-    let version = parts
-        .headers
-        .get("x-tc-version")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let version = header_text(&parts.headers, "x-tc-version");
     if version != API_VERSION {
         return Err(ApiError::new(
             codes::NO_SUCH_VERSION,

@@ -101,7 +101,7 @@ pub fn run(mut core: IngestCore, socket: UdpSocket, commands: Receiver<Command>)
         loop {
             match commands.try_recv() {
                 Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => {
-                    core.shutdown(Instant::now());
+                    core.shutdown();
                     send_all(&socket, &mut core);
                     return;
                 }
@@ -184,7 +184,7 @@ impl IngestCore {
     }
 
     /// Ends every session.
-    pub fn shutdown(&mut self, _now: Instant) {
+    pub fn shutdown(&mut self) {
         let ids: Vec<PeerId> = self.peers.keys().copied().collect();
         for id in ids {
             self.remove(id, "shutdown");
@@ -220,7 +220,7 @@ impl IngestCore {
                 }
                 self.drain(id, now);
             }
-            Command::Shutdown => self.shutdown(now),
+            Command::Shutdown => self.shutdown(),
         }
     }
 

@@ -17,7 +17,7 @@
 //! with the app's `user_sig_key` (apps without one are open).
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
@@ -27,6 +27,7 @@ use axum::routing::{patch, post};
 use axum::Router;
 
 use super::{offer, random_token, Command, Ingest, NewPeer, SessionEntry};
+use crate::api::http::{header_text, unix_now};
 use crate::api::validate;
 use crate::auth::usersig;
 use crate::config::Config;
@@ -184,18 +185,12 @@ fn publish_inner(
                 StatusCode::UNAUTHORIZED,
                 "Authorization: Bearer <UserSig> is required for this app".to_owned(),
             ))?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now = unix_now();
         usersig::verify(token, key, sdk_app_id, user, now)
             .map_err(|e| (StatusCode::UNAUTHORIZED, e.to_string()))?;
     }
 
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let content_type = header_text(headers, header::CONTENT_TYPE);
     if !content_type
         .trim()
         .to_ascii_lowercase()
@@ -295,10 +290,7 @@ async fn patch_session(
     let Some(entry) = s.ingest.sessions.get(&id) else {
         return text(StatusCode::NOT_FOUND, format!("no WHIP session {id}"));
     };
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let content_type = header_text(&headers, header::CONTENT_TYPE);
     if !content_type
         .trim()
         .eq_ignore_ascii_case("application/trickle-ice-sdpfrag")
