@@ -51,6 +51,8 @@ struct RawConfig {
     #[serde(default)]
     ingest: RawIngest,
     #[serde(default)]
+    recording: RawRecording,
+    #[serde(default)]
     credentials: Vec<RawCredential>,
     #[serde(default)]
     apps: Vec<RawApp>,
@@ -94,6 +96,13 @@ struct RawIngest {
     advertised_addresses: Option<Vec<String>>,
 }
 
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRecording {
+    segment_seconds: Option<f64>,
+    keyframe_grace_seconds: Option<f64>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCredential {
@@ -119,6 +128,7 @@ pub struct Config {
     pub callbacks: CallbackConfig,
     pub log: LogConfig,
     pub ingest: IngestConfig,
+    pub recording: RecordingConfig,
     /// TC3-HMAC-SHA256 API keys. Empty = open dev mode (loopback only).
     pub credentials: Vec<Credential>,
     /// Known applications. Empty in dev mode = any SdkAppId is accepted.
@@ -155,6 +165,17 @@ pub struct IngestConfig {
     pub udp_listen: SocketAddr,
     /// Empty: advertise `udp_listen` itself.
     pub advertised_addresses: Vec<std::net::IpAddr>,
+}
+
+/// How recordings are cut into HLS segments.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordingConfig {
+    /// Target segment duration: segments are cut at the first key frame
+    /// after it.
+    pub segment: Duration,
+    /// How far past the target a segment may run before the publisher is
+    /// asked for a key frame.
+    pub keyframe_grace: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -455,7 +476,26 @@ impl Config {
             ));
         }
 
+        let segment_seconds = raw.recording.segment_seconds.unwrap_or(10.0);
+        if !(1.0..=60.0).contains(&segment_seconds) {
+            return Err(invalid(
+                "recording.segment_seconds",
+                "must be between 1 and 60 seconds",
+            ));
+        }
+        let grace_seconds = raw.recording.keyframe_grace_seconds.unwrap_or(2.0);
+        if !(0.0..=60.0).contains(&grace_seconds) {
+            return Err(invalid(
+                "recording.keyframe_grace_seconds",
+                "must be between 0 and 60 seconds",
+            ));
+        }
+        let recording = RecordingConfig {
+            segment: Duration::from_secs_f64(segment_seconds),
+            keyframe_grace: Duration::from_secs_f64(grace_seconds),
+        };
         Ok(Config {
+            recording,
             data_dir: raw
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),

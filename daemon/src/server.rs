@@ -192,6 +192,9 @@ pub async fn run(
             Ok(())
         }
     };
+    // Close every recording's files before the outbox stops, so that their
+    // callbacks are queued (durably) with the rest.
+    manager.shutdown(grace).await;
     let _ = stop_tx.send(true);
     let _ = outbox_worker.await;
     tokio::task::spawn_blocking(move || ingest.shutdown())

@@ -64,6 +64,23 @@ pub struct TaskRecord {
     pub spec: RecordingSpec,
     pub state: TaskState,
     pub created_ms: u64,
+    /// Playlists stored so far (Describe's StorageFileList).
+    #[serde(default)]
+    pub files: Vec<StorageFile>,
+    /// How many times the daemon restarted under this task: files written
+    /// after the n-th carry the spec's `ha<n>_` prefix (at most 3).
+    #[serde(default)]
+    pub restarts: u8,
+}
+
+/// One `StorageFileList` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StorageFile {
+    pub user_id: String,
+    pub file_name: String,
+    pub track_type: String,
+    pub begin_time_stamp: u64,
 }
 
 /// A callback waiting in the outbox.
@@ -273,6 +290,8 @@ mod tests {
             spec: spec(),
             state: TaskState::Idle,
             created_ms: 10,
+            files: Vec::new(),
+            restarts: 0,
         };
         {
             let store = Store::open(&path).expect("open");

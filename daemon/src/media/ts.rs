@@ -61,6 +61,17 @@ impl TsMuxer {
         }
     }
 
+    /// Changes the elementary streams declared from the next
+    /// [`TsMuxer::write_tables`] on (a merged stream whose video starts or
+    /// stops; continuity counters carry on).
+    pub fn set_streams(&mut self, video: bool, audio: bool) {
+        if (video, audio) != (self.video, self.audio) {
+            self.video = video;
+            self.audio = audio;
+            self.last_pcr = None;
+        }
+    }
+
     fn pcr_pid(&self) -> u16 {
         if self.video {
             PID_VIDEO

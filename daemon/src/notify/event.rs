@@ -113,6 +113,43 @@ pub fn recorder_stop(code: LeaveCode) -> (EventType, Value) {
     (EventType::RecorderStop, json!({ "LeaveCode": code as u8 }))
 }
 
+pub fn upload_start(status: u8) -> (EventType, Value) {
+    (EventType::UploadStart, json!({ "Status": status }))
+}
+
+/// 304: a playlist landed in storage for the first time.
+pub fn file_info(playlist: &str) -> (EventType, Value) {
+    (EventType::FileInfo, json!({ "FileList": playlist }))
+}
+
+/// 305: 0 all files stored, 1 some could not be.
+pub fn upload_stop(status: u8) -> (EventType, Value) {
+    (EventType::UploadStop, json!({ "Status": status }))
+}
+
+/// 306: the task resumed on this recorder (after a daemon restart).
+pub fn failover(status: u8) -> (EventType, Value) {
+    (EventType::Failover, json!({ "Status": status }))
+}
+
+/// 307: a playlist's first segment was cut.
+pub fn file_slice(
+    playlist: &str,
+    user_id: &str,
+    track_type: &str,
+    begin_ms: u64,
+) -> (EventType, Value) {
+    (
+        EventType::FileSlice,
+        json!({
+            "FileName": playlist,
+            "UserId": user_id,
+            "TrackType": track_type,
+            "BeginTimeStamp": begin_ms,
+        }),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

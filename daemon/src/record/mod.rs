@@ -1,6 +1,10 @@
-//! Recording: naming now; segmenting, TS/HLS writing and the single- and
-//! mixed-stream pipelines next.
+//! Recording: naming, playlists, segmenting, the shared timeline, and the
+//! single-stream recorder (sans-IO core in `single`, IO in `worker`).
 
 pub mod naming;
 pub mod playlist;
 pub mod segmenter;
+pub mod single;
+pub mod stream;
+pub mod timeline;
+pub mod worker;

@@ -115,6 +115,23 @@ impl Segmenter {
         Decision::Append
     }
 
+    /// Cuts here regardless of the target (the streams in a merged segment
+    /// change); opens the first segment when none is open.
+    pub fn cut(&mut self, pts: u64, wall: SystemTime) -> Decision {
+        let next = Open {
+            start_pts: pts,
+            last_pts: pts,
+            frames: 1,
+        };
+        match self.open.replace(next) {
+            None => Decision::Open { start_wall: wall },
+            Some(o) => Decision::Cut {
+                closed_seconds: pts.saturating_sub(o.start_pts) as f64 / 90_000.0,
+                start_wall: wall,
+            },
+        }
+    }
+
     /// True when the open segment has run past `target + keyframe_grace`
     /// at `pts` without a key frame: ask the publisher for one.
     pub fn wants_keyframe(&self, pts: u64) -> bool {

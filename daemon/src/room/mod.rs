@@ -82,8 +82,22 @@ pub trait RoomObserver: Send + Sync {
     fn users_changed(&self, _users_per_room: &[usize]) {}
 }
 
+/// Where a subscriber's frames go: its own channel, or a channel shared by
+/// every track a recorder subscribes to, with a tag naming the track.
+enum Sink {
+    Own(SyncSender<MediaFrame>),
+    Shared { tx: SyncSender<Delivery>, tag: u64 },
+}
+
+/// A frame on a shared channel, tagged with the subscription it belongs to.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub tag: u64,
+    pub frame: MediaFrame,
+}
+
 struct Subscriber {
-    tx: SyncSender<MediaFrame>,
+    sink: Sink,
     /// After an overflow, video waits for the next key frame.
     awaiting_keyframe: bool,
 }
@@ -151,15 +165,50 @@ impl Track {
     /// starts at the next key frame (one is requested).
     pub fn subscribe(&self, capacity: usize, observer: &dyn RoomObserver) -> Receiver<MediaFrame> {
         let (tx, rx) = sync_channel(capacity.max(1));
+        self.add_subscriber(Sink::Own(tx), observer);
+        rx
+    }
+
+    /// Subscribes into a channel shared with other tracks; frames arrive
+    /// tagged with `tag`. Ends with [`Track::unsubscribe`] or when the
+    /// channel's receiver is dropped.
+    pub fn subscribe_shared(
+        &self,
+        tx: SyncSender<Delivery>,
+        tag: u64,
+        observer: &dyn RoomObserver,
+    ) {
+        self.add_subscriber(Sink::Shared { tx, tag }, observer);
+    }
+
+    /// Ends a shared subscription.
+    pub fn unsubscribe(&self, tag: u64) {
+        lock(&self.subscribers)
+            .retain(|s| !matches!(s.sink, Sink::Shared { tag: t, .. } if t == tag));
+    }
+
+    fn add_subscriber(&self, sink: Sink, observer: &dyn RoomObserver) {
         let video = self.kind.is_video();
         lock(&self.subscribers).push(Subscriber {
-            tx,
+            sink,
             awaiting_keyframe: video,
         });
         if video {
             observer.keyframe_wanted(&self.session_id, self.kind);
         }
-        rx
+    }
+
+    /// Asks the publisher for a key frame (a recorder whose segment runs long).
+    pub fn request_keyframe(&self, observer: &dyn RoomObserver) {
+        if self.kind.is_video() {
+            observer.keyframe_wanted(&self.session_id, self.kind);
+        }
+    }
+
+    /// The latest video resolution (from the SPS), if known.
+    pub fn resolution(&self) -> Option<(u32, u32)> {
+        let st = lock(&self.state);
+        (st.width > 0 && st.height > 0).then_some((st.width, st.height))
     }
 
     pub fn subscriber_count(&self) -> usize {
@@ -204,9 +253,24 @@ impl Track {
                 }
                 s.awaiting_keyframe = false;
             }
-            match s.tx.try_send(frame.clone()) {
+            let sent = match &s.sink {
+                Sink::Own(tx) => tx.try_send(frame.clone()).map_err(|e| match e {
+                    TrySendError::Full(_) => TrySendError::Full(()),
+                    TrySendError::Disconnected(_) => TrySendError::Disconnected(()),
+                }),
+                Sink::Shared { tx, tag } => tx
+                    .try_send(Delivery {
+                        tag: *tag,
+                        frame: frame.clone(),
+                    })
+                    .map_err(|e| match e {
+                        TrySendError::Full(_) => TrySendError::Full(()),
+                        TrySendError::Disconnected(_) => TrySendError::Disconnected(()),
+                    }),
+            };
+            match sent {
                 Ok(()) => true,
-                Err(TrySendError::Full(_)) => {
+                Err(TrySendError::Full(())) => {
                     self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                     if video {
                         s.awaiting_keyframe = true;
@@ -218,7 +282,7 @@ impl Track {
                     true
                 }
                 // The subscriber went away: forget it.
-                Err(TrySendError::Disconnected(_)) => false,
+                Err(TrySendError::Disconnected(())) => false,
             }
         });
         drop(subs);
@@ -317,6 +381,8 @@ struct RoomState {
 
 struct Room {
     state: Mutex<RoomState>,
+    /// Bumped on every change of users or tracks.
+    version: Arc<AtomicU64>,
     events: broadcast::Sender<RoomEvent>,
     publishers: watch::Sender<usize>,
 }
@@ -332,6 +398,8 @@ pub struct RoomWatch {
     pub events: broadcast::Receiver<RoomEvent>,
     /// Number of users with at least one session in the room.
     pub publishers: watch::Receiver<usize>,
+    /// Changes whenever users or tracks change (cheap to poll).
+    pub version: Arc<AtomicU64>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -387,6 +455,7 @@ impl Registry {
                 let (publishers, _) = watch::channel(0);
                 Arc::new(Room {
                     state: Mutex::new(RoomState { users: Vec::new() }),
+                    version: Arc::new(AtomicU64::new(0)),
                     events,
                     publishers,
                 })
@@ -400,6 +469,7 @@ impl Registry {
         RoomWatch {
             events: room.events.subscribe(),
             publishers: room.publishers.subscribe(),
+            version: room.version.clone(),
         }
     }
 
@@ -454,6 +524,7 @@ impl Registry {
                 user.tracks.insert(t.kind, t);
             }
             let n = st.users.len();
+            room.version.fetch_add(1, Ordering::AcqRel);
             room.publishers.send_replace(n);
         }
         for e in events {
@@ -495,6 +566,7 @@ impl Registry {
                 }
             }
             let n = st.users.len();
+            room.version.fetch_add(1, Ordering::AcqRel);
             room.publishers.send_replace(n);
         }
         for e in events {
@@ -538,6 +610,23 @@ impl Registry {
         };
         let st = lock(&room.state);
         st.users.iter().map(|u| u.user_id.clone()).collect()
+    }
+
+    /// Every user in join order with their tracks (a recorder reconciles
+    /// its subscriptions against this).
+    pub fn snapshot(&self, key: &RoomKey) -> Vec<(String, Vec<Arc<Track>>)> {
+        let Some(room) = lock(&self.rooms).get(key).cloned() else {
+            return Vec::new();
+        };
+        let st = lock(&room.state);
+        st.users
+            .iter()
+            .map(|u| {
+                let mut tracks: Vec<Arc<Track>> = u.tracks.values().cloned().collect();
+                tracks.sort_by_key(|t| t.kind as u8);
+                (u.user_id.clone(), tracks)
+            })
+            .collect()
     }
 
     /// A user's published track, if any.

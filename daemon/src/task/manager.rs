@@ -17,9 +17,15 @@
 //! disagree. It is never held while waiting on anything but the store.
 //!
 //! Each task has a runner (a tokio task: it only waits on timers and
-//! channels, no media work) that applies the MaxIdleTime rule and, once the
-//! task is Exited, finishes it. Later, the runner is where recording
-//! pipelines are started and stopped.
+//! channels, no media work) that applies the MaxIdleTime rule, owns the
+//! task's recorder thread (single-stream: `record::worker`), turns what the
+//! recorder reports into state changes and callbacks (303 at start, 307 per
+//! first segment, 304 per stored playlist, 305 at the end), and once the
+//! task is Exited and its files are closed, finishes it.
+//!
+//! After a daemon restart a task resumes with a new recorder whose files
+//! carry the spec's `ha<n>_` prefix (n = restarts, at most 3), so nothing
+//! written before is overwritten; callback 306 says so.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,11 +38,20 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::notify::deliver::{now_ms, Outbox};
 use crate::notify::event::{self, EventSubject, EventType, LeaveCode};
+use crate::output::local::LocalStore;
+use crate::record::naming::Naming;
+use crate::record::segmenter::SegmenterConfig;
+use crate::record::single::{FileInfo, Settings};
+use crate::record::worker::{
+    self, RecorderControl, RecorderEvent, RecorderHandle, RecorderMetrics, RecorderSetup,
+};
 use crate::room::{Registry, RoomKey, RoomWatch};
 use crate::store::{Change, NewCallback, Store, TaskRecord, TaskState};
 use crate::task::idle::IdleTimer;
 use crate::task::lifecycle::{self, Event, Transition};
-use crate::task::params::{Modification, RecordingSpec};
+use crate::task::params::{Modification, RecordMode, RecordingSpec, Subscription};
+
+pub use crate::store::StorageFile;
 
 /// What DescribeCloudRecording answers.
 #[derive(Debug, Clone)]
@@ -46,25 +61,20 @@ pub struct TaskStatus {
     pub files: Vec<StorageFile>,
 }
 
-/// One `StorageFileList` entry.
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct StorageFile {
-    pub user_id: String,
-    pub file_name: String,
-    pub track_type: String,
-    pub begin_time_stamp: u64,
-}
-
 #[derive(Debug)]
 enum Control {
     /// Finish the task (it is already Exited in the store).
     Stop,
+    /// Modify replaced the subscription lists.
+    Subscription(Subscription),
+    /// The daemon stops: close the files, keep the task for the restart.
+    Shutdown,
 }
 
 struct Live {
     record: TaskRecord,
     control: mpsc::Sender<Control>,
+    runner: Option<tokio::task::JoinHandle<()>>,
 }
 
 #[derive(Default)]
@@ -78,6 +88,8 @@ struct Inner {
     store: Arc<Store>,
     outbox: Outbox,
     metrics: Metrics,
+    recorder_metrics: RecorderMetrics,
+    storage: Arc<dyn crate::output::Store>,
     state: Mutex<State>,
 }
 
@@ -102,6 +114,8 @@ impl Manager {
         metrics: Metrics,
         rooms: Arc<Registry>,
     ) -> Self {
+        let recorder_metrics = RecorderMetrics::register(&metrics);
+        let storage = Arc::new(LocalStore::new(config.data_dir.join("storage")));
         let mgr = Manager {
             inner: Arc::new(Inner {
                 config,
@@ -109,41 +123,124 @@ impl Manager {
                 store,
                 outbox,
                 metrics,
+                recorder_metrics,
+                storage,
                 state: Mutex::new(State::default()),
             }),
         };
         {
             let mut st = mgr.inner.state.lock().await;
-            for record in records {
+            for mut record in records {
                 let exiting = matches!(record.state, TaskState::Exited { .. });
                 let task_id = record.task_id.clone();
-                let control = mgr.spawn_runner(&record);
+                if !exiting {
+                    // Resume under the next `ha<n>_` name so that nothing
+                    // the previous run wrote is overwritten.
+                    record.restarts = record.restarts.saturating_add(1);
+                    let callbacks = mgr
+                        .callback(&record, event::failover(0), now_ms())
+                        .into_iter()
+                        .collect();
+                    if mgr
+                        .commit(Change {
+                            put_task: Some(&record),
+                            callbacks,
+                            ..Change::default()
+                        })
+                        .await
+                        .is_err()
+                    {
+                        tracing::error!(task_id = %task_id, "could not record the restart of a restored task");
+                    }
+                }
+                let (control, runner) = mgr.spawn_runner(&record);
                 if exiting {
                     let _ = control.try_send(Control::Stop);
                 }
-                tracing::info!(task_id = %task_id, state = record.state.api_status(), "task restored from the state store");
-                st.tasks.insert(task_id, Live { record, control });
+                tracing::info!(task_id = %task_id, state = record.state.api_status(), restarts = record.restarts, "task restored from the state store");
+                st.tasks.insert(
+                    task_id,
+                    Live {
+                        record,
+                        control,
+                        runner: Some(runner),
+                    },
+                );
             }
             mgr.update_gauges(&st);
         }
         mgr
     }
 
-    fn spawn_runner(&self, record: &TaskRecord) -> mpsc::Sender<Control> {
+    fn spawn_runner(
+        &self,
+        record: &TaskRecord,
+    ) -> (mpsc::Sender<Control>, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(16);
         let max_idle = Duration::from_secs(u64::from(record.spec.record.max_idle_seconds));
-        let room = self.inner.rooms.watch(&RoomKey {
+        let room_key = RoomKey {
             sdk_app_id: record.spec.sdk_app_id,
             room: record.spec.room.clone(),
-        });
-        tokio::spawn(run_task(
+        };
+        let room = self.inner.rooms.watch(&room_key);
+        let exiting = matches!(record.state, TaskState::Exited { .. });
+        let recorder = if record.spec.record.mode == RecordMode::Single && !exiting {
+            Some(self.start_recorder(record, room_key))
+        } else {
+            None
+        };
+        let runner = tokio::spawn(run_task(
             self.clone(),
             record.task_id.clone(),
             max_idle,
             room,
             rx,
+            recorder,
         ));
-        tx
+        (tx, runner)
+    }
+
+    /// Starts a task's recorder thread; `Err` is why it could not start.
+    fn start_recorder(
+        &self,
+        record: &TaskRecord,
+        room: RoomKey,
+    ) -> Result<(RecorderHandle, mpsc::Receiver<RecorderEvent>), String> {
+        let spec = &record.spec;
+        let cfg = &self.inner.config.recording;
+        let naming = Naming::new(
+            spec.storage.file_name_prefix(),
+            &record.task_id,
+            spec.sdk_app_id,
+            &spec.room,
+            record.restarts.min(3),
+        );
+        let (events_tx, events_rx) = mpsc::channel(256);
+        let setup = RecorderSetup {
+            task_id: record.task_id.clone(),
+            settings: Settings {
+                naming: Arc::new(naming),
+                segment: SegmenterConfig {
+                    target: cfg.segment,
+                    keyframe_grace: cfg.keyframe_grace,
+                },
+                stream_type: spec.record.stream_type,
+                media: spec.record.media,
+                av_merge: spec.record.av_merge,
+                epoch_us: i64::try_from(record.created_ms)
+                    .unwrap_or(0)
+                    .saturating_mul(1000),
+            },
+            subscription: spec.record.subscription.clone(),
+            room,
+            registry: self.inner.rooms.clone(),
+            store: self.inner.storage.clone(),
+            metrics: self.inner.recorder_metrics.clone(),
+            events: events_tx,
+        };
+        worker::spawn(setup)
+            .map(|h| (h, events_rx))
+            .map_err(|e| format!("cannot start the recorder thread: {e}"))
     }
 
     fn update_gauges(&self, st: &State) {
@@ -270,6 +367,8 @@ impl Manager {
             spec,
             state: TaskState::Idle,
             created_ms: now,
+            files: Vec::new(),
+            restarts: 0,
         };
         let callbacks = self
             .callback(&record, event::recorder_start(0), now)
@@ -281,11 +380,18 @@ impl Manager {
             ..Change::default()
         })
         .await?;
-        let control = self.spawn_runner(&record);
+        let (control, runner) = self.spawn_runner(&record);
         let task_id = record.task_id.clone();
         tracing::info!(task_id = %task_id, sdk_app_id = record.spec.sdk_app_id, room = %record.spec.room,
             mode = ?record.spec.record.mode, "recording task created");
-        st.tasks.insert(task_id.clone(), Live { record, control });
+        st.tasks.insert(
+            task_id.clone(),
+            Live {
+                record,
+                control,
+                runner: Some(runner),
+            },
+        );
         self.inner.metrics.tasks_started.inc();
         self.update_gauges(&st);
         Ok(task_id)
@@ -331,7 +437,7 @@ impl Manager {
         Ok(TaskStatus {
             task_id: live.record.task_id.clone(),
             status: live.record.state.api_status(),
-            files: Vec::new(),
+            files: live.record.files.clone(),
         })
     }
 
@@ -353,6 +459,7 @@ impl Manager {
         }
         let change = validate(&live.record.spec)?;
         let mut record = live.record.clone();
+        let new_subscription = change.subscription.clone();
         if let Some(sub) = change.subscription {
             record.spec.record.subscription = sub;
         }
@@ -368,6 +475,9 @@ impl Manager {
         let mut st = self.inner.state.lock().await;
         if let Some(live) = st.tasks.get_mut(task_id) {
             live.record.spec = record.spec;
+            if let Some(sub) = new_subscription {
+                let _ = live.control.try_send(Control::Subscription(sub));
+            }
         }
         tracing::info!(task_id, "recording task modified");
         Ok(())
@@ -425,6 +535,116 @@ impl Manager {
         Ok(())
     }
 
+    /// Applies `change` to a live task's record and queues `callback`, in
+    /// one commit. Nothing happens for a task that is gone.
+    async fn task_event(
+        &self,
+        task_id: &str,
+        change: impl FnOnce(&mut TaskRecord),
+        callback: Option<(EventType, serde_json::Value)>,
+    ) {
+        let mut st = self.inner.state.lock().await;
+        let Some(live) = st.tasks.get(task_id) else {
+            return;
+        };
+        let mut record = live.record.clone();
+        change(&mut record);
+        let changed = record != live.record;
+        let now = now_ms();
+        let callbacks: Vec<NewCallback> = callback
+            .and_then(|c| self.callback(&record, c, now))
+            .into_iter()
+            .collect();
+        if !changed && callbacks.is_empty() {
+            return;
+        }
+        let result = self
+            .commit(Change {
+                put_task: changed.then_some(&record),
+                callbacks,
+                ..Change::default()
+            })
+            .await;
+        if result.is_ok() {
+            if let Some(live) = st.tasks.get_mut(task_id) {
+                live.record = record;
+            }
+            self.update_gauges(&st);
+        }
+    }
+
+    async fn recorder_event(&self, task_id: &str, e: RecorderEvent) {
+        let storage_file = |f: &FileInfo| StorageFile {
+            user_id: f.user_id.clone(),
+            file_name: f.file_name.clone(),
+            track_type: f.track_type.api_name().to_owned(),
+            begin_time_stamp: f.begin_ms,
+        };
+        match e {
+            RecorderEvent::MediaStarted => {
+                self.task_event(
+                    task_id,
+                    |r| {
+                        if let Transition::To(s) = lifecycle::next(r.state, Event::MediaStarted) {
+                            r.state = s;
+                        }
+                    },
+                    None,
+                )
+                .await;
+            }
+            RecorderEvent::FileSliced(f) => {
+                let cb = event::file_slice(
+                    &f.file_name,
+                    &f.user_id,
+                    f.track_type.api_name(),
+                    f.begin_ms,
+                );
+                self.task_event(task_id, |_| {}, Some(cb)).await;
+            }
+            RecorderEvent::PlaylistStored(f) => {
+                let file = storage_file(&f);
+                self.task_event(
+                    task_id,
+                    |r| {
+                        if !r.files.iter().any(|x| x.file_name == file.file_name) {
+                            r.files.push(file);
+                        }
+                    },
+                    Some(event::file_info(&f.file_name)),
+                )
+                .await;
+            }
+            RecorderEvent::Finished { .. } => {}
+        }
+    }
+
+    /// Daemon shutdown: every recorder closes its files (tasks stay in the
+    /// store and resume after the restart). Waits at most `grace`.
+    pub async fn shutdown(&self, grace: Duration) {
+        let runners: Vec<tokio::task::JoinHandle<()>> = {
+            let mut st = self.inner.state.lock().await;
+            st.tasks
+                .values_mut()
+                .filter_map(|l| {
+                    let _ = l.control.try_send(Control::Shutdown);
+                    l.runner.take()
+                })
+                .collect()
+        };
+        let all = async {
+            for r in runners {
+                let _ = r.await;
+            }
+        };
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!(
+                grace_s = grace.as_secs(),
+                "some recorders did not close their files in time"
+            );
+        }
+    }
+
     /// Called by the runner once an Exited task has nothing left to do.
     async fn finish(&self, task_id: &str) {
         let mut st = self.inner.state.lock().await;
@@ -451,26 +671,89 @@ impl Manager {
     }
 }
 
+type Recorder = (RecorderHandle, mpsc::Receiver<RecorderEvent>);
+
 async fn run_task(
     mgr: Manager,
     task_id: String,
     max_idle: Duration,
     room: RoomWatch,
     mut control: mpsc::Receiver<Control>,
+    recorder: Option<Result<Recorder, String>>,
 ) {
+    let single = recorder.is_some();
+    let (handle, mut events) = match recorder {
+        Some(Ok((h, e))) => {
+            mgr.task_event(&task_id, |_| {}, Some(event::upload_start(0)))
+                .await;
+            (Some(h), Some(e))
+        }
+        Some(Err(why)) => {
+            tracing::error!(task_id = %task_id, error = %why, "recorder could not start");
+            mgr.task_event(&task_id, |_| {}, Some(event::upload_start(1)))
+                .await;
+            (None, None)
+        }
+        None => (None, None),
+    };
     let mut publishers = room.publishers;
     let now = || tokio::time::Instant::now().into_std();
     let mut timer = IdleTimer::new(max_idle, now());
     timer.set_publishers(*publishers.borrow_and_update(), now());
     let mut stopping = false;
+    let mut control_open = true;
+    let mut shutting_down = false;
+    let mut failed_writes = None;
     loop {
         let deadline = timer
             .deadline()
             .filter(|_| !stopping)
             .map(tokio::time::Instant::from_std);
         tokio::select! {
-            cmd = control.recv() => match cmd {
-                Some(Control::Stop) | None => break,
+            cmd = control.recv(), if control_open => match cmd {
+                Some(Control::Subscription(s)) => {
+                    if let Some(h) = &handle {
+                        h.send(RecorderControl::Subscription(s));
+                    }
+                }
+                Some(c @ (Control::Stop | Control::Shutdown)) => {
+                    shutting_down = matches!(c, Control::Shutdown);
+                    stopping = true;
+                    match &handle {
+                        // The recorder closes its files and then reports Finished.
+                        Some(h) if events.is_some() => h.send(RecorderControl::Stop),
+                        _ => break,
+                    }
+                }
+                None => {
+                    control_open = false;
+                    if let Some(h) = &handle {
+                        h.send(RecorderControl::Stop);
+                    } else {
+                        break;
+                    }
+                }
+            },
+            ev = async {
+                match events.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => match ev {
+                Some(RecorderEvent::Finished { failed_writes: n }) => {
+                    failed_writes = Some(n);
+                    break;
+                }
+                Some(e) => mgr.recorder_event(&task_id, e).await,
+                None => {
+                    tracing::error!(task_id = %task_id, "the recorder thread ended unexpectedly");
+                    mgr.inner.recorder_metrics.write_failures.inc();
+                    events = None;
+                    failed_writes = Some(1);
+                    if stopping {
+                        break;
+                    }
+                }
             },
             changed = publishers.changed() => {
                 if changed.is_err() {
@@ -496,6 +779,16 @@ async fn run_task(
                 }
             }
         }
+    }
+    drop(handle);
+    if shutting_down {
+        // Files are closed; the task resumes after the restart.
+        return;
+    }
+    if single {
+        let status = u8::from(failed_writes.unwrap_or(0) > 0);
+        mgr.task_event(&task_id, |_| {}, Some(event::upload_stop(status)))
+            .await;
     }
     mgr.finish(&task_id).await;
 }

@@ -1,0 +1,394 @@
+//! The IO edge of a single-stream recording: one OS thread per task.
+//!
+//! The thread subscribes to the room's tracks through one bounded channel
+//! shared by all of them (frames tagged by subscription), runs the
+//! [`SingleRecorder`] core, writes files through the [`Store`] interface,
+//! and reports what the task runner must know (first media, files,
+//! the end) on a bounded tokio channel. Media work never touches the
+//! async runtime; a full channel drops frames at the room (counted there),
+//! never blocks ingest.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge};
+
+use crate::metrics::Metrics;
+use crate::output::Store;
+use crate::record::single::{Action, FileInfo, OfferedTrack, Settings, SingleRecorder, Stats};
+use crate::room::{Delivery, Registry, RoomKey, Track};
+use crate::task::params::Subscription;
+
+/// Frames buffered between the room and a task's recorder (about 2 s of
+/// 25 audio+video streams).
+const CHANNEL_CAPACITY: usize = 4096;
+/// How often the thread looks at controls and the room when no frame comes.
+const POLL: Duration = Duration::from_millis(50);
+
+/// What the task runner hears from its recorder.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecorderEvent {
+    MediaStarted,
+    /// A playlist's first segment was cut (callback 307).
+    FileSliced(FileInfo),
+    /// A playlist was stored for the first time (Describe, callback 304).
+    PlaylistStored(FileInfo),
+    /// Every file is written; `failed_writes` could not be.
+    Finished {
+        failed_writes: u64,
+    },
+}
+
+/// What the task runner tells its recorder.
+#[derive(Debug)]
+pub enum RecorderControl {
+    Subscription(Subscription),
+    Stop,
+}
+
+/// Recorder metrics, registered once in the daemon's registry.
+#[derive(Clone)]
+pub struct RecorderMetrics {
+    pub frames: IntCounter,
+    pub stray_frames: IntCounter,
+    pub segments: IntCounter,
+    pub bytes: IntCounter,
+    pub write_failures: IntCounter,
+    pub streams_refused: IntCounter,
+    pub keyframe_requests: IntCounter,
+    pub clock_events: IntCounterVec,
+    pub media_errors: IntCounter,
+    pub streams: IntGauge,
+    pub recorders: IntGauge,
+}
+
+impl RecorderMetrics {
+    pub fn register(m: &Metrics) -> Self {
+        let r = m.registry();
+        let c = |n: &str, h: &str| {
+            let c = IntCounter::new(n, h).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let g = |n: &str, h: &str| {
+            let g = IntGauge::new(n, h).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let clock_events = IntCounterVec::new(
+            prometheus::Opts::new(
+                "kiroku_recorder_clock_events_total",
+                "Timeline events: arrival_fallback (no sender report in time), reanchor (RTP drifted from sender reports), overflow (frames dropped while waiting)",
+            ),
+            &["event"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(clock_events.clone()))
+            .expect("unique metric");
+        for e in ["arrival_fallback", "reanchor", "overflow"] {
+            clock_events.with_label_values(&[e]).reset();
+        }
+        Self {
+            frames: c(
+                "kiroku_recorder_frames_total",
+                "Frames received by recorders",
+            ),
+            stray_frames: c(
+                "kiroku_recorder_stray_frames_total",
+                "Frames that arrived after their subscription ended (not recorded)",
+            ),
+            segments: c("kiroku_recorder_segments_total", "HLS segments written"),
+            bytes: c(
+                "kiroku_recorder_bytes_total",
+                "Bytes of segments and playlists written",
+            ),
+            write_failures: c(
+                "kiroku_recorder_write_failures_total",
+                "Segment or playlist writes that failed",
+            ),
+            streams_refused: c(
+                "kiroku_recorder_streams_refused_total",
+                "Streams not recorded because the task already records 25",
+            ),
+            keyframe_requests: c(
+                "kiroku_recorder_keyframe_requests_total",
+                "Key frames requested because a segment ran long",
+            ),
+            clock_events,
+            media_errors: c(
+                "kiroku_recorder_media_errors_total",
+                "Audio packets that could not be transcoded",
+            ),
+            streams: g(
+                "kiroku_recorder_streams",
+                "Streams (user main/aux) being recorded now",
+            ),
+            recorders: g("kiroku_recorders", "Recorder threads running"),
+        }
+    }
+}
+
+pub struct RecorderHandle {
+    control: mpsc::Sender<RecorderControl>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RecorderHandle {
+    pub fn send(&self, c: RecorderControl) {
+        let _ = self.control.send(c);
+    }
+}
+
+impl Drop for RecorderHandle {
+    fn drop(&mut self) {
+        let _ = self.control.send(RecorderControl::Stop);
+        // The thread reports Finished before it exits; joining here would
+        // block the runtime, so it is detached.
+        drop(self.thread.take());
+    }
+}
+
+pub struct RecorderSetup {
+    pub task_id: String,
+    pub settings: Settings,
+    pub subscription: Subscription,
+    pub room: RoomKey,
+    pub registry: Arc<Registry>,
+    pub store: Arc<dyn Store>,
+    pub metrics: RecorderMetrics,
+    pub events: tokio::sync::mpsc::Sender<RecorderEvent>,
+}
+
+/// Starts the recorder thread of a task.
+pub fn spawn(setup: RecorderSetup) -> std::io::Result<RecorderHandle> {
+    let (control_tx, control_rx) = mpsc::channel();
+    let name = format!("rec-{}", &setup.task_id[..setup.task_id.len().min(8)]);
+    let thread = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || run(setup, control_rx))?;
+    Ok(RecorderHandle {
+        control: control_tx,
+        thread: Some(thread),
+    })
+}
+
+struct Worker {
+    task_id: String,
+    registry: Arc<Registry>,
+    store: Arc<dyn Store>,
+    metrics: RecorderMetrics,
+    events: tokio::sync::mpsc::Sender<RecorderEvent>,
+    tx: SyncSender<Delivery>,
+    /// The room's tracks by (user, kind, session), from the last snapshot.
+    offered: HashMap<(String, crate::room::TrackKind, String), Arc<Track>>,
+    subscribed: HashMap<u64, Arc<Track>>,
+    stored_playlists: HashSet<String>,
+    failed_writes: u64,
+    reported: Stats,
+    reported_errors: u64,
+    streams: i64,
+}
+
+fn run(setup: RecorderSetup, control: mpsc::Receiver<RecorderControl>) {
+    let RecorderSetup {
+        task_id,
+        settings,
+        subscription,
+        room,
+        registry,
+        store,
+        metrics,
+        events,
+    } = setup;
+    metrics.recorders.inc();
+    let (tx, rx) = mpsc::sync_channel::<Delivery>(CHANNEL_CAPACITY);
+    // Holding the watch keeps the room (and its version counter) alive.
+    let watch = registry.watch(&room);
+    let mut core = SingleRecorder::new(settings, subscription);
+    let mut w = Worker {
+        task_id,
+        registry,
+        store,
+        metrics,
+        events,
+        tx,
+        offered: HashMap::new(),
+        subscribed: HashMap::new(),
+        stored_playlists: HashSet::new(),
+        failed_writes: 0,
+        reported: Stats::default(),
+        reported_errors: 0,
+        streams: 0,
+    };
+    let mut seen_version = None;
+    'outer: loop {
+        let mut force = false;
+        loop {
+            match control.try_recv() {
+                Ok(RecorderControl::Subscription(s)) => {
+                    core.set_subscription(s);
+                    force = true;
+                }
+                Ok(RecorderControl::Stop) | Err(TryRecvError::Disconnected) => break 'outer,
+                Err(TryRecvError::Empty) => break,
+            }
+        }
+        let version = watch.version.load(Ordering::Acquire);
+        if force || seen_version != Some(version) {
+            seen_version = Some(version);
+            let offered = w.snapshot(&room);
+            let actions = core.reconcile(&offered);
+            w.execute(actions);
+        }
+        match rx.recv_timeout(POLL) {
+            Ok(d) => {
+                let actions = core.on_frame(d.tag, d.frame);
+                w.execute(actions);
+                // Take what is queued before looking at controls again.
+                for _ in 0..256 {
+                    match rx.try_recv() {
+                        Ok(d) => {
+                            let actions = core.on_frame(d.tag, d.frame);
+                            w.execute(actions);
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
+        }
+        w.update_stats(&core);
+    }
+    // Record what is already queued, then close every file.
+    while let Ok(d) = rx.try_recv() {
+        let actions = core.on_frame(d.tag, d.frame);
+        w.execute(actions);
+    }
+    let actions = core.finish();
+    w.execute(actions);
+    w.update_stats(&core);
+    w.metrics.streams.sub(w.streams);
+    w.metrics.recorders.dec();
+    tracing::info!(task_id = %w.task_id, failed_writes = w.failed_writes, "recorder finished");
+    let _ = w.events.blocking_send(RecorderEvent::Finished {
+        failed_writes: w.failed_writes,
+    });
+}
+
+impl Worker {
+    fn snapshot(&mut self, room: &RoomKey) -> Vec<OfferedTrack> {
+        self.offered.clear();
+        let mut offered = Vec::new();
+        for (user_id, tracks) in self.registry.snapshot(room) {
+            for t in tracks {
+                offered.push(OfferedTrack {
+                    user_id: user_id.clone(),
+                    kind: t.kind,
+                    session_id: t.session_id().to_owned(),
+                });
+                self.offered
+                    .insert((user_id.clone(), t.kind, t.session_id().to_owned()), t);
+            }
+        }
+        offered
+    }
+
+    fn event(&self, e: RecorderEvent) {
+        // The runner is gone only when the task is being torn down.
+        let _ = self.events.blocking_send(e);
+    }
+
+    fn execute(&mut self, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Subscribe {
+                    tag,
+                    user_id,
+                    kind,
+                    session_id,
+                } => {
+                    if let Some(track) = self.offered.get(&(user_id.clone(), kind, session_id)) {
+                        track.subscribe_shared(self.tx.clone(), tag, self.registry.observer());
+                        self.subscribed.insert(tag, track.clone());
+                        tracing::info!(task_id = %self.task_id, user_id, kind = kind.label(), "recording track");
+                    }
+                }
+                Action::Unsubscribe { tag } => {
+                    if let Some(track) = self.subscribed.remove(&tag) {
+                        track.unsubscribe(tag);
+                    }
+                }
+                Action::Store { key, data } => {
+                    if self.put(&key, &data) {
+                        self.metrics.segments.inc();
+                    }
+                }
+                Action::StorePlaylist { key, text, file } => {
+                    if self.put(&key, text.as_bytes())
+                        && self.stored_playlists.insert(file.file_name.clone())
+                    {
+                        self.event(RecorderEvent::PlaylistStored(file));
+                    }
+                }
+                Action::FileSliced(file) => self.event(RecorderEvent::FileSliced(file)),
+                Action::RequestKeyframe { tag } => {
+                    if let Some(track) = self.subscribed.get(&tag) {
+                        track.request_keyframe(self.registry.observer());
+                        self.metrics.keyframe_requests.inc();
+                    }
+                }
+                Action::MediaStarted => self.event(RecorderEvent::MediaStarted),
+                Action::StreamRefused { user_id, media } => {
+                    self.metrics.streams_refused.inc();
+                    tracing::warn!(task_id = %self.task_id, user_id, media = media.as_str(),
+                        limit = crate::record::single::MAX_STREAMS,
+                        "stream not recorded: the task already records the maximum number of streams");
+                }
+            }
+        }
+    }
+
+    fn put(&mut self, key: &str, data: &[u8]) -> bool {
+        match self.store.put(key, data) {
+            Ok(()) => {
+                self.metrics.bytes.inc_by(data.len() as u64);
+                true
+            }
+            Err(e) => {
+                self.failed_writes += 1;
+                self.metrics.write_failures.inc();
+                tracing::error!(task_id = %self.task_id, key, error = %e, cause = ?std::error::Error::source(&e), "recording file could not be written");
+                false
+            }
+        }
+    }
+
+    fn update_stats(&mut self, core: &SingleRecorder) {
+        let s = core.stats;
+        let r = self.reported;
+        self.metrics.frames.inc_by(s.frames - r.frames);
+        self.metrics
+            .stray_frames
+            .inc_by(s.stray_frames - r.stray_frames);
+        let ce = &self.metrics.clock_events;
+        ce.with_label_values(&["arrival_fallback"])
+            .inc_by(s.clock_fallbacks - r.clock_fallbacks);
+        ce.with_label_values(&["reanchor"])
+            .inc_by(s.reanchors - r.reanchors);
+        ce.with_label_values(&["overflow"])
+            .inc_by(s.clock_overflows - r.clock_overflows);
+        self.reported = s;
+        let errors = core.stream_errors();
+        self.metrics
+            .media_errors
+            .inc_by(errors.saturating_sub(self.reported_errors));
+        self.reported_errors = errors;
+        let streams = core.active_streams() as i64;
+        self.metrics.streams.add(streams - self.streams);
+        self.streams = streams;
+    }
+}

@@ -1,0 +1,116 @@
+"""Helpers for the recording tests: the spec's file names, playlists, ffprobe."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kiroku_e2e import APP_ID, KIROKU_BIN
+
+UTC17 = r"\d{17}"
+
+
+def encode_id(s: str) -> str:
+    """Spec §3a: standard base64, then / → - and = → ."""
+    return base64.b64encode(s.encode()).decode().replace("/", "-").replace("=", ".")
+
+
+def single_base(room: str | int, user: str, media: str, kind: str, app: int = APP_ID,
+                string_room: bool = False, ha: int = 0) -> str:
+    room_part = encode_id(str(room)) if string_room else str(room)
+    prefix = f"ha{ha}_" if ha else ""
+    return f"{prefix}{app}_{room_part}__UserId_s_{encode_id(user)}__UserId_e_{media}_{kind}"
+
+
+@dataclass
+class Playlist:
+    text: str
+    start_rec_time: int | None = None
+    video_size: tuple[int, int] | None = None
+    target: int = 0
+    segments: list[tuple[float, str, bool]] = field(default_factory=list)  # (duration, name, discontinuity)
+    ended: bool = False
+
+    @property
+    def total(self) -> float:
+        return sum(d for d, _, _ in self.segments)
+
+
+def parse_playlist(path: Path) -> Playlist:
+    text = path.read_text()
+    lines = text.splitlines()
+    assert lines[:5] == ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-ALLOW-CACHE:NO", "#EXT-X-MEDIA-SEQUENCE:0",
+                         lines[4]], text
+    p = Playlist(text)
+    pending_disc, pending_dur = False, None
+    for line in lines[4:]:
+        if line.startswith("#EXT-X-TARGETDURATION:"):
+            p.target = int(line.split(":", 1)[1])
+        elif line.startswith("#EXT-X-TRTC-START-REC-TIME:"):
+            p.start_rec_time = int(line.split(":", 1)[1])
+        elif line.startswith("#EXT-X-TRTC-VIDEO-METADATA:"):
+            m = re.fullmatch(r"#EXT-X-TRTC-VIDEO-METADATA:WIDTH:(\d+) HEIGHT:(\d+)", line)
+            assert m, line
+            p.video_size = (int(m[1]), int(m[2]))
+        elif line == "#EXT-X-DISCONTINUITY":
+            pending_disc = True
+        elif line.startswith("#EXTINF:"):
+            pending_dur = float(line.split(":", 1)[1].rstrip(","))
+        elif line == "#EXT-X-ENDLIST":
+            p.ended = True
+        elif line and not line.startswith("#"):
+            assert pending_dur is not None, text
+            p.segments.append((pending_dur, line, pending_disc))
+            pending_disc, pending_dur = False, None
+        else:
+            raise AssertionError(f"unexpected playlist line {line!r}\n{text}")
+    assert p.start_rec_time is not None, text
+    # RFC 8216 §4.3.3.1: every EXTINF rounded to the nearest integer ≤ TARGETDURATION.
+    assert all(round(d) <= p.target for d, _, _ in p.segments), text
+    return p
+
+
+def ffprobe(path: Path | str, *extra: str) -> dict:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", "-show_format", *extra, str(path)],
+        capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"ffprobe {path}: {out.stderr}"
+    return json.loads(out.stdout)
+
+
+def first_pts(path: Path, stream: str) -> float:
+    """Presentation time (s) of the first packet of stream `v:0` / `a:0`."""
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", stream, "-show_entries", "packet=pts_time",
+         "-read_intervals", "%+#1", "-of", "csv=p=0", str(path)],
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return float(out.stdout.split()[0].rstrip(","))
+
+
+def decode_ok(path: Path) -> None:
+    """The whole playlist decodes (ffmpeg to null) without errors."""
+    out = subprocess.run(["ffmpeg", "-v", "error", "-xerror", "-i", str(path), "-f", "null", "-"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, f"{path}: {out.stderr[-2000:]}"
+
+
+def publish(d, room, user: str, *args: str, duration: float = 8.0) -> subprocess.Popen:
+    return subprocess.Popen(
+        [KIROKU_BIN, "publish", "--url", d.url, "--room", str(room), "--user", user, "--duration", str(duration),
+         "--json", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def publish_report(p: subprocess.Popen, timeout: float = 120) -> dict:
+    out, err = p.communicate(timeout=timeout)
+    assert p.returncode == 0, err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def task_files(d, task_id: str, prefix: tuple[str, ...] = ()) -> Path:
+    return Path(d.config["data_dir"]).joinpath("storage", *prefix, task_id)
