@@ -102,6 +102,10 @@ struct PublishArgs {
     /// Print the final report as JSON.
     #[arg(long)]
     json: bool,
+    /// A/V sync marks every SECONDS of media time: a white video frame and
+    /// a 100 ms louder beep at the same instant (for checking recordings).
+    #[arg(long, value_name = "SECONDS")]
+    sync_marks: Option<f64>,
 }
 
 fn publish(a: PublishArgs) -> anyhow::Result<()> {
@@ -127,6 +131,13 @@ fn publish(a: PublishArgs) -> anyhow::Result<()> {
         .pattern
         .parse()
         .map_err(|e| anyhow::anyhow!("--pattern: {e}"))?;
+    let sync_marks = match a.sync_marks {
+        Some(s) if s.is_finite() && (0.2..=3600.0).contains(&s) => {
+            Some(std::time::Duration::from_secs_f64(s))
+        }
+        Some(_) => anyhow::bail!("--sync-marks must be 0.2..=3600 seconds"),
+        None => None,
+    };
     let video = (!a.no_video).then(|| VideoConfig {
         width: a.width,
         height: a.height,
@@ -136,9 +147,11 @@ fn publish(a: PublishArgs) -> anyhow::Result<()> {
         color,
         pattern,
         keyframe_interval_frames: a.keyframe_interval,
+        sync_marks,
     });
     let audio = (!a.no_audio).then(|| AudioConfig {
         frequency_hz: a.tone,
+        sync_marks,
         ..AudioConfig::default()
     });
     let opts = PublishOptions {

@@ -114,3 +114,54 @@ def publish_report(p: subprocess.Popen, timeout: float = 120) -> dict:
 
 def task_files(d, task_id: str, prefix: tuple[str, ...] = ()) -> Path:
     return Path(d.config["data_dir"]).joinpath("storage", *prefix, task_id)
+
+
+def playlist_start(path: Path) -> float:
+    """The first presentation time (s) of a playlist, as ffprobe reads it."""
+    return float(ffprobe(path)["format"]["start_time"])
+
+
+def flash_times(playlist: Path) -> list[float]:
+    """Presentation times (s) of sync-mark flashes: a white frame after a non-white one."""
+    out = subprocess.run(
+        ["ffmpeg", "-v", "error", "-copyts", "-i", str(playlist), "-vf",
+         "signalstats,metadata=print:key=lavfi.signalstats.YAVG:file=-", "-f", "null", "-"],
+        capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    times, pts, was_white = [], None, False
+    for line in out.stdout.splitlines():
+        m = re.search(r"pts_time:([0-9.]+)", line)
+        if m:
+            pts = float(m[1])
+            continue
+        m = re.search(r"YAVG=([0-9.]+)", line)
+        if m and pts is not None:
+            white = float(m[1]) > 200
+            if white and not was_white:
+                times.append(pts)
+            was_white = white
+    return times
+
+
+def beep_times(playlist: Path) -> list[float]:
+    """Presentation times (s) of sync-mark beeps: where the level jumps above the tone's."""
+    start = playlist_start(playlist)
+    out = subprocess.run(["ffmpeg", "-v", "error", "-i", str(playlist), "-ac", "1", "-ar", "48000",
+                          "-f", "s16le", "-"], capture_output=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    import array
+    pcm = array.array("h")
+    pcm.frombytes(out.stdout[: len(out.stdout) // 2 * 2])
+    threshold = int(0.55 * 32767)  # the tone peaks at 0.25, the beep at 0.85
+    times, last_loud = [], -10**9
+    for i, x in enumerate(pcm):
+        if x > threshold or x < -threshold:
+            if i - last_loud > 48000 // 2:
+                times.append(start + i / 48000)
+            last_loud = i
+    return times
+
+
+def to_unix_ms(pl: Playlist, playlist_first_pts: float, pts: float) -> float:
+    """A presentation time → server Unix ms, via #EXT-X-TRTC-START-REC-TIME."""
+    return pl.start_rec_time + (pts - playlist_first_pts) * 1000.0

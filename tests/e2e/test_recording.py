@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from kiroku_e2e import APP_ID, REPO, create_params, free_port, wait_until
-from recording import (UTC17, decode_ok, ffprobe, first_pts, parse_playlist, publish, publish_report,
-                       single_base, task_files)
+from recording import (UTC17, beep_times, decode_ok, ffprobe, flash_times, parse_playlist, playlist_start,
+                       publish, publish_report, single_base, task_files, to_unix_ms)
 from test_whip import CHROMIUM, _Quiet, whip_url
 
 SEGMENT_SECONDS = 4
@@ -94,9 +94,9 @@ def test_two_publishers_and_aux_are_recorded_exactly_as_the_spec_names_them(recd
     assert api.describe(task_id)["Status"] == "Idle"
     fps = 15
     alice = publish(recd, room, "alice", "--aux", "--tone", "440", "--pattern", "bars", "--fps", str(fps),
-                    duration=32)
+                    "--sync-marks", "2", duration=32)
     bob = publish(recd, room, "bob_smith", "--tone", "660", "--pattern", "solid", "--color", "#c02020",
-                  "--fps", str(fps), duration=32)
+                  "--fps", str(fps), "--sync-marks", "2", duration=32)
     wait_until(lambda: api.describe(task_id)["Status"] == "InProgress", 15, 0.2, "InProgress with the first media")
     reports = {"alice": publish_report(alice), "bob_smith": publish_report(bob)}
     described = api.describe(task_id)
@@ -139,3 +139,30 @@ def test_two_publishers_and_aux_are_recorded_exactly_as_the_spec_names_them(recd
         assert listed[name]["TrackType"] == slices[name]["TrackType"] == track
     for base in expected:
         decode_ok(folder / f"{base}.m3u8")
+    check_sync(folder, room, reports, expected)
+
+
+def check_sync(folder: Path, room, reports: dict, expected: dict, period_ms: float = 2000) -> None:
+    """Every publisher's flashes (video) and beeps (audio) sit on the server
+    timeline within 40 ms of each other and of the instant the publisher
+    made them: one user's audio and video line up, and so do different users."""
+    offsets = []
+    for user, rep in reports.items():
+        a_base, v_base = single_base(room, user, "main", "audio"), single_base(room, user, "main", "video")
+        a_path, v_path = folder / f"{a_base}.m3u8", folder / f"{v_base}.m3u8"
+        a0, v0 = playlist_start(a_path), playlist_start(v_path)
+        flashes = [to_unix_ms(expected[v_base], v0, t) for t in flash_times(v_path)]
+        beeps = [to_unix_ms(expected[a_base], a0, t) for t in beep_times(a_path)]
+        assert len(flashes) >= 10 and len(beeps) >= 10, (user, flashes, beeps)
+        start = rep["media_start_unix_ms"]
+        for f in flashes:
+            b = min(beeps, key=lambda b: abs(b - f))
+            k = round((f - start) / period_ms)
+            if k == 0:
+                continue  # media time 0 passes before the publisher connects
+            mark = start + k * period_ms
+            offsets.append((user, round(f - mark, 1), round(b - mark, 1)))
+    print("sync offsets (user, flash − mark ms, beep − mark ms):", offsets)
+    for user, flash, beep in offsets:
+        assert abs(flash - beep) <= 40, f"{user}: flash {flash} ms but beep {beep} ms from the mark\n{offsets}"
+        assert abs(flash) <= 40 and abs(beep) <= 40, f"{user}: flash {flash} ms, beep {beep} ms from the mark\n{offsets}"

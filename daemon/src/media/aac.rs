@@ -8,7 +8,8 @@
 //! output is checked here by ffprobe and by decoding the tone back.
 //!
 //! Timeline: the first packet's RTP time anchors the AAC stream; AAC frame
-//! `k` starts `k·1024` samples later. Missing packets (an RTP jump) are
+//! `k` starts `k·1024` samples later, less the encoder's priming delay
+//! ([`AAC_LC_PRIMING`]), so decoded sound plays at its RTP time. Missing packets (an RTP jump) are
 //! filled by Opus packet-loss concealment up to 120 ms and with silence
 //! beyond (up to `MAX_GAP`), so audio stays on its timeline; a longer gap
 //! is the caller's discontinuity. Sans-IO: packets in, ADTS frames out.
@@ -17,6 +18,11 @@ const RATE: u32 = 48_000;
 const OPUS_MAX_FRAME: usize = 5760; // 120 ms at 48 kHz
 const AAC_FRAME: u64 = 1024;
 const MAX_GAP_SAMPLES: u64 = 10 * RATE as u64;
+/// AAC-LC encoder delay: the first 1024 decoded samples are priming
+/// (syom's `EncodeInfo::priming` for LC). ADTS in TS has no edit list, so
+/// presentation times are moved back by it; otherwise every recording's
+/// audio would trail its video by 21 ms.
+pub const AAC_LC_PRIMING: u64 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -74,7 +80,7 @@ impl OpusToAac {
     }
 
     fn pts_of(&self, frame: u64) -> u64 {
-        let start48 = self.anchor.unwrap_or(0) + frame * AAC_FRAME;
+        let start48 = (self.anchor.unwrap_or(0) + frame * AAC_FRAME).saturating_sub(AAC_LC_PRIMING);
         start48 * 90_000 / u64::from(RATE)
     }
 
@@ -182,6 +188,16 @@ mod tests {
             .collect()
     }
 
+    #[test]
+    fn the_priming_we_compensate_is_what_the_encoder_reports() {
+        let opts = syom::EncodeOptions::default().with_bitrate_bps(64_000);
+        let mut enc = syom::Encoder::new(48_000, 1, &opts).expect("encoder");
+        let pcm = vec![0.1f32; 4096];
+        enc.feed(&[&pcm], |_| Ok(())).expect("feed");
+        let info = enc.finish(|_| Ok(())).expect("finish");
+        assert_eq!(info.priming, AAC_LC_PRIMING);
+    }
+
     fn goertzel(x: &[f32], rate: f32, hz: f32) -> f32 {
         let w = 2.0 * std::f32::consts::PI * hz / rate;
         let (mut s1, mut s2) = (0.0f32, 0.0f32);
@@ -216,7 +232,11 @@ mod tests {
                 "1024 samples at 48 kHz = 1920 ticks"
             );
         }
-        assert_eq!(frames[0].pts_90k, ((1u64 << 32) - 48_000) * 90_000 / 48_000);
+        assert_eq!(
+            frames[0].pts_90k,
+            ((1u64 << 32) - 48_000 - AAC_LC_PRIMING) * 90_000 / 48_000,
+            "the first frame starts one priming delay before the first Opus sample"
+        );
         let adts: Vec<u8> = frames.iter().flat_map(|f| f.adts.clone()).collect();
         assert!(syom::sniff_is_adts(&adts));
         let decoded = syom::decode_with(&adts, &syom::DecodeOptions::audio()).expect("decodes");

@@ -70,6 +70,9 @@ pub struct PublishReport {
     pub keyframe_requests: u64,
     pub bytes_sent: u64,
     pub seconds: f64,
+    /// Wall-clock time (Unix ms) of media time 0: sync marks and frame `n`
+    /// were captured at this time plus their media time.
+    pub media_start_unix_ms: f64,
 }
 
 struct Session {
@@ -256,6 +259,9 @@ fn media_loop(
         ..Default::default()
     };
     let start = Instant::now();
+    report.media_start_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
     let fps = main_video.as_ref().map_or(15, |v| v.config().fps.max(1));
     let mut video_n: u64 = 0;
     let mut audio_n: u64 = 0;

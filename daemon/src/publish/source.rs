@@ -156,6 +156,10 @@ pub struct VideoConfig {
     pub pattern: Pattern,
     /// Distance between periodic IDR frames, in frames (1 = all IDR).
     pub keyframe_interval_frames: u32,
+    /// A/V sync marks: every frame whose media time falls in the first
+    /// frame interval of each period is painted white (the flash that goes
+    /// with [`AudioConfig::sync_marks`]' beep).
+    pub sync_marks: Option<Duration>,
 }
 
 impl Default for VideoConfig {
@@ -169,6 +173,7 @@ impl Default for VideoConfig {
             color: Rgb(0x20, 0x60, 0xc0),
             pattern: Pattern::Bars,
             keyframe_interval_frames: 30,
+            sync_marks: None,
         }
     }
 }
@@ -213,7 +218,15 @@ pub struct AudioConfig {
     pub frequency_hz: f32,
     /// Opus target bitrate, 6..=510 kbit/s.
     pub bitrate_bps: u32,
+    /// A/V sync marks: the first [`BEEP`] of every period is played
+    /// [`BEEP_GAIN`] times louder (the beep that goes with the video flash).
+    pub sync_marks: Option<Duration>,
 }
+
+/// How long a sync-mark beep lasts.
+pub const BEEP: Duration = Duration::from_millis(100);
+/// How much louder the beep is than the tone (to about -1.5 dBFS).
+pub const BEEP_GAIN: f64 = 3.4;
 
 impl Default for AudioConfig {
     fn default() -> Self {
@@ -222,6 +235,7 @@ impl Default for AudioConfig {
             channels: 1,
             frequency_hz: 440.0,
             bitrate_bps: 64_000,
+            sync_marks: None,
         }
     }
 }
@@ -562,6 +576,15 @@ impl VideoSource {
     /// roughly [`VideoConfig::fps`].
     pub fn next_frame(&mut self, media_time: Duration) -> Result<EncodedVideoFrame, SourceError> {
         self.renderer.render(media_time);
+        if let Some(period) = self.cfg.sync_marks.filter(|p| !p.is_zero()) {
+            // Callers pass `n / fps` truncated (to µs or ns): allow half a
+            // millisecond so frame 1 never counts as inside the first interval.
+            let interval = 1_000_000_000 / u128::from(self.cfg.fps.max(1));
+            let into = media_time.as_nanos() % period.as_nanos();
+            if into + 500_000 < interval {
+                self.renderer.paint_flash();
+            }
+        }
 
         let want_idr = match self.since_idr {
             None => false,
@@ -692,8 +715,21 @@ impl AudioSource {
     /// Writes the next packet's worth of tone into `self.pcm`.
     fn fill_pcm(&mut self) {
         let channels = usize::from(self.cfg.channels);
+        let rate = u64::from(self.cfg.sample_rate);
+        let marks = self.cfg.sync_marks.filter(|p| !p.is_zero()).map(|p| {
+            (
+                p.as_nanos() as u64 * rate / 1_000_000_000,
+                BEEP.as_millis() as u64 * rate / 1000,
+            )
+        });
+        let mut n = self.samples;
         for frame in self.pcm.chunks_exact_mut(channels) {
-            let sample = (self.phase.sin() * TONE_AMPLITUDE) as f32;
+            let gain = match marks {
+                Some((period, beep)) if n % period < beep => BEEP_GAIN,
+                _ => 1.0,
+            };
+            n += 1;
+            let sample = (self.phase.sin() * TONE_AMPLITUDE * gain) as f32;
             frame.fill(sample);
             // Wrapping keeps the phase small, so f64 precision does not
             // decay over hours of tone.

@@ -454,3 +454,597 @@ fn insert_parameter_sets(au: &[u8], sets: &[u8]) -> Vec<u8> {
 fn playlist_begin(p: Option<&Playlist>) -> u64 {
     p.map_or(0, |p| p.start_rec_time_ms)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::ts::{PID_AUDIO, PID_PMT, PID_VIDEO};
+    use crate::publish::source::{VideoConfig, VideoSource};
+    use crate::task::params::RoomId;
+
+    /// The task epoch: 2023-11-14 22:13:20.000 UTC.
+    const EPOCH_US: i64 = 1_700_000_000_000_000;
+    /// SPS of a 1280x720 baseline stream (as in `media::h264`'s tests).
+    const SPS_720P: [u8; 10] = [0x67, 0x42, 0xc0, 0x1f, 0xda, 0x01, 0x40, 0x16, 0xe8, 0x40];
+    /// SPS of 1920x1080 high profile (1088 coded rows, 8 cropped).
+    const SPS_1080P: [u8; 15] = [
+        0x67, 0x64, 0x00, 0x28, 0xac, 0xd9, 0x40, 0x78, 0x02, 0x27, 0xe5, 0x84, 0x00, 0x00, 0x03,
+    ];
+    const PPS: [u8; 4] = [0x68, 0xce, 0x3c, 0x80];
+    const PPS_B: [u8; 4] = [0x68, 0xde, 0x3c, 0x80];
+    const AUD: [u8; 2] = [0x09, 0xf0];
+    const SEI: [u8; 4] = [0x06, 0x05, 0x01, 0x80];
+    const STREAM_TYPE_H264: u8 = 0x1b;
+    const STREAM_TYPE_AAC: u8 = 0x0f;
+
+    fn annexb(nals: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for n in nals {
+            out.extend_from_slice(&[0, 0, 0, 1]);
+            out.extend_from_slice(n);
+        }
+        out
+    }
+
+    /// An IDR slice NAL, tagged with `n` (no zero bytes).
+    fn idr(n: u64) -> Vec<u8> {
+        vec![
+            0x65,
+            0x88,
+            0x84,
+            (n / 255) as u8 + 1,
+            (n % 255) as u8 + 1,
+            0x80,
+        ]
+    }
+
+    /// A non-IDR slice NAL, tagged with `n`.
+    fn slice(n: u64) -> Vec<u8> {
+        vec![0x41, 0x9a, (n / 255) as u8 + 1, (n % 255) as u8 + 1, 0x80]
+    }
+
+    /// Server time of frame `n` at 15 fps: the PTS is exact (n·6000) for
+    /// every third frame and at most one tick short in between.
+    fn t15(n: u64) -> i64 {
+        EPOCH_US + (n * 200_000 / 3) as i64
+    }
+
+    fn stream(track_type: TrackType, target_s: u64, grace_s: u64) -> HlsStream {
+        let naming = Arc::new(Naming::new(&[], "t1", 1_400_000_001, &RoomId::Int(7), 0));
+        HlsStream::new(
+            StreamId {
+                user_id: "alice".to_owned(),
+                media: Media::Main,
+                track_type,
+            },
+            naming,
+            EPOCH_US,
+            SegmenterConfig {
+                target: Duration::from_secs(target_s),
+                keyframe_grace: Duration::from_secs(grace_s),
+            },
+        )
+    }
+
+    #[derive(Debug)]
+    struct Pes {
+        pid: u16,
+        pts: u64,
+        es: Vec<u8>,
+    }
+
+    impl Pes {
+        fn nal_types(&self) -> Vec<u8> {
+            h264::nal_units(&self.es).map(h264::nal_type).collect()
+        }
+
+        fn nals(&self) -> Vec<Vec<u8>> {
+            h264::nal_units(&self.es).map(<[u8]>::to_vec).collect()
+        }
+    }
+
+    /// A segment: the (stream_type, PID) pairs of each PMT, and its PES.
+    fn demux(ts: &[u8]) -> (Vec<Vec<(u8, u16)>>, Vec<Pes>) {
+        assert_eq!(ts.len() % 188, 0, "whole TS packets");
+        let mut pmts = Vec::new();
+        let mut raw: Vec<(u16, Vec<u8>)> = Vec::new();
+        for p in ts.chunks(188) {
+            assert_eq!(p[0], 0x47, "sync byte");
+            let pid = (u16::from(p[1] & 0x1f) << 8) | u16::from(p[2]);
+            let pusi = p[1] & 0x40 != 0;
+            let afc = (p[3] >> 4) & 3;
+            let mut i = 4;
+            if afc & 2 != 0 {
+                i += 1 + usize::from(p[4]);
+            }
+            if afc & 1 == 0 {
+                continue;
+            }
+            let payload = &p[i..];
+            if pid == PID_PMT {
+                let s = &payload[1 + usize::from(payload[0])..];
+                assert_eq!(s[0], 0x02, "PMT table id");
+                let len = (usize::from(s[1] & 0x0f) << 8) | usize::from(s[2]);
+                let info = (usize::from(s[10] & 0x0f) << 8) | usize::from(s[11]);
+                let mut es = &s[12 + info..3 + len - 4];
+                let mut streams = Vec::new();
+                while es.len() >= 5 {
+                    let es_pid = (u16::from(es[1] & 0x1f) << 8) | u16::from(es[2]);
+                    streams.push((es[0], es_pid));
+                    let l = (usize::from(es[3] & 0x0f) << 8) | usize::from(es[4]);
+                    es = &es[5 + l..];
+                }
+                pmts.push(streams);
+            } else if pid == PID_VIDEO || pid == PID_AUDIO {
+                if pusi {
+                    raw.push((pid, Vec::new()));
+                }
+                raw.iter_mut()
+                    .rev()
+                    .find(|(p, _)| *p == pid)
+                    .expect("a PES starts with PUSI")
+                    .1
+                    .extend_from_slice(payload);
+            }
+        }
+        let pes = raw
+            .into_iter()
+            .map(|(pid, b)| {
+                assert_eq!(&b[..3], &[0, 0, 1], "PES start code");
+                let header_len = usize::from(b[8]);
+                let t = &b[9..14];
+                let pts = (u64::from(t[0] >> 1 & 7) << 30)
+                    | (u64::from(t[1]) << 22)
+                    | (u64::from(t[2] >> 1) << 15)
+                    | (u64::from(t[3]) << 7)
+                    | u64::from(t[4] >> 1);
+                Pes {
+                    pid,
+                    pts,
+                    es: b[9 + header_len..].to_vec(),
+                }
+            })
+            .collect();
+        (pmts, pes)
+    }
+
+    fn segments(out: &[Output]) -> Vec<(String, Vec<u8>)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Segment { key, data } => Some((key.clone(), data.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn playlists(out: &[Output]) -> Vec<String> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Playlist { text, .. } => Some(text.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Real Opus packets (20 ms of a 440 Hz tone each), mono.
+    fn opus_packets(count: usize) -> Vec<Vec<u8>> {
+        let mut enc = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Audio)
+            .expect("opus encoder");
+        let step = 2.0 * std::f32::consts::PI * 440.0 / 48_000.0;
+        let mut phase = 0.0f32;
+        (0..count)
+            .map(|_| {
+                let mut pcm = [0.0f32; 960];
+                for s in &mut pcm {
+                    *s = 0.25 * phase.sin();
+                    phase = (phase + step) % (2.0 * std::f32::consts::PI);
+                }
+                enc.encode_vec_float(&pcm, 4000).expect("opus encode")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parameter_sets_go_after_the_aud_and_before_everything_else() {
+        let sets = annexb(&[&SPS_720P, &PPS]);
+        // AUD + IDR (3-byte start codes in the input; 4-byte in the output).
+        let mut au = vec![0, 0, 1];
+        au.extend_from_slice(&AUD);
+        au.extend_from_slice(&[0, 0, 1]);
+        au.extend_from_slice(&idr(1));
+        assert_eq!(
+            insert_parameter_sets(&au, &sets),
+            annexb(&[&AUD, &SPS_720P, &PPS, &idr(1)])
+        );
+        // No AUD: the sets come first.
+        assert_eq!(
+            insert_parameter_sets(&annexb(&[&idr(2)]), &sets),
+            annexb(&[&SPS_720P, &PPS, &idr(2)])
+        );
+        // AUD, SEI, IDR: after the AUD, before the SEI.
+        assert_eq!(
+            insert_parameter_sets(&annexb(&[&AUD, &SEI, &idr(3)]), &sets),
+            annexb(&[&AUD, &SPS_720P, &PPS, &SEI, &idr(3)])
+        );
+        // Nothing but an AUD: the sets are appended.
+        assert_eq!(
+            insert_parameter_sets(&annexb(&[&AUD]), &sets),
+            annexb(&[&AUD, &SPS_720P, &PPS])
+        );
+    }
+
+    #[test]
+    fn key_frames_lacking_sps_and_pps_get_the_last_ones_in_the_ts() {
+        // Target 1 s: every key frame (every 2 s) starts a segment.
+        let mut s = stream(TrackType::Video, 1, 1);
+        s.begin_track(TrackKind::MainVideo);
+        let mut out = Vec::new();
+        for n in 0..120u64 {
+            let au = match n {
+                0 => annexb(&[&SPS_720P, &PPS, &idr(n)]),
+                30 => annexb(&[&AUD, &idr(n)]),
+                60 => annexb(&[&idr(n)]),
+                90 => annexb(&[&AUD, &SEI, &idr(n)]),
+                _ if n % 2 == 0 => annexb(&[&AUD, &slice(n)]),
+                _ => annexb(&[&slice(n)]),
+            };
+            s.push_video(t15(n), n % 30 == 0, &au, &mut out);
+        }
+        s.end_track(TrackKind::MainVideo, &mut out);
+        let segs = segments(&out);
+        assert_eq!(segs.len(), 4);
+        let expected_first = [
+            vec![h264::NAL_AUD, h264::NAL_SPS, h264::NAL_PPS, h264::NAL_IDR],
+            vec![h264::NAL_AUD, h264::NAL_SPS, h264::NAL_PPS, h264::NAL_IDR],
+            vec![h264::NAL_AUD, h264::NAL_SPS, h264::NAL_PPS, h264::NAL_IDR],
+            vec![
+                h264::NAL_AUD,
+                h264::NAL_SPS,
+                h264::NAL_PPS,
+                h264::NAL_SEI,
+                h264::NAL_IDR,
+            ],
+        ];
+        for (i, (key, data)) in segs.iter().enumerate() {
+            let (pmts, pes) = demux(data);
+            assert_eq!(pmts, vec![vec![(STREAM_TYPE_H264, PID_VIDEO)]], "{key}");
+            assert_eq!(pes.len(), 30, "{key}: frames {}..{}", i * 30, i * 30 + 30);
+            assert!(pes.iter().all(|p| p.pid == PID_VIDEO));
+            assert_eq!(pes[0].pts, BASE_90K + i as u64 * 180_000, "{key}");
+            assert_eq!(pes[0].nal_types(), expected_first[i], "{key}");
+            let nals = pes[0].nals();
+            assert_eq!(nals[1], SPS_720P.to_vec(), "the SPS learned from frame 0");
+            assert_eq!(nals[2], PPS.to_vec());
+            assert_eq!(
+                nals.last().expect("slice"),
+                &idr(i as u64 * 30),
+                "the key frame's own slice"
+            );
+            for p in &pes[1..] {
+                assert_eq!(
+                    p.nal_types(),
+                    vec![h264::NAL_AUD, h264::NAL_SLICE],
+                    "non-key frames are passed through (AUD added once)"
+                );
+            }
+        }
+        // A newer SPS/PPS replaces the remembered ones.
+        let mut out = Vec::new();
+        s.begin_track(TrackKind::MainVideo);
+        s.push_video(
+            t15(200),
+            true,
+            &annexb(&[&SPS_1080P, &PPS_B, &idr(200)]),
+            &mut out,
+        );
+        s.push_video(t15(230), true, &annexb(&[&idr(230)]), &mut out);
+        s.end_track(TrackKind::MainVideo, &mut out);
+        let segs = segments(&out);
+        assert_eq!(segs.len(), 2);
+        let (_, pes) = demux(&segs[1].1);
+        assert_eq!(
+            pes[0].nals(),
+            vec![AUD.to_vec(), SPS_1080P.to_vec(), PPS_B.to_vec(), idr(230)]
+        );
+    }
+
+    #[test]
+    #[ignore = "BUG: learn_parameter_sets replaces the remembered SPS+PPS with only the PPS when a key frame carries a PPS but no SPS; later key frames then get a PPS but no SPS inserted, so their segments cannot be decoded on their own"]
+    fn a_key_frame_with_only_a_pps_keeps_the_remembered_sps() {
+        let mut s = stream(TrackType::Video, 1, 1);
+        s.begin_track(TrackKind::MainVideo);
+        let mut out = Vec::new();
+        s.push_video(t15(0), true, &annexb(&[&SPS_720P, &PPS, &idr(0)]), &mut out);
+        s.push_video(t15(30), true, &annexb(&[&PPS_B, &idr(30)]), &mut out);
+        s.push_video(t15(60), true, &annexb(&[&idr(60)]), &mut out);
+        s.end_track(TrackKind::MainVideo, &mut out);
+        let segs = segments(&out);
+        assert_eq!(segs.len(), 3);
+        for (key, data) in &segs {
+            let (_, pes) = demux(data);
+            assert!(
+                pes[0].nal_types().contains(&h264::NAL_SPS),
+                "{key} starts with a key frame without an SPS: {:?}",
+                pes[0].nal_types()
+            );
+        }
+    }
+
+    #[test]
+    fn video_pts_never_goes_back() {
+        let mut s = stream(TrackType::Video, 10, 2);
+        s.begin_track(TrackKind::MainVideo);
+        let mut out = Vec::new();
+        let frames: [(i64, bool); 8] = [
+            (t15(0), true),
+            (t15(3), false),
+            (t15(6), false),
+            // 133 ms back (a re-anchor nudged the clock).
+            (t15(4), false),
+            (t15(9), false),
+            // Far back, before the first frame.
+            (t15(0) - 500_000, false),
+            (t15(12), false),
+            (t15(15), false),
+        ];
+        for (n, (t, key)) in frames.iter().enumerate() {
+            let au = if *key {
+                annexb(&[&SPS_720P, &PPS, &idr(n as u64)])
+            } else {
+                annexb(&[&slice(n as u64)])
+            };
+            s.push_video(*t, *key, &au, &mut out);
+        }
+        s.finish(&mut out);
+        let segs = segments(&out);
+        assert_eq!(segs.len(), 1);
+        let (_, pes) = demux(&segs[0].1);
+        let pts: Vec<u64> = pes.iter().map(|p| p.pts - BASE_90K).collect();
+        assert_eq!(
+            pts,
+            vec![0, 18_000, 36_000, 36_001, 54_000, 54_001, 72_000, 90_000]
+        );
+        // The segment lasts from the first frame to the last plus one frame
+        // interval (the smallest step seen: 1 tick).
+        let text = playlists(&out).pop().expect("playlist");
+        assert!(text.contains("#EXTINF:1.000\n"), "{text}");
+    }
+
+    #[test]
+    fn a_long_gop_asks_for_a_key_frame_at_most_once_a_second() {
+        let mut s = stream(TrackType::Video, 4, 1);
+        s.begin_track(TrackKind::MainVideo);
+        let mut asked = Vec::new();
+        let mut all = Vec::new();
+        for n in 0..=150u64 {
+            let au = if n == 0 {
+                annexb(&[&SPS_720P, &PPS, &idr(n)])
+            } else {
+                annexb(&[&slice(n)])
+            };
+            let mut out = Vec::new();
+            s.push_video(t15(n), n == 0, &au, &mut out);
+            let wants = out
+                .iter()
+                .filter(|o| matches!(o, Output::WantKeyframe))
+                .count();
+            assert!(wants <= 1);
+            if wants == 1 {
+                asked.push(n);
+            }
+            all.extend(out);
+        }
+        // Target + grace = 5 s (frame 75), then once per second at 15 fps.
+        assert_eq!(asked, vec![75, 90, 105, 120, 135, 150]);
+        assert!(segments(&all).is_empty(), "no key frame: no cut");
+        // The key frame arrives at 10.2 s: the long segment is cut there.
+        let mut out = Vec::new();
+        s.push_video(t15(153), true, &annexb(&[&idr(153)]), &mut out);
+        assert!(!out.iter().any(|o| matches!(o, Output::WantKeyframe)));
+        assert_eq!(segments(&out).len(), 1);
+        let text = playlists(&out).pop().expect("playlist");
+        assert!(
+            text.contains("#EXT-X-TARGETDURATION:11\n") && text.contains("#EXTINF:10.200\n"),
+            "{text}"
+        );
+        // The new segment runs long again: asked at 5 s into it, and not
+        // before.
+        let mut asked = Vec::new();
+        for n in 154..=240u64 {
+            let mut out = Vec::new();
+            s.push_video(t15(n), false, &annexb(&[&slice(n)]), &mut out);
+            if out.iter().any(|o| matches!(o, Output::WantKeyframe)) {
+                asked.push(n);
+            }
+        }
+        assert_eq!(asked, vec![228]);
+    }
+
+    #[test]
+    fn the_playlist_carries_the_picture_size_from_the_sps() {
+        let mut s = stream(TrackType::Video, 1, 1);
+        s.begin_track(TrackKind::MainVideo);
+        let mut out = Vec::new();
+        for n in 0..31u64 {
+            let au = match n {
+                0 => annexb(&[&SPS_720P, &PPS, &idr(n)]),
+                30 => annexb(&[&SPS_1080P, &PPS, &idr(n)]),
+                _ => annexb(&[&slice(n)]),
+            };
+            s.push_video(t15(n), n % 30 == 0, &au, &mut out);
+        }
+        let naming = Naming::new(&[], "t1", 1_400_000_001, &RoomId::Int(7), 0);
+        let first = naming.single_segment(
+            "alice",
+            Media::Main,
+            TrackType::Video,
+            UNIX_EPOCH + Duration::from_micros(EPOCH_US as u64),
+        );
+        assert_eq!(
+            first,
+            "1400000001_7__UserId_s_YWxpY2U.__UserId_e_main_video_20231114221320000.ts"
+        );
+        assert_eq!(
+            out.iter()
+                .map(|o| match o {
+                    Output::Segment { key, .. } => format!("segment {key}"),
+                    Output::FirstSegment {
+                        file_name,
+                        begin_ms,
+                    } => format!("first {file_name} {begin_ms}"),
+                    Output::Playlist { key, .. } => format!("playlist {key}"),
+                    Output::WantKeyframe => "keyframe".to_owned(),
+                })
+                .collect::<Vec<_>>(),
+            vec![
+                format!("segment t1/{first}"),
+                "first 1400000001_7__UserId_s_YWxpY2U.__UserId_e_main_video.m3u8 1700000000000"
+                    .to_owned(),
+                "playlist t1/1400000001_7__UserId_s_YWxpY2U.__UserId_e_main_video.m3u8".to_owned(),
+            ]
+        );
+        // The size of the first SPS; a later, different SPS does not change it.
+        assert_eq!(
+            playlists(&out)[0],
+            format!(
+                "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-ALLOW-CACHE:NO\n#EXT-X-MEDIA-SEQUENCE:0\n\
+                 #EXT-X-TARGETDURATION:2\n#EXT-X-TRTC-START-REC-TIME:1700000000000\n\
+                 #EXT-X-TRTC-VIDEO-METADATA:WIDTH:1280 HEIGHT:720\n#EXTINF:2.000\n{first}\n"
+            )
+        );
+        // A real encoder's SPS (OpenH264, 640x360).
+        let mut src = VideoSource::new(VideoConfig {
+            width: 640,
+            height: 360,
+            ..VideoConfig::default()
+        })
+        .expect("video source");
+        let mut s = stream(TrackType::Video, 1, 1);
+        s.begin_track(TrackKind::MainVideo);
+        let mut out = Vec::new();
+        for n in 0..31u64 {
+            let f = src
+                .next_frame(Duration::from_nanos(n * 1_000_000_000 / 15))
+                .expect("encode");
+            assert_eq!(f.keyframe, n % 30 == 0);
+            s.push_video(t15(n), f.keyframe, &f.data, &mut out);
+        }
+        let text = playlists(&out).pop().expect("playlist");
+        assert!(
+            text.contains("\n#EXT-X-TRTC-VIDEO-METADATA:WIDTH:640 HEIGHT:360\n"),
+            "{text}"
+        );
+        // Audio playlists have no video metadata.
+        let mut s = stream(TrackType::Audio, 1, 1);
+        s.begin_track(TrackKind::Audio);
+        let mut out = Vec::new();
+        for (k, p) in opus_packets(100).iter().enumerate() {
+            s.push_opus(EPOCH_US + k as i64 * 20_000, p, &mut out);
+        }
+        s.finish(&mut out);
+        let text = playlists(&out).pop().expect("playlist");
+        assert!(!text.contains("VIDEO-METADATA"), "{text}");
+        assert!(text.ends_with("#EXT-X-ENDLIST\n"), "{text}");
+        assert_eq!(s.errors, 0);
+    }
+
+    #[test]
+    fn a_merged_stream_cuts_at_the_first_key_frame_when_video_starts() {
+        let mut s = stream(TrackType::AudioVideo, 4, 2);
+        s.begin_track(TrackKind::Audio);
+        let packets = opus_packets(150);
+        let mut out = Vec::new();
+        // 2 s of audio alone.
+        for (k, p) in packets[..100].iter().enumerate() {
+            s.push_opus(EPOCH_US + k as i64 * 20_000, p, &mut out);
+        }
+        assert!(segments(&out).is_empty(), "audio alone: cut at the target");
+        // The camera starts at 2 s: the segment is cut at its key frame.
+        s.begin_track(TrackKind::MainVideo);
+        for n in 0..15u64 {
+            let t = EPOCH_US + 2_000_000 + (n * 200_000 / 3) as i64;
+            let au = if n == 0 {
+                annexb(&[&SPS_720P, &PPS, &idr(n)])
+            } else {
+                annexb(&[&slice(n)])
+            };
+            s.push_video(t, n == 0, &au, &mut out);
+            for k in (100 + n as usize * 10 / 3)..(100 + (n as usize + 1) * 10 / 3) {
+                s.push_opus(EPOCH_US + k as i64 * 20_000, &packets[k], &mut out);
+            }
+        }
+        let segs = segments(&out);
+        assert_eq!(segs.len(), 1, "cut at the first key frame");
+        assert!(
+            segs[0].0.ends_with("_main_av_20231114221320000.ts"),
+            "{}",
+            segs[0].0
+        );
+        let (pmts, pes) = demux(&segs[0].1);
+        assert_eq!(pmts, vec![vec![(STREAM_TYPE_AAC, PID_AUDIO)]]);
+        assert!(pes.iter().all(|p| p.pid == PID_AUDIO));
+        // The closed segment holds the AAC frames before 2 s.
+        assert!(pes.iter().all(|p| p.pts < BASE_90K + 180_000));
+        s.finish(&mut out);
+        let segs = segments(&out);
+        assert_eq!(segs.len(), 2);
+        assert!(segs[1].0.ends_with("_main_av_20231114221322000.ts"));
+        let (pmts, pes) = demux(&segs[1].1);
+        assert_eq!(
+            pmts,
+            vec![vec![
+                (STREAM_TYPE_H264, PID_VIDEO),
+                (STREAM_TYPE_AAC, PID_AUDIO)
+            ]],
+            "the new segment declares video from its first byte"
+        );
+        assert_eq!(pes[0].pid, PID_VIDEO);
+        assert_eq!(pes[0].pts, BASE_90K + 180_000);
+        assert_eq!(
+            pes.iter().filter(|p| p.pid == PID_VIDEO).count(),
+            15,
+            "every video frame"
+        );
+        assert!(pes.iter().any(|p| p.pid == PID_AUDIO));
+        // The playlist learned the picture size once video came.
+        let text = playlists(&out).pop().expect("playlist");
+        assert!(
+            text.contains("#EXT-X-TRTC-VIDEO-METADATA:WIDTH:1280 HEIGHT:720\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("#EXTINF:").count(), 2);
+        assert!(text.contains("#EXTINF:2.000\n"), "{text}");
+    }
+
+    #[test]
+    #[ignore = "BUG: in a merged stream whose open segment is audio-only, push_video appends non-key video frames that come before the first key frame (Decision::Append) to that segment, whose PMT does not declare the video PID"]
+    fn a_merged_stream_drops_video_before_its_first_key_frame() {
+        let mut s = stream(TrackType::AudioVideo, 4, 2);
+        s.begin_track(TrackKind::Audio);
+        let packets = opus_packets(150);
+        let mut out = Vec::new();
+        for (k, p) in packets[..100].iter().enumerate() {
+            s.push_opus(EPOCH_US + k as i64 * 20_000, p, &mut out);
+        }
+        // The camera starts mid-GOP: five non-key frames, then a key frame.
+        s.begin_track(TrackKind::MainVideo);
+        for n in 0..6u64 {
+            let t = EPOCH_US + 2_000_000 + (n * 200_000 / 3) as i64;
+            let au = if n == 5 {
+                annexb(&[&SPS_720P, &PPS, &idr(n)])
+            } else {
+                annexb(&[&slice(n)])
+            };
+            s.push_video(t, n == 5, &au, &mut out);
+        }
+        let segs = segments(&out);
+        assert_eq!(segs.len(), 1);
+        let (pmts, pes) = demux(&segs[0].1);
+        assert_eq!(pmts, vec![vec![(STREAM_TYPE_AAC, PID_AUDIO)]]);
+        assert_eq!(
+            pes.iter().filter(|p| p.pid == PID_VIDEO).count(),
+            0,
+            "video on a PID the segment's PMT does not declare"
+        );
+    }
+}

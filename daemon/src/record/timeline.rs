@@ -7,22 +7,29 @@
 //!    network jitter): `sender_time = anchor_sender + (rtp − anchor_rtp) /
 //!    clock_rate`, anchored on the sender's RTCP sender report (the
 //!    ingest puts the SR-derived sender wall time on each frame).
-//! 2. A user's tracks share the sender's clock, so their sender times are
-//!    directly comparable: audio and video of one user line up exactly as
-//!    the sender captured them.
-//! 3. Sender time becomes server time by a per-user offset: the smallest
-//!    `arrival − sender_time` seen during the first [`SETTLE_US`] of media
-//!    (the least-delayed frame, so the offset is the one-way network delay
-//!    plus the clock difference, and jitter is excluded). Frames wait in a
-//!    short buffer until the offset is known.
-//! 4. If the sender's RTP clock drifts from its sender reports by more than
-//!    [`REANCHOR_US`], the track re-anchors on the latest report.
+//! 2. A sender's first report can be wrong: some stacks (str0m among
+//!    them) send one before any media, pairing "now" with RTP time zero.
+//!    So a track holds its frames until a second, different report
+//!    confirms the mapping, or [`CONFIRM_US`] (longer than the usual 5 s
+//!    audio report interval) has passed; the latest report anchors.
+//! 3. A user's tracks share the sender's clock, so their sender times are
+//!    directly comparable: audio and video of one user line up as the
+//!    sender captured them.
+//! 4. Sender time becomes server time by a per-user offset: the smallest
+//!    `arrival − sender_time` over the held frames of the user's first
+//!    confirmed track (the least-delayed frame: the one-way network delay
+//!    plus the clock difference, without jitter). Later tracks of the user
+//!    use the same offset.
+//! 5. If a track's RTP clock drifts from its sender reports by more than
+//!    [`REANCHOR_US`], it re-anchors on the latest report.
 //!
 //! Limits: a track with no sender report within [`SR_WAIT_US`] is placed
 //! by the arrival time of its first frame (its error is that frame's
 //! network delay and jitter). Different users are aligned to within the
 //! difference of their one-way delays; publishers whose clocks drift from
-//! the server's drift apart slowly (ppm) over long recordings.
+//! the server's drift apart slowly (ppm) over long recordings. Opus
+//! encoder look-ahead (about 6.5 ms) is not compensated: the RTP time does
+//! not say how much the sender's encoder used.
 //!
 //! Sans-IO: frames carry their own arrival time; nothing here reads a clock.
 
@@ -31,14 +38,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::room::MediaFrame;
 
-/// How long a user's offset is estimated before it is fixed.
-pub const SETTLE_US: i64 = 400_000;
+/// How long a track waits for a second sender report to confirm the first.
+pub const CONFIRM_US: i64 = 5_500_000;
 /// How long a track waits for its first sender report.
 pub const SR_WAIT_US: i64 = 2_000_000;
 /// Drift between RTP time and sender reports that triggers a re-anchor.
 pub const REANCHOR_US: i64 = 20_000;
-/// Frames a track buffers at most while waiting (about 10 s of audio).
-const MAX_PENDING: usize = 512;
+/// A report whose mapping differs from the first by more than this is a
+/// new report (a repeat of the same report maps identically).
+const NEW_REPORT_US: i128 = 50;
+/// Frames a track holds at most while waiting (CONFIRM_US of 60 fps video
+/// or 50 fps audio fits).
+const MAX_PENDING: usize = 1024;
 
 /// Microseconds since the Unix epoch (negative before it, saturating).
 pub fn unix_us(t: SystemTime) -> i64 {
@@ -48,34 +59,16 @@ pub fn unix_us(t: SystemTime) -> i64 {
     }
 }
 
-/// One user's sender clock → server clock offset.
+/// One user's sender clock → server clock offset, fixed by the user's
+/// first confirmed track.
 #[derive(Debug, Default, Clone)]
 pub struct UserClock {
-    best: Option<i64>,
-    first_seen: Option<i64>,
-    fixed: Option<i64>,
+    offset: Option<i64>,
 }
 
 impl UserClock {
-    fn observe(&mut self, arrival: i64, sender: i64) {
-        if self.fixed.is_some() {
-            return;
-        }
-        let d = arrival - sender;
-        self.best = Some(self.best.map_or(d, |b| b.min(d)));
-        self.first_seen.get_or_insert(arrival);
-    }
-
-    /// The offset, once the estimation window has passed at `now`.
-    fn offset(&mut self, now: i64) -> Option<i64> {
-        if self.fixed.is_none() {
-            if let (Some(first), Some(best)) = (self.first_seen, self.best) {
-                if now - first >= SETTLE_US {
-                    self.fixed = Some(best);
-                }
-            }
-        }
-        self.fixed
+    pub fn offset(&self) -> Option<i64> {
+        self.offset
     }
 }
 
@@ -100,6 +93,10 @@ pub struct ClockNotes {
 pub struct TrackClock {
     clock_rate: i64,
     anchor: Option<Anchor>,
+    /// Mapping constant of the first report, and when it arrived.
+    first_report: Option<(i128, i64)>,
+    confirmed: bool,
+    released: bool,
     pending: VecDeque<MediaFrame>,
 }
 
@@ -108,6 +105,9 @@ impl TrackClock {
         Self {
             clock_rate: i64::from(clock_rate.max(1)),
             anchor: None,
+            first_report: None,
+            confirmed: false,
+            released: false,
             pending: VecDeque::new(),
         }
     }
@@ -115,6 +115,11 @@ impl TrackClock {
     fn since(&self, rtp: u64, anchor_rtp: u64) -> i64 {
         let ticks = rtp as i128 - anchor_rtp as i128;
         (ticks * 1_000_000 / i128::from(self.clock_rate)) as i64
+    }
+
+    /// Sender µs minus RTP µs: equal for every frame mapped by one report.
+    fn mapping(&self, rtp: u64, sender: i64) -> i128 {
+        i128::from(sender) - rtp as i128 * 1_000_000 / i128::from(self.clock_rate)
     }
 
     /// Takes a frame; appends the frames that are now placed, as
@@ -129,25 +134,30 @@ impl TrackClock {
         let arrival = unix_us(frame.received_wall);
         if let Some(ntp) = frame.ntp_time {
             let sender = unix_us(ntp);
-            user.observe(arrival, sender);
+            let latest = Anchor::Sender {
+                rtp: frame.rtp_time,
+                at: sender,
+            };
             match self.anchor {
-                None => {
-                    self.anchor = Some(Anchor::Sender {
-                        rtp: frame.rtp_time,
-                        at: sender,
-                    })
+                None | Some(Anchor::Sender { .. }) if !self.released => {
+                    let c = self.mapping(frame.rtp_time, sender);
+                    match self.first_report {
+                        None => self.first_report = Some((c, arrival)),
+                        Some((first, _)) if (c - first).abs() > NEW_REPORT_US => {
+                            self.confirmed = true
+                        }
+                        Some(_) => {}
+                    }
+                    self.anchor = Some(latest);
                 }
                 Some(Anchor::Sender { rtp, at }) => {
                     let drift = sender - (at + self.since(frame.rtp_time, rtp));
                     if drift.abs() > REANCHOR_US {
-                        self.anchor = Some(Anchor::Sender {
-                            rtp: frame.rtp_time,
-                            at: sender,
-                        });
+                        self.anchor = Some(latest);
                         notes.reanchored = true;
                     }
                 }
-                Some(Anchor::Arrival { .. }) => {}
+                _ => {}
             }
         }
         self.pending.push_back(frame);
@@ -166,7 +176,16 @@ impl TrackClock {
                 }
             }
         }
-        self.release(user, arrival, false, out);
+        let ready = self.released
+            || matches!(self.anchor, Some(Anchor::Arrival { .. }))
+            || (matches!(self.anchor, Some(Anchor::Sender { .. }))
+                && (self.confirmed
+                    || self
+                        .first_report
+                        .is_some_and(|(_, at)| arrival - at >= CONFIRM_US)));
+        if ready {
+            self.release(user, out);
+        }
         while self.pending.len() > MAX_PENDING {
             self.pending.pop_front();
             notes.overflowed += 1;
@@ -177,34 +196,42 @@ impl TrackClock {
     /// Places whatever is still waiting (the track ended): with the best
     /// mapping known, or by arrival time.
     pub fn flush(&mut self, user: &mut UserClock, out: &mut Vec<(i64, MediaFrame)>) {
-        let now = self.pending.back().map_or(0, |f| unix_us(f.received_wall));
-        self.release(user, now, true, out);
+        if self.anchor.is_none() {
+            if let Some(f) = self.pending.front() {
+                self.anchor = Some(Anchor::Arrival {
+                    rtp: f.rtp_time,
+                    at: unix_us(f.received_wall),
+                });
+            }
+        }
+        self.release(user, out);
     }
 
-    fn release(
-        &mut self,
-        user: &mut UserClock,
-        now: i64,
-        force: bool,
-        out: &mut Vec<(i64, MediaFrame)>,
-    ) {
+    fn release(&mut self, user: &mut UserClock, out: &mut Vec<(i64, MediaFrame)>) {
         let base = match self.anchor {
-            Some(Anchor::Sender { rtp, at }) => match user.offset(now) {
-                Some(offset) => Some((rtp, at + offset)),
-                None if force => user.best.map(|b| (rtp, at + b)),
-                None => None,
-            },
-            Some(Anchor::Arrival { rtp, at }) => Some((rtp, at)),
-            None => None,
+            Some(Anchor::Sender { rtp, at }) => {
+                let offset = match user.offset {
+                    Some(o) => o,
+                    None => {
+                        // The least-delayed held frame fixes the user's offset.
+                        let best = self
+                            .pending
+                            .iter()
+                            .map(|f| unix_us(f.received_wall) - (at + self.since(f.rtp_time, rtp)))
+                            .min();
+                        let Some(best) = best else {
+                            return;
+                        };
+                        user.offset = Some(best);
+                        best
+                    }
+                };
+                (rtp, at + offset)
+            }
+            Some(Anchor::Arrival { rtp, at }) => (rtp, at),
+            None => return,
         };
-        let base = match (base, force) {
-            (Some(b), _) => b,
-            (None, true) => match self.pending.front() {
-                Some(f) => (f.rtp_time, unix_us(f.received_wall)),
-                None => return,
-            },
-            (None, false) => return,
-        };
+        self.released = true;
         while let Some(f) = self.pending.pop_front() {
             let t = base.1 + self.since(f.rtp_time, base.0);
             out.push((t, f));
@@ -219,20 +246,23 @@ mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
+    const T0: i64 = 1_000_000_000;
+
     fn at(us: i64) -> SystemTime {
         UNIX_EPOCH + Duration::from_micros(us as u64)
     }
 
     /// A frame captured at sender time `capture_us` (sender clock), with
     /// RTP time derived from it, arriving `delay_us` later on a server
-    /// clock that is `skew_us` ahead of the sender's.
+    /// clock `skew_us` ahead of the sender's. `report_error_us` is how
+    /// wrong the sender report in force is (None: no report yet).
     fn frame(
         rate: u32,
         rtp0: u64,
         capture_us: i64,
         delay_us: i64,
         skew_us: i64,
-        sr: bool,
+        report_error_us: Option<i64>,
     ) -> MediaFrame {
         MediaFrame {
             codec: if rate == 48_000 {
@@ -244,78 +274,103 @@ mod tests {
             keyframe: true,
             rtp_time: rtp0 + (capture_us as u64) * u64::from(rate) / 1_000_000,
             clock_rate: rate,
-            ntp_time: sr.then(|| at(1_000_000_000 + capture_us)),
+            ntp_time: report_error_us.map(|e| at(T0 + capture_us + e)),
             received_at: Instant::now(),
-            received_wall: at(1_000_000_000 + capture_us + delay_us + skew_us),
+            received_wall: at(T0 + capture_us + delay_us + skew_us),
             contiguous: true,
         }
     }
 
     #[test]
-    fn audio_and_video_of_a_user_share_the_sender_clock_despite_jitter() {
+    fn a_wrong_first_report_is_replaced_before_anything_is_placed() {
+        // Like str0m: the first report (before any media) is 67 ms off;
+        // the second, 1 s later, is right. Audio every 20 ms with 5..25 ms
+        // delay, video every 66 ms with 5..35 ms delay; server 3 s ahead.
         let mut user = UserClock::default();
         let (mut audio, mut video) = (TrackClock::new(48_000), TrackClock::new(90_000));
-        let mut out_a = Vec::new();
-        let mut out_v = Vec::new();
-        // 1 s of media: audio every 20 ms with 5..25 ms delay, video every
-        // 66 ms with 30..60 ms delay (big key frames); server 3 s ahead.
-        for i in 0..50i64 {
+        let (mut out_a, mut out_v) = (Vec::new(), Vec::new());
+        for i in 0..150i64 {
             let t = i * 20_000;
+            let err = Some(if t < 1_000_000 { -67_000 } else { 0 });
             audio.push(
-                frame(48_000, 1000, t, 5_000 + (i % 5) * 5_000, 3_000_000, true),
+                frame(48_000, 1000, t, 5_000 + (i % 5) * 5_000, 3_000_000, err),
                 &mut user,
                 &mut out_a,
             );
             if i % 3 == 0 {
                 let vt = i / 3 * 66_666;
+                let err = Some(if vt < 1_000_000 { -67_000 } else { 0 });
                 video.push(
-                    frame(90_000, 77, vt, 30_000 + (i % 4) * 10_000, 3_000_000, true),
+                    frame(90_000, 77, vt, 5_000 + (i % 4) * 10_000, 3_000_000, err),
                     &mut user,
                     &mut out_v,
                 );
             }
+            if i < 45 {
+                // Both tracks still have only the first report.
+                assert!(out_a.is_empty() && out_v.is_empty(), "held until confirmed");
+            }
         }
-        assert!(!out_a.is_empty() && !out_v.is_empty());
-        // Same capture instant → same timeline instant (within rounding).
-        let a0 = out_a[0].0;
-        let v0 = out_v[0].0;
-        assert!((a0 - v0).abs() < 100, "a0 {a0} v0 {v0}");
-        // Offset = clock skew + the smallest delay (5 ms), not the jitter.
-        assert_eq!(a0, 1_000_000_000 + 3_000_000 + 5_000);
-        // Frames keep their RTP spacing exactly.
-        assert_eq!(out_a[1].0 - out_a[0].0, 20_000);
+        assert_eq!(out_a.len(), 150, "every audio frame placed");
+        assert_eq!(out_v.len(), 50, "every video frame placed");
+        // The offset is the clock skew plus the smallest delay (5 ms), not
+        // the jitter and not the bad report.
+        // (±2 µs: RTP ticks are rounded.)
+        let near = |a: i64, b: i64| (a - b).abs() <= 2;
+        let offset = user.offset().expect("fixed");
+        assert!(near(offset, 3_005_000), "{offset}");
+        assert!(near(out_a[0].0, T0 + 3_005_000), "{}", out_a[0].0);
+        assert!(
+            near(out_v[0].0, out_a[0].0),
+            "same capture instant → same timeline instant"
+        );
+        assert!(
+            out_a.windows(2).all(|w| w[1].0 - w[0].0 == 20_000),
+            "RTP spacing kept"
+        );
     }
 
     #[test]
-    fn frames_before_the_first_sender_report_are_placed_once_it_arrives() {
+    fn a_single_report_is_trusted_after_the_confirmation_wait() {
         let mut user = UserClock::default();
         let mut clock = TrackClock::new(48_000);
         let mut out = Vec::new();
-        for i in 0..10 {
+        let confirm_frames = CONFIRM_US / 20_000;
+        for i in 0..confirm_frames {
             clock.push(
-                frame(48_000, 0, i * 20_000, 10_000, 0, false),
+                frame(48_000, 0, i * 20_000, 2_000, 0, Some(0)),
                 &mut user,
                 &mut out,
             );
         }
-        assert!(out.is_empty(), "no SR yet: held back");
-        for i in 10..40 {
+        assert!(out.is_empty(), "one report, not yet confirmed");
+        clock.push(
+            frame(48_000, 0, confirm_frames * 20_000, 2_000, 0, Some(0)),
+            &mut user,
+            &mut out,
+        );
+        assert_eq!(out.len() as i64, confirm_frames + 1);
+        assert_eq!(out[0].0, T0 + 2_000);
+    }
+
+    #[test]
+    fn frames_before_the_first_report_are_placed_by_it() {
+        let mut user = UserClock::default();
+        let mut clock = TrackClock::new(48_000);
+        let mut out = Vec::new();
+        for i in 0..40 {
+            let report = (i >= 10).then_some(if i < 25 { 30_000 } else { 0 });
             clock.push(
-                frame(48_000, 0, i * 20_000, 10_000, 0, true),
+                frame(48_000, 0, i * 20_000, 10_000, 0, report),
                 &mut user,
                 &mut out,
             );
         }
-        // The offset settles 400 ms after the first SR (frame 10): frame 30.
-        assert_eq!(out.len(), 40, "everything released once settled");
+        assert_eq!(out.len(), 40);
         assert_eq!(
             out[0].0,
-            1_000_000_000 + 10_000,
-            "the first frame, placed by the later SR"
-        );
-        assert!(
-            out.windows(2).all(|w| w[1].0 - w[0].0 == 20_000),
-            "in order, RTP spacing"
+            T0 + 10_000,
+            "the first frame, placed by the later report"
         );
     }
 
@@ -327,36 +382,40 @@ mod tests {
         let mut fell_back = false;
         for i in 0..40 {
             let n = clock.push(
-                frame(90_000, 5, i * 66_000, 7_000, 0, false),
+                frame(90_000, 5, i * 66_000, 7_000, 0, None),
                 &mut user,
                 &mut out,
             );
             fell_back |= n.arrival_fallback;
         }
         assert!(fell_back);
-        assert_eq!(out[0].0, 1_000_000_000 + 7_000);
+        assert_eq!(out[0].0, T0 + 7_000);
         assert_eq!(out[1].0 - out[0].0, 66_000);
     }
 
     #[test]
-    fn drift_between_rtp_and_sender_reports_reanchors() {
+    fn drift_after_release_reanchors() {
         let mut user = UserClock::default();
         let mut clock = TrackClock::new(48_000);
         let mut out = Vec::new();
         for i in 0..30 {
+            let report = Some(if i < 5 { 100 } else { 0 }); // a second report at frame 5
             clock.push(
-                frame(48_000, 0, i * 20_000, 1_000, 0, true),
+                frame(48_000, 0, i * 20_000, 1_000, 0, report),
                 &mut user,
                 &mut out,
             );
         }
+        assert_eq!(out.len(), 30);
         // The sender's reports now say 50 ms later than its RTP clock does.
-        let mut f = frame(48_000, 0, 30 * 20_000, 1_000, 0, true);
-        f.ntp_time = Some(at(1_000_000_000 + 30 * 20_000 + 50_000));
-        let n = clock.push(f, &mut user, &mut out);
+        let n = clock.push(
+            frame(48_000, 0, 30 * 20_000, 1_000, 0, Some(50_000)),
+            &mut user,
+            &mut out,
+        );
         assert!(n.reanchored);
         let last = out.last().expect("placed").0;
-        assert_eq!(last, 1_000_000_000 + 30 * 20_000 + 50_000 + 1_000);
+        assert_eq!(last, T0 + 30 * 20_000 + 50_000 + 1_000);
     }
 
     #[test]
@@ -366,14 +425,14 @@ mod tests {
         let mut out = Vec::new();
         for i in 0..5 {
             clock.push(
-                frame(48_000, 0, i * 20_000, 2_000, 0, true),
+                frame(48_000, 0, i * 20_000, 2_000, 0, Some(0)),
                 &mut user,
                 &mut out,
             );
         }
-        assert!(out.is_empty(), "offset still settling");
+        assert!(out.is_empty(), "waiting for confirmation");
         clock.flush(&mut user, &mut out);
         assert_eq!(out.len(), 5);
-        assert_eq!(out[0].0, 1_000_000_000 + 2_000);
+        assert_eq!(out[0].0, T0 + 2_000);
     }
 }

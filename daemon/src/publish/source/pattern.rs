@@ -264,6 +264,16 @@ impl Renderer {
         self.paint_plate(media_time, ms);
     }
 
+    /// Paints the whole picture white (a sync-mark flash).
+    pub(crate) fn paint_flash(&mut self) {
+        let white = Yuv {
+            y: 235,
+            u: 128,
+            v: 128,
+        };
+        self.canvas.fill_rows(0, self.canvas.height, white);
+    }
+
     fn paint_bars(&mut self, ms: u64) {
         let (w, h) = (self.canvas.width, self.canvas.height);
         let (wu, cw) = (w as usize, (w / 2) as usize);

@@ -17,6 +17,7 @@ fn video(width: u32, height: u32, pattern: Pattern, color: Rgb, interval: u32) -
         color,
         pattern,
         keyframe_interval_frames: interval,
+        sync_marks: None,
     }
 }
 
