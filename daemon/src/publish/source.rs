@@ -722,13 +722,11 @@ impl AudioSource {
                 BEEP.as_millis() as u64 * rate / 1000,
             )
         });
-        let mut n = self.samples;
-        for frame in self.pcm.chunks_exact_mut(channels) {
+        for (n, frame) in (self.samples..).zip(self.pcm.chunks_exact_mut(channels)) {
             let gain = match marks {
                 Some((period, beep)) if n % period < beep => BEEP_GAIN,
                 _ => 1.0,
             };
-            n += 1;
             let sample = (self.phase.sin() * TONE_AMPLITUDE * gain) as f32;
             frame.fill(sample);
             // Wrapping keeps the phase small, so f64 precision does not
