@@ -145,8 +145,9 @@ def flash_times(playlist: Path) -> list[float]:
 
 def beep_times(playlist: Path) -> list[float]:
     """Presentation times (s) of sync-mark beeps: where the level jumps above the tone's."""
-    start = playlist_start(playlist)
-    out = subprocess.run(["ffmpeg", "-v", "error", "-i", str(playlist), "-ac", "1", "-ar", "48000",
+    # PCM sample 0 is the audio stream's first sample (not the file's start).
+    start = float(next(s for s in ffprobe(playlist)["streams"] if s["codec_type"] == "audio")["start_time"])
+    out = subprocess.run(["ffmpeg", "-v", "error", "-i", str(playlist), "-map", "0:a:0", "-ac", "1", "-ar", "48000",
                           "-f", "s16le", "-"], capture_output=True, timeout=300)
     assert out.returncode == 0, out.stderr
     import array

@@ -166,3 +166,202 @@ def check_sync(folder: Path, room, reports: dict, expected: dict, period_ms: flo
     for user, flash, beep in offsets:
         assert abs(flash - beep) <= 40, f"{user}: flash {flash} ms but beep {beep} ms from the mark\n{offsets}"
         assert abs(flash) <= 40 and abs(beep) <= 40, f"{user}: flash {flash} ms, beep {beep} ms from the mark\n{offsets}"
+
+
+def test_headless_chromium_is_recorded(recd, rec_receiver, tmp_path):
+    """A real browser publishes for 30 s: its audio and video playlists
+    exist under the predicted names, play, and last as long as it published."""
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (tests/run-all.sh installs it)")
+    api = recd.sdk()
+    room, user = 5108, "browser_1"
+    task_id = api.create(create_params(room=str(room), max_idle=60))
+    page_port = free_port()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", page_port),
+                                             partial(_Quiet, directory=str(REPO / "tests" / "whip")))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{page_port}/publish.html?whip={whip_url(recd, room, user)}"
+    chrome = subprocess.Popen(
+        [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+         "--disable-quic", f"--user-data-dir={tmp_path / 'chrome'}", "--use-fake-device-for-media-stream",
+         "--use-fake-ui-for-media-stream", "--allow-loopback-in-peer-connection", url],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_until(lambda: api.describe(task_id)["Status"] == "InProgress", 45, 0.25, "the browser's first media")
+        time.sleep(32)
+        stopped_ms = time.time() * 1000
+    finally:
+        os.killpg(chrome.pid, signal.SIGKILL)
+        chrome.wait(10)
+        server.shutdown()
+    time.sleep(1)
+    api.delete(task_id)
+    cbs = wait_stopped(rec_receiver, task_id)
+    check_callback_order(cbs, leave_code=0)
+    folder = task_files(recd, task_id)
+    audio = single_base(room, user, "main", "audio")
+    video = single_base(room, user, "main", "video")
+    playlists = {}
+    for base, codec in ((audio, "aac"), (video, "h264")):
+        pl = parse_playlist(folder / f"{base}.m3u8")
+        published = (stopped_ms - pl.start_rec_time) / 1000
+        assert published >= 30, published
+        playlists[base] = check_stream(folder, base, codec, published)
+        decode_ok(folder / f"{base}.m3u8")
+    names = {p.name for p in folder.iterdir()}
+    want = {f"{b}.m3u8" for b in playlists} | {n for pl in playlists.values() for _, n, _ in pl.segments}
+    assert names == want, sorted(names ^ want)
+
+
+def users_files(folder: Path) -> set[str]:
+    return {p.name for p in folder.glob("*.m3u8")}
+
+
+def test_subscription_lists_and_a_live_modify(recd, rec_receiver):
+    """Allow/deny lists per media kind with a wildcard; Modify replaces them
+    live: a newly allowed track starts at its next key frame, a removed one
+    ends its playlist cleanly."""
+    api = recd.sdk()
+    room = 5102
+    task_id = api.create(create_params(room=str(room), max_idle=60, RecordParams={
+        "RecordMode": 1, "MaxIdleTime": 60,
+        "SubscribeStreamUserIds": {"SubscribeAudioUserIds": ["al_.*$"], "UnSubscribeVideoUserIds": ["al_2"]}}))
+    small = ("--width", "320", "--height", "180", "--fps", "10", "--keyframe-interval", "10")
+    pubs = {u: publish(recd, room, u, *small, duration=16) for u in ("al_1", "al_2", "bob")}
+    wait_until(lambda: api.describe(task_id)["Status"] == "InProgress", 15, 0.2)
+    time.sleep(6)
+    modified_ms = time.time() * 1000
+    api.modify(task_id, SubscribeStreamUserIds={"SubscribeAudioUserIds": ["al_2", "bob"]})
+    for p in pubs.values():
+        publish_report(p)
+    api.delete(task_id)
+    wait_stopped(rec_receiver, task_id)
+    folder = task_files(recd, task_id)
+    pl = {}
+    for user, kind in (("al_1", "audio"), ("al_1", "video"), ("al_2", "audio"), ("al_2", "video"),
+                       ("bob", "audio"), ("bob", "video")):
+        base = single_base(room, user, "main", kind)
+        pl[(user, kind)] = check_stream(folder, base, "aac" if kind == "audio" else "h264", None)
+    assert users_files(folder) == {single_base(room, u, "main", k) + ".m3u8" for u, k in pl}
+    # Before the Modify: al_1 audio (removed by it) ran about 6 s and ended.
+    assert 4 < pl[("al_1", "audio")].total < 10, pl[("al_1", "audio")].total
+    # Added by the Modify: started after it, at a key frame (within 1 s).
+    for added in (("al_2", "video"), ("bob", "audio")):
+        begin = pl[added].start_rec_time
+        assert modified_ms - 100 <= begin <= modified_ms + 1500, (added, begin - modified_ms)
+        assert 5 < pl[added].total < 11, (added, pl[added].total)
+    # Never touched: the whole ~16 s.
+    for whole in (("al_1", "video"), ("al_2", "audio"), ("bob", "video")):
+        assert pl[whole].total > 13, (whole, pl[whole].total)
+
+
+def test_a_user_who_leaves_and_returns_continues_after_a_discontinuity(recd, rec_receiver):
+    api = recd.sdk()
+    room = 5103
+    task_id = api.create(create_params(room=str(room), max_idle=60))
+    first = publish_report(publish(recd, room, "comeback", "--fps", "10", "--keyframe-interval", "10", duration=7))
+    time.sleep(4)
+    second = publish_report(publish(recd, room, "comeback", "--fps", "10", "--keyframe-interval", "10", duration=7))
+    api.delete(task_id)
+    wait_stopped(rec_receiver, task_id)
+    folder = task_files(recd, task_id)
+    video = check_stream(folder, single_base(room, "comeback", "main", "video"), "h264",
+                         (first["video_frames_sent"] + second["video_frames_sent"]) / 10)
+    audio = check_stream(folder, single_base(room, "comeback", "main", "audio"), "aac",
+                         (first["audio_frames_sent"] + second["audio_frames_sent"]) * 0.02)
+    for pl in (video, audio):
+        discs = [i for i, (_, _, d) in enumerate(pl.segments) if d]
+        assert len(discs) == 1 and pl.text.count("#EXT-X-DISCONTINUITY") == 1, pl.text
+        # Segment names keep real UTC: the gap shows between the two runs.
+        before, after = pl.segments[discs[0] - 1], pl.segments[discs[0]]
+
+        def utc_s(name: str) -> float:
+            u = name[-20:-3]
+            return time.mktime(time.strptime(u[:14], "%Y%m%d%H%M%S")) + int(u[14:]) / 1000
+
+        gap = utc_s(after[1]) - (utc_s(before[1]) + before[0])
+        assert 3.5 < gap < 7, gap
+        decode_ok(folder / f"{single_base(room, 'comeback', 'main', 'video' if pl is video else 'audio')}.m3u8")
+
+
+def test_no_publisher_for_max_idle_time_stops_the_task_with_leave_code_99(recd, rec_receiver):
+    api = recd.sdk()
+    room = 5104
+    task_id = api.create(create_params(room=str(room), max_idle=5))
+    publish_report(publish(recd, room, "brief", "--fps", "10", duration=5))
+    left = time.time()
+    stop = rec_receiver.wait_event(task_id, 302, 15)
+    assert stop.payload == {"LeaveCode": 99}
+    assert 4.5 <= stop.received_at - left <= 8, stop.received_at - left
+    cbs = wait_stopped(rec_receiver, task_id)
+    check_callback_order(cbs, leave_code=99)
+    folder = task_files(recd, task_id)
+    for kind, codec in (("audio", "aac"), ("video", "h264")):
+        check_stream(folder, single_base(room, "brief", "main", kind), codec, None)
+    api.wait_gone(task_id)
+
+
+def test_av_merge_puts_a_users_audio_and_video_in_one_stream(recd, rec_receiver):
+    api = recd.sdk()
+    room = 5105
+    task_id = api.create(create_params(room=str(room), RecordParams={"RecordMode": 1, "MaxIdleTime": 60, "AvMerge": 1}))
+    rep = publish_report(publish(recd, room, "merged", "--aux", "--fps", "15", "--sync-marks", "2", duration=12))
+    described = api.describe(task_id)
+    api.delete(task_id)
+    cbs = wait_stopped(rec_receiver, task_id)
+    folder = task_files(recd, task_id)
+    av = single_base(room, "merged", "main", "av")
+    aux = single_base(room, "merged", "aux", "video")
+    assert users_files(folder) == {f"{av}.m3u8", f"{aux}.m3u8"}
+    pl = parse_playlist(folder / f"{av}.m3u8")
+    assert pl.ended and pl.video_size == (640, 360)
+    for _, name, _ in pl.segments:
+        codecs = sorted(s["codec_name"] for s in ffprobe(folder / name)["streams"])
+        assert codecs == ["aac", "h264"], (name, codecs)
+    assert abs(pl.total - rep["video_frames_sent"] / 2 / 15) <= 0.01 * pl.total + 0.07
+    decode_ok(folder / f"{av}.m3u8")
+    check_stream(folder, aux, "h264", None)
+    tracks = {f["FileName"]: f["TrackType"] for f in described["StorageFileList"]}
+    assert tracks == {f"{av}.m3u8": "audio_video", f"{aux}.m3u8": "video"}
+    assert {c.payload["TrackType"] for c in cbs if c.event_type == 307} == {"audio_video", "video"}
+    # Flash and beep of each mark in the one file within 40 ms.
+    start = playlist_start(folder / f"{av}.m3u8")
+    flashes, beeps = flash_times(folder / f"{av}.m3u8"), beep_times(folder / f"{av}.m3u8")
+    assert len(flashes) >= 4, flashes
+    for f in flashes:
+        assert min(abs(b - f) for b in beeps) <= 0.040, (f, beeps, start)
+
+
+def test_stream_type_and_media_id_pick_what_is_recorded(recd, rec_receiver):
+    api = recd.sdk()
+    room_a, room_b = 5106, 5109
+    audio_only = api.create(create_params(room=str(room_a), RecordParams={"RecordMode": 1, "MaxIdleTime": 60,
+                                                                          "StreamType": 1}))
+    aux_video = api.create(create_params(room=str(room_b), RecordParams={"RecordMode": 1, "MaxIdleTime": 60,
+                                                                         "StreamType": 2, "MediaId": 2}))
+    pa = publish(recd, room_a, "speaker", "--aux", "--fps", "10", duration=6)
+    pb = publish(recd, room_b, "presenter", "--aux", "--fps", "10", duration=6)
+    publish_report(pa)
+    publish_report(pb)
+    for t in (audio_only, aux_video):
+        api.delete(t)
+        wait_stopped(rec_receiver, t)
+    assert users_files(task_files(recd, audio_only)) == {single_base(room_a, "speaker", "main", "audio") + ".m3u8"}
+    assert users_files(task_files(recd, aux_video)) == {single_base(room_b, "presenter", "aux", "video") + ".m3u8"}
+
+
+def test_at_most_25_streams_are_recorded_per_task(recd, rec_receiver):
+    api = recd.sdk()
+    room = 5107
+    before = recd.metric("kiroku_recorder_streams_refused_total")
+    task_id = api.create(create_params(room=str(room), max_idle=60))
+    rep = publish_report(publish(recd, room, "crowd", "--count", "26", "--no-audio", "--width", "160",
+                                 "--height", "96", "--fps", "5", "--keyframe-interval", "5", duration=8))
+    assert rep["connected"] == 26
+    api.delete(task_id)
+    wait_stopped(rec_receiver, task_id, timeout=60)
+    files = users_files(task_files(recd, task_id))
+    assert len(files) == 25, sorted(files)
+    assert recd.metric("kiroku_recorder_streams_refused_total") - before == 1
+    assert "stream not recorded" in recd.log_text()
