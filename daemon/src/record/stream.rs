@@ -1043,8 +1043,10 @@ mod tests {
                 annexb(&[&slice(n)])
             };
             s.push_video(t, n == 0, &au, &mut out);
-            for k in (100 + n as usize * 10 / 3)..(100 + (n as usize + 1) * 10 / 3) {
-                s.push_opus(EPOCH_US + k as i64 * 20_000, &packets[k], &mut out);
+            // The audio up to the next video frame (20 ms packets).
+            let (from, to) = (100 + n as usize * 10 / 3, 100 + (n as usize + 1) * 10 / 3);
+            for (k, p) in packets.iter().enumerate().take(to).skip(from) {
+                s.push_opus(EPOCH_US + k as i64 * 20_000, p, &mut out);
             }
         }
         let segs = segments(&out);
@@ -1105,6 +1107,33 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "BUG: HlsStream::interleave computes `newest - v` on u64 PTS; when a merged stream's queued video goes back in time (a re-anchor) while it waits for audio, the subtraction overflows (a panic in debug builds)"]
+    fn a_merged_stream_takes_video_going_back_while_it_waits_for_audio() {
+        let mut s = stream(TrackType::AudioVideo, 4, 2);
+        s.begin_track(TrackKind::Audio);
+        s.begin_track(TrackKind::MainVideo);
+        let packets = opus_packets(50);
+        let mut out = Vec::new();
+        for (k, p) in packets.iter().enumerate() {
+            s.push_opus(EPOCH_US + k as i64 * 20_000, p, &mut out);
+        }
+        // Video ahead of the audio waits for it; then a re-anchor moves the
+        // video clock back 100 ms.
+        let key = annexb(&[&SPS_720P, &PPS, &idr(0)]);
+        s.push_video(EPOCH_US + 2_000_000, true, &key, &mut out);
+        s.push_video(EPOCH_US + 1_900_000, false, &annexb(&[&slice(1)]), &mut out);
+        s.push_video(EPOCH_US + 1_966_667, false, &annexb(&[&slice(2)]), &mut out);
+        s.finish(&mut out);
+        let video: Vec<u64> = segments(&out)
+            .iter()
+            .flat_map(|(_, data)| demux(data).1)
+            .filter(|p| p.pid == PID_VIDEO)
+            .map(|p| p.pts - BASE_90K)
+            .collect();
+        assert_eq!(video, vec![180_000, 180_001, 180_002]);
+    }
+
+    #[test]
     #[ignore = "BUG: in a merged stream whose open segment is audio-only, push_video appends non-key video frames that come before the first key frame (Decision::Append) to that segment, whose PMT does not declare the video PID"]
     fn a_merged_stream_drops_video_before_its_first_key_frame() {
         let mut s = stream(TrackType::AudioVideo, 4, 2);
@@ -1114,9 +1143,10 @@ mod tests {
         for (k, p) in packets[..100].iter().enumerate() {
             s.push_opus(EPOCH_US + k as i64 * 20_000, p, &mut out);
         }
-        // The camera starts mid-GOP: five non-key frames, then a key frame.
+        // The camera starts mid-GOP at 2 s: five non-key frames, then a key
+        // frame; the audio goes on.
         s.begin_track(TrackKind::MainVideo);
-        for n in 0..6u64 {
+        for n in 0..15u64 {
             let t = EPOCH_US + 2_000_000 + (n * 200_000 / 3) as i64;
             let au = if n == 5 {
                 annexb(&[&SPS_720P, &PPS, &idr(n)])
@@ -1124,9 +1154,15 @@ mod tests {
                 annexb(&[&slice(n)])
             };
             s.push_video(t, n == 5, &au, &mut out);
+            // The audio up to the next video frame (20 ms packets).
+            let (from, to) = (100 + n as usize * 10 / 3, 100 + (n as usize + 1) * 10 / 3);
+            for (k, p) in packets.iter().enumerate().take(to).skip(from) {
+                s.push_opus(EPOCH_US + k as i64 * 20_000, p, &mut out);
+            }
         }
+        s.finish(&mut out);
         let segs = segments(&out);
-        assert_eq!(segs.len(), 1);
+        assert_eq!(segs.len(), 2, "cut at the key frame");
         let (pmts, pes) = demux(&segs[0].1);
         assert_eq!(pmts, vec![vec![(STREAM_TYPE_AAC, PID_AUDIO)]]);
         assert_eq!(
