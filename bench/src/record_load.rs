@@ -268,7 +268,8 @@ fn main() -> anyhow::Result<()> {
         }
         drop(publishers);
         let gone_by = Instant::now() + Duration::from_secs(30);
-        while (metric(port, "kiroku_recorders")? > 0.0 || metric(port, "kiroku_ingest_peers")? > 0.0)
+        while (metric(port, "kiroku_recorders")? > 0.0
+            || metric(port, "kiroku_ingest_peers")? > 0.0)
             && Instant::now() < gone_by
         {
             std::thread::sleep(Duration::from_millis(200));
