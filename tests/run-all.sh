@@ -50,5 +50,7 @@ KIROKU_BIN="$PWD/target/debug/kiroku" .venv/bin/python -m pytest -q tests/e2e
 # --- benchmark smoke --------------------------------------------------------
 step "API benchmark (short, debug build; figures in docs/performance.md come from release builds)"
 ./target/debug/api-load --kiroku target/debug/kiroku --seconds 2 --concurrency 4
+step "recording benchmark (short smoke, debug build)"
+./target/debug/record-load --kiroku target/debug/kiroku --streams 25 --seconds 3
 
 step "all tests passed"

@@ -99,6 +99,9 @@ struct PublishArgs {
     /// Vanish at the end without a WHIP DELETE (tests consent timeouts).
     #[arg(long)]
     no_delete: bool,
+    /// Connect with audio and video negotiated but send no media.
+    #[arg(long)]
+    mute: bool,
     /// Print the final report as JSON.
     #[arg(long)]
     json: bool,
@@ -169,6 +172,7 @@ fn publish(a: PublishArgs) -> anyhow::Result<()> {
         audio,
         bind: a.bind,
         no_delete: a.no_delete,
+        mute: a.mute,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -37,19 +37,24 @@ def test_start_and_stop_callbacks_in_order(kiroku, receiver):
     start = receiver.wait_event(task, 301, timeout=10)
     check_callback(start, task=task, bot=bot, room=1234, event_type=301, payload={"Status": 0})
     api.delete(task)
-    cbs = receiver.wait_for(task, 2, timeout=10)
-    assert [c.event_type for c in cbs] == [301, 302]
-    check_callback(cbs[1], task=task, bot=bot, room=1234, event_type=302, payload={"LeaveCode": 0})
-    assert cbs[0].json["EventInfo"]["EventMsTs"] <= cbs[1].json["EventInfo"]["EventMsTs"]
+    # Single-stream tasks also start and stop their storage side: 303, 305.
+    cbs = receiver.wait_for(task, 4, timeout=10)
+    assert [c.event_type for c in cbs] == [301, 303, 302, 305]
+    check_callback(cbs[1], task=task, bot=bot, room=1234, event_type=303, payload={"Status": 0})
+    check_callback(cbs[2], task=task, bot=bot, room=1234, event_type=302, payload={"LeaveCode": 0})
+    check_callback(cbs[3], task=task, bot=bot, room=1234, event_type=305, payload={"Status": 0})
+    times = [c.json["EventInfo"]["EventMsTs"] for c in cbs]
+    assert times == sorted(times)
 
     # A string room is reported as a string, even when it looks like a number.
     for room in ("5678", "room-x"):
         bot2 = uniq("cbs")
         t2 = api.create(create_params(user=bot2, room=room, RoomIdType=0))
         api.delete(t2)
-        cbs = receiver.wait_for(t2, 2, timeout=10)
-        assert [c.event_type for c in cbs] == [301, 302]
-        for c, (ty, payload) in zip(cbs, [(301, {"Status": 0}), (302, {"LeaveCode": 0})]):
+        cbs = receiver.wait_for(t2, 4, timeout=10)
+        assert [c.event_type for c in cbs] == [301, 303, 302, 305]
+        for c, (ty, payload) in zip(cbs, [(301, {"Status": 0}), (303, {"Status": 0}), (302, {"LeaveCode": 0}),
+                                          (305, {"Status": 0})]):
             check_callback(c, task=t2, bot=bot2, room=room, event_type=ty, payload=payload)
 
     # An app without callback_url sends nothing.
@@ -57,8 +62,8 @@ def test_start_and_stop_callbacks_in_order(kiroku, receiver):
     api.delete(t3, app=APP_ID2)
     time.sleep(0.5)
     assert receiver.delivered(t3) == []
-    assert d.metric("kiroku_callbacks_delivered_total") == 6
-    assert d.metric("kiroku_callbacks_queued_total") == 6
+    assert d.metric("kiroku_callbacks_delivered_total") == 12
+    assert d.metric("kiroku_callbacks_queued_total") == 12
     assert d.metric("kiroku_callbacks_pending") == 0
 
 
@@ -72,7 +77,7 @@ def test_callbacks_are_retried_in_order(kiroku, receiver):
     # Two refused attempts of 301 (t = 0 s and ~1 s)...
     wait_until(lambda: len([c for c in receiver.calls if c.task_id == task]) >= 2, 8, what="two attempts")
     assert d.metric("kiroku_callbacks_retried_total") >= 1
-    assert d.metric("kiroku_callbacks_pending") == 2
+    wait_until(lambda: d.metric("kiroku_callbacks_pending") == 4, 5, what="301, 303, 302, 305 queued")
     receiver.status = 200
     # ...then the third (~2 s later: the backoff doubles) is accepted.
     cb = receiver.wait_event(task, 301, timeout=10)
@@ -89,12 +94,12 @@ def test_callbacks_are_retried_in_order(kiroku, receiver):
     calls = list(receiver.calls)
     assert all(i > calls.index(cb) for i, c in enumerate(calls) if c.task_id == task and c.event_type == 302)
 
-    cbs = receiver.wait_for(task, 2, timeout=10)
-    assert [c.event_type for c in cbs] == [301, 302]
+    cbs = receiver.wait_for(task, 4, timeout=10)
+    assert [c.event_type for c in cbs] == [301, 303, 302, 305]
     assert all(c.sign_ok for c in cbs)
-    assert cbs[1].payload == {"LeaveCode": 0}
+    assert cbs[2].payload == {"LeaveCode": 0}
     wait_until(lambda: d.metric("kiroku_callbacks_pending") == 0, 5, what="empty outbox")
-    assert d.metric("kiroku_callbacks_delivered_total") == 2
+    assert d.metric("kiroku_callbacks_delivered_total") == 4
 
 
 def test_idle_stop_after_max_idle_time(kiroku, receiver):
@@ -109,7 +114,8 @@ def test_idle_stop_after_max_idle_time(kiroku, receiver):
     waited = stop.received_at - created
     assert 4.5 <= waited <= 9.0, f"idle stop after {waited:.2f} s, MaxIdleTime is 5 s"
     check_callback(stop, task=task, bot=bot, room=4321, event_type=302, payload={"LeaveCode": 99})
-    assert [c.event_type for c in receiver.delivered(task)] == [301, 302]
+    receiver.wait_event(task, 305, timeout=5)
+    assert [c.event_type for c in receiver.delivered(task)] == [301, 303, 302, 305]
     api.wait_gone(task, timeout=3)
     assert d.metric("kiroku_tasks_stopped_total", {"reason": "idle"}) == 1
     # The other task in the same room keeps running.
@@ -134,7 +140,7 @@ def test_same_user_id_replaces_the_old_task(kiroku, receiver):
     assert api.describe(other_room)["Status"] == "Idle"
     assert api.describe(other_app, app=APP_ID2)["Status"] == "Idle"
     time.sleep(0.3)
-    assert [c.event_type for c in receiver.delivered(other_room)] == [301]
+    assert [c.event_type for c in receiver.delivered(other_room)] == [301, 303]
     # The old task stopped before the new one started (delivery order across
     # tasks is not promised, only per task; the event times tell the order).
     new_start = receiver.wait_event(new, 301, timeout=10)
@@ -174,8 +180,11 @@ def test_tasks_survive_kill9(kiroku, receiver):
     after = stop.received_at - restarted
     assert after >= 5.0, f"idle stop {after:.2f} s after the restart: the timer did not restart"
     assert stop.payload == {"LeaveCode": 99}
-    # Nothing was lost and no task got a second 301.
-    assert [c.event_type for c in receiver.delivered(a)] == [301]
+    # Nothing was lost and no task got a second 301: the restored task resumed
+    # (306, FAILOVER) with a new recorder (303); its files will carry "ha1_".
+    wait_until(lambda: len(receiver.delivered(a)) >= 4, 5, what="306 and 303 after the restart")
+    assert [c.event_type for c in receiver.delivered(a)] == [301, 303, 306, 303]
+    assert receiver.delivered(a)[2].payload == {"Status": 0}
     assert api.describe(a)["Status"] == "Idle"
 
 
@@ -186,18 +195,20 @@ def test_durable_outbox_survives_kill9(kiroku, make_receiver):
     bot = uniq("dur")
     task = api.create(create_params(user=bot, room="2468", max_idle=60))
     wait_until(lambda: d.metric("kiroku_callbacks_retried_total") >= 1, 6, what="a failed delivery attempt")
-    assert d.metric("kiroku_callbacks_pending") == 1
+    wait_until(lambda: d.metric("kiroku_callbacks_pending") == 2, 5, what="301 and 303 pending")
     assert d.metric("kiroku_callbacks_delivered_total") == 0
     d.kill9()
     receiver.start()
     d.start()
     cb = receiver.wait_event(task, 301, timeout=15)
     check_callback(cb, task=task, bot=bot, room=2468, event_type=301, payload={"Status": 0})
-    wait_until(lambda: d.metric("kiroku_callbacks_delivered_total") >= 1, 5, what="delivered_total")
+    wait_until(lambda: d.metric("kiroku_callbacks_delivered_total") >= 2, 5, what="delivered_total")
     wait_until(lambda: d.metric("kiroku_callbacks_pending") == 0, 5, what="empty outbox")
     assert d.sdk().describe(task)["Status"] == "Idle"
-    # It is delivered once more at most (at-least-once), never lost.
-    assert len(receiver.delivered(task)) == 1
+    # Each is delivered once more at most (at-least-once), never lost; the
+    # resumed task adds 306 and a new 303.
+    wait_until(lambda: len(receiver.delivered(task)) >= 4, 5, what="all four callbacks")
+    assert [c.event_type for c in receiver.delivered(task)] == [301, 303, 306, 303]
 
 
 def test_sigterm_exits_0_and_keeps_live_tasks(kiroku, receiver):
@@ -210,8 +221,8 @@ def test_sigterm_exits_0_and_keeps_live_tasks(kiroku, receiver):
     assert time.monotonic() - t0 < 10
     log = d.log_text()
     assert "SIGTERM" in log
-    # A graceful stop is not a task stop: no 302.
-    assert [c.event_type for c in receiver.delivered(task)] == [301]
+    # A graceful stop is not a task stop: no 302 (and no 305).
+    assert [c.event_type for c in receiver.delivered(task)] == [301, 303]
     d.start()
     assert d.sdk().describe(task)["Status"] == "Idle"
     api = d.sdk()
@@ -224,16 +235,18 @@ def test_callback_given_up_after_retry_for_seconds(kiroku, receiver):
     d = kiroku("giveup", callback_url=receiver.url, callbacks={"retry_for_seconds": 2})
     api = d.sdk()
     task = api.create(create_params(room="9753"))
-    # Attempts at ~0 s and ~1 s; the next (~3 s) would be past 2 s: given up.
-    wait_until(lambda: d.metric("kiroku_callbacks_given_up_total") == 1, 6, what="given_up_total")
+    # Attempts at ~0 s and ~1 s; the next (~3 s) would be past 2 s: given up,
+    # for 301 and for the 303 queued behind it.
+    wait_until(lambda: d.metric("kiroku_callbacks_given_up_total") == 2, 8, what="given_up_total")
     wait_until(lambda: d.metric("kiroku_callbacks_pending") == 0, 3, what="empty outbox")
-    assert 1 <= len([c for c in receiver.calls if c.task_id == task]) <= 3
-    # The queue of that task moves on: the 302 is delivered normally.
+    assert 1 <= len([c for c in receiver.calls if c.task_id == task and c.event_type == 301]) <= 3
+    # The queue of that task moves on: the 302 (and 305) are delivered normally.
     receiver.status = 200
     api.delete(task)
     cb = receiver.wait_event(task, 302, timeout=10)
     assert cb.payload == {"LeaveCode": 0} and cb.sign_ok
-    assert [c.event_type for c in receiver.delivered(task)] == [302]
+    receiver.wait_event(task, 305, timeout=10)
+    assert [c.event_type for c in receiver.delivered(task)] == [302, 305]
     assert "given up" in d.log_text()
 
 

@@ -365,3 +365,21 @@ def test_at_most_25_streams_are_recorded_per_task(recd, rec_receiver):
     assert len(files) == 25, sorted(files)
     assert recd.metric("kiroku_recorder_streams_refused_total") - before == 1
     assert "stream not recorded" in recd.log_text()
+
+
+def test_a_silent_publisher_in_the_room_holds_off_the_idle_stop(recd, rec_receiver):
+    """Spec §3.4: a publisher who is in the room but sends nothing does not
+    start the MaxIdleTime count; the count starts when they leave."""
+    api = recd.sdk()
+    room = 5110
+    task_id = api.create(create_params(room=str(room), max_idle=5))
+    silent = publish(recd, room, "quiet", "--mute", duration=12)
+    publish_report(silent)
+    left = time.time()
+    assert api.describe(task_id)["Status"] == "Idle", "no media: still Idle"
+    assert 302 not in [c.event_type for c in rec_receiver.delivered(task_id)], "not stopped while present"
+    stop = rec_receiver.wait_event(task_id, 302, 15)
+    assert stop.payload == {"LeaveCode": 99}
+    assert 4.5 <= stop.received_at - left <= 8, stop.received_at - left
+    wait_stopped(rec_receiver, task_id)
+    assert not task_files(recd, task_id).exists() or not any(task_files(recd, task_id).iterdir())

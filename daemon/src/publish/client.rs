@@ -43,6 +43,9 @@ pub struct PublishOptions {
     pub bind: IpAddr,
     /// Skip the WHIP DELETE at the end (simulates a publisher that vanishes).
     pub no_delete: bool,
+    /// Negotiate audio and video but send no media (a publisher who is in
+    /// the room and silent).
+    pub mute: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -230,6 +233,11 @@ pub async fn run(o: PublishOptions, stop: Arc<AtomicBool>) -> Result<PublishRepo
         }
     }
     let duration = o.duration;
+    let (main_video, aux_video, audio) = if o.mute {
+        (None, None, None)
+    } else {
+        (main_video, aux_video, audio)
+    };
     let report = tokio::task::spawn_blocking(move || {
         let mut sessions = sessions;
         let r = media_loop(&mut sessions, main_video, aux_video, audio, duration, &stop);
