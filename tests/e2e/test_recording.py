@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from kiroku_e2e import APP_ID, REPO, create_params, free_port, wait_until
-from recording import (UTC17, beep_times, decode_ok, ffprobe, flash_times, parse_playlist, playlist_start,
+from recording import (UTC17, beep_times, encode_id, decode_ok, ffprobe, flash_times, parse_playlist, playlist_start,
                        publish, publish_report, single_base, task_files, to_unix_ms)
 from test_whip import CHROMIUM, _Quiet, whip_url
 
@@ -87,18 +87,67 @@ def check_stream(folder: Path, base: str, codec: str, publish_seconds: float | N
     return pl
 
 
-def test_two_publishers_and_aux_are_recorded_exactly_as_the_spec_names_them(recd, rec_receiver):
+class Browser:
+    """Headless Debian Chromium publishing its fake camera and microphone
+    (H.264 + Opus) through tests/whip/publish.html, served from another origin."""
+
+    def __init__(self, d, room, user: str, tmp_path: Path):
+        self.page = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", free_port()), partial(_Quiet, directory=str(REPO / "tests" / "whip")))
+        threading.Thread(target=self.page.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{self.page.server_port}/publish.html?whip={whip_url(d, room, user)}"
+        self.proc = subprocess.Popen(
+            [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+             "--disable-quic", f"--user-data-dir={tmp_path / 'chrome'}", "--use-fake-device-for-media-stream",
+             "--use-fake-ui-for-media-stream", "--allow-loopback-in-peer-connection", url],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def kill(self) -> float:
+        """Kills the browser; returns the Unix ms it stopped publishing."""
+        stopped = time.time() * 1000
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.page.shutdown()
+        return stopped
+
+
+def browser_publishing(d, room, user) -> bool:
+    from test_whip import tracks, user_status
+    u = user_status(d, room, user)
+    if not u:
+        return False
+    t = tracks(u)
+    return "audio" in t and "main_video" in t and t["main_video"]["frames"] > 10
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (tests/run-all.sh installs it)")
+def test_two_publishers_aux_and_a_browser_are_recorded_exactly_as_the_spec_names_them(recd, rec_receiver,
+                                                                                        tmp_path):
+    """Two `kiroku publish` users (different tones and patterns, one also
+    publishing aux) and a headless Chromium publisher, 30+ s each."""
     api = recd.sdk()
     room = 5101
     task_id = api.create(create_params(room=str(room), max_idle=60))
     assert api.describe(task_id)["Status"] == "Idle"
+    browser = Browser(recd, room, "browser_1", tmp_path)
+    try:
+        wait_until(lambda: browser_publishing(recd, room, "browser_1"), 45, 0.25, "the browser's media")
+        assert api.describe(task_id)["Status"] == "InProgress"
+    except BaseException:
+        browser.kill()
+        raise
     fps = 15
     alice = publish(recd, room, "alice", "--aux", "--tone", "440", "--pattern", "bars", "--fps", str(fps),
                     "--sync-marks", "2", duration=32)
     bob = publish(recd, room, "bob_smith", "--tone", "660", "--pattern", "solid", "--color", "#c02020",
                   "--fps", str(fps), "--sync-marks", "2", duration=32)
-    wait_until(lambda: api.describe(task_id)["Status"] == "InProgress", 15, 0.2, "InProgress with the first media")
-    reports = {"alice": publish_report(alice), "bob_smith": publish_report(bob)}
+    try:
+        reports = {"alice": publish_report(alice), "bob_smith": publish_report(bob)}
+    finally:
+        browser_stopped_ms = browser.kill()
+    time.sleep(0.5)
     described = api.describe(task_id)
     api.delete(task_id)
     cbs = wait_stopped(rec_receiver, task_id)
@@ -117,14 +166,22 @@ def test_two_publishers_and_aux_are_recorded_exactly_as_the_spec_names_them(recd
         for media, kind, codec, secs in kinds:
             base = single_base(room, user, media, kind)
             expected[base] = check_stream(folder, base, codec, secs)
+    for base, codec in ((single_base(room, "browser_1", "main", "audio"), "aac"),
+                        (single_base(room, "browser_1", "main", "video"), "h264")):
+        pl = parse_playlist(folder / f"{base}.m3u8")
+        published = (browser_stopped_ms - pl.start_rec_time) / 1000
+        assert published >= 30, published
+        expected[base] = check_stream(folder, base, codec, published)
     # Exactly the expected files: the playlists and the segments they name.
     names = {p.name for p in folder.iterdir()}
     want = {f"{b}.m3u8" for b in expected} | {n for pl in expected.values() for _, n, _ in pl.segments}
     assert names == want, sorted(names ^ want)
-    # Several segments, cut near the target at key frames (2 s GOP).
+    # Several segments, cut near the target at key frames: every 2 s for
+    # `kiroku publish`; the browser sends key frames rarely, so its segments
+    # run to target + grace (2 s), when one is requested.
     for base, pl in expected.items():
-        assert len(pl.segments) >= 6, base
-        assert all(d <= SEGMENT_SECONDS + 2.5 for d, _, _ in pl.segments[:-1]), (base, pl.segments)
+        assert len(pl.segments) >= 5, base
+        assert all(d <= SEGMENT_SECONDS + 3.5 for d, _, _ in pl.segments[:-1]), (base, pl.segments)
     # Describe's list, the playlist tag and callback 307 agree.
     listed = {f["FileName"]: f for f in described["StorageFileList"]}
     slices = {c.payload["FileName"]: c.payload for c in cbs if c.event_type == 307}
@@ -132,7 +189,7 @@ def test_two_publishers_and_aux_are_recorded_exactly_as_the_spec_names_them(recd
     assert set(listed) == set(slices) == infos == {f"{b}.m3u8" for b in expected}
     for base, pl in expected.items():
         name = f"{base}.m3u8"
-        user = "alice" if "YWxpY2U" in base else "bob_smith"
+        user = next(u for u in ("alice", "bob_smith", "browser_1") if encode_id(u) in base)
         track = "audio" if base.endswith("_audio") else "video"
         assert listed[name]["BeginTimeStamp"] == slices[name]["BeginTimeStamp"] == pl.start_rec_time, name
         assert listed[name]["UserId"] == slices[name]["UserId"] == user
@@ -166,52 +223,6 @@ def check_sync(folder: Path, room, reports: dict, expected: dict, period_ms: flo
     for user, flash, beep in offsets:
         assert abs(flash - beep) <= 40, f"{user}: flash {flash} ms but beep {beep} ms from the mark\n{offsets}"
         assert abs(flash) <= 40 and abs(beep) <= 40, f"{user}: flash {flash} ms, beep {beep} ms from the mark\n{offsets}"
-
-
-def test_headless_chromium_is_recorded(recd, rec_receiver, tmp_path):
-    """A real browser publishes for 30 s: its audio and video playlists
-    exist under the predicted names, play, and last as long as it published."""
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (tests/run-all.sh installs it)")
-    api = recd.sdk()
-    room, user = 5108, "browser_1"
-    task_id = api.create(create_params(room=str(room), max_idle=60))
-    page_port = free_port()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", page_port),
-                                             partial(_Quiet, directory=str(REPO / "tests" / "whip")))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{page_port}/publish.html?whip={whip_url(recd, room, user)}"
-    chrome = subprocess.Popen(
-        [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-         "--disable-quic", f"--user-data-dir={tmp_path / 'chrome'}", "--use-fake-device-for-media-stream",
-         "--use-fake-ui-for-media-stream", "--allow-loopback-in-peer-connection", url],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_until(lambda: api.describe(task_id)["Status"] == "InProgress", 45, 0.25, "the browser's first media")
-        time.sleep(32)
-        stopped_ms = time.time() * 1000
-    finally:
-        os.killpg(chrome.pid, signal.SIGKILL)
-        chrome.wait(10)
-        server.shutdown()
-    time.sleep(1)
-    api.delete(task_id)
-    cbs = wait_stopped(rec_receiver, task_id)
-    check_callback_order(cbs, leave_code=0)
-    folder = task_files(recd, task_id)
-    audio = single_base(room, user, "main", "audio")
-    video = single_base(room, user, "main", "video")
-    playlists = {}
-    for base, codec in ((audio, "aac"), (video, "h264")):
-        pl = parse_playlist(folder / f"{base}.m3u8")
-        published = (stopped_ms - pl.start_rec_time) / 1000
-        assert published >= 30, published
-        playlists[base] = check_stream(folder, base, codec, published)
-        decode_ok(folder / f"{base}.m3u8")
-    names = {p.name for p in folder.iterdir()}
-    want = {f"{b}.m3u8" for b in playlists} | {n for pl in playlists.values() for _, n, _ in pl.segments}
-    assert names == want, sorted(names ^ want)
 
 
 def users_files(folder: Path) -> set[str]:
