@@ -166,3 +166,51 @@ def beep_times(playlist: Path) -> list[float]:
 def to_unix_ms(pl: Playlist, playlist_first_pts: float, pts: float) -> float:
     """A presentation time → server Unix ms, via #EXT-X-TRTC-START-REC-TIME."""
     return pl.start_rec_time + (pts - playlist_first_pts) * 1000.0
+
+
+def play_in_chromium(chromium: str, folder: Path, playlist: str, tmp: Path, wait_ms: int = 9000) -> dict:
+    """Plays `folder/playlist` in headless Chromium's <video> (its built-in
+    HLS player) from an HTTP server, and returns what the page reported."""
+    import http.server
+    import threading
+    from functools import partial
+
+    page = Path(__file__).parent / "pages" / "play.html"
+    result: dict = {}
+    done = threading.Event()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def translate_path(self, path):
+            if path.split("?")[0] == "/play.html":
+                return str(page)
+            return super().translate_path(path)
+
+        def do_POST(self):  # noqa: N802
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            result.update(json.loads(body))
+            self.send_response(204)
+            self.end_headers()
+            done.set()
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_port
+    url = (f"http://127.0.0.1:{port}/play.html?src=/{playlist}&report=http://127.0.0.1:{port}/report"
+           f"&wait={wait_ms}")
+    proc = subprocess.Popen(
+        [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--autoplay-policy=no-user-gesture-required", "--no-first-run", "--disable-background-networking",
+         f"--user-data-dir={tmp}", url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    try:
+        done.wait(wait_ms / 1000 + 30)
+    finally:
+        import os
+        import signal
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        server.shutdown()
+    return result

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from kiroku_e2e import APP_ID, REPO, create_params, free_port, wait_until
-from recording import (UTC17, beep_times, encode_id, decode_ok, ffprobe, flash_times, parse_playlist, playlist_start,
+from recording import (UTC17, beep_times, encode_id, play_in_chromium, decode_ok, ffprobe, flash_times, parse_playlist, playlist_start,
                        publish, publish_report, single_base, task_files, to_unix_ms)
 from test_whip import CHROMIUM, _Quiet, whip_url
 
@@ -197,6 +197,20 @@ def test_two_publishers_aux_and_a_browser_are_recorded_exactly_as_the_spec_names
     for base in expected:
         decode_ok(folder / f"{base}.m3u8")
     check_sync(folder, room, reports, expected)
+    # A standard HLS player: Chromium's built-in one in a <video> element
+    # loads, plays, seeks to the end and ends each kind of playlist.
+    for i, base in enumerate((single_base(room, "alice", "main", "video"), single_base(room, "alice", "main", "audio"),
+                              single_base(room, "browser_1", "main", "video"))):
+        r = play_in_chromium(CHROMIUM, folder, f"{base}.m3u8", tmp_path / f"player{i}", wait_ms=7000)
+        assert r and "error" not in r, (base, r)
+        events = [e[0] for e in r["events"]]
+        assert "playing" in events and "seeked" in events and "ended" in events, (base, r)
+        # Chromium's player reports audio durations to the millisecond but
+        # video ones up to ~0.5 s short of the EXTINF sum (which ffprobe and
+        # the frame count confirm); 2 % covers its estimate.
+        assert abs(r["duration"] - expected[base].total) <= 0.02 * expected[base].total, (base, r, expected[base].total)
+        if base.endswith("_video"):
+            assert (r["width"], r["height"]) == expected[base].video_size and r["decodedFrames"] > 0, (base, r)
 
 
 def check_sync(folder: Path, room, reports: dict, expected: dict, period_ms: float = 2000) -> None:
