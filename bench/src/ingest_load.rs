@@ -8,11 +8,14 @@
 //! that starts after every session is connected.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Parser;
+
+mod common;
+use common::{cpu_seconds, Killer};
 
 #[derive(Parser)]
 #[command(about = "kiroku WHIP ingest benchmark")]
@@ -31,24 +34,6 @@ struct Args {
     height: u32,
     #[arg(long, default_value_t = 15)]
     fps: u32,
-}
-
-fn clock_ticks() -> f64 {
-    // USER_HZ is 100 on every Linux this runs on; /proc reports in it.
-    100.0
-}
-
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the ")" of the command name: state is field 3; utime 14, stime 15.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("odd /proc stat")?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = f.get(11).context("utime")?.parse()?;
-    let stime: f64 = f.get(12).context("stime")?.parse()?;
-    Ok((utime + stime) / clock_ticks())
 }
 
 fn metric(port: u16, name: &str) -> anyhow::Result<f64> {
@@ -72,17 +57,6 @@ mod http_get {
             .split_once("\r\n\r\n")
             .map(|(_, b)| b.to_owned())
             .unwrap_or_default())
-    }
-}
-
-struct Killer(Child);
-impl Drop for Killer {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        let _ = self.0.wait();
     }
 }
 

@@ -12,11 +12,14 @@
 //! frames/s and zero drops.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+
+mod common;
+use common::{cpu_seconds, Killer};
 
 #[derive(Parser)]
 #[command(about = "kiroku single-stream recording benchmark")]
@@ -38,19 +41,6 @@ struct Args {
 }
 
 const PER_TASK: usize = 25;
-
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("odd /proc stat")?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = f.get(11).context("utime")?.parse()?;
-    let stime: f64 = f.get(12).context("stime")?.parse()?;
-    // USER_HZ is 100 on every Linux this runs on.
-    Ok((utime + stime) / 100.0)
-}
 
 /// A tiny blocking HTTP/1.0 exchange (keeps the bench free of a runtime).
 fn http(port: u16, request: &str) -> anyhow::Result<String> {
@@ -89,17 +79,6 @@ fn api(port: u16, action: &str, body: serde_json::Value) -> anyhow::Result<serde
         bail!("{action}: {}", v["Response"]["Error"]);
     }
     Ok(v)
-}
-
-struct Killer(Child);
-impl Drop for Killer {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        let _ = self.0.wait();
-    }
 }
 
 struct Snapshot {
