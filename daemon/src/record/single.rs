@@ -116,7 +116,8 @@ struct Sub {
     user_id: String,
     kind: TrackKind,
     session_id: String,
-    stream: StreamId,
+    /// Shared so that routing a frame does not copy the id.
+    stream: Arc<StreamId>,
     clock: TrackClock,
 }
 
@@ -271,7 +272,7 @@ impl SingleRecorder {
                     user_id: t.user_id.clone(),
                     kind: t.kind,
                     session_id: t.session_id.clone(),
-                    stream,
+                    stream: Arc::new(stream),
                     clock: TrackClock::new(clock_rate),
                 },
             );
@@ -315,12 +316,17 @@ impl SingleRecorder {
             self.media_started = true;
             actions.push(Action::MediaStarted);
         }
-        let user = self.users.entry(sub.user_id.clone()).or_default();
+        if !self.users.contains_key(&sub.user_id) {
+            self.users.insert(sub.user_id.clone(), UserClock::default());
+        }
+        let Some(user) = self.users.get_mut(&sub.user_id) else {
+            return actions;
+        };
         let notes = sub.clock.push(frame, user, &mut self.placed);
         self.stats.clock_fallbacks += u64::from(notes.arrival_fallback);
         self.stats.reanchors += u64::from(notes.reanchored);
         self.stats.clock_overflows += notes.overflowed as u64;
-        let stream = sub.stream.clone();
+        let stream = Arc::clone(&sub.stream);
         self.place(tag, &stream, &mut actions);
         actions
     }
@@ -398,7 +404,7 @@ impl SingleRecorder {
 
     /// Streams with at least one active subscription.
     pub fn active_streams(&self) -> usize {
-        let ids: HashSet<&StreamId> = self.subs.values().map(|s| &s.stream).collect();
+        let ids: HashSet<&StreamId> = self.subs.values().map(|s| &*s.stream).collect();
         ids.len()
     }
 
@@ -412,6 +418,7 @@ impl SingleRecorder {
 mod tests {
     use super::*;
     use crate::media::ts::{PID_AUDIO, PID_VIDEO};
+    use crate::record::stream::tests::{annexb, PPS, SPS_720P};
     use crate::record::stream::BASE_90K;
     use crate::task::params::{RoomId, UserFilter, UserPattern};
     use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -428,9 +435,6 @@ mod tests {
     const FOLDER: &str = "rec/task-1/";
     /// `<SdkAppId>_<RoomId>__UserId_s_<base64 of USER>__UserId_e_`.
     const STEM: &str = "1400123456_12345__UserId_s_MTY4NjExOQ..__UserId_e_";
-    /// SPS of a 1280x720 baseline stream (as in `media::h264`'s tests).
-    const SPS_720P: [u8; 10] = [0x67, 0x42, 0xc0, 0x1f, 0xda, 0x01, 0x40, 0x16, 0xe8, 0x40];
-    const PPS: [u8; 4] = [0x68, 0xce, 0x3c, 0x80];
 
     fn at(us: i64) -> SystemTime {
         UNIX_EPOCH + Duration::from_micros(us as u64)
@@ -657,15 +661,6 @@ mod tests {
                 _ => {}
             }
         }
-    }
-
-    fn annexb(nals: &[&[u8]]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for n in nals {
-            out.extend_from_slice(&[0, 0, 0, 1]);
-            out.extend_from_slice(n);
-        }
-        out
     }
 
     /// Real Opus packets: 20 ms each of a 440 Hz tone, mono.
@@ -1506,10 +1501,10 @@ mod tests {
             media: Media::Main,
             track_type: TrackType::AudioVideo,
         };
-        assert_eq!(rec.subs[&1].stream, merged);
-        assert_eq!(rec.subs[&2].stream, merged);
+        assert_eq!(*rec.subs[&1].stream, merged);
+        assert_eq!(*rec.subs[&2].stream, merged);
         assert_eq!(
-            rec.subs[&3].stream,
+            *rec.subs[&3].stream,
             StreamId {
                 user_id: USER.to_owned(),
                 media: Media::Aux,

@@ -161,19 +161,6 @@ impl HlsStream {
         }
     }
 
-    pub fn id(&self) -> &StreamId {
-        &self.id
-    }
-
-    pub fn playlist_name(&self) -> &str {
-        &self.playlist_name
-    }
-
-    /// Segments written so far (their total duration in seconds).
-    pub fn recorded_seconds(&self) -> f64 {
-        self.playlist.as_ref().map_or(0.0, Playlist::total_seconds)
-    }
-
     fn merged(&self) -> bool {
         self.id.track_type == TrackType::AudioVideo
     }
@@ -555,7 +542,7 @@ fn playlist_begin(p: Option<&Playlist>) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::media::ts::{PID_AUDIO, PID_PMT, PID_VIDEO};
     use crate::publish::source::{VideoConfig, VideoSource};
@@ -564,19 +551,20 @@ mod tests {
     /// The task epoch: 2023-11-14 22:13:20.000 UTC.
     const EPOCH_US: i64 = 1_700_000_000_000_000;
     /// SPS of a 1280x720 baseline stream (as in `media::h264`'s tests).
-    const SPS_720P: [u8; 10] = [0x67, 0x42, 0xc0, 0x1f, 0xda, 0x01, 0x40, 0x16, 0xe8, 0x40];
+    pub(crate) const SPS_720P: [u8; 10] =
+        [0x67, 0x42, 0xc0, 0x1f, 0xda, 0x01, 0x40, 0x16, 0xe8, 0x40];
     /// SPS of 1920x1080 high profile (1088 coded rows, 8 cropped).
     const SPS_1080P: [u8; 15] = [
         0x67, 0x64, 0x00, 0x28, 0xac, 0xd9, 0x40, 0x78, 0x02, 0x27, 0xe5, 0x84, 0x00, 0x00, 0x03,
     ];
-    const PPS: [u8; 4] = [0x68, 0xce, 0x3c, 0x80];
+    pub(crate) const PPS: [u8; 4] = [0x68, 0xce, 0x3c, 0x80];
     const PPS_B: [u8; 4] = [0x68, 0xde, 0x3c, 0x80];
     const AUD: [u8; 2] = [0x09, 0xf0];
     const SEI: [u8; 4] = [0x06, 0x05, 0x01, 0x80];
     const STREAM_TYPE_H264: u8 = 0x1b;
     const STREAM_TYPE_AAC: u8 = 0x0f;
 
-    fn annexb(nals: &[&[u8]]) -> Vec<u8> {
+    pub(crate) fn annexb(nals: &[&[u8]]) -> Vec<u8> {
         let mut out = Vec::new();
         for n in nals {
             out.extend_from_slice(&[0, 0, 0, 1]);
