@@ -15,7 +15,7 @@ use anyhow::bail;
 use clap::Parser;
 
 mod common;
-use common::{cpu_seconds, Killer};
+use common::{cpu_seconds, metric, BenchDaemon, Killer};
 
 #[derive(Parser)]
 #[command(about = "kiroku WHIP ingest benchmark")]
@@ -36,66 +36,10 @@ struct Args {
     fps: u32,
 }
 
-fn metric(port: u16, name: &str) -> anyhow::Result<f64> {
-    let body = http_get::metrics_text(port)?;
-    Ok(body
-        .lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum())
-}
-
-mod http_get {
-    /// A tiny blocking GET of /metrics (keeps the bench free of a runtime).
-    pub fn metrics_text(port: u16) -> anyhow::Result<String> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default())
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    if !a.kiroku.exists() {
-        bail!(
-            "{} does not exist: cargo build --release -p kiroku, or pass --kiroku",
-            a.kiroku.display()
-        );
-    }
-    let dir = std::env::temp_dir().join(format!("kiroku-ingest-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let cfg = dir.join("kiroku.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "data_dir = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n[ingest]\nudp_listen = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n",
-            dir.join("data").display()
-        ),
-    )?;
-    let daemon = Killer(
-        Command::new(&a.kiroku)
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    let t0 = Instant::now();
-    while http_get::metrics_text(port).is_err() {
-        if t0.elapsed() > Duration::from_secs(15) {
-            bail!("the daemon did not start");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let daemon = BenchDaemon::start(&a.kiroku, "ingest-bench", "")?;
+    let port = daemon.port;
     println!(
         "kiroku ingest: N publishers x (Opus 50 pkt/s + H.264 {}x{}@{}), {} s window, machine: {} CPUs",
         a.width,
@@ -163,13 +107,13 @@ fn main() -> anyhow::Result<()> {
             metric(port, "kiroku_ingest_received_bytes_total")?,
         );
         let (d0, s0, w0) = (
-            cpu_seconds(daemon.0.id())?,
+            cpu_seconds(daemon.pid())?,
             cpu_seconds(publisher.0.id())?,
             Instant::now(),
         );
         std::thread::sleep(Duration::from_secs(a.seconds));
         let wall = w0.elapsed().as_secs_f64();
-        let (d1, s1) = (cpu_seconds(daemon.0.id())?, cpu_seconds(publisher.0.id())?);
+        let (d1, s1) = (cpu_seconds(daemon.pid())?, cpu_seconds(publisher.0.id())?);
         let (p1, f1, b1) = (
             metric(port, "kiroku_ingest_packets_received_total")?,
             metric(port, "kiroku_ingest_frames_total")?,
@@ -194,6 +138,5 @@ fn main() -> anyhow::Result<()> {
         }
     }
     drop(daemon);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

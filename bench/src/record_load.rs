@@ -19,7 +19,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 
 mod common;
-use common::{cpu_seconds, Killer};
+use common::{cpu_seconds, http, metric, BenchDaemon, Killer};
 
 #[derive(Parser)]
 #[command(about = "kiroku single-stream recording benchmark")]
@@ -41,31 +41,6 @@ struct Args {
 }
 
 const PER_TASK: usize = 25;
-
-/// A tiny blocking HTTP/1.0 exchange (keeps the bench free of a runtime).
-fn http(port: u16, request: &str) -> anyhow::Result<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.write_all(request.as_bytes())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default())
-}
-
-fn metric(port: u16, name: &str) -> anyhow::Result<f64> {
-    let body = http(port, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    Ok(body
-        .lines()
-        .filter(|l| {
-            !l.starts_with('#')
-                && (l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
-        })
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum())
-}
 
 /// Calls the API (dev mode: no signature) and returns the JSON response.
 fn api(port: u16, action: &str, body: serde_json::Value) -> anyhow::Result<serde_json::Value> {
@@ -114,40 +89,12 @@ fn snapshot(port: u16, daemon: u32, publishers: &[Killer]) -> anyhow::Result<Sna
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    if !a.kiroku.exists() {
-        bail!(
-            "{} does not exist: cargo build --release -p kiroku, or pass --kiroku",
-            a.kiroku.display()
-        );
-    }
-    let dir = std::env::temp_dir().join(format!("kiroku-record-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let cfg = dir.join("kiroku.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "data_dir = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n[ingest]\nudp_listen = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n[limits]\napi_rate_per_second = 1000\n",
-            dir.join("data").display()
-        ),
+    let daemon = BenchDaemon::start(
+        &a.kiroku,
+        "record-bench",
+        "[limits]\napi_rate_per_second = 1000\n",
     )?;
-    let daemon = Killer(
-        Command::new(&a.kiroku)
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    let t0 = Instant::now();
-    while metric(port, "kiroku_tasks").is_err() {
-        if t0.elapsed() > Duration::from_secs(15) {
-            bail!("the daemon did not start");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let port = daemon.port;
     println!(
         "kiroku single-stream recording: N streams (Opus 50 pkt/s → AAC, H.264 {}x{}@{} passed through), {} per task, {} s window, machine: {} CPUs",
         a.width,
@@ -220,9 +167,9 @@ fn main() -> anyhow::Result<()> {
         }
         // Past the timeline's confirmation wait (5.5 s) so frames flow steadily.
         std::thread::sleep(Duration::from_secs(7));
-        let s0 = snapshot(port, daemon.0.id(), &publishers)?;
+        let s0 = snapshot(port, daemon.pid(), &publishers)?;
         std::thread::sleep(Duration::from_secs(a.seconds));
-        let s1 = snapshot(port, daemon.0.id(), &publishers)?;
+        let s1 = snapshot(port, daemon.pid(), &publishers)?;
         let wall = s1.at.duration_since(s0.at).as_secs_f64();
         let daemon_pct = (s1.daemon_cpu - s0.daemon_cpu) / wall * 100.0;
         let pub_pct = (s1.publisher_cpu - s0.publisher_cpu) / wall * 100.0;
@@ -256,6 +203,5 @@ fn main() -> anyhow::Result<()> {
         room_base += rooms + 10;
     }
     drop(daemon);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
