@@ -2,5 +2,6 @@
 
 pub mod aac;
 pub mod h264;
+pub mod h264_codec;
 pub mod rtp_time;
 pub mod ts;

@@ -80,6 +80,8 @@ struct OpenSegment {
 
 pub struct HlsStream {
     id: StreamId,
+    /// The task's one mixed-stream file (RecordMode 2) rather than a user's.
+    mixed: bool,
     naming: Arc<Naming>,
     playlist_name: String,
     epoch_us: i64,
@@ -132,6 +134,35 @@ fn opus_channels(packet: &[u8]) -> u8 {
 impl HlsStream {
     pub fn new(id: StreamId, naming: Arc<Naming>, epoch_us: i64, cfg: SegmenterConfig) -> Self {
         let playlist_name = naming.single_playlist(&id.user_id, id.media, id.track_type);
+        Self::with_names(id, false, playlist_name, naming, epoch_us, cfg)
+    }
+
+    /// The mixed-stream file of a task (`<SdkAppId>_<RoomId>.m3u8`), fed
+    /// with encoded video ([`Self::push_video`]) and AAC
+    /// ([`Self::push_aac`]). `track_type` says which of the two it carries.
+    pub fn mixed(
+        track_type: TrackType,
+        naming: Arc<Naming>,
+        epoch_us: i64,
+        cfg: SegmenterConfig,
+    ) -> Self {
+        let id = StreamId {
+            user_id: String::new(),
+            media: Media::Main,
+            track_type,
+        };
+        let playlist_name = naming.mixed_playlist();
+        Self::with_names(id, true, playlist_name, naming, epoch_us, cfg)
+    }
+
+    fn with_names(
+        id: StreamId,
+        mixed: bool,
+        playlist_name: String,
+        naming: Arc<Naming>,
+        epoch_us: i64,
+        cfg: SegmenterConfig,
+    ) -> Self {
         let (video, audio) = match id.track_type {
             TrackType::Audio => (false, true),
             TrackType::Video => (true, false),
@@ -139,6 +170,7 @@ impl HlsStream {
         };
         Self {
             id,
+            mixed,
             naming,
             playlist_name,
             epoch_us,
@@ -363,6 +395,12 @@ impl HlsStream {
         }
     }
 
+    /// An ADTS frame encoded elsewhere (the mixed audio), at `pts` on this
+    /// stream's 90 kHz timeline.
+    pub fn push_aac(&mut self, pts: u64, adts: &[u8], out: &mut Vec<Output>) {
+        self.write_aac(pts, adts, out);
+    }
+
     fn write_aac(&mut self, pts: u64, adts: &[u8], out: &mut Vec<Output>) {
         if self.merged() {
             self.queued_audio.push_back((pts, adts.to_vec()));
@@ -422,13 +460,14 @@ impl HlsStream {
             let size = if has_video { self.video_size } else { None };
             self.playlist = Some(Playlist::new(unix_ms(start), size));
         }
+        let file_name = if self.mixed {
+            self.naming.mixed_segment(start)
+        } else {
+            self.naming
+                .single_segment(&self.id.user_id, self.id.media, self.id.track_type, start)
+        };
         self.open = Some(OpenSegment {
-            file_name: self.naming.single_segment(
-                &self.id.user_id,
-                self.id.media,
-                self.id.track_type,
-                start,
-            ),
+            file_name,
             buf,
             has_video,
             discontinuity: std::mem::take(&mut self.discontinuity_next),
