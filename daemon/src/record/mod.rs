@@ -6,5 +6,6 @@ pub mod playlist;
 pub mod segmenter;
 pub mod single;
 pub mod stream;
+pub mod subscribe;
 pub mod timeline;
 pub mod worker;

@@ -6,17 +6,9 @@
 //! told to subscribe to ([`SingleRecorder::on_frame`]), and carries out the
 //! [`Action`]s in order.
 //!
-//! Subscription rules:
-//! - StreamType picks audio and/or video; RecordParams.MediaId picks main
-//!   and/or aux video (audio is always the main stream's);
-//!   SubscribeStreamUserIds admits users per kind (allow or deny lists,
-//!   `prefix.*$` wildcards). Modify replaces the lists; the next reconcile
-//!   starts newly admitted tracks (at their next key frame) and ends
-//!   removed ones cleanly.
-//! - A *stream* is one user's main stream (audio + camera) or aux stream
-//!   (screen share). At most [`MAX_STREAMS`] are recorded, first come
-//!   (room join order) first served; later ones are refused (reported
-//!   once each) until a slot frees.
+//! Subscription rules are [`super::subscribe`]'s. Modify replaces the
+//! lists; the next reconcile starts newly admitted tracks (at their next
+//! key frame) and ends removed ones cleanly.
 //!
 //! Files per stream: see [`super::stream`]. With AvMerge = 1 (and both
 //! audio and video recorded) a user's audio and camera share one
@@ -28,12 +20,11 @@ use std::sync::Arc;
 use crate::record::naming::{Media, Naming, TrackType};
 use crate::record::segmenter::SegmenterConfig;
 use crate::record::stream::{HlsStream, Output, StreamId};
+use crate::record::subscribe::{self, media_of, Admission, Current};
+pub use crate::record::subscribe::{OfferedTrack, MAX_STREAMS};
 use crate::record::timeline::{TrackClock, UserClock};
 use crate::room::{Codec, MediaFrame, TrackKind};
 use crate::task::params::{MediaSelection, StreamType, Subscription};
-
-/// Streams recorded per task at most (spec §2).
-pub const MAX_STREAMS: usize = 25;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -44,15 +35,6 @@ pub struct Settings {
     pub av_merge: bool,
     /// Unix µs that PTS [`super::stream::BASE_90K`] stands for.
     pub epoch_us: i64,
-}
-
-/// A track the room offers (in join order).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OfferedTrack {
-    pub user_id: String,
-    pub kind: TrackKind,
-    /// Identifies this publication: a user who publishes again gets a new one.
-    pub session_id: String,
 }
 
 /// A file as Describe and callbacks report it.
@@ -127,21 +109,12 @@ pub struct SingleRecorder {
     subs: HashMap<u64, Sub>,
     streams: HashMap<StreamId, HlsStream>,
     users: HashMap<String, UserClock>,
-    /// Admitted (user, media) stream slots.
-    slots: Vec<(String, Media)>,
-    refused: HashSet<(String, Media)>,
+    admission: Admission,
     next_tag: u64,
     media_started: bool,
     placed: Vec<(i64, MediaFrame)>,
     outputs: Vec<Output>,
     pub stats: Stats,
-}
-
-fn media_of(kind: TrackKind) -> Media {
-    match kind {
-        TrackKind::Audio | TrackKind::MainVideo => Media::Main,
-        TrackKind::AuxVideo => Media::Aux,
-    }
 }
 
 impl SingleRecorder {
@@ -152,8 +125,7 @@ impl SingleRecorder {
             subs: HashMap::new(),
             streams: HashMap::new(),
             users: HashMap::new(),
-            slots: Vec::new(),
-            refused: HashSet::new(),
+            admission: Admission::default(),
             next_tag: 1,
             media_started: false,
             placed: Vec::new(),
@@ -168,21 +140,8 @@ impl SingleRecorder {
     }
 
     fn wants(&self, user_id: &str, kind: TrackKind) -> bool {
-        let st = self.settings.stream_type;
-        match kind {
-            TrackKind::Audio => {
-                st != StreamType::VideoOnly && self.subscription.audio.admits(user_id)
-            }
-            TrackKind::MainVideo | TrackKind::AuxVideo => {
-                let media_ok = matches!(
-                    (kind, self.settings.media),
-                    (_, MediaSelection::MainAndAux)
-                        | (TrackKind::MainVideo, MediaSelection::Main)
-                        | (TrackKind::AuxVideo, MediaSelection::Aux)
-                );
-                st != StreamType::AudioOnly && media_ok && self.subscription.video.admits(user_id)
-            }
-        }
+        let st = &self.settings;
+        subscribe::wants(st.stream_type, st.media, &self.subscription, user_id, kind)
     }
 
     fn stream_id(&self, user_id: &str, kind: TrackKind) -> StreamId {
@@ -207,55 +166,22 @@ impl SingleRecorder {
             .iter()
             .filter(|t| self.wants(&t.user_id, t.kind))
             .collect();
-        // Free slots nobody wants any more, then admit in join order.
-        let wanted_slots: HashSet<(String, Media)> = wanted
-            .iter()
-            .map(|t| (t.user_id.clone(), media_of(t.kind)))
-            .collect();
-        self.slots.retain(|s| wanted_slots.contains(s));
-        self.refused.retain(|s| wanted_slots.contains(s));
-        let mut admitted: Vec<&OfferedTrack> = Vec::new();
-        for t in wanted {
-            let slot = (t.user_id.clone(), media_of(t.kind));
-            if !self.slots.contains(&slot) {
-                if self.slots.len() >= MAX_STREAMS {
-                    if self.refused.insert(slot.clone()) {
-                        actions.push(Action::StreamRefused {
-                            user_id: slot.0,
-                            media: slot.1,
-                        });
-                    }
-                    continue;
-                }
-                self.refused.remove(&slot);
-                self.slots.push(slot);
-            }
-            admitted.push(t);
+        let (admitted, refused) = self.admission.admit(&wanted);
+        for (user_id, media) in refused {
+            actions.push(Action::StreamRefused { user_id, media });
         }
-        // End subscriptions that are no longer admitted (or were replaced
-        // by a new publication of the same track).
-        let mut ended: Vec<u64> = self
-            .subs
-            .iter()
-            .filter(|(_, s)| {
-                !admitted.iter().any(|t| {
-                    t.user_id == s.user_id && t.kind == s.kind && t.session_id == s.session_id
-                })
-            })
-            .map(|(tag, _)| *tag)
-            .collect();
-        ended.sort_unstable();
+        let current = self.subs.iter().map(|(tag, s)| Current {
+            tag: *tag,
+            user_id: &s.user_id,
+            kind: s.kind,
+            session_id: &s.session_id,
+        });
+        let (ended, started) = subscribe::diff(current, &admitted);
         for tag in ended {
             self.end_sub(tag, &mut actions);
         }
         // Start the new ones.
-        for t in admitted {
-            let exists = self.subs.values().any(|s| {
-                s.user_id == t.user_id && s.kind == t.kind && s.session_id == t.session_id
-            });
-            if exists {
-                continue;
-            }
+        for t in started {
             let tag = self.next_tag;
             self.next_tag += 1;
             let stream = self.stream_id(&t.user_id, t.kind);
