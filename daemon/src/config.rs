@@ -101,6 +101,8 @@ struct RawIngest {
 struct RawRecording {
     segment_seconds: Option<f64>,
     keyframe_grace_seconds: Option<f64>,
+    mix_latency_ms: Option<u64>,
+    compositor: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,6 +178,21 @@ pub struct RecordingConfig {
     /// How far past the target a segment may run before the publisher is
     /// asked for a key frame.
     pub keyframe_grace: Duration,
+    /// How far behind real time mixed-stream output frames are rendered,
+    /// so that late media still makes its frame.
+    pub mix_latency: Duration,
+    /// Which compositor mixed-stream tasks use.
+    pub compositor: CompositorPreference,
+}
+
+/// `recording.compositor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompositorPreference {
+    /// A real GPU when one is found, else the CPU.
+    Auto,
+    Cpu,
+    /// Any wgpu adapter, software rasterisers included (testing).
+    Gpu,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -490,9 +507,29 @@ impl Config {
                 "must be between 0 and 60 seconds",
             ));
         }
+        let mix_latency_ms = raw.recording.mix_latency_ms.unwrap_or(1500);
+        if !(100..=10_000).contains(&mix_latency_ms) {
+            return Err(invalid(
+                "recording.mix_latency_ms",
+                "must be between 100 and 10000 milliseconds",
+            ));
+        }
+        let compositor = match raw.recording.compositor.as_deref().unwrap_or("auto") {
+            "auto" => CompositorPreference::Auto,
+            "cpu" => CompositorPreference::Cpu,
+            "gpu" => CompositorPreference::Gpu,
+            other => {
+                return Err(invalid(
+                    "recording.compositor",
+                    format!("{other:?} is not one of \"auto\", \"cpu\", \"gpu\""),
+                ))
+            }
+        };
         let recording = RecordingConfig {
             segment: Duration::from_secs_f64(segment_seconds),
             keyframe_grace: Duration::from_secs_f64(grace_seconds),
+            mix_latency: Duration::from_millis(mix_latency_ms),
+            compositor,
         };
         Ok(Config {
             recording,

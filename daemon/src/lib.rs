@@ -20,6 +20,7 @@ pub mod config;
 pub mod ingest;
 pub mod media;
 pub mod metrics;
+pub mod mix;
 pub mod notify;
 pub mod output;
 pub mod publish;

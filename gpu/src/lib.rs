@@ -5,8 +5,29 @@
 //! (the fallback and the reference) and the wgpu compute-shader compositor.
 //! Both follow the integer arithmetic written down in [`spec`] so that their
 //! outputs can be compared pixel by pixel.
+//!
+//! [`select`] picks one for a machine (a real GPU if there is one, else the
+//! CPU) and [`service`] shares it between recording tasks, batching their
+//! scenes into one `compose` call.
 
 use std::sync::Arc;
+
+#[cfg(feature = "nvenc")]
+pub mod nvenc;
+
+pub mod cpu;
+pub mod select;
+pub mod service;
+pub mod spec;
+#[cfg(test)]
+mod test_support;
+pub mod wgpu_compositor;
+
+pub use cpu::CpuCompositor;
+pub use select::{select_compositor, CompositorChoice, Selection};
+pub use service::{CompositorHandle, CompositorService, ServiceConfig};
+pub use spec::{Plane, MAX_DIMENSION};
+pub use wgpu_compositor::{GpuContext, GpuInitError, WgpuCompositor};
 
 /// A YUV 4:2:0 picture (BT.601 limited range), planes tightly packed:
 /// luma `width × height`, chroma `⌈width/2⌉ × ⌈height/2⌉`.
@@ -37,6 +58,70 @@ impl Picture {
             alpha: None,
         }
     }
+
+    /// The samples of one colour plane.
+    pub fn plane(&self, plane: Plane) -> &[u8] {
+        match plane {
+            Plane::Y => &self.y,
+            Plane::U => &self.u,
+            Plane::V => &self.v,
+        }
+    }
+
+    /// The samples of one colour plane, writable.
+    pub fn plane_mut(&mut self, plane: Plane) -> &mut [u8] {
+        match plane {
+            Plane::Y => &mut self.y,
+            Plane::U => &mut self.u,
+            Plane::V => &mut self.v,
+        }
+    }
+
+    /// The alpha plane at `plane`'s resolution, if the picture has alpha.
+    pub fn alpha_plane(&self, plane: Plane) -> Option<&[u8]> {
+        self.alpha
+            .as_ref()
+            .map(|a| a[plane.alpha_index()].as_slice())
+    }
+
+    /// Whether every plane has the length `width` and `height` call for.
+    pub fn planes_match_size(&self) -> bool {
+        let luma = self.width as usize * self.height as usize;
+        let (cw, ch) = chroma_size(self.width, self.height);
+        let chroma = cw as usize * ch as usize;
+        self.y.len() == luma
+            && self.u.len() == chroma
+            && self.v.len() == chroma
+            && self
+                .alpha
+                .as_ref()
+                .is_none_or(|[a, ac]| a.len() == luma && ac.len() == chroma)
+    }
+
+    /// Makes this picture a `width × height` canvas for a compositor: when it
+    /// already is one (right size, consistent planes) its pixels are kept, so
+    /// that what no layer covers stays as it was; otherwise it becomes black,
+    /// reusing its allocations. Either way it loses its alpha: a composed
+    /// canvas is opaque.
+    pub fn prepare_canvas(&mut self, width: u32, height: u32) {
+        self.alpha = None;
+        if self.width == width && self.height == height && self.planes_match_size() {
+            return;
+        }
+        let (cw, ch) = chroma_size(width, height);
+        let luma = width as usize * height as usize;
+        let chroma = cw as usize * ch as usize;
+        for (plane, len, value) in [
+            (&mut self.y, luma, Yuv::BLACK.y),
+            (&mut self.u, chroma, Yuv::BLACK.u),
+            (&mut self.v, chroma, Yuv::BLACK.v),
+        ] {
+            plane.clear();
+            plane.resize(len, value);
+        }
+        self.width = width;
+        self.height = height;
+    }
 }
 
 /// Chroma plane size of a `width × height` picture.
@@ -52,7 +137,20 @@ pub struct Yuv {
 }
 
 impl Yuv {
-    pub const BLACK: Yuv = Yuv { y: 16, u: 128, v: 128 };
+    pub const BLACK: Yuv = Yuv {
+        y: 16,
+        u: 128,
+        v: 128,
+    };
+
+    /// The component for one plane.
+    pub const fn component(self, plane: Plane) -> u8 {
+        match plane {
+            Plane::Y => self.y,
+            Plane::U => self.u,
+            Plane::V => self.v,
+        }
+    }
 }
 
 /// A rectangle in luma pixels. In scenes every coordinate and size is even,
@@ -68,6 +166,20 @@ pub struct Rect {
 impl Rect {
     pub const fn new(x: u32, y: u32, w: u32, h: u32) -> Self {
         Self { x, y, w, h }
+    }
+
+    pub const fn is_empty(&self) -> bool {
+        self.w == 0 || self.h == 0
+    }
+
+    const fn is_even(&self) -> bool {
+        (self.x | self.y | self.w | self.h) & 1 == 0
+    }
+
+    /// Whether the rectangle lies inside `0..width × 0..height`.
+    const fn fits_in(&self, width: u32, height: u32) -> bool {
+        self.x as u64 + self.w as u64 <= width as u64
+            && self.y as u64 + self.h as u64 <= height as u64
     }
 }
 
@@ -96,7 +208,152 @@ pub struct Scene {
     pub layers: Vec<Layer>,
 }
 
-#[derive(Debug, thiserror::Error)]
+impl Layer {
+    /// Whether the layer paints no pixel (empty `dst` or `crop`).
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Layer::Fill { dst, .. } => dst.is_empty(),
+            Layer::Picture { crop, dst, .. } => dst.is_empty() || crop.is_empty(),
+        }
+    }
+
+    /// Whether the layer replaces every pixel of `dst` regardless of what
+    /// was there (a fill, or a picture without alpha at full opacity).
+    pub fn is_opaque(&self) -> bool {
+        match self {
+            Layer::Fill { .. } => true,
+            Layer::Picture {
+                source, opacity, ..
+            } => *opacity == 255 && source.alpha.is_none(),
+        }
+    }
+
+    pub fn dst(&self) -> Rect {
+        match self {
+            Layer::Fill { dst, .. } | Layer::Picture { dst, .. } => *dst,
+        }
+    }
+}
+
+/// Why a scene cannot be composed; the rules are in [`spec`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SceneError {
+    #[error("canvas {width}x{height} is outside 1..={max} pixels per side", max = MAX_DIMENSION)]
+    CanvasSize { width: u32, height: u32 },
+    #[error("layer {layer}: {what} {rect:?} has an odd coordinate or size")]
+    OddRect {
+        layer: usize,
+        what: &'static str,
+        rect: Rect,
+    },
+    #[error("layer {layer}: dst {rect:?} reaches outside the {width}x{height} canvas")]
+    DstOutsideCanvas {
+        layer: usize,
+        rect: Rect,
+        width: u32,
+        height: u32,
+    },
+    #[error("layer {layer}: crop {rect:?} reaches outside the {width}x{height} source (rounded up to even)")]
+    CropOutsideSource {
+        layer: usize,
+        rect: Rect,
+        width: u32,
+        height: u32,
+    },
+    #[error("layer {layer}: source {width}x{height} is larger than {max} pixels per side", max = MAX_DIMENSION)]
+    SourceTooLarge {
+        layer: usize,
+        width: u32,
+        height: u32,
+    },
+    #[error("layer {layer}: source planes do not match its {width}x{height} size")]
+    SourcePlanes {
+        layer: usize,
+        width: u32,
+        height: u32,
+    },
+}
+
+impl Scene {
+    /// Checks the rules of [`spec`]: canvas size, even rectangles inside the
+    /// canvas, crops inside their sources, source sizes and plane lengths.
+    pub fn validate(&self) -> Result<(), SceneError> {
+        let (width, height) = (self.width, self.height);
+        if !(1..=MAX_DIMENSION).contains(&width) || !(1..=MAX_DIMENSION).contains(&height) {
+            return Err(SceneError::CanvasSize { width, height });
+        }
+        for (layer, l) in self.layers.iter().enumerate() {
+            let dst = l.dst();
+            if !dst.is_even() {
+                return Err(SceneError::OddRect {
+                    layer,
+                    what: "dst",
+                    rect: dst,
+                });
+            }
+            if !dst.fits_in(width, height) {
+                return Err(SceneError::DstOutsideCanvas {
+                    layer,
+                    rect: dst,
+                    width,
+                    height,
+                });
+            }
+            let Layer::Picture { source, crop, .. } = l else {
+                continue;
+            };
+            let (sw, sh) = (source.width, source.height);
+            if sw > MAX_DIMENSION || sh > MAX_DIMENSION {
+                return Err(SceneError::SourceTooLarge {
+                    layer,
+                    width: sw,
+                    height: sh,
+                });
+            }
+            if !source.planes_match_size() {
+                return Err(SceneError::SourcePlanes {
+                    layer,
+                    width: sw,
+                    height: sh,
+                });
+            }
+            if !crop.is_even() {
+                return Err(SceneError::OddRect {
+                    layer,
+                    what: "crop",
+                    rect: *crop,
+                });
+            }
+            if !crop.fits_in(sw.next_multiple_of(2), sh.next_multiple_of(2)) {
+                return Err(SceneError::CropOutsideSource {
+                    layer,
+                    rect: *crop,
+                    width: sw,
+                    height: sh,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Validates every scene of a batch and checks there is one output per
+/// scene: the common preamble of [`Compositor::compose`] implementations.
+pub fn validate_batch(scenes: &[Scene], outputs: &[Picture]) -> Result<(), ComposeError> {
+    if scenes.len() != outputs.len() {
+        return Err(ComposeError::BatchMismatch(scenes.len(), outputs.len()));
+    }
+    for (index, scene) in scenes.iter().enumerate() {
+        scene.validate().map_err(|e| ComposeError::InvalidScene {
+            index,
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum ComposeError {
     #[error("scene {index}: {reason}")]
@@ -105,6 +362,9 @@ pub enum ComposeError {
     BatchMismatch(usize, usize),
     #[error("GPU: {0}")]
     Gpu(String),
+    /// The [`service::CompositorService`] thread is gone.
+    #[error("the compositor service has stopped")]
+    ServiceStopped,
 }
 
 /// Paints scenes onto pictures.

@@ -150,6 +150,12 @@ pub fn file_slice(
     )
 }
 
+/// 309: an image of the mixed layout (watermark, background,
+/// placeholder) could not be downloaded; the recording goes on without it.
+pub fn download_image_error(url: &str) -> (EventType, Value) {
+    (EventType::DownloadImageError, json!({ "Url": url }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,8 @@
 //! Recording: naming, playlists, segmenting, the shared timeline, and the
 //! single-stream recorder (sans-IO core in `single`, IO in `worker`).
 
+pub mod compose;
+pub mod mixed;
 pub mod naming;
 pub mod playlist;
 pub mod segmenter;

@@ -1,8 +1,9 @@
-//! The IO edge of a single-stream recording: one OS thread per task.
+//! The IO edge of a recording (single-stream or mixed): one OS thread per task.
 //!
 //! The thread subscribes to the room's tracks through one bounded channel
 //! shared by all of them (frames tagged by subscription), runs the
-//! [`SingleRecorder`] core, writes files through the [`Store`] interface,
+//! [`SingleRecorder`] or [`MixedRecorder`] core (ticking the latter's
+//! output clock), writes files through the [`Store`] interface,
 //! and reports what the task runner must know (first media, files,
 //! the end) on a bounded tokio channel. Media work never touches the
 //! async runtime; a full channel drops frames at the room (counted there),
@@ -13,15 +14,19 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge};
 
 use crate::metrics::Metrics;
 use crate::output::Store;
+use kiroku_gpu::{Compositor, VideoEncoder};
+
+use crate::record::mixed::{Images, MixStats, MixedRecorder, MixedSettings};
 use crate::record::single::{Action, FileInfo, OfferedTrack, Settings, SingleRecorder, Stats};
+use crate::record::timeline::unix_us;
 use crate::room::{Delivery, Registry, RoomKey, Track};
-use crate::task::params::Subscription;
+use crate::task::params::{MixLayout, Subscription};
 
 /// Frames buffered between the room and a task's recorder (about 2 s of
 /// 25 audio+video streams).
@@ -47,7 +52,122 @@ pub enum RecorderEvent {
 #[derive(Debug)]
 pub enum RecorderControl {
     Subscription(Subscription),
+    /// Mixed-stream tasks: a new layout (ModifyCloudRecording).
+    Layout(MixLayout),
+    /// Mixed-stream tasks: images fetched for the layout.
+    Images(Images),
     Stop,
+}
+
+/// Which recorder core a task runs.
+pub enum CoreSetup {
+    Single(Settings),
+    Mixed {
+        settings: MixedSettings,
+        layout: MixLayout,
+        compositor: Box<dyn Compositor>,
+        /// `None` for audio-only recordings.
+        encoder: Option<Box<dyn VideoEncoder>>,
+    },
+}
+
+impl std::fmt::Debug for CoreSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CoreSetup::Single(_) => f.write_str("Single"),
+            CoreSetup::Mixed { compositor, .. } => {
+                write!(f, "Mixed(compositor: {})", compositor.name())
+            }
+        }
+    }
+}
+
+enum Core {
+    Single(SingleRecorder),
+    Mixed(Box<MixedRecorder>),
+}
+
+impl Core {
+    fn reconcile(&mut self, offered: &[OfferedTrack]) -> Vec<Action> {
+        match self {
+            Core::Single(c) => c.reconcile(offered),
+            Core::Mixed(c) => c.reconcile(offered),
+        }
+    }
+
+    fn on_frame(&mut self, d: Delivery) -> Vec<Action> {
+        match self {
+            Core::Single(c) => c.on_frame(d.tag, d.frame),
+            Core::Mixed(c) => c.on_frame(d.tag, d.frame),
+        }
+    }
+
+    fn control(&mut self, c: RecorderControl) {
+        match (self, c) {
+            (Core::Single(core), RecorderControl::Subscription(s)) => core.set_subscription(s),
+            (Core::Mixed(core), RecorderControl::Subscription(s)) => core.set_subscription(s),
+            (Core::Mixed(core), RecorderControl::Layout(l)) => core.set_layout(l),
+            (Core::Mixed(core), RecorderControl::Images(i)) => core.add_images(i),
+            _ => {}
+        }
+    }
+
+    /// Output frames due now (mixed only).
+    fn tick(&mut self) -> Vec<Action> {
+        match self {
+            Core::Single(_) => Vec::new(),
+            Core::Mixed(c) => c.tick(unix_us(SystemTime::now())),
+        }
+    }
+
+    /// How long until the core wants [`Self::tick`] again, at most `POLL`.
+    fn wait(&self) -> Duration {
+        match self {
+            Core::Mixed(c) => match c.next_due_us() {
+                Some(due) => {
+                    let left = due - unix_us(SystemTime::now());
+                    Duration::from_micros(left.clamp(0, POLL.as_micros() as i64) as u64)
+                }
+                None => POLL,
+            },
+            Core::Single(_) => POLL,
+        }
+    }
+
+    fn finish(&mut self) -> Vec<Action> {
+        match self {
+            Core::Single(c) => c.finish(),
+            Core::Mixed(c) => c.finish(unix_us(SystemTime::now())),
+        }
+    }
+
+    fn stats(&self) -> Stats {
+        match self {
+            Core::Single(c) => c.stats,
+            Core::Mixed(c) => c.stats,
+        }
+    }
+
+    fn stream_errors(&self) -> u64 {
+        match self {
+            Core::Single(c) => c.stream_errors(),
+            Core::Mixed(c) => c.stream_errors(),
+        }
+    }
+
+    fn active_streams(&self) -> usize {
+        match self {
+            Core::Single(c) => c.active_streams(),
+            Core::Mixed(c) => c.active_streams(),
+        }
+    }
+
+    fn mix_stats(&self) -> MixStats {
+        match self {
+            Core::Single(_) => MixStats::default(),
+            Core::Mixed(c) => c.mix_stats,
+        }
+    }
 }
 
 /// Recorder metrics, registered once in the daemon's registry.
@@ -64,6 +184,9 @@ pub struct RecorderMetrics {
     pub media_errors: IntCounter,
     pub streams: IntGauge,
     pub recorders: IntGauge,
+    pub mix_ticks: IntCounter,
+    pub mix_events: IntCounterVec,
+    pub image_failures: IntCounter,
 }
 
 impl RecorderMetrics {
@@ -91,6 +214,25 @@ impl RecorderMetrics {
             .expect("unique metric");
         for e in ["arrival_fallback", "reanchor", "overflow"] {
             clock_events.with_label_values(&[e]).reset();
+        }
+        let mix_events = IntCounterVec::new(
+            prometheus::Opts::new(
+                "kiroku_mix_events_total",
+                "Mixed-stream pipeline events: tick_skipped (output frames skipped to catch up with real time), decode_error, frame_dropped (input frames dropped, queue full), encode_error, compose_error",
+            ),
+            &["event"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(mix_events.clone()))
+            .expect("unique metric");
+        for e in [
+            "tick_skipped",
+            "decode_error",
+            "frame_dropped",
+            "encode_error",
+            "compose_error",
+        ] {
+            mix_events.with_label_values(&[e]).reset();
         }
         Self {
             frames: c(
@@ -128,6 +270,15 @@ impl RecorderMetrics {
                 "Streams (user main/aux) being recorded now",
             ),
             recorders: g("kiroku_recorders", "Recorder threads running"),
+            mix_ticks: c(
+                "kiroku_mix_frames_total",
+                "Output frames composited and encoded by mixed-stream recorders",
+            ),
+            mix_events,
+            image_failures: c(
+                "kiroku_mix_image_failures_total",
+                "Layout images (watermarks, backgrounds, placeholders) that could not be downloaded or decoded (callback 309)",
+            ),
         }
     }
 }
@@ -140,6 +291,11 @@ pub struct RecorderHandle {
 impl RecorderHandle {
     pub fn send(&self, c: RecorderControl) {
         let _ = self.control.send(c);
+    }
+
+    /// A sender for background jobs (image fetches) that outlive a call.
+    pub fn sender(&self) -> mpsc::Sender<RecorderControl> {
+        self.control.clone()
     }
 }
 
@@ -154,7 +310,7 @@ impl Drop for RecorderHandle {
 
 pub struct RecorderSetup {
     pub task_id: String,
-    pub settings: Settings,
+    pub core: CoreSetup,
     pub subscription: Subscription,
     pub room: RoomKey,
     pub registry: Arc<Registry>,
@@ -189,6 +345,7 @@ struct Worker {
     stored_playlists: HashSet<String>,
     failed_writes: u64,
     reported: Stats,
+    reported_mix: MixStats,
     reported_errors: u64,
     streams: i64,
 }
@@ -196,7 +353,7 @@ struct Worker {
 fn run(setup: RecorderSetup, control: mpsc::Receiver<RecorderControl>) {
     let RecorderSetup {
         task_id,
-        settings,
+        core,
         subscription,
         room,
         registry,
@@ -208,7 +365,23 @@ fn run(setup: RecorderSetup, control: mpsc::Receiver<RecorderControl>) {
     let (tx, rx) = mpsc::sync_channel::<Delivery>(CHANNEL_CAPACITY);
     // Holding the watch keeps the room (and its version counter) alive.
     let watch = registry.watch(&room);
-    let mut core = SingleRecorder::new(settings, subscription);
+    let mut core = match core {
+        CoreSetup::Single(settings) => Core::Single(SingleRecorder::new(settings, subscription)),
+        CoreSetup::Mixed {
+            settings,
+            layout,
+            compositor,
+            encoder,
+        } => match MixedRecorder::new(settings, subscription, layout, compositor, encoder) {
+            Ok(c) => Core::Mixed(Box::new(c)),
+            Err(e) => {
+                tracing::error!(%task_id, error = %e, "mixed recorder could not start");
+                metrics.recorders.dec();
+                let _ = events.blocking_send(RecorderEvent::Finished { failed_writes: 1 });
+                return;
+            }
+        },
+    };
     let mut w = Worker {
         task_id,
         registry,
@@ -221,6 +394,7 @@ fn run(setup: RecorderSetup, control: mpsc::Receiver<RecorderControl>) {
         stored_playlists: HashSet::new(),
         failed_writes: 0,
         reported: Stats::default(),
+        reported_mix: MixStats::default(),
         reported_errors: 0,
         streams: 0,
     };
@@ -229,11 +403,11 @@ fn run(setup: RecorderSetup, control: mpsc::Receiver<RecorderControl>) {
         let mut force = false;
         loop {
             match control.try_recv() {
-                Ok(RecorderControl::Subscription(s)) => {
-                    core.set_subscription(s);
-                    force = true;
-                }
                 Ok(RecorderControl::Stop) | Err(TryRecvError::Disconnected) => break 'outer,
+                Ok(c) => {
+                    force |= matches!(c, RecorderControl::Subscription(_));
+                    core.control(c);
+                }
                 Err(TryRecvError::Empty) => break,
             }
         }
@@ -244,15 +418,15 @@ fn run(setup: RecorderSetup, control: mpsc::Receiver<RecorderControl>) {
             let actions = core.reconcile(&offered);
             w.execute(actions);
         }
-        match rx.recv_timeout(POLL) {
+        match rx.recv_timeout(core.wait()) {
             Ok(d) => {
-                let actions = core.on_frame(d.tag, d.frame);
+                let actions = core.on_frame(d);
                 w.execute(actions);
                 // Take what is queued before looking at controls again.
                 for _ in 0..256 {
                     match rx.try_recv() {
                         Ok(d) => {
-                            let actions = core.on_frame(d.tag, d.frame);
+                            let actions = core.on_frame(d);
                             w.execute(actions);
                         }
                         Err(_) => break,
@@ -261,11 +435,13 @@ fn run(setup: RecorderSetup, control: mpsc::Receiver<RecorderControl>) {
             }
             Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
         }
+        let actions = core.tick();
+        w.execute(actions);
         w.update_stats(&core);
     }
     // Record what is already queued, then close every file.
     while let Ok(d) = rx.try_recv() {
-        let actions = core.on_frame(d.tag, d.frame);
+        let actions = core.on_frame(d);
         w.execute(actions);
     }
     let actions = core.finish();
@@ -367,8 +543,22 @@ impl Worker {
         }
     }
 
-    fn update_stats(&mut self, core: &SingleRecorder) {
-        let s = core.stats;
+    fn update_stats(&mut self, core: &Core) {
+        let m = core.mix_stats();
+        let r = self.reported_mix;
+        self.metrics.mix_ticks.inc_by(m.ticks - r.ticks);
+        let me = &self.metrics.mix_events;
+        for (label, now, before) in [
+            ("tick_skipped", m.ticks_skipped, r.ticks_skipped),
+            ("decode_error", m.decode_errors, r.decode_errors),
+            ("frame_dropped", m.frames_dropped, r.frames_dropped),
+            ("encode_error", m.encode_errors, r.encode_errors),
+            ("compose_error", m.compose_errors, r.compose_errors),
+        ] {
+            me.with_label_values(&[label]).inc_by(now - before);
+        }
+        self.reported_mix = m;
+        let s = core.stats();
         let r = self.reported;
         self.metrics.frames.inc_by(s.frames - r.frames);
         self.metrics

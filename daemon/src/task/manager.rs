@@ -35,21 +35,28 @@ use tokio::sync::{mpsc, Mutex};
 
 use crate::api::error::{codes, ApiError};
 use crate::config::Config;
+use crate::media::h264_codec::OpenH264Encoder;
 use crate::metrics::Metrics;
+use crate::mix::fetch::{fetch_image, FetchLimits};
+use crate::mix::overlay::{decode_image, ImageLimits};
 use crate::notify::deliver::{now_ms, Outbox};
 use crate::notify::event::{self, EventSubject, EventType, LeaveCode};
 use crate::output::local::LocalStore;
+use crate::record::compose::CompositorSource;
+use crate::record::mixed::{Images, MixedRecorder, MixedSettings};
 use crate::record::naming::Naming;
 use crate::record::segmenter::SegmenterConfig;
 use crate::record::single::{FileInfo, Settings};
 use crate::record::worker::{
-    self, RecorderControl, RecorderEvent, RecorderHandle, RecorderMetrics, RecorderSetup,
+    self, CoreSetup, RecorderControl, RecorderEvent, RecorderHandle, RecorderMetrics, RecorderSetup,
 };
 use crate::room::{Registry, RoomKey, RoomWatch};
 use crate::store::{Change, NewCallback, Store, TaskRecord, TaskState};
 use crate::task::idle::IdleTimer;
 use crate::task::lifecycle::{self, Event, Transition};
-use crate::task::params::{Modification, RecordMode, RecordingSpec, Subscription};
+use crate::task::params::{
+    MixLayout, Modification, RecordMode, RecordingSpec, StreamType, Subscription, Watermark,
+};
 
 pub use crate::store::StorageFile;
 
@@ -67,6 +74,8 @@ enum Control {
     Stop,
     /// Modify replaced the subscription lists.
     Subscription(Subscription),
+    /// Modify replaced the mixed layout.
+    Layout(MixLayout),
     /// The daemon stops: close the files, keep the task for the restart.
     Shutdown,
 }
@@ -90,6 +99,9 @@ struct Inner {
     metrics: Metrics,
     recorder_metrics: RecorderMetrics,
     storage: Arc<dyn crate::output::Store>,
+    compositors: CompositorSource,
+    /// For layout images.
+    http: reqwest::Client,
     state: Mutex<State>,
 }
 
@@ -116,6 +128,12 @@ impl Manager {
     ) -> Self {
         let recorder_metrics = RecorderMetrics::register(&metrics);
         let storage = Arc::new(LocalStore::new(config.data_dir.join("storage")));
+        let compositors = CompositorSource::new(config.recording.compositor);
+        tracing::info!(compositor = %compositors.description, "mixed-stream compositor");
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("kiroku/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_default();
         let mgr = Manager {
             inner: Arc::new(Inner {
                 config,
@@ -125,6 +143,8 @@ impl Manager {
                 metrics,
                 recorder_metrics,
                 storage,
+                compositors,
+                http,
                 state: Mutex::new(State::default()),
             }),
         };
@@ -184,11 +204,7 @@ impl Manager {
         };
         let room = self.inner.rooms.watch(&room_key);
         let exiting = matches!(record.state, TaskState::Exited { .. });
-        let recorder = if record.spec.record.mode == RecordMode::Single && !exiting {
-            Some(self.start_recorder(record, room_key))
-        } else {
-            None
-        };
+        let recorder = (!exiting).then(|| self.start_recorder(record, room_key));
         let runner = tokio::spawn(run_task(
             self.clone(),
             record.task_id.clone(),
@@ -196,6 +212,7 @@ impl Manager {
             room,
             rx,
             recorder,
+            record.spec.mix.as_ref().map(|m| m.layout.clone()),
         ));
         (tx, runner)
     }
@@ -216,21 +233,53 @@ impl Manager {
             record.restarts.min(3),
         );
         let (events_tx, events_rx) = mpsc::channel(256);
-        let setup = RecorderSetup {
-            task_id: record.task_id.clone(),
-            settings: Settings {
-                naming: Arc::new(naming),
-                segment: SegmenterConfig {
-                    target: cfg.segment,
-                    keyframe_grace: cfg.keyframe_grace,
-                },
+        let naming = Arc::new(naming);
+        let segment = SegmenterConfig {
+            target: cfg.segment,
+            keyframe_grace: cfg.keyframe_grace,
+        };
+        let epoch_us = i64::try_from(record.created_ms)
+            .unwrap_or(0)
+            .saturating_mul(1000);
+        let core = match (&spec.record.mode, &spec.mix) {
+            (RecordMode::Mixed, Some(mix)) => {
+                let encoder: Option<Box<dyn kiroku_gpu::VideoEncoder>> =
+                    if spec.record.stream_type == StreamType::AudioOnly {
+                        None
+                    } else {
+                        let settings = MixedRecorder::encoder_settings(&mix.transcode);
+                        let enc = OpenH264Encoder::open(settings)
+                            .map_err(|e| format!("cannot open the H.264 encoder: {e}"))?;
+                        Some(Box::new(enc))
+                    };
+                CoreSetup::Mixed {
+                    settings: MixedSettings {
+                        naming,
+                        segment,
+                        stream_type: spec.record.stream_type,
+                        media: spec.record.media,
+                        fill: spec.record.fill_type,
+                        epoch_us,
+                        transcode: mix.transcode,
+                        latency_us: cfg.mix_latency.as_micros() as i64,
+                    },
+                    layout: mix.layout.clone(),
+                    compositor: self.inner.compositors.create(),
+                    encoder,
+                }
+            }
+            _ => CoreSetup::Single(Settings {
+                naming,
+                segment,
                 stream_type: spec.record.stream_type,
                 media: spec.record.media,
                 av_merge: spec.record.av_merge,
-                epoch_us: i64::try_from(record.created_ms)
-                    .unwrap_or(0)
-                    .saturating_mul(1000),
-            },
+                epoch_us,
+            }),
+        };
+        let setup = RecorderSetup {
+            task_id: record.task_id.clone(),
+            core,
             subscription: spec.record.subscription.clone(),
             room,
             registry: self.inner.rooms.clone(),
@@ -474,10 +523,17 @@ impl Manager {
         drop(st);
         let mut st = self.inner.state.lock().await;
         if let Some(live) = st.tasks.get_mut(task_id) {
-            live.record.spec = record.spec;
             if let Some(sub) = new_subscription {
                 let _ = live.control.try_send(Control::Subscription(sub));
             }
+            if let (Some(new), Some(mix)) =
+                (record.spec.mix.as_ref(), live.record.spec.mix.as_ref())
+            {
+                if new.layout != mix.layout {
+                    let _ = live.control.try_send(Control::Layout(new.layout.clone()));
+                }
+            }
+            live.record.spec = record.spec;
         }
         tracing::info!(task_id, "recording task modified");
         Ok(())
@@ -673,6 +729,90 @@ impl Manager {
 
 type Recorder = (RecorderHandle, mpsc::Receiver<RecorderEvent>);
 
+/// Fetches a mixed task's layout images in the background: each URL once
+/// per task; a failure is logged, counted and reported by callback 309,
+/// and the recording goes on without that image.
+struct ImageFetcher {
+    http: reqwest::Client,
+    tried: std::collections::HashSet<String>,
+}
+
+impl ImageFetcher {
+    fn new(http: reqwest::Client) -> Self {
+        Self {
+            http,
+            tried: Default::default(),
+        }
+    }
+
+    fn fetch(
+        &mut self,
+        mgr: &Manager,
+        task_id: &str,
+        layout: &MixLayout,
+        recorder: &RecorderHandle,
+    ) {
+        let urls: Vec<String> = layout_image_urls(layout)
+            .into_iter()
+            .filter(|u| self.tried.insert(u.clone()))
+            .collect();
+        if urls.is_empty() {
+            return;
+        }
+        let (mgr, task_id, http) = (mgr.clone(), task_id.to_owned(), self.http.clone());
+        let control = recorder.sender();
+        tokio::spawn(async move {
+            let limits = FetchLimits::default();
+            for url in urls {
+                let result = match fetch_image(&http, &url, &limits).await {
+                    Ok(bytes) => tokio::task::spawn_blocking(move || {
+                        decode_image(&bytes, &ImageLimits::default()).map_err(|e| e.to_string())
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string())),
+                    Err(e) => Err(e.to_string()),
+                };
+                match result {
+                    Ok(picture) => {
+                        let mut images = Images::new();
+                        images.insert(url, Arc::new(picture));
+                        let _ = control.send(RecorderControl::Images(images));
+                    }
+                    Err(error) => {
+                        tracing::warn!(task_id = %task_id, url, error, "layout image could not be downloaded; recording goes on without it");
+                        mgr.inner.recorder_metrics.image_failures.inc();
+                        mgr.task_event(&task_id, |_| {}, Some(event::download_image_error(&url)))
+                            .await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Every image URL a layout uses.
+fn layout_image_urls(layout: &MixLayout) -> Vec<String> {
+    let mut urls: Vec<String> = Vec::new();
+    let mut add = |u: &Option<String>| {
+        if let Some(u) = u {
+            if !urls.contains(u) {
+                urls.push(u.clone());
+            }
+        }
+    };
+    add(&layout.background_image);
+    add(&layout.placeholder_image);
+    for t in &layout.custom {
+        add(&t.sub_background_image);
+    }
+    for w in &layout.watermarks {
+        if let Watermark::Image { url, .. } = w {
+            add(&Some(url.clone()));
+        }
+    }
+    urls
+}
+
 async fn run_task(
     mgr: Manager,
     task_id: String,
@@ -680,12 +820,17 @@ async fn run_task(
     room: RoomWatch,
     mut control: mpsc::Receiver<Control>,
     recorder: Option<Result<Recorder, String>>,
+    initial_layout: Option<MixLayout>,
 ) {
     let single = recorder.is_some();
+    let mut images = ImageFetcher::new(mgr.inner.http.clone());
     let (handle, mut events) = match recorder {
         Some(Ok((h, e))) => {
             mgr.task_event(&task_id, |_| {}, Some(event::upload_start(0)))
                 .await;
+            if let Some(layout) = initial_layout {
+                images.fetch(&mgr, &task_id, &layout, &h);
+            }
             (Some(h), Some(e))
         }
         Some(Err(why)) => {
@@ -714,6 +859,12 @@ async fn run_task(
                 Some(Control::Subscription(s)) => {
                     if let Some(h) = &handle {
                         h.send(RecorderControl::Subscription(s));
+                    }
+                }
+                Some(Control::Layout(layout)) => {
+                    if let Some(h) = &handle {
+                        images.fetch(&mgr, &task_id, &layout, h);
+                        h.send(RecorderControl::Layout(layout));
                     }
                 }
                 Some(c @ (Control::Stop | Control::Shutdown)) => {
