@@ -507,7 +507,7 @@ impl Config {
                 "must be between 0 and 60 seconds",
             ));
         }
-        let mix_latency_ms = raw.recording.mix_latency_ms.unwrap_or(1500);
+        let mix_latency_ms = raw.recording.mix_latency_ms.unwrap_or(3000);
         if !(100..=10_000).contains(&mix_latency_ms) {
             return Err(invalid(
                 "recording.mix_latency_ms",

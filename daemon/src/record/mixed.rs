@@ -180,12 +180,19 @@ impl MixedRecorder {
         if has_audio {
             AudioMixer::new(settings.transcode.audio, settings.epoch_us)?;
         }
-        let stream = HlsStream::mixed(
+        let mut stream = HlsStream::mixed(
             track_type,
             settings.naming.clone(),
             settings.epoch_us,
             settings.segment,
         );
+        // The output clock feeds both sides from the first frame on.
+        if has_video {
+            stream.begin_track(TrackKind::MainVideo);
+        }
+        if has_audio {
+            stream.begin_track(TrackKind::Audio);
+        }
         let v = settings.transcode.video;
         let mut me = Self {
             settings,
@@ -493,16 +500,18 @@ impl MixedRecorder {
     /// Renders every output frame that is due at wall-clock time `now_us`.
     pub fn tick(&mut self, now_us: i64) -> Vec<Action> {
         let mut actions = Vec::new();
-        self.render_until(now_us - self.settings.latency_us, &mut actions);
+        self.render_until(now_us - self.settings.latency_us, true, &mut actions);
         actions
     }
 
-    fn render_until(&mut self, until_us: i64, actions: &mut Vec<Action>) {
+    /// Renders the ticks up to `until_us`; `catch_up` skips video ticks
+    /// when further behind than [`MAX_BEHIND_US`] (live, not at the end).
+    fn render_until(&mut self, until_us: i64, catch_up: bool, actions: &mut Vec<Action>) {
         while let Some(t) = self.tick_time(self.next_tick) {
             if t > until_us {
                 break;
             }
-            if until_us - t > MAX_BEHIND_US {
+            if catch_up && until_us - t > MAX_BEHIND_US {
                 // Catch up: skip to the newest due tick.
                 let fps = i64::from(self.settings.transcode.video.fps.max(1));
                 let start = self.start_us.unwrap_or(t);
@@ -766,10 +775,10 @@ impl MixedRecorder {
             .filter_map(|v| v.queue.back().map(|(t, _)| *t))
             .max()
             .unwrap_or(i64::MIN);
-        self.render_until(
-            now_us.max(last_media).min(now_us + MAX_BEHIND_US),
-            &mut actions,
-        );
+        // Everything placed so far, without the latency wait and at most
+        // one second past the wall clock.
+        let until = now_us.max(last_media).min(now_us + MAX_BEHIND_US);
+        self.render_until(until, false, &mut actions);
         if let Some(m) = self.mixer.take() {
             if let Err(e) = m.finish(&mut self.aac) {
                 tracing::warn!(error = %e, "mixed audio could not be flushed");
