@@ -11,7 +11,9 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 step() { printf '\n==> %s\n' "$*"; }
 
 # --- system packages -------------------------------------------------------
-APT_PACKAGES=(build-essential pkg-config cmake nasm python3 python3-venv python3-pip systemd curl ca-certificates chromium ffmpeg)
+# mesa-vulkan-drivers + libvulkan1: Mesa's lavapipe, a Vulkan software
+# rasteriser, so the wgpu compositor is tested against the CPU one without a GPU.
+APT_PACKAGES=(build-essential pkg-config cmake nasm python3 python3-venv python3-pip systemd curl ca-certificates chromium ffmpeg mesa-vulkan-drivers libvulkan1)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -38,10 +40,14 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+step "cargo clippy --features nvenc (NVENC bindings: built and unit-tested without a GPU)"
+cargo clippy -p kiroku-gpu --features nvenc --all-targets --locked -- -D warnings
 step "cargo build"
 cargo build --workspace --locked
-step "cargo test"
-KIROKU_REQUIRE_TOOLS=1 cargo test --workspace --locked
+step "cargo test (KIROKU_REQUIRE_GPU_TESTS: the wgpu compositor must run on lavapipe)"
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
+KIROKU_REQUIRE_TOOLS=1 KIROKU_REQUIRE_GPU_TESTS=1 cargo test --workspace --locked
+KIROKU_REQUIRE_GPU_TESTS=1 cargo test -p kiroku-gpu --features nvenc --locked nvenc
 
 # --- end to end -----------------------------------------------------------
 step "end-to-end tests (tests/e2e, Tencent SDK against the real binary)"
@@ -52,5 +58,10 @@ step "API benchmark (short, debug build; figures in docs/performance.md come fro
 ./target/debug/api-load --kiroku target/debug/kiroku --seconds 2 --concurrency 4
 step "recording benchmark (short smoke, debug build)"
 ./target/debug/record-load --kiroku target/debug/kiroku --streams 25 --seconds 3
+
+step "mixed pipeline benchmark (short smoke, debug build, side by side with ffmpeg)"
+./target/debug/mix-bench --seconds 2 --cases 4x720,25x1080
+step "compositor benchmark (short smoke, debug build: CPU and wgpu on lavapipe)"
+./target/debug/compositor-bench --ticks 3 --tasks 4
 
 step "all tests passed"
