@@ -223,7 +223,7 @@ fn run_kiroku(
 /// ffmpeg: the same grid from the same H.264 inputs; returns CPU seconds.
 fn run_ffmpeg(dir: &Path, n: usize, out_w: u32, out_h: u32) -> anyhow::Result<f64> {
     let cols = (1..=5).find(|c| c * c >= n).unwrap_or(5);
-    let (tw, th) = (out_w / cols as u32 & !1, out_h / cols as u32 & !1);
+    let (tw, th) = ((out_w / cols as u32) & !1, (out_h / cols as u32) & !1);
     let mut args: Vec<String> = ["-benchmark", "-hide_banner", "-nostats", "-y"]
         .map(String::from)
         .to_vec();

@@ -1,26 +1,31 @@
 //! The CPU compositor: the reference implementation of [`crate::spec`] and
 //! the fallback on machines without a GPU.
 //!
-//! Scaling is done separably, with exactly the spec's rounding: each source
-//! row a destination row needs is first mixed horizontally into unrounded
-//! values (kept for the next destination row, which often needs the same
-//! source rows), then two such rows are mixed vertically and rounded once.
-//! Per-column taps are computed once per layer and plane. Fast paths: a fill
+//! Scaling is done separably with exactly the spec's result: for each
+//! destination row the two source rows are first mixed vertically over the
+//! crop's width (contiguous, vectorised), unrounded, then each destination
+//! pixel mixes two of those values horizontally and rounds once. The
+//! unrounded four-term sum is the same in either order, so this equals the
+//! spec's horizontal-then-vertical formula exactly. Per-column taps are
+//! computed once per layer and plane. Fast paths: a fill
 //! is a slice fill, an unscaled layer reads its source directly, and an
 //! opaque layer skips the blend. Scratch buffers are kept between calls, so
 //! composing allocates nothing in steady state.
 
 use crate::spec::{
-    blend, effective_alpha, lerp_rows, lerp_unrounded, plane_crop, plane_rect, tap, Plane, Tap,
+    blend, effective_alpha, mix_and_round, mix_unrounded, plane_crop, plane_rect, tap, Plane, Tap,
 };
 use crate::{validate_batch, ComposeError, Compositor, Layer, Picture, Rect, Scene};
 
 /// Composes on the calling thread. See the module doc.
 #[derive(Debug, Default)]
 pub struct CpuCompositor {
+    /// Horizontal taps of the layer being drawn.
     columns: Vec<Tap>,
-    value_rows: RowCache,
-    alpha_rows: RowCache,
+    /// The current output row's two source rows mixed vertically (samples
+    /// and alpha), before the horizontal mix.
+    mixed: Vec<u32>,
+    mixed_alpha: Vec<u32>,
 }
 
 impl CpuCompositor {
@@ -72,43 +77,61 @@ impl CpuCompositor {
             draw_unscaled(canvas, layer);
             return;
         }
+        // Relative to the crop's first column: indices into the mixed row.
         self.columns.clear();
         self.columns
-            .extend((0..dst.w).map(|i| tap(i, dst.w, crop.x, crop.w)));
-        self.value_rows.reset(dst.w as usize);
-        self.alpha_rows.reset(dst.w as usize);
+            .extend((0..dst.w).map(|i| tap(i, dst.w, 0, crop.w)));
         let constant_alpha = effective_alpha(255, layer.opacity);
         for row in 0..dst.h {
-            let taps = tap(row, dst.h, crop.y, crop.h);
+            let ty = tap(row, dst.h, crop.y, crop.h);
+            mix_rows(&mut self.mixed, layer.source, layer.stride, crop, ty);
             let out = canvas.row(dst.y + row, dst.x, dst.w);
-            let (top, bottom) =
-                self.value_rows
-                    .rows(taps, &self.columns, layer.source, layer.stride);
+            let (mixed, columns) = (&self.mixed, &self.columns);
             match layer.alpha {
                 None if constant_alpha == 255 => {
-                    for ((o, &t), &b) in out.iter_mut().zip(top).zip(bottom) {
-                        *o = lerp_rows(t, b, taps.weight);
+                    for (o, t) in out.iter_mut().zip(columns) {
+                        *o = mix_columns(mixed, t);
                     }
                 }
                 None => {
-                    for ((o, &t), &b) in out.iter_mut().zip(top).zip(bottom) {
-                        *o = blend(lerp_rows(t, b, taps.weight), *o, constant_alpha);
+                    for (o, t) in out.iter_mut().zip(columns) {
+                        *o = blend(mix_columns(mixed, t), *o, constant_alpha);
                     }
                 }
                 Some(alpha) => {
-                    let (alpha_top, alpha_bottom) =
-                        self.alpha_rows
-                            .rows(taps, &self.columns, alpha, layer.stride);
-                    let values = top.iter().zip(bottom);
-                    let alphas = alpha_top.iter().zip(alpha_bottom);
-                    for (o, ((&t, &b), (&at, &ab))) in out.iter_mut().zip(values.zip(alphas)) {
-                        let a = effective_alpha(lerp_rows(at, ab, taps.weight), layer.opacity);
-                        *o = blend(lerp_rows(t, b, taps.weight), *o, a);
+                    mix_rows(&mut self.mixed_alpha, alpha, layer.stride, crop, ty);
+                    let mixed_alpha = &self.mixed_alpha;
+                    for (o, t) in out.iter_mut().zip(columns) {
+                        let a = effective_alpha(mix_columns(mixed_alpha, t), layer.opacity);
+                        *o = blend(mix_columns(mixed, t), *o, a);
                     }
                 }
             }
         }
     }
+}
+
+/// The vertical half of the bilinear mix for one output row: the crop's
+/// columns of source rows `ty.i0` and `ty.i1`, mixed with `ty.weight`,
+/// unrounded. Contiguous, so it vectorises.
+fn mix_rows(mixed: &mut Vec<u32>, plane: &[u8], stride: usize, crop: Rect, ty: Tap) {
+    let row = |y: u32| {
+        let start = y as usize * stride + crop.x as usize;
+        &plane[start..start + crop.w as usize]
+    };
+    let (top, bottom) = (row(ty.i0), row(ty.i1));
+    mixed.clear();
+    mixed.extend(
+        top.iter()
+            .zip(bottom)
+            .map(|(&t, &b)| mix_unrounded(t, b, ty.weight)),
+    );
+}
+
+/// The horizontal half: mixes the two mixed columns of tap `t` and rounds.
+#[inline(always)]
+fn mix_columns(mixed: &[u32], t: &Tap) -> u8 {
+    mix_and_round(mixed[t.i0 as usize], mixed[t.i1 as usize], t.weight)
 }
 
 impl Compositor for CpuCompositor {
@@ -180,59 +203,6 @@ fn draw_unscaled(mut canvas: Canvas<'_>, layer: &PlaneLayer<'_>) {
                 }
             }
         }
-    }
-}
-
-/// The last two source rows mixed horizontally (unrounded), by source row.
-#[derive(Debug, Default)]
-struct RowCache {
-    rows: [Vec<u32>; 2],
-    ids: [Option<u32>; 2],
-}
-
-impl RowCache {
-    fn reset(&mut self, len: usize) {
-        self.ids = [None, None];
-        for row in &mut self.rows {
-            row.resize(len, 0);
-        }
-    }
-
-    /// The rows `taps.i0` and `taps.i1` of `source`, mixed horizontally with
-    /// `columns`, computing only those not already cached.
-    fn rows(
-        &mut self,
-        taps: Tap,
-        columns: &[Tap],
-        source: &[u8],
-        stride: usize,
-    ) -> (&[u32], &[u32]) {
-        let first = self.slot_for(taps.i0, taps.i1, columns, source, stride);
-        let second = self.slot_for(taps.i1, taps.i0, columns, source, stride);
-        (&self.rows[first], &self.rows[second])
-    }
-
-    /// The slot holding source row `id`, filling one that does not hold
-    /// `keep` if needed.
-    fn slot_for(
-        &mut self,
-        id: u32,
-        keep: u32,
-        columns: &[Tap],
-        source: &[u8],
-        stride: usize,
-    ) -> usize {
-        if let Some(slot) = self.ids.iter().position(|&s| s == Some(id)) {
-            return slot;
-        }
-        let slot = usize::from(self.ids[0] == Some(keep));
-        let start = id as usize * stride;
-        let line = &source[start..start + stride];
-        for (h, t) in self.rows[slot].iter_mut().zip(columns) {
-            *h = lerp_unrounded(line[t.i0 as usize], line[t.i1 as usize], t.weight);
-        }
-        self.ids[slot] = Some(id);
-        slot
     }
 }
 

@@ -1,8 +1,8 @@
 //! The video compositor: paints scenes (ordered layers of fills and scaled
 //! pictures) onto I420 canvases.
 //!
-//! One interface, [`Compositor`], two implementations: [`cpu::CpuCompositor`]
-//! (the fallback and the reference) and the wgpu compute-shader compositor.
+//! One interface, [`Compositor`], two implementations: [`CpuCompositor`]
+//! (the fallback and the reference) and [`WgpuCompositor`] (compute shaders).
 //! Both follow the integer arithmetic written down in [`spec`] so that their
 //! outputs can be compared pixel by pixel.
 //!

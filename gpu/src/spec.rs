@@ -53,6 +53,8 @@
 //! value  = (top · (256 − wy) + bottom · wy + 32768) >> 16
 //! ```
 //!
+//! The unrounded sum is `Σ p · wx · wy` over the four samples, so mixing
+//! vertically first gives the same value (the CPU compositor does that).
 //! When `c.w == d.w` the position is exactly `x0 = c.x + (dx − d.x)`, `wx = 0`,
 //! so an unscaled layer copies its source unchanged.
 //!
@@ -68,6 +70,7 @@
 //! output = (value · a + old · (255 − a) + 127) / 255
 //! ```
 //!
+//! (both divisions truncate; [`div255`] computes them without dividing),
 //! which gives `output = value` exactly when `a = 255` and `output = old`
 //! when `a = 0`. Layers are applied back to front, each over the result of
 //! the ones before it.
@@ -169,40 +172,47 @@ pub fn tap(offset: u32, dst_len: u32, crop_start: u32, crop_len: u32) -> Tap {
     }
 }
 
-/// The horizontal half of the bilinear mix: `p0 · (256 − w) + p1 · w`, not
-/// rounded (at most 65,280).
+/// One half of the bilinear mix: `p0 · (256 − w) + p1 · w`, not rounded
+/// (at most 65,280).
 #[inline(always)]
-pub fn lerp_unrounded(p0: u8, p1: u8, weight: u32) -> u32 {
+pub fn mix_unrounded(p0: u8, p1: u8, weight: u32) -> u32 {
     u32::from(p0) * (256 - weight) + u32::from(p1) * weight
 }
 
-/// The vertical half: mixes two unrounded rows and rounds once.
+/// The other half: mixes two unrounded values and rounds once. Which
+/// direction is mixed first does not matter: either way the result is the
+/// same four-term sum `Σ p · wx · wy`, rounded once.
 #[inline(always)]
-pub fn lerp_rows(top: u32, bottom: u32, weight: u32) -> u8 {
-    ((top * (256 - weight) + bottom * weight + 32768) >> 16) as u8
+pub fn mix_and_round(a: u32, b: u32, weight: u32) -> u8 {
+    ((a * (256 - weight) + b * weight + 32768) >> 16) as u8
 }
 
 /// The bilinear value of the samples `p00 p01` (row `y0`) and `p10 p11`
 /// (row `y1`) with weights `wx`, `wy` (0..=255).
 pub fn bilinear(p00: u8, p01: u8, p10: u8, p11: u8, wx: u32, wy: u32) -> u8 {
-    lerp_rows(
-        lerp_unrounded(p00, p01, wx),
-        lerp_unrounded(p10, p11, wx),
-        wy,
-    )
+    mix_and_round(mix_unrounded(p00, p01, wx), mix_unrounded(p10, p11, wx), wy)
+}
+
+/// `x / 255` without a division, exact for `x < 65535` (checked for every
+/// such `x` by a test); every numerator divided by 255 in this module is
+/// at most `255 · 255 + 127`. The shader uses the same identity, because
+/// integer division is slow on GPUs and not vectorised by software Vulkan.
+#[inline(always)]
+pub const fn div255(x: u32) -> u32 {
+    (x + (x >> 8) + 1) >> 8
 }
 
 /// The coverage a source sample gets: its alpha times the layer opacity,
 /// rounded, 0..=255.
 #[inline(always)]
 pub fn effective_alpha(alpha: u8, opacity: u8) -> u32 {
-    (u32::from(alpha) * u32::from(opacity) + 127) / 255
+    div255(u32::from(alpha) * u32::from(opacity) + 127)
 }
 
 /// `value` over `old` with coverage `a` (0..=255), rounded to nearest.
 #[inline(always)]
 pub fn blend(value: u8, old: u8, a: u32) -> u8 {
-    ((u32::from(value) * a + u32::from(old) * (255 - a) + 127) / 255) as u8
+    div255(u32::from(value) * a + u32::from(old) * (255 - a) + 127) as u8
 }
 
 #[cfg(test)]
@@ -266,6 +276,13 @@ mod tests {
     }
 
     #[test]
+    fn div255_is_exact_where_used() {
+        for x in 0..65535 {
+            assert_eq!(div255(x), x / 255, "{x}");
+        }
+    }
+
+    #[test]
     fn blend_ends_are_exact() {
         for v in [0u8, 1, 128, 254, 255] {
             for old in [0u8, 77, 255] {
@@ -285,6 +302,23 @@ mod tests {
         assert_eq!(plane_crop(crop, 5, 5, Plane::Y), Rect::new(0, 2, 5, 3));
         assert_eq!(plane_crop(crop, 5, 5, Plane::U), Rect::new(0, 1, 3, 2));
         assert_eq!(plane_crop(crop, 6, 6, Plane::Y), crop);
+    }
+
+    #[test]
+    fn mixing_order_does_not_matter() {
+        let samples = [
+            (0, 255, 17, 200),
+            (255, 255, 0, 0),
+            (1, 2, 3, 4),
+            (90, 10, 250, 128),
+        ];
+        for (p00, p01, p10, p11) in samples {
+            for (wx, wy) in [(0, 0), (1, 255), (128, 64), (255, 1), (77, 191)] {
+                let vertical_first =
+                    mix_and_round(mix_unrounded(p00, p10, wy), mix_unrounded(p01, p11, wy), wx);
+                assert_eq!(vertical_first, bilinear(p00, p01, p10, p11, wx, wy));
+            }
+        }
     }
 
     #[test]

@@ -33,8 +33,13 @@ use crate::{validate_batch, ComposeError, Compositor, Layer, Picture, Rect, Scen
 const SHADER: &str = include_str!("../../shaders/composite.wgsl");
 /// Pixels (one u32 word each 4) per workgroup along x, as in the shader.
 const WORKGROUP_WORDS: u32 = 64;
+/// Rows per bin. A bin is the part of a plane one row of workgroups covers
+/// along x (`WORKGROUP_WORDS` words) over this many rows; each bin lists the
+/// layers that touch it, so an invocation only visits those.
+const BIN_ROWS: u32 = 16;
+const BIN_PIXELS: u32 = WORKGROUP_WORDS * 4;
 /// u32 words per record, matching the shader's structs.
-const LAYER_WORDS: usize = 12;
+const LAYER_WORDS: usize = 14;
 const PLANE_WORDS: usize = 8;
 /// `PlaneLayer.alpha` of a source without alpha.
 const NO_ALPHA: u32 = u32::MAX;
@@ -127,7 +132,8 @@ impl GpuContext {
                 storage(0, true),
                 storage(1, true),
                 storage(2, true),
-                storage(3, false),
+                storage(3, true),
+                storage(4, false),
             ],
         });
         let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
@@ -217,16 +223,22 @@ impl WgpuCompositor {
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let plan = &self.batch;
 
+        let cap = self.max_buffer;
         let grown = [
-            self.buffers.sources.reserve(device, plan.source_bytes),
+            self.buffers.sources.reserve(device, plan.source_bytes, cap),
             self.buffers
                 .layers
-                .reserve(device, 4 * plan.layers.len() as u64),
+                .reserve(device, 4 * plan.layers.len() as u64, cap),
             self.buffers
                 .planes
-                .reserve(device, 4 * plan.planes.len() as u64),
-            self.buffers.canvas.reserve(device, plan.canvas_bytes),
-            self.buffers.readback.reserve(device, plan.canvas_bytes),
+                .reserve(device, 4 * plan.planes.len() as u64, cap),
+            self.buffers
+                .bins
+                .reserve(device, 4 * plan.bins.len() as u64, cap),
+            self.buffers.canvas.reserve(device, plan.canvas_bytes, cap),
+            self.buffers
+                .readback
+                .reserve(device, plan.canvas_bytes, cap),
         ];
         if grown.iter().any(|&g| g) || self.bind_group.is_none() {
             self.bind_group = Some(self.buffers.bind_group(&context));
@@ -236,6 +248,7 @@ impl WgpuCompositor {
             Some(sources),
             Some(layers),
             Some(planes),
+            Some(bins),
             Some(canvas),
             Some(readback),
         ) = (
@@ -243,6 +256,7 @@ impl WgpuCompositor {
             self.buffers.sources.buffer.as_ref(),
             self.buffers.layers.buffer.as_ref(),
             self.buffers.planes.buffer.as_ref(),
+            self.buffers.bins.buffer.as_ref(),
             self.buffers.canvas.buffer.as_ref(),
             self.buffers.readback.buffer.as_ref(),
         )
@@ -268,6 +282,7 @@ impl WgpuCompositor {
         }
         queue.write_buffer(layers, 0, bytemuck::cast_slice(&plan.layers));
         queue.write_buffer(planes, 0, bytemuck::cast_slice(&plan.planes));
+        queue.write_buffer(bins, 0, bytemuck::cast_slice(&plan.bins));
         for (job, output) in plan.scenes.iter().zip(outputs.iter()) {
             if !job.needs_old_canvas {
                 continue;
@@ -385,13 +400,15 @@ impl GrowingBuffer {
         }
     }
 
-    /// Makes the buffer at least `size` bytes; true when it was replaced.
-    fn reserve(&mut self, device: &wgpu::Device, size: u64) -> bool {
+    /// Makes the buffer at least `size` bytes (`size ≤ cap`, both multiples
+    /// of 4), growing to the next power of two up to `cap`; true when it
+    /// was replaced.
+    fn reserve(&mut self, device: &wgpu::Device, size: u64, cap: u64) -> bool {
         if self.buffer.as_ref().is_some_and(|b| b.size() >= size) {
             return false;
         }
         // Bindings and copies need a non-zero multiple of 4 bytes.
-        let size = size.max(256).next_power_of_two();
+        let size = size.max(256).next_power_of_two().min(cap).max(size);
         self.buffer = Some(device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(self.label),
             size,
@@ -407,6 +424,7 @@ struct Buffers {
     sources: GrowingBuffer,
     layers: GrowingBuffer,
     planes: GrowingBuffer,
+    bins: GrowingBuffer,
     canvas: GrowingBuffer,
     readback: GrowingBuffer,
 }
@@ -418,6 +436,7 @@ impl Default for Buffers {
             sources: GrowingBuffer::new("sources", U::STORAGE | U::COPY_DST),
             layers: GrowingBuffer::new("layers", U::STORAGE | U::COPY_DST),
             planes: GrowingBuffer::new("planes", U::STORAGE | U::COPY_DST),
+            bins: GrowingBuffer::new("bins", U::STORAGE | U::COPY_DST),
             canvas: GrowingBuffer::new("canvas", U::STORAGE | U::COPY_DST | U::COPY_SRC),
             readback: GrowingBuffer::new("readback", U::MAP_READ | U::COPY_DST),
         }
@@ -426,17 +445,22 @@ impl Default for Buffers {
 
 impl Buffers {
     fn bind_group(&self, context: &GpuContext) -> wgpu::BindGroup {
-        let entries: Vec<wgpu::BindGroupEntry<'_>> =
-            [&self.sources, &self.layers, &self.planes, &self.canvas]
-                .into_iter()
-                .zip(0..)
-                .filter_map(|(b, binding)| {
-                    b.buffer.as_ref().map(|buffer| wgpu::BindGroupEntry {
-                        binding,
-                        resource: buffer.as_entire_binding(),
-                    })
-                })
-                .collect();
+        let entries: Vec<wgpu::BindGroupEntry<'_>> = [
+            &self.sources,
+            &self.layers,
+            &self.planes,
+            &self.bins,
+            &self.canvas,
+        ]
+        .into_iter()
+        .zip(0..)
+        .filter_map(|(b, binding)| {
+            b.buffer.as_ref().map(|buffer| wgpu::BindGroupEntry {
+                binding,
+                resource: buffer.as_entire_binding(),
+            })
+        })
+        .collect();
         context
             .device
             .create_bind_group(&wgpu::BindGroupDescriptor {
@@ -501,10 +525,24 @@ struct BatchPlan {
     source_bytes: u64,
     layers: Vec<u32>,
     planes: Vec<u32>,
+    /// Bin headers and layer lists, see [`BatchPlan::add_bins`].
+    bins: Vec<u32>,
     scenes: Vec<SceneJob>,
     canvas_bytes: u64,
     max_row_words: u32,
     max_height: u32,
+    // Scratch for add_bins.
+    plane_layers: Vec<LayerRef>,
+    bin_first: Vec<usize>,
+    bin_next: Vec<u32>,
+}
+
+/// A layer record of the scene plane being planned.
+#[derive(Debug, Clone, Copy)]
+struct LayerRef {
+    record: u32,
+    dst: Rect,
+    opaque: bool,
 }
 
 impl BatchPlan {
@@ -521,6 +559,7 @@ impl BatchPlan {
         self.sources.clear();
         self.layers.clear();
         self.planes.clear();
+        self.bins.clear();
         self.scenes.clear();
         self.source_bytes = 0;
         self.canvas_bytes = 0;
@@ -534,7 +573,9 @@ impl BatchPlan {
             self.add_scene(scene, index - start);
             let fits = self.source_bytes <= limits.max_buffer
                 && self.canvas_bytes <= limits.max_buffer
-                && 4 * self.layers.len() as u64 <= limits.max_buffer;
+                && 4 * self.layers.len() as u64 <= limits.max_buffer
+                && 4 * self.planes.len() as u64 <= limits.max_buffer
+                && 4 * self.bins.len() as u64 <= limits.max_buffer;
             if !fits {
                 if self.scenes.len() == 1 {
                     return Err(ComposeError::Gpu(format!(
@@ -587,6 +628,7 @@ impl BatchPlan {
             source_bytes: self.source_bytes,
             layers: self.layers.len(),
             planes: self.planes.len(),
+            bins: self.bins.len(),
             scenes: self.scenes.len(),
             canvas_bytes: self.canvas_bytes,
             max_row_words: self.max_row_words,
@@ -600,6 +642,7 @@ impl BatchPlan {
         self.source_bytes = mark.source_bytes;
         self.layers.truncate(mark.layers);
         self.planes.truncate(mark.planes);
+        self.bins.truncate(mark.bins);
         self.scenes.truncate(mark.scenes);
         self.canvas_bytes = mark.canvas_bytes;
         self.max_row_words = mark.max_row_words;
@@ -628,27 +671,96 @@ impl BatchPlan {
             self.max_row_words = self.max_row_words.max(out.row_words);
             self.max_height = self.max_height.max(height);
 
-            let first_layer = self.layers.len() / LAYER_WORDS;
+            self.plane_layers.clear();
             for (layer_index, layer) in scene.layers.iter().enumerate() {
                 if layer.is_empty() {
                     continue;
                 }
+                self.plane_layers.push(LayerRef {
+                    record: (self.layers.len() / LAYER_WORDS) as u32,
+                    dst: plane_rect(layer.dst(), plane),
+                    opaque: layer.is_opaque(),
+                });
                 self.add_layer(layer, plane, scene_index, layer_index);
             }
-            let layer_count = self.layers.len() / LAYER_WORDS - first_layer;
+            let (bins, bin_columns) = self.add_bins(width, height, out.row_words);
             self.planes.extend_from_slice(&[
                 width,
                 height,
                 out.word_offset as u32,
                 out.row_words,
-                first_layer as u32,
-                layer_count as u32,
+                bins,
+                bin_columns,
                 0,
                 0,
             ]);
         }
         debug_assert_eq!(self.planes.len() % PLANE_WORDS, 0);
         self.scenes.push(job);
+    }
+
+    /// Builds the bins of one scene plane from `plane_layers`: for each bin,
+    /// the records of the layers that touch it, back to front, leaving out
+    /// those hidden under a later opaque layer that covers the whole bin.
+    /// Returns the word index of the plane's bin headers (first list word,
+    /// list length) and the number of bin columns.
+    fn add_bins(&mut self, width: u32, height: u32, row_words: u32) -> (u32, u32) {
+        let columns = row_words.div_ceil(WORKGROUP_WORDS);
+        let rows = height.div_ceil(BIN_ROWS);
+        let count = (columns * rows) as usize;
+        let bins_of = |d: Rect| {
+            let cols = d.x / BIN_PIXELS..=(d.x + d.w - 1) / BIN_PIXELS;
+            (d.y / BIN_ROWS..=(d.y + d.h - 1) / BIN_ROWS).flat_map(move |r| {
+                cols.clone()
+                    .map(move |c| (c, r, (r * columns + c) as usize))
+            })
+        };
+        // The first visible layer of each bin.
+        self.bin_first.clear();
+        self.bin_first.resize(count, 0);
+        for (i, layer) in self
+            .plane_layers
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.opaque)
+        {
+            let d = layer.dst;
+            for (c, r, bin) in bins_of(d) {
+                let (x0, y0) = (c * BIN_PIXELS, r * BIN_ROWS);
+                let (x1, y1) = ((x0 + BIN_PIXELS).min(width), (y0 + BIN_ROWS).min(height));
+                if d.x <= x0 && d.x + d.w >= x1 && d.y <= y0 && d.y + d.h >= y1 {
+                    self.bin_first[bin] = i;
+                }
+            }
+        }
+        self.bin_next.clear();
+        self.bin_next.resize(count, 0);
+        for (i, layer) in self.plane_layers.iter().enumerate() {
+            for (_, _, bin) in bins_of(layer.dst) {
+                if i >= self.bin_first[bin] {
+                    self.bin_next[bin] += 1;
+                }
+            }
+        }
+        let headers = self.bins.len();
+        let mut next = (headers + 2 * count) as u32;
+        for (bin, slot) in self.bin_next.iter_mut().enumerate() {
+            let len = *slot;
+            self.bins.extend_from_slice(&[next, len]);
+            debug_assert_eq!(self.bins.len(), headers + 2 * bin + 2);
+            *slot = next;
+            next += len;
+        }
+        self.bins.resize(next as usize, 0);
+        for (i, layer) in self.plane_layers.iter().enumerate() {
+            for (_, _, bin) in bins_of(layer.dst) {
+                if i >= self.bin_first[bin] {
+                    self.bins[self.bin_next[bin] as usize] = layer.record;
+                    self.bin_next[bin] += 1;
+                }
+            }
+        }
+        (headers as u32, columns)
     }
 
     fn add_layer(&mut self, layer: &Layer, plane: Plane, scene_index: usize, layer_index: usize) {
@@ -668,6 +780,8 @@ impl BatchPlan {
                     0,
                     NO_ALPHA,
                     FILL | u32::from(color.component(plane)),
+                    0,
+                    0,
                 ]
             }
             Layer::Picture {
@@ -703,6 +817,9 @@ impl BatchPlan {
                     stride,
                     alpha,
                     u32::from(*opacity),
+                    // Layers are non-empty, so d.w > 0.
+                    c.w * 256 / d.w,
+                    c.w * 256 % d.w,
                 ]
             }
         };
@@ -748,6 +865,7 @@ struct Mark {
     source_bytes: u64,
     layers: usize,
     planes: usize,
+    bins: usize,
     scenes: usize,
     canvas_bytes: u64,
     max_row_words: u32,
@@ -795,6 +913,53 @@ mod tests {
             .find(|e| e.name == "composite")
             .expect("entry point");
         assert_eq!(entry.workgroup_size, [WORKGROUP_WORDS, 1, 1]);
+    }
+
+    #[test]
+    fn bins_list_touching_layers_and_drop_hidden_ones() {
+        let fill = |x, y, w, h| Layer::Fill {
+            dst: Rect::new(x, y, w, h),
+            color: Yuv::BLACK,
+        };
+        let scene = Scene {
+            width: 512,
+            height: 32,
+            layers: vec![
+                fill(0, 0, 512, 32),
+                fill(0, 0, 256, 16),
+                fill(250, 10, 10, 10),
+            ],
+        };
+        let mut plan = BatchPlan::default();
+        let limits = BatchLimits {
+            max_buffer: 1 << 20,
+            max_scenes: 10,
+        };
+        assert_eq!(
+            plan.plan(std::slice::from_ref(&scene), 0, limits)
+                .expect("plan"),
+            1
+        );
+        let list = |plane: usize, bin: usize| {
+            let headers = plan.planes[plane * PLANE_WORDS + 4] as usize;
+            let (first, len) = (
+                plan.bins[headers + 2 * bin],
+                plan.bins[headers + 2 * bin + 1],
+            );
+            plan.bins[first as usize..(first + len) as usize].to_vec()
+        };
+        // Y: 512×32 in 2×2 bins of 256×16; records 0, 1, 2. The second
+        // fill covers bin 0 and hides the first there.
+        assert_eq!(plan.planes[5], 2, "bin columns");
+        assert_eq!(list(0, 0), vec![1, 2]);
+        assert_eq!(list(0, 1), vec![0, 2]);
+        assert_eq!(list(0, 2), vec![0, 2]);
+        assert_eq!(list(0, 3), vec![0, 2]);
+        // U: 256×16, one bin, which the second fill (128×8) does not cover;
+        // records 3, 4, 5.
+        assert_eq!(plan.planes[PLANE_WORDS + 5], 1, "bin columns");
+        assert_eq!(list(1, 0), vec![3, 4, 5]);
+        assert!(!plan.scenes[0].needs_old_canvas);
     }
 
     /// A compositor on any Vulkan adapter (lavapipe will do), or `None` when

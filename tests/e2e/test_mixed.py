@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.server
 import math
+import os
 import struct
 import subprocess
 import threading
@@ -49,6 +50,21 @@ def mixd(kiroku_module, mix_receiver):
     return kiroku_module("mix", callback_url=mix_receiver.url,
                          recording={"segment_seconds": SEGMENT_SECONDS, "compositor": "cpu",
                                     "mix_latency_ms": int(LATENCY * 1000)})
+
+
+@pytest.fixture(scope="module")
+def mixd_gpu(kiroku_module, mix_receiver):
+    """The same daemon with the wgpu compositor forced (Mesa's lavapipe in CI)."""
+    d = kiroku_module("mixgpu", callback_url=mix_receiver.url,
+                      recording={"segment_seconds": SEGMENT_SECONDS, "compositor": "gpu",
+                                 "mix_latency_ms": int(LATENCY * 1000)})
+    wait_until(lambda: "mixed-stream compositor" in d.log_text(), 10, 0.1)
+    line = next(l for l in d.log_text().splitlines() if "mixed-stream compositor" in l)
+    if "GPU compositor by configuration" not in line:
+        if os.environ.get("KIROKU_REQUIRE_GPU_TESTS") == "1":
+            pytest.fail(f"no wgpu adapter: {line}")
+        pytest.skip(f"no wgpu adapter (install mesa-vulkan-drivers): {line}")
+    return d
 
 
 def png(w: int, h: int, rgba: tuple[int, int, int, int]) -> bytes:
@@ -178,12 +194,15 @@ def grid(cols: int, rows: int, i: int) -> tuple[int, int, int, int]:
     return (i % cols) * w, (i // cols) * h, w, h
 
 
-def test_nine_grid_with_watermarks_mixed_audio_and_a_broken_image(mixd, mix_receiver, images):
+@pytest.mark.parametrize("compositor", ["cpu", "gpu"])
+def test_nine_grid_with_watermarks_mixed_audio_and_a_broken_image(request, compositor, mix_receiver, images):
     """Default layout (nine-grid): 4 users in a 2×2 grid in join order, an
     image watermark on top, every tone in the mixed audio; a watermark whose
-    URL fails sends callback 309 and the recording goes on without it."""
+    URL fails sends callback 309 and the recording goes on without it. Once
+    with the CPU compositor, once with the wgpu one."""
+    mixd = request.getfixturevalue("mixd" if compositor == "cpu" else "mixd_gpu")
     api = mixd.sdk()
-    room = 6201
+    room = 6201 if compositor == "cpu" else 6211
     broken = f"{images}/missing.png"
     task_id = api.create(mixed_params(room, {
         "MixLayoutMode": 3,

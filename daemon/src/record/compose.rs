@@ -1,28 +1,137 @@
 //! Which compositor mixed-stream tasks paint with, chosen once at start-up
 //! (`recording.compositor`).
+//!
+//! - `cpu`, or `auto` without a hardware GPU: every task gets its own CPU
+//!   compositor, running on the task's recorder thread.
+//! - A GPU (`auto` finds a hardware adapter, or `gpu` forces any adapter,
+//!   software rasterisers included): one wgpu compositor on its own thread
+//!   serves every task; scenes that arrive together are composed in one
+//!   dispatch. If `gpu` is forced and no adapter opens, the daemon logs why
+//!   and uses the CPU rather than refusing to record.
 
 use kiroku_gpu::cpu::CpuCompositor;
-use kiroku_gpu::Compositor;
+use kiroku_gpu::select::{select_compositor, CompositorChoice};
+use kiroku_gpu::service::{CompositorHandle, CompositorService, ServiceConfig};
+use kiroku_gpu::{ComposeError, Compositor, Picture, Scene, Yuv};
 
 use crate::config::CompositorPreference;
 
 /// Hands every mixed task its compositor.
 pub struct CompositorSource {
+    shared: Option<CompositorHandle>,
     /// What was chosen and why, for the start-up log.
     pub description: String,
 }
 
 impl CompositorSource {
     pub fn new(preference: CompositorPreference) -> Self {
-        let description = match preference {
-            CompositorPreference::Cpu | CompositorPreference::Auto | CompositorPreference::Gpu => {
-                "cpu".to_owned()
+        let choice = match preference {
+            CompositorPreference::Auto => CompositorChoice::Auto,
+            CompositorPreference::Cpu => CompositorChoice::Cpu,
+            CompositorPreference::Gpu => CompositorChoice::Gpu,
+        };
+        let selection = match select_compositor(choice) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "recording.compositor = \"gpu\" but no GPU adapter opens; using the CPU compositor");
+                return Self::cpu(format!("cpu (GPU unavailable: {e})"));
             }
         };
-        Self { description }
+        if selection.gpu.is_none() {
+            return Self::cpu(selection.reason);
+        }
+        match CompositorService::spawn(selection.compositor, ServiceConfig::default()) {
+            Ok(handle) => Self {
+                shared: Some(handle),
+                description: selection.reason,
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the compositor thread; using the CPU compositor");
+                Self::cpu(format!("cpu (compositor thread: {e})"))
+            }
+        }
+    }
+
+    fn cpu(description: String) -> Self {
+        Self {
+            shared: None,
+            description,
+        }
     }
 
     pub fn create(&self) -> Box<dyn Compositor> {
-        Box::new(CpuCompositor::new())
+        match &self.shared {
+            Some(handle) => Box::new(SharedCompositor {
+                handle: handle.clone(),
+            }),
+            None => Box::new(CpuCompositor::new()),
+        }
+    }
+}
+
+/// A task's view of the shared GPU compositor.
+struct SharedCompositor {
+    handle: CompositorHandle,
+}
+
+impl Compositor for SharedCompositor {
+    fn name(&self) -> &'static str {
+        self.handle.backend()
+    }
+
+    fn compose(&mut self, scenes: &[Scene], outputs: &mut [Picture]) -> Result<(), ComposeError> {
+        if scenes.len() != outputs.len() {
+            return Err(ComposeError::BatchMismatch(scenes.len(), outputs.len()));
+        }
+        for (scene, output) in scenes.iter().zip(outputs.iter_mut()) {
+            // The service owns the picture while it paints; an empty
+            // placeholder (no allocation) stands in meanwhile.
+            let canvas = std::mem::replace(output, Picture::filled(0, 0, Yuv::BLACK));
+            *output = self.handle.compose(scene.clone(), canvas)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiroku_gpu::{Layer, Rect};
+
+    #[test]
+    fn the_shared_compositor_paints_like_the_local_one() {
+        let handle =
+            CompositorService::spawn(Box::new(CpuCompositor::new()), ServiceConfig::default())
+                .expect("service");
+        let mut shared = SharedCompositor { handle };
+        let red = Yuv {
+            y: 81,
+            u: 90,
+            v: 240,
+        };
+        let scene = Scene {
+            width: 64,
+            height: 32,
+            layers: vec![
+                Layer::Fill {
+                    dst: Rect::new(0, 0, 64, 32),
+                    color: Yuv::BLACK,
+                },
+                Layer::Fill {
+                    dst: Rect::new(32, 0, 32, 32),
+                    color: red,
+                },
+            ],
+        };
+        let mut out = vec![Picture::filled(64, 32, Yuv::BLACK)];
+        shared
+            .compose(std::slice::from_ref(&scene), &mut out)
+            .expect("compose");
+        let mut local = vec![Picture::filled(64, 32, Yuv::BLACK)];
+        CpuCompositor::new()
+            .compose(&[scene], &mut local)
+            .expect("compose");
+        assert_eq!(out, local);
+        assert_eq!(out[0].y[40], 81);
     }
 }

@@ -63,7 +63,7 @@ pub enum RecorderControl {
 pub enum CoreSetup {
     Single(Settings),
     Mixed {
-        settings: MixedSettings,
+        settings: Box<MixedSettings>,
         layout: MixLayout,
         compositor: Box<dyn Compositor>,
         /// `None` for audio-only recordings.
@@ -83,7 +83,7 @@ impl std::fmt::Debug for CoreSetup {
 }
 
 enum Core {
-    Single(SingleRecorder),
+    Single(Box<SingleRecorder>),
     Mixed(Box<MixedRecorder>),
 }
 
@@ -366,13 +366,15 @@ fn run(setup: RecorderSetup, control: mpsc::Receiver<RecorderControl>) {
     // Holding the watch keeps the room (and its version counter) alive.
     let watch = registry.watch(&room);
     let mut core = match core {
-        CoreSetup::Single(settings) => Core::Single(SingleRecorder::new(settings, subscription)),
+        CoreSetup::Single(settings) => {
+            Core::Single(Box::new(SingleRecorder::new(settings, subscription)))
+        }
         CoreSetup::Mixed {
             settings,
             layout,
             compositor,
             encoder,
-        } => match MixedRecorder::new(settings, subscription, layout, compositor, encoder) {
+        } => match MixedRecorder::new(*settings, subscription, layout, compositor, encoder) {
             Ok(c) => Core::Mixed(Box::new(c)),
             Err(e) => {
                 tracing::error!(%task_id, error = %e, "mixed recorder could not start");

@@ -253,7 +253,7 @@ impl Manager {
                         Some(Box::new(enc))
                     };
                 CoreSetup::Mixed {
-                    settings: MixedSettings {
+                    settings: Box::new(MixedSettings {
                         naming,
                         segment,
                         stream_type: spec.record.stream_type,
@@ -262,7 +262,7 @@ impl Manager {
                         epoch_us,
                         transcode: mix.transcode,
                         latency_us: cfg.mix_latency.as_micros() as i64,
-                    },
+                    }),
                     layout: mix.layout.clone(),
                     compositor: self.inner.compositors.create(),
                     encoder,
