@@ -42,6 +42,7 @@ step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo clippy --features nvenc (NVENC bindings: built and unit-tested without a GPU)"
 cargo clippy -p kiroku-gpu --features nvenc --all-targets --locked -- -D warnings
+cargo clippy -p kiroku --features nvenc --locked -- -D warnings
 step "cargo build"
 cargo build --workspace --locked
 step "cargo test (KIROKU_REQUIRE_GPU_TESTS: the wgpu compositor must run on lavapipe)"

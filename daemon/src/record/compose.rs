@@ -93,6 +93,44 @@ impl Compositor for SharedCompositor {
     }
 }
 
+/// Opens the H.264 encoder of a mixed task's canvas: NVENC when the daemon
+/// is built with the `nvenc` feature and the GPU has an encoder (probed
+/// once, at the first mixed task), OpenH264 on the CPU otherwise.
+pub fn open_encoder(
+    settings: kiroku_gpu::EncoderSettings,
+) -> Result<Box<dyn kiroku_gpu::VideoEncoder>, kiroku_gpu::EncodeError> {
+    #[cfg(feature = "nvenc")]
+    if nvenc_available() {
+        match kiroku_gpu::nvenc::NvencEncoder::open(settings) {
+            Ok(e) => return Ok(Box::new(e)),
+            Err(e) => {
+                tracing::warn!(error = %e, "NVENC could not open an encoder; using OpenH264")
+            }
+        }
+    }
+    Ok(Box::new(crate::media::h264_codec::OpenH264Encoder::open(
+        settings,
+    )?))
+}
+
+#[cfg(feature = "nvenc")]
+fn nvenc_available() -> bool {
+    static PROBE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PROBE.get_or_init(|| match kiroku_gpu::nvenc::probe() {
+        kiroku_gpu::nvenc::Probe::Available {
+            max_api_version,
+            device_name,
+        } => {
+            tracing::info!(device = %device_name, api = ?max_api_version, "NVENC available: mixed-stream video is encoded on the GPU");
+            true
+        }
+        kiroku_gpu::nvenc::Probe::Unavailable(why) => {
+            tracing::info!(reason = %why, "NVENC unavailable: mixed-stream video is encoded with OpenH264");
+            false
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,14 +35,13 @@ use tokio::sync::{mpsc, Mutex};
 
 use crate::api::error::{codes, ApiError};
 use crate::config::Config;
-use crate::media::h264_codec::OpenH264Encoder;
 use crate::metrics::Metrics;
 use crate::mix::fetch::{fetch_image, FetchLimits};
 use crate::mix::overlay::{decode_image, ImageLimits};
 use crate::notify::deliver::{now_ms, Outbox};
 use crate::notify::event::{self, EventSubject, EventType, LeaveCode};
 use crate::output::local::LocalStore;
-use crate::record::compose::CompositorSource;
+use crate::record::compose::{open_encoder, CompositorSource};
 use crate::record::mixed::{Images, MixedRecorder, MixedSettings};
 use crate::record::naming::Naming;
 use crate::record::segmenter::SegmenterConfig;
@@ -248,9 +247,10 @@ impl Manager {
                         None
                     } else {
                         let settings = MixedRecorder::encoder_settings(&mix.transcode);
-                        let enc = OpenH264Encoder::open(settings)
-                            .map_err(|e| format!("cannot open the H.264 encoder: {e}"))?;
-                        Some(Box::new(enc))
+                        Some(
+                            open_encoder(settings)
+                                .map_err(|e| format!("cannot open the H.264 encoder: {e}"))?,
+                        )
                     };
                 CoreSetup::Mixed {
                     settings: Box::new(MixedSettings {
