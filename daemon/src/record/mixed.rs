@@ -20,7 +20,9 @@
 //!
 //! Pictures: users take places in the layout in room join order. A user
 //! with no subscribed video holds a place (unless PureAudioDisableLayout)
-//! and shows the placeholder image when PlaceHolderMode is on. When a
+//! and shows the placeholder image when PlaceHolderMode is on. A track
+//! whose subscription ends keeps its place until the output has shown its
+//! last frame (it ends `latency` before the output gets there). When a
 //! user's video stops (no frame for [`STALE_US`]) FillType 0 keeps the last
 //! picture and 1 paints the tile black.
 //!
@@ -92,6 +94,17 @@ struct Sub {
     kind: TrackKind,
     session_id: String,
     clock: TrackClock,
+    /// Timeline time of the latest frame placed.
+    last_placed: Option<i64>,
+}
+
+/// A track whose subscription ended before the output showed all its
+/// media: it keeps its place in the layout until the output reaches
+/// `until` (timeline), the time of its last frame.
+struct Lingering {
+    user_id: String,
+    kind: TrackKind,
+    until: i64,
 }
 
 /// One user's main or aux video: frames waiting for their tick, and the
@@ -122,8 +135,9 @@ pub struct MixedRecorder {
     admission: Admission,
     subs: HashMap<u64, Sub>,
     users: HashMap<String, UserClock>,
-    /// Users with a subscribed track, in room join order.
+    /// Users with a subscribed or lingering track, in room join order.
     participants: Vec<String>,
+    lingering: Vec<Lingering>,
     videos: HashMap<(String, Media), VideoInput>,
     /// Created at the first media, so that the mixed audio starts with the
     /// video; until then (and for video-only tasks) `None`.
@@ -204,6 +218,7 @@ impl MixedRecorder {
             subs: HashMap::new(),
             users: HashMap::new(),
             participants: Vec::new(),
+            lingering: Vec::new(),
             videos: HashMap::new(),
             mixer: None,
             has_audio,
@@ -371,6 +386,7 @@ impl MixedRecorder {
                     kind: t.kind,
                     session_id: t.session_id.clone(),
                     clock: TrackClock::new(clock_rate),
+                    last_placed: None,
                 },
             );
             actions.push(Action::Subscribe {
@@ -387,18 +403,41 @@ impl MixedRecorder {
                 order.push(t.user_id.clone());
             }
         }
+        // Users who left keep their place while their last media plays.
+        for (i, u) in self.participants.iter().enumerate() {
+            if !order.contains(u) && self.lingering.iter().any(|l| &l.user_id == u) {
+                order.insert(i.min(order.len()), u.clone());
+            }
+        }
         self.participants = order;
         actions
     }
 
+    /// Places whatever subscription `tag`'s clock still holds.
+    fn flush_clock(&mut self, tag: u64) {
+        let Some(sub) = self.subs.get_mut(&tag) else {
+            return;
+        };
+        let user = self.users.entry(sub.user_id.clone()).or_default();
+        sub.clock.flush(user, &mut self.placed);
+        let (user_id, kind) = (sub.user_id.clone(), sub.kind);
+        self.route_placed(&user_id, kind, tag);
+    }
+
     fn end_sub(&mut self, tag: u64, actions: &mut Vec<Action>) {
-        let Some(mut sub) = self.subs.remove(&tag) else {
+        self.flush_clock(tag);
+        let Some(sub) = self.subs.remove(&tag) else {
             return;
         };
         actions.push(Action::Unsubscribe { tag });
-        let user = self.users.entry(sub.user_id.clone()).or_default();
-        sub.clock.flush(user, &mut self.placed);
-        self.route_placed(&sub.user_id, sub.kind, tag);
+        let next = self.tick_time(self.next_tick);
+        if let Some(until) = sub.last_placed.filter(|u| next.is_some_and(|t| t <= *u)) {
+            self.lingering.push(Lingering {
+                user_id: sub.user_id.clone(),
+                kind: sub.kind,
+                until,
+            });
+        }
         if sub.kind.is_video() {
             if let Some(v) = self
                 .videos
@@ -440,8 +479,11 @@ impl MixedRecorder {
 
     /// Placed frames go to their video queue or into the audio mixer.
     fn route_placed(&mut self, user_id: &str, kind: TrackKind, tag: u64) {
-        if self.placed.is_empty() {
+        let Some(last) = self.placed.iter().map(|(t, _)| *t).max() else {
             return;
+        };
+        if let Some(sub) = self.subs.get_mut(&tag) {
+            sub.last_placed = Some(sub.last_placed.map_or(last, |l| l.max(last)));
         }
         if self.start_us.is_none() {
             if let Some(start) = self.placed.first().map(|(t, _)| *t) {
@@ -470,8 +512,12 @@ impl MixedRecorder {
         self.placed.clear();
     }
 
-    /// The output starts at the first media, at server time `start`.
-    fn start(&mut self, start: i64) {
+    /// The output starts at the first media, at server time `first`.
+    fn start(&mut self, first: i64) {
+        // Rounded up to the epoch's 100 µs grid (9 ticks at 90 kHz), so
+        // that with tick times rounded up every frame's PTS is exact.
+        let epoch = self.settings.epoch_us;
+        let start = epoch + (first - epoch + 99).div_euclid(100) * 100;
         self.start_us = Some(start);
         if self.has_audio {
             match AudioMixer::new(self.settings.transcode.audio, start) {
@@ -486,9 +532,13 @@ impl MixedRecorder {
         }
     }
 
+    /// Server time of output frame `k`, rounded up to the µs: its PTS,
+    /// rounded down, is then `k · 90000/fps` after the first frame's (when
+    /// fps divides 90000; 15 fps is 66666.67 µs but exactly 6000 ticks).
     fn tick_time(&self, k: u64) -> Option<i64> {
         let fps = i64::from(self.settings.transcode.video.fps.max(1));
-        self.start_us.map(|s| s + (k as i64) * 1_000_000 / fps)
+        self.start_us
+            .map(|s| s + ((k as i64) * 1_000_000 + fps - 1) / fps)
     }
 
     /// When the next output frame is due (wall clock, unix µs).
@@ -591,7 +641,8 @@ impl MixedRecorder {
         let Some(p) = v.decoder.latest() else {
             return (None, false);
         };
-        let stale = v.tag.is_none() || v.shown_at.is_none_or(|s| t - s > STALE_US);
+        // A video whose subscription ended is shown while it lingers.
+        let stale = v.shown_at.is_none_or(|s| t - s > STALE_US);
         match (stale, self.settings.fill) {
             (true, FillType::Black) => (None, true),
             _ => (Some(p.clone()), false),
@@ -617,9 +668,23 @@ impl MixedRecorder {
                 255,
             );
         }
+        self.lingering.retain(|l| l.until >= t);
+        // Decoders of videos that ended and are shown no more go.
+        let lingering = &self.lingering;
+        self.videos.retain(|(user_id, media), v| {
+            v.tag.is_some()
+                || !v.queue.is_empty()
+                || lingering
+                    .iter()
+                    .any(|l| &l.user_id == user_id && media_of(l.kind) == *media)
+        });
         let participants: Vec<Participant<'_>> = self
             .participants
             .iter()
+            .filter(|u| {
+                self.subs.values().any(|s| &s.user_id == *u)
+                    || self.lingering.iter().any(|l| &l.user_id == *u)
+            })
             .map(|u| Participant {
                 user_id: u,
                 main_video: self.has_video(u, TrackKind::MainVideo),
@@ -691,6 +756,10 @@ impl MixedRecorder {
         self.subs
             .values()
             .any(|s| s.user_id == user_id && s.kind == kind)
+            || self
+                .lingering
+                .iter()
+                .any(|l| l.user_id == user_id && l.kind == kind)
     }
 
     fn image(&self, url: Option<&str>) -> Option<Arc<Picture>> {
@@ -765,9 +834,10 @@ impl MixedRecorder {
         let mut actions = Vec::new();
         let mut tags: Vec<u64> = self.subs.keys().copied().collect();
         tags.sort_unstable();
-        // Place what the clocks still hold before the subscriptions go.
-        for tag in tags {
-            self.end_sub(tag, &mut actions);
+        // Place what the clocks still hold. The subscriptions stay until
+        // the backlog is rendered: its frames still show every user.
+        for &tag in &tags {
+            self.flush_clock(tag);
         }
         let last_media = self
             .videos
@@ -779,6 +849,9 @@ impl MixedRecorder {
         // one second past the wall clock.
         let until = now_us.max(last_media).min(now_us + MAX_BEHIND_US);
         self.render_until(until, false, &mut actions);
+        for tag in tags {
+            self.end_sub(tag, &mut actions);
+        }
         if let Some(m) = self.mixer.take() {
             if let Err(e) = m.finish(&mut self.aac) {
                 tracing::warn!(error = %e, "mixed audio could not be flushed");
@@ -832,4 +905,969 @@ fn push_fitted(
         dst: f.dst,
         opacity,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    //! The recorder driven without IO: synthetic publishers (real H.264 and
+    //! Opus from [`crate::publish::source`]) on a synthetic wall clock, the
+    //! CPU compositor and OpenH264; the stored TS segments are demuxed and
+    //! their video decoded to check the pictures.
+
+    use super::*;
+    use crate::media::h264_codec::OpenH264Encoder;
+    use crate::media::ts::{PID_AUDIO, PID_VIDEO};
+    use crate::publish::source::{
+        self, AudioConfig, AudioSource, Pattern, VideoConfig, VideoSource,
+    };
+    use crate::record::single::FileInfo;
+    use crate::task::params::{
+        AudioParams, CustomTile, LayoutMode, Rect as ApiRect, Rgb, RoomId, VideoParams,
+    };
+    use kiroku_gpu::cpu::CpuCompositor;
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+    /// The task epoch: 2023-11-14 22:13:20.000 UTC.
+    const EPOCH_US: i64 = 1_700_000_000_000_000;
+    /// The first media arrives one second after the epoch.
+    const T0: i64 = EPOCH_US + 1_000_000;
+    const W: u32 = 320;
+    const H: u32 = 180;
+    const FPS: u32 = 10;
+    const FRAME_US: i64 = 100_000;
+    /// Audio packets are 20 ms; the simulation steps by one.
+    const STEP_US: i64 = 20_000;
+    const LATENCY_US: i64 = 3_000_000;
+    const FOLDER: &str = "rec/task-1/";
+    const STEM: &str = "1400123456_12345";
+
+    const RED: Rgb = Rgb(200, 30, 30);
+    const GREEN: Rgb = Rgb(40, 190, 60);
+    const BLUE: Rgb = Rgb(30, 40, 200);
+    const YELLOW: Rgb = Rgb(230, 220, 40);
+    const MAGENTA: Rgb = Rgb(210, 40, 200);
+    const BLACK_RGB: Rgb = Rgb(0, 0, 0);
+
+    fn at(us: i64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_micros(us as u64)
+    }
+
+    fn yuv(c: Rgb) -> Yuv {
+        overlay::rgb_to_yuv(c)
+    }
+
+    fn transcode(fps: u32) -> MixTranscode {
+        MixTranscode {
+            video: VideoParams {
+                width: W,
+                height: H,
+                fps,
+                bitrate_bps: 400_000,
+                gop_seconds: 2,
+            },
+            audio: AudioParams::default(),
+        }
+    }
+
+    fn settings(stream_type: StreamType, fill: FillType, fps: u32) -> MixedSettings {
+        MixedSettings {
+            naming: Arc::new(Naming::new(
+                &["rec".to_owned()],
+                "task-1",
+                1_400_123_456,
+                &RoomId::Int(12345),
+                0,
+            )),
+            segment: SegmenterConfig {
+                target: Duration::from_secs(2),
+                keyframe_grace: Duration::from_secs(1),
+            },
+            stream_type,
+            media: MediaSelection::Main,
+            fill,
+            epoch_us: EPOCH_US,
+            transcode: transcode(fps),
+            latency_us: LATENCY_US,
+        }
+    }
+
+    /// A test's recorder and everything it asked for.
+    struct Sim {
+        rec: MixedRecorder,
+        actions: Vec<Action>,
+    }
+
+    impl Sim {
+        /// The worker's setup: no encoder for audio-only streams.
+        fn new(stream_type: StreamType, fill: FillType, layout: MixLayout) -> Self {
+            let encoder = stream_type != StreamType::AudioOnly;
+            Self::with(encoder, stream_type, fill, layout, FPS)
+        }
+
+        fn with(
+            encoder: bool,
+            stream_type: StreamType,
+            fill: FillType,
+            layout: MixLayout,
+            fps: u32,
+        ) -> Self {
+            let encoder: Option<Box<dyn VideoEncoder>> = encoder.then(|| {
+                Box::new(
+                    OpenH264Encoder::open(MixedRecorder::encoder_settings(&transcode(fps)))
+                        .expect("encoder"),
+                ) as Box<dyn VideoEncoder>
+            });
+            let rec = MixedRecorder::new(
+                settings(stream_type, fill, fps),
+                Subscription::default(),
+                layout,
+                Box::new(CpuCompositor::new()),
+                encoder,
+            )
+            .expect("recorder");
+            Self {
+                rec,
+                actions: Vec::new(),
+            }
+        }
+
+        /// Offers the tracks (in join order); returns the tag of each
+        /// subscribed track by user and kind.
+        fn offer(&mut self, tracks: &[(&str, TrackKind)]) -> HashMap<(String, TrackKind), u64> {
+            let offered: Vec<OfferedTrack> = tracks
+                .iter()
+                .map(|(u, k)| OfferedTrack {
+                    user_id: (*u).to_owned(),
+                    kind: *k,
+                    session_id: format!("{u}-1"),
+                })
+                .collect();
+            let actions = self.rec.reconcile(&offered);
+            let tags = actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Subscribe {
+                        tag, user_id, kind, ..
+                    } => Some(((user_id.clone(), *kind), *tag)),
+                    _ => None,
+                })
+                .collect();
+            self.actions.extend(actions);
+            tags
+        }
+
+        fn frame(&mut self, tag: u64, frame: MediaFrame) {
+            let a = self.rec.on_frame(tag, frame);
+            self.actions.extend(a);
+        }
+
+        fn tick(&mut self, now_us: i64) {
+            let a = self.rec.tick(now_us);
+            self.actions.extend(a);
+        }
+
+        fn finish(&mut self, now_us: i64) {
+            let a = self.rec.finish(now_us);
+            self.actions.extend(a);
+        }
+    }
+
+    fn camera(color: Rgb) -> VideoSource {
+        VideoSource::new(VideoConfig {
+            width: W,
+            height: H,
+            fps: FPS,
+            bitrate_bps: 300_000,
+            label: String::new(),
+            color: source::Rgb(color.0, color.1, color.2),
+            pattern: Pattern::Solid,
+            keyframe_interval_frames: 10,
+            sync_marks: None,
+        })
+        .expect("camera")
+    }
+
+    fn microphone() -> AudioSource {
+        AudioSource::new(AudioConfig::default()).expect("microphone")
+    }
+
+    /// Video frame `n` (10 fps), arriving at `T0 + n/10 s` without a
+    /// sender report: the timeline places it at its arrival.
+    fn video_frame(cam: &mut VideoSource, n: u64) -> MediaFrame {
+        let f = cam
+            .next_frame(Duration::from_micros(n * FRAME_US as u64))
+            .expect("video frame");
+        MediaFrame {
+            codec: Codec::H264,
+            data: Arc::from(f.data),
+            keyframe: f.keyframe,
+            rtp_time: 1_000_000 + n * 9_000,
+            clock_rate: 90_000,
+            ntp_time: None,
+            received_at: Instant::now(),
+            received_wall: at(T0 + n as i64 * FRAME_US),
+            contiguous: true,
+        }
+    }
+
+    /// Opus packet `k` (20 ms), arriving at `T0 + k·20 ms`.
+    fn audio_frame(mic: &mut AudioSource, k: u64) -> MediaFrame {
+        let f = mic.next_frame().expect("audio frame");
+        MediaFrame {
+            codec: Codec::Opus,
+            data: Arc::from(f.data),
+            keyframe: true,
+            rtp_time: 5_000_000 + k * 960,
+            clock_rate: 48_000,
+            ntp_time: None,
+            received_at: Instant::now(),
+            received_wall: at(T0 + k as i64 * STEP_US),
+            contiguous: true,
+        }
+    }
+
+    /// One publisher: its subscribed tracks and their sources.
+    struct Publisher {
+        video: Option<(u64, VideoSource)>,
+        audio: Option<(u64, AudioSource)>,
+        /// Video frames `n < video_frames` are sent.
+        video_frames: u64,
+    }
+
+    impl Publisher {
+        fn new(
+            tags: &HashMap<(String, TrackKind), u64>,
+            user: &str,
+            color: Option<Rgb>,
+            audio: bool,
+        ) -> Self {
+            let tag = |kind| *tags.get(&(user.to_owned(), kind)).expect("subscribed");
+            Self {
+                video: color.map(|c| (tag(TrackKind::MainVideo), camera(c))),
+                audio: audio.then(|| (tag(TrackKind::Audio), microphone())),
+                video_frames: u64::MAX,
+            }
+        }
+    }
+
+    /// Runs the room from `T0 + from_step·20 ms` to before `to_step`: every
+    /// step each publisher's audio packet, every fifth its video frame,
+    /// then a tick at that wall time and `hook`.
+    fn run(
+        sim: &mut Sim,
+        pubs: &mut [Publisher],
+        steps: std::ops::Range<u64>,
+        mut hook: impl FnMut(&mut Sim, i64),
+    ) {
+        for s in steps {
+            let now = T0 + s as i64 * STEP_US;
+            for p in pubs.iter_mut() {
+                if let Some((tag, mic)) = p.audio.as_mut() {
+                    let f = audio_frame(mic, s);
+                    sim.frame(*tag, f);
+                }
+                let n = s / 5;
+                if s % 5 == 0 && n < p.video_frames {
+                    if let Some((tag, cam)) = p.video.as_mut() {
+                        let f = video_frame(cam, n);
+                        sim.frame(*tag, f);
+                    }
+                }
+            }
+            sim.tick(now);
+            hook(sim, now);
+        }
+    }
+
+    /// Step of wall time `us` after T0.
+    fn step(us: i64) -> u64 {
+        (us / STEP_US) as u64
+    }
+
+    /// Every PES in `ts`: (PID, PTS, elementary stream bytes).
+    fn pes_list(ts: &[u8]) -> Vec<(u16, u64, Vec<u8>)> {
+        assert_eq!(ts.len() % 188, 0, "whole TS packets");
+        let mut raw: Vec<(u16, Vec<u8>)> = Vec::new();
+        for p in ts.chunks(188) {
+            assert_eq!(p[0], 0x47, "sync byte");
+            let pid = (u16::from(p[1] & 0x1f) << 8) | u16::from(p[2]);
+            let pusi = p[1] & 0x40 != 0;
+            let afc = (p[3] >> 4) & 3;
+            if afc & 1 == 0 || (pid != PID_VIDEO && pid != PID_AUDIO) {
+                continue;
+            }
+            let mut i = 4;
+            if afc & 2 != 0 {
+                i += 1 + usize::from(p[4]);
+            }
+            if pusi {
+                raw.push((pid, Vec::new()));
+            }
+            raw.iter_mut()
+                .rev()
+                .find(|(q, _)| *q == pid)
+                .expect("a PES starts with PUSI")
+                .1
+                .extend_from_slice(&p[i..]);
+        }
+        raw.into_iter()
+            .map(|(pid, b)| {
+                assert_eq!(&b[..3], &[0, 0, 1], "PES start code");
+                let t = &b[9..14];
+                let pts = (u64::from(t[0] >> 1 & 7) << 30)
+                    | (u64::from(t[1]) << 22)
+                    | (u64::from(t[2] >> 1) << 15)
+                    | (u64::from(t[3]) << 7)
+                    | u64::from(t[4] >> 1);
+                (pid, pts, b[9 + usize::from(b[8])..].to_vec())
+            })
+            .collect()
+    }
+
+    /// The stored segments, in order.
+    fn segments(actions: &[Action]) -> Vec<(&str, &[u8])> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Store { key, data } => Some((key.as_str(), data.as_slice())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every PES of the recording, segments in order.
+    fn all_pes(actions: &[Action]) -> Vec<(u16, u64, Vec<u8>)> {
+        segments(actions)
+            .into_iter()
+            .flat_map(|(_, ts)| pes_list(ts))
+            .collect()
+    }
+
+    /// The recording's video: (PTS, decoded picture) per output frame.
+    fn pictures(actions: &[Action]) -> Vec<(u64, Picture)> {
+        let mut decoder = PictureDecoder::new().expect("decoder");
+        all_pes(actions)
+            .into_iter()
+            .filter(|(pid, _, _)| *pid == PID_VIDEO)
+            .map(|(_, pts, es)| {
+                assert!(decoder.decode(&es).expect("output decodes"), "a picture");
+                let p = decoder.latest().expect("picture");
+                assert_eq!((p.width, p.height), (W, H));
+                (pts, Picture::clone(p))
+            })
+            .collect()
+    }
+
+    /// Mean colour of the `w × h` box centred on (`cx`, `cy`).
+    fn mean(p: &Picture, cx: u32, cy: u32, w: u32, h: u32) -> Yuv {
+        let avg = |plane: &[u8], stride: u32, x0: u32, y0: u32, bw: u32, bh: u32| {
+            let mut sum = 0u64;
+            for y in y0..y0 + bh {
+                for x in x0..x0 + bw {
+                    sum += u64::from(plane[(y * stride + x) as usize]);
+                }
+            }
+            (sum / u64::from(bw * bh)) as u8
+        };
+        let (x0, y0) = (cx - w / 2, cy - h / 2);
+        let cw = p.width.div_ceil(2);
+        Yuv {
+            y: avg(&p.y, p.width, x0, y0, w, h),
+            u: avg(&p.u, cw, x0 / 2, y0 / 2, w / 2, h / 2),
+            v: avg(&p.v, cw, x0 / 2, y0 / 2, w / 2, h / 2),
+        }
+    }
+
+    fn near(a: Yuv, b: Yuv) -> bool {
+        let d = |x: u8, y: u8| (i32::from(x) - i32::from(y)).abs() <= 8;
+        d(a.y, b.y) && d(a.u, b.u) && d(a.v, b.v)
+    }
+
+    /// The centre of the left and right halves of the canvas.
+    const LEFT: (u32, u32) = (W / 4, H / 2);
+    const RIGHT: (u32, u32) = (3 * W / 4, H / 2);
+
+    fn assert_at(p: &Picture, (cx, cy): (u32, u32), want: Rgb, what: &str) {
+        let got = mean(p, cx, cy, 32, 32);
+        assert!(
+            near(got, yuv(want)),
+            "{what}: ({cx}, {cy}) is {got:?}, want {:?} ({want:?})",
+            yuv(want)
+        );
+    }
+
+    /// Server time of a video PTS.
+    fn time_of(pts: u64) -> i64 {
+        EPOCH_US + (pts as i64 - BASE_90K as i64) * 100 / 9
+    }
+
+    fn playlists(actions: &[Action]) -> Vec<(&str, &str, &FileInfo)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::StorePlaylist { key, text, file } => {
+                    Some((key.as_str(), text.as_str(), file))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn sliced(actions: &[Action]) -> Vec<&FileInfo> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::FileSliced(f) => Some(f),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn both(user: &str) -> [(&str, TrackKind); 2] {
+        [(user, TrackKind::Audio), (user, TrackKind::MainVideo)]
+    }
+
+    #[test]
+    fn nine_grid_two_users_side_by_side_in_join_order_with_mixed_names() {
+        let mut sim = Sim::new(
+            StreamType::AudioVideo,
+            FillType::LastFrame,
+            MixLayout::default(),
+        );
+        // Bob joined first: the left half is his although "alice" sorts
+        // first.
+        let offered: Vec<(&str, TrackKind)> = [both("bob"), both("alice")].concat();
+        let tags = sim.offer(&offered);
+        assert_eq!(tags.len(), 4);
+        let mut pubs = [
+            Publisher::new(&tags, "bob", Some(RED), true),
+            Publisher::new(&tags, "alice", Some(GREEN), true),
+        ];
+        run(&mut sim, &mut pubs, 0..step(4_000_000), |_, _| {});
+        sim.finish(T0 + 4_000_000);
+        let actions = &sim.actions;
+
+        assert_eq!(
+            actions
+                .iter()
+                .filter(|a| matches!(a, Action::MediaStarted))
+                .count(),
+            1
+        );
+        // Names: `<SdkAppId>_<RoomId>_<UTC>.ts` and `<SdkAppId>_<RoomId>.m3u8`.
+        let segs = segments(actions);
+        assert!(segs.len() >= 2, "{} segments", segs.len());
+        for (key, _) in &segs {
+            let name = key.strip_prefix(FOLDER).expect("task folder");
+            let utc = name
+                .strip_prefix(&format!("{STEM}_"))
+                .and_then(|n| n.strip_suffix(".ts"))
+                .unwrap_or_else(|| panic!("mixed segment name: {name}"));
+            assert!(
+                utc.len() == 17 && utc.bytes().all(|b| b.is_ascii_digit()),
+                "{name}"
+            );
+        }
+        let lists = playlists(actions);
+        assert!(!lists.is_empty());
+        for (key, text, file) in &lists {
+            assert_eq!(*key, format!("{FOLDER}{STEM}.m3u8"));
+            assert_eq!(file.file_name, format!("{STEM}.m3u8"));
+            assert_eq!(file.user_id, "");
+            assert_eq!(file.track_type, TrackType::AudioVideo);
+            for line in text.lines().filter(|l| !l.starts_with('#')) {
+                assert!(segs.iter().any(|(k, _)| k.ends_with(line)), "{line}");
+            }
+        }
+        let files = sliced(actions);
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].user_id, "");
+        assert_eq!(files[0].file_name, format!("{STEM}.m3u8"));
+        assert_eq!(files[0].track_type, TrackType::AudioVideo);
+
+        // The video: one frame per tick from the start, 1/fps apart.
+        let pics = pictures(actions);
+        assert_eq!(pics.len() as u64, sim.rec.mix_stats.ticks);
+        assert_eq!(sim.rec.mix_stats.ticks_skipped, 0);
+        // From the first media (T0) to the end (T0 + 4 s), both included.
+        assert_eq!(pics.len(), 41);
+        assert_eq!(Some(pics[0].0), sim.rec.start_pts());
+        assert_eq!(time_of(pics[0].0), T0);
+        for w in pics.windows(2) {
+            assert_eq!(w[1].0 - w[0].0, 90_000 / u64::from(FPS), "PTS step");
+        }
+        for (i, (_, p)) in pics.iter().enumerate() {
+            assert_at(p, LEFT, RED, &format!("frame {i}, bob (joined first)"));
+            assert_at(p, RIGHT, GREEN, &format!("frame {i}, alice"));
+        }
+        // The mixed audio runs alongside.
+        let audio: Vec<u64> = all_pes(actions)
+            .into_iter()
+            .filter(|(pid, _, _)| *pid == PID_AUDIO)
+            .map(|(_, pts, _)| pts)
+            .collect();
+        assert!(audio.len() > 10, "{} audio PES", audio.len());
+        assert!(audio.windows(2).all(|w| w[0] < w[1]));
+        let first = sim.rec.start_pts().expect("started");
+        assert!(
+            audio[0] + 1_921 >= first && audio[0] <= first,
+            "{}",
+            audio[0]
+        );
+        assert_eq!(sim.rec.mix_stats.decode_errors, 0);
+        assert_eq!(sim.rec.stream_errors(), 0);
+    }
+
+    /// One user (video only, full canvas) whose video stops after 3 s
+    /// while the subscription stays; the pictures of 8 s.
+    fn stopped_video(fill: FillType) -> Vec<(u64, Picture)> {
+        let mut sim = Sim::new(StreamType::AudioVideo, fill, MixLayout::default());
+        let tags = sim.offer(&[("alice", TrackKind::MainVideo)]);
+        let mut pubs = [Publisher::new(&tags, "alice", Some(RED), false)];
+        pubs[0].video_frames = 30;
+        run(&mut sim, &mut pubs, 0..step(8_000_000), |_, _| {});
+        sim.finish(T0 + 8_000_000);
+        assert_eq!(sim.rec.mix_stats.ticks_skipped, 0);
+        let pics = pictures(&sim.actions);
+        assert_eq!(pics.len(), 81);
+        pics
+    }
+
+    #[test]
+    fn a_stopped_video_keeps_its_last_frame_or_turns_black_by_fill_type() {
+        // The last frame is at 2.9 s: stale after 4.9 s.
+        let last_frame = T0 + 2_900_000;
+        for (fill, after) in [(FillType::LastFrame, RED), (FillType::Black, BLACK_RGB)] {
+            for (pts, p) in stopped_video(fill) {
+                let t = time_of(pts);
+                let want = if t - last_frame > STALE_US {
+                    after
+                } else {
+                    RED
+                };
+                let what = format!("{fill:?} at {} ms", (t - T0) / 1000);
+                assert_at(&p, LEFT, want, &what);
+                assert_at(&p, RIGHT, want, &what);
+            }
+        }
+    }
+
+    /// Alice (red video and audio) and Bob (audio only), 3 s.
+    fn with_audio_only_user(layout: MixLayout, images: Images) -> Vec<(u64, Picture)> {
+        let mut sim = Sim::new(StreamType::AudioVideo, FillType::LastFrame, layout);
+        sim.rec.add_images(images);
+        let offered: Vec<(&str, TrackKind)> =
+            [&both("alice")[..], &[("bob", TrackKind::Audio)]].concat();
+        let tags = sim.offer(&offered);
+        assert_eq!(tags.len(), 3);
+        let mut pubs = [
+            Publisher::new(&tags, "alice", Some(RED), true),
+            Publisher::new(&tags, "bob", None, true),
+        ];
+        run(&mut sim, &mut pubs, 0..step(3_000_000), |_, _| {});
+        sim.finish(T0 + 3_000_000);
+        let pics = pictures(&sim.actions);
+        assert_eq!(pics.len(), 31);
+        pics
+    }
+
+    #[test]
+    fn an_audio_only_user_holds_a_tile_unless_pure_audio_disable_layout() {
+        const PLACEHOLDER: &str = "https://img.example/placeholder.png";
+        let images = || {
+            Images::from([(
+                PLACEHOLDER.to_owned(),
+                Arc::new(Picture::filled(64, 36, yuv(YELLOW))),
+            )])
+        };
+        let base = MixLayout {
+            background_color: BLUE,
+            placeholder_image: Some(PLACEHOLDER.to_owned()),
+            ..MixLayout::default()
+        };
+        // Placeholder off: Bob's half shows the background.
+        for (_, p) in with_audio_only_user(base.clone(), images()) {
+            assert_at(&p, LEFT, RED, "alice");
+            assert_at(&p, RIGHT, BLUE, "bob: background");
+        }
+        // Placeholder on: his half shows the placeholder image.
+        let placeholder = MixLayout {
+            placeholder: true,
+            ..base.clone()
+        };
+        for (_, p) in with_audio_only_user(placeholder.clone(), images()) {
+            assert_at(&p, LEFT, RED, "alice");
+            assert_at(&p, RIGHT, YELLOW, "bob: placeholder");
+        }
+        // An image that never arrived: the background again.
+        for (_, p) in with_audio_only_user(placeholder.clone(), Images::new()) {
+            assert_at(&p, RIGHT, BLUE, "bob: no placeholder image");
+        }
+        // PureAudioDisableLayout: Alice alone fills the canvas.
+        let pure = MixLayout {
+            pure_audio_disable_layout: true,
+            ..placeholder
+        };
+        for (_, p) in with_audio_only_user(pure, images()) {
+            assert_at(&p, LEFT, RED, "alice alone");
+            assert_at(&p, RIGHT, RED, "alice alone");
+        }
+    }
+
+    #[test]
+    fn a_new_layout_shows_from_the_next_output_frame() {
+        let mut sim = Sim::new(
+            StreamType::AudioVideo,
+            FillType::LastFrame,
+            MixLayout::default(),
+        );
+        let offered: Vec<(&str, TrackKind)> = [both("bob"), both("alice")].concat();
+        let tags = sim.offer(&offered);
+        let mut pubs = [
+            Publisher::new(&tags, "bob", Some(RED), true),
+            Publisher::new(&tags, "alice", Some(GREEN), true),
+        ];
+        let custom = MixLayout {
+            mode: LayoutMode::Custom,
+            custom: vec![CustomTile {
+                rect: ApiRect {
+                    top: 0,
+                    left: 0,
+                    width: W,
+                    height: H,
+                },
+                user_id: Some("alice".to_owned()),
+                alpha: 0,
+                render_mode: RenderMode::Crop,
+                media: MediaId::Main,
+                layer: 1,
+                sub_background_image: None,
+            }],
+            ..MixLayout::default()
+        };
+        let mut switched_after = None;
+        run(&mut sim, &mut pubs, 0..step(5_000_000), |sim, now| {
+            if now == T0 + 4_500_000 {
+                switched_after = Some(sim.rec.mix_stats.ticks as usize);
+                sim.rec.set_layout(custom.clone());
+            }
+        });
+        sim.finish(T0 + 5_000_000);
+        let switched_after = switched_after.expect("switched");
+        // Rendered live by then: the ticks up to 4.5 s − latency.
+        assert_eq!(switched_after, 16);
+        let pics = pictures(&sim.actions);
+        assert_eq!(pics.len(), 51);
+        for (i, (_, p)) in pics.iter().enumerate() {
+            let what = format!("frame {i}");
+            if i < switched_after {
+                assert_at(p, LEFT, RED, &what);
+                assert_at(p, RIGHT, GREEN, &what);
+            } else {
+                assert_at(p, LEFT, GREEN, &what);
+                assert_at(p, RIGHT, GREEN, &what);
+            }
+        }
+    }
+
+    #[test]
+    fn a_user_who_leaves_keeps_the_tile_until_the_last_frame_is_shown() {
+        let mut sim = Sim::new(
+            StreamType::AudioVideo,
+            FillType::Black,
+            MixLayout::default(),
+        );
+        let offered: Vec<(&str, TrackKind)> = [both("bob"), both("alice")].concat();
+        let tags = sim.offer(&offered);
+        let [bob, alice] = [
+            Publisher::new(&tags, "bob", Some(RED), true),
+            Publisher::new(&tags, "alice", Some(GREEN), true),
+        ];
+        let mut pubs = vec![bob, alice];
+        run(&mut sim, &mut pubs, 0..step(5_000_000), |_, _| {});
+        // Bob leaves at 5 s, when the output is at 2 s (the latency).
+        let started = sim.offer(&both("alice"));
+        assert!(started.is_empty());
+        assert_eq!(
+            sim.actions
+                .iter()
+                .filter(|a| matches!(a, Action::Unsubscribe { .. }))
+                .count(),
+            2
+        );
+        pubs.remove(0);
+        run(
+            &mut sim,
+            &mut pubs,
+            step(5_000_000)..step(9_000_000),
+            |_, _| {},
+        );
+        sim.finish(T0 + 9_000_000);
+        let pics = pictures(&sim.actions);
+        assert_eq!(pics.len(), 91);
+        // His last frame is at 4.9 s and his last audio at 4.98 s.
+        for (pts, p) in &pics {
+            let t = time_of(*pts) - T0;
+            let what = format!("{} ms", t / 1000);
+            if t < 5_000_000 {
+                assert_at(p, LEFT, RED, &what);
+                assert_at(p, RIGHT, GREEN, &what);
+            } else {
+                assert_at(p, LEFT, GREEN, &what);
+                assert_at(p, RIGHT, GREEN, &what);
+            }
+        }
+        // His decoder went with him.
+        assert_eq!(sim.rec.videos.len(), 1);
+    }
+
+    #[test]
+    fn an_image_watermark_shows_at_its_rectangle_and_a_missing_one_not_at_all() {
+        const MARK: &str = "https://img.example/mark.png";
+        const MISSING: &str = "https://img.example/missing.png";
+        let rect = |left, top| ApiRect {
+            top,
+            left,
+            width: 80,
+            height: 40,
+        };
+        let layout = MixLayout {
+            watermarks: vec![
+                Watermark::Image {
+                    url: MARK.to_owned(),
+                    rect: rect(20, 100),
+                },
+                Watermark::Image {
+                    url: MISSING.to_owned(),
+                    rect: rect(200, 100),
+                },
+            ],
+            ..MixLayout::default()
+        };
+        let mut sim = Sim::new(StreamType::AudioVideo, FillType::LastFrame, layout);
+        sim.rec.add_images(Images::from([(
+            MARK.to_owned(),
+            Arc::new(Picture::filled(16, 16, yuv(MAGENTA))),
+        )]));
+        let tags = sim.offer(&both("alice"));
+        let mut pubs = [Publisher::new(&tags, "alice", Some(RED), true)];
+        run(&mut sim, &mut pubs, 0..step(3_000_000), |_, _| {});
+        sim.finish(T0 + 3_000_000);
+        let pics = pictures(&sim.actions);
+        assert_eq!(pics.len(), 31);
+        for (i, (_, p)) in pics.iter().enumerate() {
+            let what = format!("frame {i}");
+            // Inside the mark (20..100 × 100..140), and beside it.
+            assert_at(p, (60, 120), MAGENTA, &what);
+            assert!(near(mean(p, 30, 110, 16, 16), yuv(MAGENTA)), "{what}");
+            assert!(near(mean(p, 90, 130, 16, 16), yuv(MAGENTA)), "{what}");
+            assert_at(p, (60, 160), RED, &what);
+            assert_at(p, (130, 120), RED, &what);
+            // The missing image's rectangle shows the video.
+            assert_at(p, (240, 120), RED, &what);
+        }
+    }
+
+    /// The video PTS of the recording.
+    fn video_pts(actions: &[Action]) -> Vec<u64> {
+        all_pes(actions)
+            .into_iter()
+            .filter(|(pid, _, _)| *pid == PID_VIDEO)
+            .map(|(_, pts, _)| pts)
+            .collect()
+    }
+
+    #[test]
+    fn the_output_clock_waits_for_the_latency_skips_when_far_behind_and_drains_at_the_end() {
+        let mut sim = Sim::new(
+            StreamType::AudioVideo,
+            FillType::LastFrame,
+            MixLayout::default(),
+        );
+        let tags = sim.offer(&[("alice", TrackKind::MainVideo)]);
+        let tag = tags[&("alice".to_owned(), TrackKind::MainVideo)];
+        // Nothing before the first media.
+        sim.tick(T0 + 60_000_000);
+        assert_eq!(sim.rec.next_due_us(), None);
+        assert_eq!(sim.rec.mix_stats.ticks, 0);
+        // 10 s of video; the timeline places it after its 2 s wait for a
+        // sender report, at the arrival times: the output starts at T0.
+        let mut cam = camera(RED);
+        for n in 0..100 {
+            let f = video_frame(&mut cam, n);
+            sim.frame(tag, f);
+        }
+        assert_eq!(sim.rec.next_due_us(), Some(T0 + LATENCY_US));
+        let stats = |sim: &Sim| (sim.rec.mix_stats.ticks, sim.rec.mix_stats.ticks_skipped);
+
+        sim.tick(T0 + LATENCY_US - 1);
+        assert_eq!(stats(&sim), (0, 0));
+        assert!(segments(&sim.actions).is_empty());
+        sim.tick(T0 + LATENCY_US);
+        assert_eq!(stats(&sim), (1, 0));
+        sim.tick(T0 + LATENCY_US + 5 * FRAME_US);
+        assert_eq!(stats(&sim), (6, 0));
+        sim.tick(T0 + LATENCY_US + 5 * FRAME_US + FRAME_US - 1);
+        assert_eq!(stats(&sim), (6, 0));
+        assert_eq!(sim.rec.next_due_us(), Some(T0 + LATENCY_US + 6 * FRAME_US));
+        // 2.4 s behind: straight to the newest due tick (30).
+        sim.tick(T0 + LATENCY_US + 3_000_000);
+        assert_eq!(stats(&sim), (7, 24));
+        // Exactly MAX_BEHIND_US behind still renders every tick.
+        sim.tick(T0 + LATENCY_US + 31 * FRAME_US + MAX_BEHIND_US);
+        assert_eq!(stats(&sim), (18, 24));
+        // The end, 6 s later: the backlog up to the last media (9.9 s) is
+        // rendered without skipping.
+        sim.finish(T0 + LATENCY_US + 6_000_000);
+        assert_eq!(stats(&sim), (76, 24));
+
+        let start = sim.rec.start_pts().expect("started");
+        assert_eq!(time_of(start), T0);
+        let want: Vec<u64> = (0..=5)
+            .chain(30..100)
+            .map(|k| start + k * 90_000 / u64::from(FPS))
+            .collect();
+        assert_eq!(video_pts(&sim.actions), want);
+        let lists = playlists(&sim.actions);
+        let (last, earlier) = lists.split_last().expect("playlists");
+        assert!(last.1.trim_end().ends_with("#EXT-X-ENDLIST"), "{}", last.1);
+        assert!(earlier.iter().all(|l| !l.1.contains("#EXT-X-ENDLIST")));
+        // Nothing after the end.
+        let n = sim.actions.len();
+        sim.tick(T0 + 60_000_000);
+        assert_eq!(sim.actions.len(), n);
+    }
+
+    #[test]
+    fn video_pts_step_exactly_at_15_fps_whatever_the_start() {
+        // 1/15 s is 66666.67 µs but exactly 6000 ticks at 90 kHz.
+        for offset_us in [0, 1, 7, 50, 91, 99, 123_456] {
+            let mut sim = Sim::with(
+                true,
+                StreamType::AudioVideo,
+                FillType::LastFrame,
+                MixLayout::default(),
+                15,
+            );
+            let tags = sim.offer(&[("alice", TrackKind::MainVideo)]);
+            let tag = tags[&("alice".to_owned(), TrackKind::MainVideo)];
+            let mut cam = camera(RED);
+            for n in 0..30 {
+                let mut f = video_frame(&mut cam, n);
+                f.received_wall = at(T0 + offset_us + n as i64 * FRAME_US);
+                sim.frame(tag, f);
+            }
+            sim.finish(T0 + 3_000_000);
+            let pts = video_pts(&sim.actions);
+            assert!(
+                pts.len() >= 44,
+                "offset {offset_us} µs: {} frames",
+                pts.len()
+            );
+            assert_eq!(Some(pts[0]), sim.rec.start_pts());
+            // The first frame is at the first media or at most 100 µs later.
+            let lag = time_of(pts[0]) - (T0 + offset_us);
+            assert!((0..100).contains(&lag), "offset {offset_us} µs: {lag}");
+            for (k, p) in pts.iter().enumerate() {
+                assert_eq!(*p, pts[0] + k as u64 * 6_000, "offset {offset_us} µs");
+            }
+        }
+    }
+
+    #[test]
+    fn audio_only_streams_mix_audio_without_a_video_pid() {
+        audio_only(false);
+        // An encoder handed in anyway is not used.
+        audio_only(true);
+    }
+
+    fn audio_only(encoder: bool) {
+        let mut sim = Sim::with(
+            encoder,
+            StreamType::AudioOnly,
+            FillType::LastFrame,
+            MixLayout::default(),
+            FPS,
+        );
+        let offered: Vec<(&str, TrackKind)> =
+            [&both("alice")[..], &[("bob", TrackKind::MainVideo)]].concat();
+        let tags = sim.offer(&offered);
+        assert_eq!(
+            tags.keys().cloned().collect::<Vec<_>>(),
+            vec![("alice".to_owned(), TrackKind::Audio)]
+        );
+        let mut pubs = [Publisher::new(&tags, "alice", None, true)];
+        run(&mut sim, &mut pubs, 0..step(5_000_000), |_, _| {});
+        sim.finish(T0 + 5_000_000);
+        let segs = segments(&sim.actions);
+        assert!(segs.len() >= 2, "{} segments", segs.len());
+        for (key, ts) in &segs {
+            assert!(key.starts_with(&format!("{FOLDER}{STEM}_")), "{key}");
+            let video_packets = ts
+                .chunks(188)
+                .filter(|p| (u16::from(p[1] & 0x1f) << 8 | u16::from(p[2])) == PID_VIDEO)
+                .count();
+            assert_eq!(video_packets, 0, "{key}: no video PID");
+        }
+        let pes = all_pes(&sim.actions);
+        assert!(pes.iter().all(|(pid, _, _)| *pid == PID_AUDIO));
+        // AAC frames (1024 samples at 48 kHz) up to the end of the last
+        // tick (5.1 s), and the encoder's flush.
+        assert!((239..=242).contains(&pes.len()), "{} AAC frames", pes.len());
+        let files = sliced(&sim.actions);
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].track_type, TrackType::Audio);
+        assert_eq!(files[0].user_id, "");
+        for (key, _, file) in playlists(&sim.actions) {
+            assert_eq!(key, format!("{FOLDER}{STEM}.m3u8"));
+            assert_eq!(file.track_type, TrackType::Audio);
+        }
+        assert!(sim.rec.mix_stats.ticks > 0);
+    }
+
+    #[test]
+    fn corrupt_video_is_counted_asks_for_a_key_frame_and_recording_goes_on() {
+        let mut sim = Sim::new(
+            StreamType::AudioVideo,
+            FillType::LastFrame,
+            MixLayout::default(),
+        );
+        let tags = sim.offer(&[("alice", TrackKind::MainVideo)]);
+        let tag = tags[&("alice".to_owned(), TrackKind::MainVideo)];
+        let (mut red, mut green) = (camera(RED), camera(GREEN));
+        for s in 0..step(6_000_000) {
+            let now = T0 + s as i64 * STEP_US;
+            if s % 5 == 0 {
+                let n = s / 5;
+                // Red until 2.5 s, then damaged frames, then from 3 s a
+                // new green stream (starting with a key frame).
+                let f = match n {
+                    0..25 => video_frame(&mut red, n),
+                    25..30 => {
+                        let mut f = video_frame(&mut red, n);
+                        let mut data = f.data.to_vec();
+                        for b in data.iter_mut().skip(8) {
+                            *b ^= 0x5a;
+                        }
+                        f.data = Arc::from(data);
+                        f
+                    }
+                    _ => video_frame(&mut green, n),
+                };
+                sim.frame(tag, f);
+            }
+            sim.tick(now);
+        }
+        sim.finish(T0 + 6_000_000);
+        assert!(sim.rec.mix_stats.decode_errors >= 1);
+        assert!(sim.actions.contains(&Action::RequestKeyframe { tag }));
+        let pics = pictures(&sim.actions);
+        assert_eq!(pics.len(), 61);
+        for (pts, p) in &pics {
+            let t = time_of(*pts) - T0;
+            let want = if t < 3_000_000 { RED } else { GREEN };
+            assert_at(p, LEFT, want, &format!("{} ms", t / 1000));
+        }
+        assert_eq!(sim.rec.stream_errors(), 0);
+    }
 }
