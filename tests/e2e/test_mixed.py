@@ -211,6 +211,10 @@ def test_nine_grid_with_watermarks_mixed_audio_and_a_broken_image(request, compo
                                                    "Top": 20, "Left": 280, "Width": 80, "Height": 40}},
             {"WaterMarkType": 0, "WaterMarkImage": {"WaterMarkUrl": broken,
                                                    "Top": 300, "Left": 0, "Width": 80, "Height": 40}},
+            {"WaterMarkType": 1, "WaterMarkChar": {"Chars": "記録 kiroku", "Top": 290, "Left": 120, "Width": 160,
+                                                  "Height": 50, "FontSize": 20, "FontColor": "#000000",
+                                                  "BackGroundColor": "#FFFFFF"}},
+            {"WaterMarkType": 2, "WaterMarkTimestamp": {"Pos": 3, "TimeZone": 8}},
         ]}))
     pubs = start_publishers(mixd, room, duration=12)
     failed = mix_receiver.wait_event(task_id, 309, 20)
@@ -236,9 +240,15 @@ def test_nine_grid_with_watermarks_mixed_audio_and_a_broken_image(request, compo
     frame = frame_at(playlist, 7.0)
     for i, (name, (rgb, _)) in enumerate(USERS.items()):
         x, y, w, h = grid(2, 2, i)
-        # Avoid the watermark at the top middle.
-        assert_colour(frame, (x, y + h // 3, w, 2 * h // 3), rgb, f"{name} in tile {i}")
+        # Between the publisher's label (top-left) and the watermarks.
+        assert_colour(frame, (x + w // 4, y + h // 4, w // 2, h // 3), rgb, f"{name} in tile {i}")
     assert_colour(frame, (280, 20, 80, 40), WATERMARK_RGB, "image watermark")
+    # Text on a white box over blue: mostly white, with some dark glyph pixels.
+    text = colour_in(frame, 120, 290, 160, 50)
+    assert min(text) > 150 and text != (255, 255, 255), f"text watermark: {text}"
+    # The timestamp's half-transparent plate darkens the bottom-right of yellow.
+    stamp = colour_in(frame, W - 8 - 80, H - 8 - 16, 80, 16)
+    assert stamp[0] < 190 and stamp[1] < 190, f"timestamp watermark: {stamp}"
     levels = tone_levels(playlist, 4.0, 4.0, [t for _, t in USERS.values()] + [450.0, 650.0, 850.0])
     noise = max(levels[450.0], levels[650.0], levels[850.0])
     for name, (_, tone) in USERS.items():
