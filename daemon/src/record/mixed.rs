@@ -20,9 +20,11 @@
 //!
 //! Pictures: users take places in the layout in room join order. A user
 //! with no subscribed video holds a place (unless PureAudioDisableLayout)
-//! and shows the placeholder image when PlaceHolderMode is on. A track
-//! whose subscription ends keeps its place until the output has shown its
-//! last frame (it ends `latency` before the output gets there). When a
+//! and shows the placeholder image when PlaceHolderMode is on. Places
+//! follow the media, not the wall clock: a track counts from the output
+//! frame of its first media on (a joining user takes a place when their
+//! media begins, not `latency` earlier), and a track whose subscription
+//! ends keeps its place until the output has shown its last frame. When a
 //! user's video stops (no frame for [`STALE_US`]) FillType 0 keeps the last
 //! picture and 1 paints the tile black.
 //!
@@ -94,8 +96,18 @@ struct Sub {
     kind: TrackKind,
     session_id: String,
     clock: TrackClock,
+    /// Timeline time of the first frame placed: the track counts for the
+    /// layout from the output frame of that time on, so a joining user's
+    /// place appears with their media, not seconds before it.
+    first_placed: Option<i64>,
     /// Timeline time of the latest frame placed.
     last_placed: Option<i64>,
+}
+
+impl Sub {
+    fn shown_at(&self, t: i64) -> bool {
+        self.first_placed.is_some_and(|f| f <= t)
+    }
 }
 
 /// A track whose subscription ended before the output showed all its
@@ -386,6 +398,7 @@ impl MixedRecorder {
                     kind: t.kind,
                     session_id: t.session_id.clone(),
                     clock: TrackClock::new(clock_rate),
+                    first_placed: None,
                     last_placed: None,
                 },
             );
@@ -484,6 +497,8 @@ impl MixedRecorder {
         };
         if let Some(sub) = self.subs.get_mut(&tag) {
             sub.last_placed = Some(sub.last_placed.map_or(last, |l| l.max(last)));
+            let first = self.placed.iter().map(|(t, _)| *t).min().unwrap_or(last);
+            sub.first_placed = Some(sub.first_placed.map_or(first, |f| f.min(first)));
         }
         if self.start_us.is_none() {
             if let Some(start) = self.placed.first().map(|(t, _)| *t) {
@@ -682,13 +697,15 @@ impl MixedRecorder {
             .participants
             .iter()
             .filter(|u| {
-                self.subs.values().any(|s| &s.user_id == *u)
+                self.subs
+                    .values()
+                    .any(|s| &s.user_id == *u && s.shown_at(t))
                     || self.lingering.iter().any(|l| &l.user_id == *u)
             })
             .map(|u| Participant {
                 user_id: u,
-                main_video: self.has_video(u, TrackKind::MainVideo),
-                aux_video: self.has_video(u, TrackKind::AuxVideo),
+                main_video: self.has_video(u, TrackKind::MainVideo, t),
+                aux_video: self.has_video(u, TrackKind::AuxVideo, t),
             })
             .collect();
         let tiles = layout::place(cw, ch, &self.layout, &participants);
@@ -752,10 +769,10 @@ impl MixedRecorder {
         self.scene[0].layers = layers;
     }
 
-    fn has_video(&self, user_id: &str, kind: TrackKind) -> bool {
+    fn has_video(&self, user_id: &str, kind: TrackKind, t: i64) -> bool {
         self.subs
             .values()
-            .any(|s| s.user_id == user_id && s.kind == kind)
+            .any(|s| s.user_id == user_id && s.kind == kind && s.shown_at(t))
             || self
                 .lingering
                 .iter()
@@ -1565,6 +1582,42 @@ mod tests {
                 assert_at(p, RIGHT, GREEN, &what);
             } else {
                 assert_at(p, LEFT, GREEN, &what);
+                assert_at(p, RIGHT, GREEN, &what);
+            }
+        }
+    }
+
+    #[test]
+    fn a_joining_user_takes_a_place_from_their_first_media_on() {
+        let mut sim = Sim::new(
+            StreamType::AudioVideo,
+            FillType::LastFrame,
+            MixLayout::default(),
+        );
+        let tags = sim.offer(&both("bob"));
+        let mut pubs = vec![Publisher::new(&tags, "bob", Some(RED), true)];
+        run(&mut sim, &mut pubs, 0..step(3_000_000), |_, _| {});
+        // Alice joins at 3 s, when the output is still at 1 s.
+        let tags = sim.offer(&[both("bob"), both("alice")].concat());
+        pubs.push(Publisher::new(&tags, "alice", Some(GREEN), true));
+        run(
+            &mut sim,
+            &mut pubs,
+            step(3_000_000)..step(8_000_000),
+            |_, _| {},
+        );
+        sim.finish(T0 + 8_000_000);
+        let pics = pictures(&sim.actions);
+        assert!(pics.len() > 70, "{}", pics.len());
+        for (pts, p) in &pics {
+            let t = time_of(*pts) - T0;
+            let what = format!("{} ms", t / 1000);
+            if t < 2_900_000 {
+                // Bob alone fills the canvas until Alice's media begins.
+                assert_at(p, LEFT, RED, &what);
+                assert_at(p, RIGHT, RED, &what);
+            } else if t > 3_300_000 {
+                assert_at(p, LEFT, RED, &what);
                 assert_at(p, RIGHT, GREEN, &what);
             }
         }
