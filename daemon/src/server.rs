@@ -20,6 +20,8 @@ use crate::ingest::whip::{self, WhipState};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::notify::deliver;
+use crate::output::vod::VodStore;
+use crate::output::vod_http;
 use crate::store::Store;
 use crate::systemd;
 use crate::task::manager::Manager;
@@ -155,6 +157,32 @@ pub async fn run(
         ingest.registry.clone(),
     )
     .await;
+    let vod_dir = config.data_dir.join("vod");
+    let vod = Arc::new(VodStore::open(&vod_dir).map_err(|e| ServerError::DataDir {
+        path: vod_dir.display().to_string(),
+        source: std::io::Error::other(e.to_string()),
+    })?);
+    // ExpireTime: expired VOD files are deleted within a minute.
+    let expiry = {
+        let vod = vod.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                let vod = vod.clone();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                match tokio::task::spawn_blocking(move || vod.expire(now)).await {
+                    Ok(Ok(gone)) if !gone.is_empty() => {
+                        tracing::info!(files = gone.len(), "expired VOD files deleted")
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "VOD expiry failed"),
+                    _ => {}
+                }
+            }
+        })
+    };
     let api = Arc::new(ApiState::new(
         config.clone(),
         manager.clone(),
@@ -166,7 +194,8 @@ pub async fn run(
             config: config.clone(),
             ingest: ingest.clone(),
         })))
-        .merge(status_router(ingest.clone()));
+        .merge(status_router(ingest.clone()))
+        .merge(vod_http::router(vod));
 
     let addr = listener.local_addr().map_err(ServerError::Http)?;
     tracing::info!(%addr, public_url = %config.server.public_url, "listening");
@@ -201,6 +230,7 @@ pub async fn run(
         .await
         .ok();
     heartbeat.abort();
+    expiry.abort();
     // Let every store handle go before returning so the database closes.
     drop(manager);
     drop(store);

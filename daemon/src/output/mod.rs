@@ -8,6 +8,8 @@
 //! [`check_key`] enforces before anything touches the filesystem.
 
 pub mod local;
+pub mod vod;
+pub mod vod_http;
 
 use std::path::PathBuf;
 

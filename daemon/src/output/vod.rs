@@ -1,0 +1,332 @@
+//! kiroku's built-in video-on-demand store: finished MP4 files kept under
+//! `data_dir/vod/`, each with a stable unique FileId, served over HTTP with
+//! range requests (`GET <public_url>/vod/<FileId>.mp4`), deleted when they
+//! expire.
+//!
+//! - **FileId**: 19 decimal digits (a random 63-bit number with the top bit
+//!   set, like Tencent VOD's numeric ids), never reused: a collision with an
+//!   existing file draws again.
+//! - **Layout**: `<FileId>.mp4` and `<FileId>.json` (metadata) side by
+//!   side, each written to a temporary name, fsynced and renamed, so a crash
+//!   leaves either the whole file or none. The MP4 is renamed into place
+//!   before its metadata: a FileId exists once its metadata exists, and an
+//!   MP4 without metadata (a crash in between) is removed at open.
+//! - **Expiry**: `expire_at_unix_s` (from `TencentVod.ExpireTime`, 0 =
+//!   never); [`VodStore::expire`] deletes what is past it.
+//! - **Ranges**: [`parse_range`] implements RFC 9110 §14 for one range
+//!   (`bytes=a-b`, `bytes=a-`, `bytes=-n`); several ranges are answered with
+//!   the whole file (allowed by the RFC), an unsatisfiable one with 416.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VodError {
+    #[error("VOD store {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("VOD metadata {path} is unreadable: {source}")]
+    Metadata {
+        path: String,
+        source: serde_json::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VodError + '_ {
+    move |source| VodError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// What the store knows about a file (the 311 callback's fields).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VodEntry {
+    pub file_id: String,
+    pub task_id: String,
+    /// Empty for mixed-stream recordings.
+    pub user_id: String,
+    pub track_type: String,
+    pub media_id: String,
+    /// The MP4's name in the recording (CacheFile).
+    pub cache_file: String,
+    pub size: u64,
+    pub created_unix_s: u64,
+    /// 0: never.
+    pub expire_at_unix_s: u64,
+}
+
+pub struct VodStore {
+    dir: PathBuf,
+}
+
+/// A FileId is exactly 19 ASCII digits (anything else is refused before
+/// touching the filesystem).
+pub fn valid_file_id(id: &str) -> bool {
+    id.len() == 19 && id.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn new_file_id() -> String {
+    let n: u64 = rand::random::<u64>() | (1 << 62);
+    format!("{:019}", n & (u64::MAX >> 1))
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> Result<(), VodError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(data).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+impl VodStore {
+    /// Opens (creates) the store and removes what a crash left half-done.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, VodError> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
+            let path = entry.map_err(io(&dir))?.path();
+            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+            let orphan_mp4 = ext == "mp4" && !path.with_extension("json").exists();
+            if ext == "tmp" || orphan_mp4 {
+                std::fs::remove_file(&path).map_err(io(&path))?;
+            }
+        }
+        Ok(Self { dir })
+    }
+
+    pub fn mp4_path(&self, file_id: &str) -> PathBuf {
+        self.dir.join(format!("{file_id}.mp4"))
+    }
+
+    fn meta_path(&self, file_id: &str) -> PathBuf {
+        self.dir.join(format!("{file_id}.json"))
+    }
+
+    /// Stores one MP4; returns its entry (with the new FileId).
+    pub fn commit(&self, mp4: &[u8], mut entry: VodEntry) -> Result<VodEntry, VodError> {
+        let file_id = loop {
+            let id = new_file_id();
+            if !self.meta_path(&id).exists() && !self.mp4_path(&id).exists() {
+                break id;
+            }
+        };
+        entry.file_id = file_id.clone();
+        entry.size = mp4.len() as u64;
+        write_atomic(&self.mp4_path(&file_id), mp4)?;
+        let meta = serde_json::to_vec_pretty(&entry).map_err(|source| VodError::Metadata {
+            path: self.meta_path(&file_id).display().to_string(),
+            source,
+        })?;
+        write_atomic(&self.meta_path(&file_id), &meta)?;
+        let dir = std::fs::File::open(&self.dir).map_err(io(&self.dir))?;
+        dir.sync_all().map_err(io(&self.dir))?;
+        Ok(entry)
+    }
+
+    /// The entry of `file_id`, if it exists.
+    pub fn get(&self, file_id: &str) -> Result<Option<VodEntry>, VodError> {
+        if !valid_file_id(file_id) {
+            return Ok(None);
+        }
+        let path = self.meta_path(file_id);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| VodError::Metadata {
+                path: path.display().to_string(),
+                source,
+            })
+    }
+
+    /// Deletes every file whose expiry is at or before `now_unix_s`;
+    /// returns their FileIds.
+    pub fn expire(&self, now_unix_s: u64) -> Result<Vec<String>, VodError> {
+        let mut gone = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(io(&self.dir))? {
+            let path = entry.map_err(io(&self.dir))?.path();
+            let Some(id) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".json"))
+            else {
+                continue;
+            };
+            let Some(e) = self.get(id)? else { continue };
+            if e.expire_at_unix_s != 0 && e.expire_at_unix_s <= now_unix_s {
+                // Metadata first: once it is gone the file is gone for readers.
+                std::fs::remove_file(&path).map_err(io(&path))?;
+                let mp4 = self.mp4_path(id);
+                match std::fs::remove_file(&mp4) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(err) => return Err(io(&mp4)(err)),
+                }
+                gone.push(id.to_owned());
+            }
+        }
+        gone.sort();
+        Ok(gone)
+    }
+}
+
+/// The answer to a `Range` header for a file of `len` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeAnswer {
+    /// 200 with the whole file (no header, several ranges, or a header we
+    /// do not understand: RFC 9110 lets a server ignore Range).
+    Full,
+    /// 206: bytes `start..=end`.
+    Partial { start: u64, end: u64 },
+    /// 416.
+    Unsatisfiable,
+}
+
+/// Parses one `Range` header value against a file of `len` bytes.
+pub fn parse_range(header: Option<&str>, len: u64) -> RangeAnswer {
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return RangeAnswer::Full;
+    };
+    if spec.contains(',') {
+        return RangeAnswer::Full;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeAnswer::Full;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let parse = |s: &str| s.parse::<u64>().ok();
+    match (a.is_empty(), b.is_empty()) {
+        // bytes=-n: the last n bytes.
+        (true, false) => match parse(b) {
+            Some(0) => RangeAnswer::Unsatisfiable,
+            Some(n) if len > 0 => RangeAnswer::Partial {
+                start: len.saturating_sub(n),
+                end: len - 1,
+            },
+            Some(_) => RangeAnswer::Unsatisfiable,
+            None => RangeAnswer::Full,
+        },
+        (false, _) => {
+            let Some(start) = parse(a) else {
+                return RangeAnswer::Full;
+            };
+            let end = if b.is_empty() {
+                Some(u64::MAX)
+            } else {
+                parse(b)
+            };
+            match end {
+                None => RangeAnswer::Full,
+                Some(end) if end < start => RangeAnswer::Full,
+                Some(_) if start >= len => RangeAnswer::Unsatisfiable,
+                Some(end) => RangeAnswer::Partial {
+                    start,
+                    end: end.min(len - 1),
+                },
+            }
+        }
+        (true, true) => RangeAnswer::Full,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> VodEntry {
+        VodEntry {
+            file_id: String::new(),
+            task_id: "t1".into(),
+            user_id: "u1".into(),
+            track_type: "audio_video".into(),
+            media_id: "main".into(),
+            cache_file: "x.mp4".into(),
+            size: 0,
+            created_unix_s: 100,
+            expire_at_unix_s: 0,
+        }
+    }
+
+    #[test]
+    fn ranges_follow_rfc_9110() {
+        use RangeAnswer::*;
+        assert_eq!(parse_range(None, 100), Full);
+        assert_eq!(
+            parse_range(Some("bytes=0-9"), 100),
+            Partial { start: 0, end: 9 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=90-"), 100),
+            Partial { start: 90, end: 99 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=90-500"), 100),
+            Partial { start: 90, end: 99 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-10"), 100),
+            Partial { start: 90, end: 99 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-500"), 100),
+            Partial { start: 0, end: 99 }
+        );
+        assert_eq!(parse_range(Some("bytes=100-"), 100), Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=-0"), 100), Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=0-"), 0), Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=5-2"), 100), Full);
+        assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100), Full);
+        assert_eq!(parse_range(Some("items=0-1"), 100), Full);
+        assert_eq!(parse_range(Some("bytes=x-1"), 100), Full);
+    }
+
+    #[test]
+    fn commit_get_and_expire() {
+        let dir = std::env::temp_dir().join(format!("kiroku-vod-{}", rand::random::<u64>()));
+        let store = VodStore::open(&dir).expect("open");
+        let mut later = entry();
+        later.expire_at_unix_s = 2_000;
+        let a = store.commit(b"first", entry()).expect("commit");
+        let b = store.commit(b"second!", later).expect("commit");
+        assert!(valid_file_id(&a.file_id) && valid_file_id(&b.file_id));
+        assert_ne!(a.file_id, b.file_id);
+        assert_eq!(store.get(&b.file_id).expect("get"), Some(b.clone()));
+        assert_eq!(b.size, 7);
+        assert_eq!(
+            std::fs::read(store.mp4_path(&b.file_id)).expect("read"),
+            b"second!"
+        );
+        assert_eq!(store.get("../etc/passwd").expect("get"), None);
+        assert_eq!(store.expire(1_999).expect("expire"), Vec::<String>::new());
+        assert_eq!(
+            store.expire(2_000).expect("expire"),
+            vec![b.file_id.clone()]
+        );
+        assert_eq!(store.get(&b.file_id).expect("get"), None);
+        assert!(!store.mp4_path(&b.file_id).exists());
+        // Never-expiring files stay.
+        assert_eq!(store.get(&a.file_id).expect("get"), Some(a));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_crash_between_the_mp4_and_its_metadata_leaves_nothing_behind() {
+        let dir = std::env::temp_dir().join(format!("kiroku-vod-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("1234567890123456789.mp4"), b"orphan").expect("write");
+        std::fs::write(dir.join("1234567890123456788.tmp"), b"half").expect("write");
+        let store = VodStore::open(&dir).expect("open");
+        assert_eq!(std::fs::read_dir(&dir).expect("dir").count(), 0);
+        assert_eq!(store.get("1234567890123456789").expect("get"), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
