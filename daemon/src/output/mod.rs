@@ -8,6 +8,7 @@
 //! [`check_key`] enforces before anything touches the filesystem.
 
 pub mod local;
+pub mod s3;
 pub mod vod;
 pub mod vod_http;
 
