@@ -3,5 +3,6 @@
 pub mod aac;
 pub mod h264;
 pub mod h264_codec;
+pub mod mp4;
 pub mod rtp_time;
 pub mod ts;
