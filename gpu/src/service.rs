@@ -78,12 +78,23 @@ impl CompositorService {
         compositor: Box<dyn Compositor>,
         config: ServiceConfig,
     ) -> std::io::Result<CompositorHandle> {
+        Self::spawn_joinable(compositor, config).map(|(handle, _thread)| handle)
+    }
+
+    /// Like [`Self::spawn`], also returning the thread, which ends (and
+    /// drops the compositor) once every handle is gone. A process should
+    /// wait for it before exiting: destroying a GPU device while the driver
+    /// tears itself down at exit can crash (seen with Mesa's lavapipe).
+    pub fn spawn_joinable(
+        compositor: Box<dyn Compositor>,
+        config: ServiceConfig,
+    ) -> std::io::Result<(CompositorHandle, std::thread::JoinHandle<()>)> {
         let (requests, queue) = mpsc::sync_channel(config.queue_capacity.max(1));
         let backend = compositor.name();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("compositor-{backend}"))
             .spawn(move || serve(compositor, &queue, config.max_batch.max(1)))?;
-        Ok(CompositorHandle { requests, backend })
+        Ok((CompositorHandle { requests, backend }, thread))
     }
 }
 

@@ -18,7 +18,8 @@ use crate::config::CompositorPreference;
 
 /// Hands every mixed task its compositor.
 pub struct CompositorSource {
-    shared: Option<CompositorHandle>,
+    shared: std::sync::Mutex<Option<CompositorHandle>>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// What was chosen and why, for the start-up log.
     pub description: String,
 }
@@ -40,9 +41,10 @@ impl CompositorSource {
         if selection.gpu.is_none() {
             return Self::cpu(selection.reason);
         }
-        match CompositorService::spawn(selection.compositor, ServiceConfig::default()) {
-            Ok(handle) => Self {
-                shared: Some(handle),
+        match CompositorService::spawn_joinable(selection.compositor, ServiceConfig::default()) {
+            Ok((handle, thread)) => Self {
+                shared: std::sync::Mutex::new(Some(handle)),
+                thread: std::sync::Mutex::new(Some(thread)),
                 description: selection.reason,
             },
             Err(e) => {
@@ -54,17 +56,39 @@ impl CompositorSource {
 
     fn cpu(description: String) -> Self {
         Self {
-            shared: None,
+            shared: std::sync::Mutex::new(None),
+            thread: std::sync::Mutex::new(None),
             description,
         }
     }
 
     pub fn create(&self) -> Box<dyn Compositor> {
-        match &self.shared {
-            Some(handle) => Box::new(SharedCompositor {
-                handle: handle.clone(),
-            }),
+        let shared = self.shared.lock().ok().and_then(|s| s.clone());
+        match shared {
+            Some(handle) => Box::new(SharedCompositor { handle }),
             None => Box::new(CpuCompositor::new()),
+        }
+    }
+
+    /// At shutdown, after the recorders stopped: lets the shared GPU
+    /// compositor's thread end and waits (up to `wait`) until it has
+    /// released the device, so that the process never exits while a GPU
+    /// device is alive. Later tasks (none at shutdown) would get the CPU.
+    pub fn release(&self, wait: std::time::Duration) {
+        if let Ok(mut shared) = self.shared.lock() {
+            shared.take();
+        }
+        let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + wait;
+        while !thread.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if thread.is_finished() {
+            let _ = thread.join();
+        } else {
+            tracing::warn!("the GPU compositor is still in use at shutdown");
         }
     }
 }

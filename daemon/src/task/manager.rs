@@ -699,6 +699,10 @@ impl Manager {
                 "some recorders did not close their files in time"
             );
         }
+        let inner = self.inner.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || inner.compositors.release(Duration::from_secs(5)))
+                .await;
     }
 
     /// Called by the runner once an Exited task has nothing left to do.
