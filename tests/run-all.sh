@@ -62,6 +62,8 @@ step "recording benchmark (short smoke, debug build)"
 
 step "mixed pipeline benchmark (short smoke, debug build, side by side with ffmpeg)"
 ./target/debug/mix-bench --seconds 2 --cases 4x720,25x1080
+step "spool write benchmark (short smoke, debug build: io_uring vs plain writes)"
+./target/debug/spool-bench --files 100 --threads 1,8
 step "compositor benchmark (short smoke, debug build: CPU and wgpu on lavapipe)"
 ./target/debug/compositor-bench --ticks 3 --tasks 4
 

@@ -8,7 +8,10 @@
 //! [`check_key`] enforces before anything touches the filesystem.
 
 pub mod local;
+pub mod queue;
 pub mod s3;
+pub mod spool;
+mod uring;
 pub mod vod;
 pub mod vod_http;
 
