@@ -46,7 +46,7 @@ use crate::record::naming::{Media, Naming, TrackType};
 use crate::record::segmenter::SegmenterConfig;
 use crate::record::single::{Action, FileInfo, Stats};
 use crate::record::stream::{HlsStream, Output, BASE_90K};
-use crate::record::subscribe::{self, media_of, Admission, Current, OfferedTrack};
+use crate::record::subscribe::{media_of, Admission, Current, OfferedTrack};
 use crate::record::timeline::{TrackClock, UserClock};
 use crate::room::{Codec, MediaFrame, TrackKind};
 use crate::task::params::{
@@ -333,30 +333,26 @@ impl MixedRecorder {
         (v.width, v.height)
     }
 
-    fn wants(&self, user_id: &str, kind: TrackKind) -> bool {
-        let st = &self.settings;
-        subscribe::wants(st.stream_type, st.media, &self.subscription, user_id, kind)
-    }
-
     /// Brings the subscriptions in line with what the room offers.
     pub fn reconcile(&mut self, offered: &[OfferedTrack]) -> Vec<Action> {
         let mut actions = Vec::new();
-        let wanted: Vec<&OfferedTrack> = offered
-            .iter()
-            .filter(|t| self.wants(&t.user_id, t.kind))
-            .collect();
-        let (admitted, refused) = self.admission.admit(&wanted);
-        for (user_id, media) in refused {
-            actions.push(Action::StreamRefused { user_id, media });
-        }
+        let st = &self.settings;
         let current = self.subs.iter().map(|(tag, s)| Current {
             tag: *tag,
             user_id: &s.user_id,
             kind: s.kind,
             session_id: &s.session_id,
         });
-        let (ended, started) = subscribe::diff(current, &admitted);
-        for tag in ended {
+        let plan = self.admission.plan(
+            (st.stream_type, st.media, &self.subscription),
+            offered,
+            current,
+        );
+        for (user_id, media) in plan.refused {
+            actions.push(Action::StreamRefused { user_id, media });
+        }
+        let started = plan.started;
+        for tag in plan.ended {
             self.end_sub(tag, &mut actions);
         }
         for t in started {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use crate::record::naming::{Media, Naming, TrackType};
 use crate::record::segmenter::SegmenterConfig;
 use crate::record::stream::{HlsStream, Output, StreamId};
-use crate::record::subscribe::{self, media_of, Admission, Current};
+use crate::record::subscribe::{media_of, Admission, Current};
 pub use crate::record::subscribe::{OfferedTrack, MAX_STREAMS};
 use crate::record::timeline::{TrackClock, UserClock};
 use crate::room::{Codec, MediaFrame, TrackKind};
@@ -139,11 +139,6 @@ impl SingleRecorder {
         self.subscription = subscription;
     }
 
-    fn wants(&self, user_id: &str, kind: TrackKind) -> bool {
-        let st = &self.settings;
-        subscribe::wants(st.stream_type, st.media, &self.subscription, user_id, kind)
-    }
-
     fn stream_id(&self, user_id: &str, kind: TrackKind) -> StreamId {
         let merged = self.settings.av_merge && self.settings.stream_type == StreamType::AudioVideo;
         let track_type = match kind {
@@ -162,22 +157,23 @@ impl SingleRecorder {
     /// Brings the subscriptions in line with what the room offers.
     pub fn reconcile(&mut self, offered: &[OfferedTrack]) -> Vec<Action> {
         let mut actions = Vec::new();
-        let wanted: Vec<&OfferedTrack> = offered
-            .iter()
-            .filter(|t| self.wants(&t.user_id, t.kind))
-            .collect();
-        let (admitted, refused) = self.admission.admit(&wanted);
-        for (user_id, media) in refused {
-            actions.push(Action::StreamRefused { user_id, media });
-        }
+        let st = &self.settings;
         let current = self.subs.iter().map(|(tag, s)| Current {
             tag: *tag,
             user_id: &s.user_id,
             kind: s.kind,
             session_id: &s.session_id,
         });
-        let (ended, started) = subscribe::diff(current, &admitted);
-        for tag in ended {
+        let plan = self.admission.plan(
+            (st.stream_type, st.media, &self.subscription),
+            offered,
+            current,
+        );
+        for (user_id, media) in plan.refused {
+            actions.push(Action::StreamRefused { user_id, media });
+        }
+        let started = plan.started;
+        for tag in plan.ended {
             self.end_sub(tag, &mut actions);
         }
         // Start the new ones.

@@ -100,6 +100,39 @@ impl Admission {
     }
 }
 
+/// What a reconcile must do: the streams refused for the first time, the
+/// subscriptions to end (tag order) and the tracks to subscribe to (join
+/// order).
+pub struct Plan<'a> {
+    pub refused: Vec<(String, Media)>,
+    pub ended: Vec<u64>,
+    pub started: Vec<&'a OfferedTrack>,
+}
+
+impl Admission {
+    /// The whole reconcile decision for both recording modes: which offered
+    /// tracks the parameters want, which of them fit the stream limit, and
+    /// how that differs from the `current` subscriptions.
+    pub fn plan<'a, 'c>(
+        &mut self,
+        (stream_type, media, subscription): (StreamType, MediaSelection, &Subscription),
+        offered: &'a [OfferedTrack],
+        current: impl Iterator<Item = Current<'c>> + Clone,
+    ) -> Plan<'a> {
+        let wanted: Vec<&OfferedTrack> = offered
+            .iter()
+            .filter(|t| wants(stream_type, media, subscription, &t.user_id, t.kind))
+            .collect();
+        let (admitted, refused) = self.admit(&wanted);
+        let (ended, started) = diff(current, &admitted);
+        Plan {
+            refused,
+            ended,
+            started,
+        }
+    }
+}
+
 /// One live subscription as [`diff`] sees it.
 pub struct Current<'a> {
     pub tag: u64,
