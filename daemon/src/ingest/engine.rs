@@ -74,6 +74,10 @@ struct Peer {
     tracks: HashMap<Mid, TrackIn>,
     /// Per-mid ingress counters (str0m reports each mid separately).
     mid_stats: HashMap<Mid, [u64; 5]>,
+    /// Key frames asked for before the track's first RTP (str0m has no
+    /// receive stream to send the PLI on yet): sent with the first frame
+    /// that is not itself a key frame, instead of being lost.
+    deferred_keyframes: Vec<TrackKind>,
     net: SessionNetStats,
 }
 
@@ -212,11 +216,17 @@ impl IngestCore {
                     .filter(|(_, t)| t.track.kind == kind)
                     .map(|(m, _)| *m)
                     .collect();
+                let mut sent = false;
                 for mid in mids {
                     if let Some(rx) = peer.rtc.direct_api().stream_rx_by_mid(mid, None) {
                         rx.request_keyframe(KeyframeRequestKind::Pli);
                         self.metrics.keyframe_requests.inc();
+                        sent = true;
                     }
+                }
+                if !sent && !peer.deferred_keyframes.contains(&kind) {
+                    peer.deferred_keyframes.push(kind);
+                    self.metrics.keyframe_requests_deferred.inc();
                 }
                 self.drain(id, now);
             }
@@ -249,6 +259,7 @@ impl IngestCore {
                 deadline: now,
                 tracks: HashMap::new(),
                 mid_stats: HashMap::new(),
+                deferred_keyframes: Vec::new(),
                 net: SessionNetStats::default(),
             },
         );
@@ -443,6 +454,15 @@ impl IngestCore {
                         if let Some(sps) = h264::find_sps(&d.data).and_then(h264::parse_sps) {
                             t.track.set_resolution(sps.width, sps.height);
                         }
+                    }
+                    if let Some(at) = peer.deferred_keyframes.iter().position(|k| *k == kind) {
+                        if !key {
+                            if let Some(rx) = peer.rtc.direct_api().stream_rx_by_mid(d.mid, None) {
+                                rx.request_keyframe(KeyframeRequestKind::Pli);
+                                self.metrics.keyframe_requests.inc();
+                            }
+                        }
+                        peer.deferred_keyframes.swap_remove(at);
                     }
                     key
                 } else {

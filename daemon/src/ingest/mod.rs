@@ -88,6 +88,7 @@ pub struct IngestMetrics {
     pub frames: IntCounterVec,
     pub drops: IntCounterVec,
     pub keyframe_requests: IntCounter,
+    pub keyframe_requests_deferred: IntCounter,
     pub nacks: IntCounter,
     pub discontinuities: IntCounter,
     pub plis: IntCounter,
@@ -159,6 +160,10 @@ impl IngestMetrics {
             keyframe_requests: c(
                 "kiroku_ingest_keyframe_requests_total",
                 "PLIs kiroku asked publishers for",
+            ),
+            keyframe_requests_deferred: c(
+                "kiroku_ingest_keyframe_requests_deferred_total",
+                "Key-frame requests held until the track's first RTP arrived",
             ),
             nacks: c("kiroku_ingest_nacks_total", "NACKs sent to publishers"),
             discontinuities: c(
