@@ -53,6 +53,8 @@ struct RawConfig {
     #[serde(default)]
     recording: RawRecording,
     #[serde(default)]
+    storage: RawStorage,
+    #[serde(default)]
     credentials: Vec<RawCredential>,
     #[serde(default)]
     apps: Vec<RawApp>,
@@ -105,6 +107,19 @@ struct RawRecording {
     compositor: Option<String>,
 }
 
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    spool_capacity_mb: Option<u64>,
+    upload_concurrency: Option<usize>,
+    retry_base_ms: Option<u64>,
+    retry_max_seconds: Option<u64>,
+    stranded_after_attempts: Option<u32>,
+    drain_timeout_seconds: Option<u64>,
+    #[serde(default)]
+    s3: crate::output::s3::S3Config,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCredential {
@@ -131,6 +146,7 @@ pub struct Config {
     pub log: LogConfig,
     pub ingest: IngestConfig,
     pub recording: RecordingConfig,
+    pub storage: StorageConfig,
     /// TC3-HMAC-SHA256 API keys. Empty = open dev mode (loopback only).
     pub credentials: Vec<Credential>,
     /// Known applications. Empty in dev mode = any SdkAppId is accepted.
@@ -183,6 +199,27 @@ pub struct RecordingConfig {
     pub mix_latency: Duration,
     /// Which compositor mixed-stream tasks use.
     pub compositor: CompositorPreference,
+}
+
+/// `[storage]`: the spool and the uploads to remote storage.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// The spool (`data_dir/spool`) never holds more than this; a task
+    /// whose file does not fit fails (callback 308, then it stops).
+    pub spool_capacity_bytes: u64,
+    /// Uploads in flight at once, over all tasks.
+    pub upload_concurrency: usize,
+    /// The first retry delay; doubled per failure up to `retry_max`.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// Failed attempts after which a file counts as stranded (metrics).
+    pub stranded_after_attempts: u32,
+    /// How long an ended task waits for its uploads before callback 305
+    /// reports stranded files (Status 1); they are still uploaded later
+    /// (then Status 2).
+    pub drain_timeout: Duration,
+    /// S3 endpoints per vendor and upload tuning.
+    pub s3: crate::output::s3::S3Config,
 }
 
 /// `recording.compositor`.
@@ -256,6 +293,79 @@ pub const DEFAULT_UDP_PORT: u16 = 8443;
 pub const DEFAULT_API_RATE: u32 = 20;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_CALLBACK_RETRY_FOR_SECONDS: u64 = 24 * 3600;
+
+fn storage_config(raw: RawStorage) -> Result<StorageConfig, ConfigError> {
+    let capacity_mb = raw.spool_capacity_mb.unwrap_or(10 * 1024);
+    if !(16..=64 * 1024 * 1024).contains(&capacity_mb) {
+        return Err(invalid(
+            "storage.spool_capacity_mb",
+            "must be between 16 and 67108864 (64 TiB)",
+        ));
+    }
+    let upload_concurrency = raw.upload_concurrency.unwrap_or(8);
+    if !(1..=256).contains(&upload_concurrency) {
+        return Err(invalid("storage.upload_concurrency", "must be 1..=256"));
+    }
+    let retry_base_ms = raw.retry_base_ms.unwrap_or(1000);
+    if !(10..=600_000).contains(&retry_base_ms) {
+        return Err(invalid(
+            "storage.retry_base_ms",
+            "must be between 10 and 600000",
+        ));
+    }
+    let retry_max_seconds = raw.retry_max_seconds.unwrap_or(300);
+    if !(1..=86_400).contains(&retry_max_seconds) || retry_max_seconds * 1000 < retry_base_ms {
+        return Err(invalid(
+            "storage.retry_max_seconds",
+            "must be 1..=86400 and not below retry_base_ms",
+        ));
+    }
+    let stranded_after_attempts = raw.stranded_after_attempts.unwrap_or(8);
+    if stranded_after_attempts == 0 {
+        return Err(invalid(
+            "storage.stranded_after_attempts",
+            "must be at least 1",
+        ));
+    }
+    let drain_timeout_seconds = raw.drain_timeout_seconds.unwrap_or(60);
+    if drain_timeout_seconds > 86_400 {
+        return Err(invalid(
+            "storage.drain_timeout_seconds",
+            "must be at most 86400",
+        ));
+    }
+    raw.s3
+        .validate()
+        .map_err(|e| invalid("storage.s3", e.to_string()))?;
+    for (key, endpoint) in [
+        ("storage.s3.cos_endpoint", &raw.s3.cos_endpoint),
+        ("storage.s3.aws_endpoint", &raw.s3.aws_endpoint),
+    ] {
+        if let Some(e) = endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(invalid(
+                    key,
+                    format!("`{e}` must start with http:// or https://"),
+                ));
+            }
+            if e.starts_with("http://") && !raw.s3.allow_http {
+                return Err(invalid(
+                    key,
+                    format!("`{e}` is plain HTTP: set storage.s3.allow_http = true to permit it"),
+                ));
+            }
+        }
+    }
+    Ok(StorageConfig {
+        spool_capacity_bytes: capacity_mb * 1024 * 1024,
+        upload_concurrency,
+        retry_base: Duration::from_millis(retry_base_ms),
+        retry_max: Duration::from_secs(retry_max_seconds),
+        stranded_after_attempts,
+        drain_timeout: Duration::from_secs(drain_timeout_seconds),
+        s3: raw.s3,
+    })
+}
 
 impl Config {
     /// The embedded defaults (`kiroku serve` without `--config`).
@@ -525,6 +635,7 @@ impl Config {
                 ))
             }
         };
+        let storage = storage_config(raw.storage)?;
         let recording = RecordingConfig {
             segment: Duration::from_secs_f64(segment_seconds),
             keyframe_grace: Duration::from_secs_f64(grace_seconds),
@@ -533,6 +644,7 @@ impl Config {
         };
         Ok(Config {
             recording,
+            storage,
             data_dir: raw
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),

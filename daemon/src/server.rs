@@ -20,11 +20,12 @@ use crate::ingest::whip::{self, WhipState};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::notify::deliver;
+use crate::output::uploader::UploadService;
 use crate::output::vod::VodStore;
 use crate::output::vod_http;
 use crate::store::Store;
 use crate::systemd;
-use crate::task::manager::Manager;
+use crate::task::manager::{Manager, Outputs};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -148,6 +149,20 @@ pub async fn run(
         addr: config.ingest.udp_listen,
         source,
     })?;
+    let vod_dir = config.data_dir.join("vod");
+    let vod = Arc::new(VodStore::open(&vod_dir).map_err(|e| ServerError::DataDir {
+        path: vod_dir.display().to_string(),
+        source: std::io::Error::other(e.to_string()),
+    })?);
+    let (notices_tx, notices) = tokio::sync::mpsc::channel(1024);
+    let uploads = UploadService::open(&config.data_dir, &config.storage, &metrics, notices_tx)
+        .map_err(|e| ServerError::DataDir {
+            path: config.data_dir.join("spool").display().to_string(),
+            source: std::io::Error::other(match std::error::Error::source(&e) {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            }),
+        })?;
     let manager = Manager::start(
         config.clone(),
         store.clone(),
@@ -155,13 +170,13 @@ pub async fn run(
         outbox,
         metrics.clone(),
         ingest.registry.clone(),
+        Outputs {
+            uploads,
+            notices,
+            vod: vod.clone(),
+        },
     )
     .await;
-    let vod_dir = config.data_dir.join("vod");
-    let vod = Arc::new(VodStore::open(&vod_dir).map_err(|e| ServerError::DataDir {
-        path: vod_dir.display().to_string(),
-        source: std::io::Error::other(e.to_string()),
-    })?);
     // ExpireTime: expired VOD files are deleted within a minute.
     let expiry = {
         let vod = vod.clone();

@@ -156,6 +156,61 @@ pub fn download_image_error(url: &str) -> (EventType, Value) {
     (EventType::DownloadImageError, json!({ "Url": url }))
 }
 
+/// 308: the storage service refused or failed an upload; `Code` and
+/// `Message` are the service's own (or a transport error's).
+pub fn upload_error(code: &str, message: &str) -> (EventType, Value) {
+    (
+        EventType::UploadError,
+        json!({ "Code": code, "Message": message }),
+    )
+}
+
+/// 310: the MP4 (or AAC) conversion ended. Status 0 every file stored,
+/// 1 some files are still waiting for upload, 2 the conversion failed.
+pub fn mp4_stop(status: u8, files: &[String]) -> (EventType, Value) {
+    (
+        EventType::Mp4Stop,
+        json!({ "Status": status, "FileList": files }),
+    )
+}
+
+/// The fields of one 311 (VOD_COMMIT) callback.
+#[derive(Debug, Clone, Default)]
+pub struct VodCommit<'a> {
+    /// 0 ok, 1 stranded, 2 failed.
+    pub status: u8,
+    /// Empty in mixed mode.
+    pub user_id: &'a str,
+    pub track_type: &'a str,
+    pub media_id: &'a str,
+    pub file_id: &'a str,
+    pub video_url: &'a str,
+    pub cache_file: &'a str,
+    pub errmsg: &'a str,
+}
+
+/// 311: one recording file is in the VOD store.
+pub fn vod_commit(c: &VodCommit<'_>) -> (EventType, Value) {
+    (
+        EventType::VodCommit,
+        json!({
+            "Status": c.status,
+            "UserId": c.user_id,
+            "TrackType": c.track_type,
+            "MediaId": c.media_id,
+            "FileId": c.file_id,
+            "VideoUrl": c.video_url,
+            "CacheFile": c.cache_file,
+            "Errmsg": c.errmsg,
+        }),
+    )
+}
+
+/// 312: the VOD job ended (0 ok, 1 failed).
+pub fn vod_stop(status: u8) -> (EventType, Value) {
+    (EventType::VodStop, json!({ "Status": status }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,9 +25,16 @@ impl LocalStore {
 impl Store for LocalStore {
     fn put(&self, key: &str, data: &[u8]) -> Result<(), StoreError> {
         let path = self.path_of(key)?;
-        let io = |source| StoreError::Io {
-            path: path.clone(),
-            source,
+        let io = |source: std::io::Error| {
+            // ENOSPC, EDQUOT: the task cannot go on (it fails loudly).
+            if matches!(source.raw_os_error(), Some(28 | 122)) {
+                StoreError::Full(format!("{}: {source}", path.display()))
+            } else {
+                StoreError::Io {
+                    path: path.clone(),
+                    source,
+                }
+            }
         };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;

@@ -11,6 +11,7 @@ pub mod local;
 pub mod queue;
 pub mod s3;
 pub mod spool;
+pub mod uploader;
 mod uring;
 pub mod vod;
 pub mod vod_http;
@@ -22,6 +23,11 @@ use std::path::PathBuf;
 pub enum StoreError {
     #[error("object key {0:?} is not a relative path of plain names")]
     BadKey(String),
+    /// The spool or its disk is full: the task cannot go on recording.
+    #[error("storage full: {0}")]
+    Full(String),
+    #[error("spooling the file")]
+    Spool(#[source] spool::SpoolError),
     #[error("writing {path}")]
     Io {
         path: PathBuf,
@@ -35,6 +41,28 @@ pub enum StoreError {
 pub trait Store: Send + Sync {
     /// Writes (or replaces) an object.
     fn put(&self, key: &str, data: &[u8]) -> Result<(), StoreError>;
+}
+
+/// Writes every object to several stores (a task's storage and the
+/// staging copy its end-of-task packing reads), in order; the first
+/// failure is the result.
+pub struct TeeStore {
+    stores: Vec<std::sync::Arc<dyn Store>>,
+}
+
+impl TeeStore {
+    pub fn new(stores: Vec<std::sync::Arc<dyn Store>>) -> Self {
+        Self { stores }
+    }
+}
+
+impl Store for TeeStore {
+    fn put(&self, key: &str, data: &[u8]) -> Result<(), StoreError> {
+        for s in &self.stores {
+            s.put(key, data)?;
+        }
+        Ok(())
+    }
 }
 
 /// Refuses keys that could escape the store's root.

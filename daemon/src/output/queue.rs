@@ -285,7 +285,15 @@ impl UploadQueue {
     /// reported with [`succeeded`](Self::succeeded) or
     /// [`failed`](Self::failed) before it is handed out again.
     pub fn due(&mut self, now: u64) -> Vec<Entry> {
+        self.due_at_most(now, usize::MAX)
+    }
+
+    /// [`due`](Self::due), handing out at most `max` entries (the oldest).
+    pub fn due_at_most(&mut self, now: u64, max: usize) -> Vec<Entry> {
         let mut out = Vec::new();
+        if max == 0 {
+            return out;
+        }
         // Tasks with a segment before the current position still queued.
         let mut segment_pending: HashSet<&str> = HashSet::new();
         // Keys with an older version before the current position.
@@ -307,6 +315,9 @@ impl UploadQueue {
                 continue;
             }
             picked.push(id);
+            if picked.len() >= max {
+                break;
+            }
         }
         for id in picked {
             if let Some(slot) = self.slots.get_mut(&id) {
@@ -316,6 +327,21 @@ impl UploadQueue {
             }
         }
         out
+    }
+
+    /// Entries of `task` still queued (in flight included).
+    pub fn pending_for(&self, task: &str) -> usize {
+        self.slots.values().filter(|s| s.entry.task == task).count()
+    }
+
+    /// Makes every waiting entry of `task` due at `now` (a task that ends
+    /// tries its backlog once more at once instead of after its backoff).
+    pub fn retry_now(&mut self, task: &str, now: u64) {
+        for s in self.slots.values_mut() {
+            if s.entry.task == task && !s.in_flight {
+                s.entry.retry.next_attempt_at = s.entry.retry.next_attempt_at.min(now);
+            }
+        }
     }
 
     /// The earliest time an entry not in flight is scheduled for (it may

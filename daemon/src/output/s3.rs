@@ -360,6 +360,37 @@ impl UploadError {
         &self.key
     }
 
+    /// The task's bucket could not be set up (its parameters are unusable
+    /// with this appliance's S3 configuration).
+    pub fn no_target(key: &str) -> Self {
+        Self {
+            op: "put",
+            key: key.to_owned(),
+            kind: ErrorKind::Other,
+            status: None,
+            code: "InvalidStorageTarget".into(),
+            message:
+                "the task's storage parameters do not make a usable S3 target (see the daemon log)"
+                    .into(),
+            retryable: false,
+            source: None,
+        }
+    }
+
+    /// The file could not be read back from the local spool.
+    pub fn local(key: &str, why: String) -> Self {
+        Self {
+            op: "read spooled",
+            key: key.to_owned(),
+            kind: ErrorKind::Other,
+            status: None,
+            code: "LocalReadError".into(),
+            message: why,
+            retryable: true,
+            source: None,
+        }
+    }
+
     fn invalid_key(op: &'static str, key: &str) -> Self {
         Self {
             op,

@@ -42,6 +42,11 @@ pub enum RecorderEvent {
     FileSliced(FileInfo),
     /// A playlist was stored for the first time (Describe, callback 304).
     PlaylistStored(FileInfo),
+    /// The storage (spool or disk) is full: the task cannot go on. Sent
+    /// once, at the first refused file.
+    StorageFull {
+        error: String,
+    },
     /// Every file is written; `failed_writes` could not be.
     Finished {
         failed_writes: u64,
@@ -344,6 +349,7 @@ struct Worker {
     subscribed: HashMap<u64, Arc<Track>>,
     stored_playlists: HashSet<String>,
     failed_writes: u64,
+    storage_full: bool,
     reported: Stats,
     reported_mix: MixStats,
     reported_errors: u64,
@@ -395,6 +401,7 @@ fn run(setup: RecorderSetup, control: mpsc::Receiver<RecorderControl>) {
         subscribed: HashMap::new(),
         stored_playlists: HashSet::new(),
         failed_writes: 0,
+        storage_full: false,
         reported: Stats::default(),
         reported_mix: MixStats::default(),
         reported_errors: 0,
@@ -537,6 +544,12 @@ impl Worker {
                 true
             }
             Err(e) => {
+                if matches!(e, crate::output::StoreError::Full(_)) && !self.storage_full {
+                    self.storage_full = true;
+                    self.event(RecorderEvent::StorageFull {
+                        error: e.to_string(),
+                    });
+                }
                 self.failed_writes += 1;
                 self.metrics.write_failures.inc();
                 tracing::error!(task_id = %self.task_id, key, error = %e, cause = ?std::error::Error::source(&e), "recording file could not be written");

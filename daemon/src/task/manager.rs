@@ -41,6 +41,9 @@ use crate::mix::overlay::{decode_image, ImageLimits};
 use crate::notify::deliver::{now_ms, Outbox};
 use crate::notify::event::{self, EventSubject, EventType, LeaveCode};
 use crate::output::local::LocalStore;
+use crate::output::uploader::{CallbackContext, NoticeKind, UploadNotice, UploadService};
+use crate::output::vod::VodStore;
+use crate::output::TeeStore;
 use crate::record::compose::{open_encoder, CompositorSource};
 use crate::record::mixed::{Images, MixedRecorder, MixedSettings};
 use crate::record::naming::Naming;
@@ -53,8 +56,10 @@ use crate::room::{Registry, RoomKey, RoomWatch};
 use crate::store::{Change, NewCallback, Store, TaskRecord, TaskState};
 use crate::task::idle::IdleTimer;
 use crate::task::lifecycle::{self, Event, Transition};
+use crate::task::outputs::OutputPlan;
 use crate::task::params::{
-    MixLayout, Modification, RecordMode, RecordingSpec, StreamType, Subscription, Watermark,
+    MixLayout, Modification, RecordMode, RecordingSpec, Storage, StreamType, Subscription,
+    Watermark,
 };
 
 pub use crate::store::StorageFile;
@@ -98,10 +103,22 @@ struct Inner {
     metrics: Metrics,
     recorder_metrics: RecorderMetrics,
     storage: Arc<dyn crate::output::Store>,
+    /// HLS kept for end-of-task packing (`data_dir/staging`).
+    staging: Arc<LocalStore>,
+    uploads: UploadService,
+    vod: Arc<VodStore>,
     compositors: CompositorSource,
     /// For layout images.
     http: reqwest::Client,
     state: Mutex<State>,
+}
+
+/// The output services the manager hands tasks to.
+pub struct Outputs {
+    pub uploads: UploadService,
+    /// What the upload service reports (turned into callbacks).
+    pub notices: mpsc::Receiver<UploadNotice>,
+    pub vod: Arc<VodStore>,
 }
 
 /// Cheap to clone; all clones share the same tasks.
@@ -124,9 +141,11 @@ impl Manager {
         outbox: Outbox,
         metrics: Metrics,
         rooms: Arc<Registry>,
+        outputs: Outputs,
     ) -> Self {
         let recorder_metrics = RecorderMetrics::register(&metrics);
         let storage = Arc::new(LocalStore::new(config.data_dir.join("storage")));
+        let staging = Arc::new(LocalStore::new(config.data_dir.join("staging")));
         let compositors = CompositorSource::new(config.recording.compositor);
         tracing::info!(compositor = %compositors.description, "mixed-stream compositor");
         let http = reqwest::Client::builder()
@@ -142,11 +161,15 @@ impl Manager {
                 metrics,
                 recorder_metrics,
                 storage,
+                staging,
+                uploads: outputs.uploads,
+                vod: outputs.vod,
                 compositors,
                 http,
                 state: Mutex::new(State::default()),
             }),
         };
+        tokio::spawn(upload_notices(Arc::downgrade(&mgr.inner), outputs.notices));
         {
             let mut st = mgr.inner.state.lock().await;
             for mut record in records {
@@ -206,12 +229,16 @@ impl Manager {
         let recorder = (!exiting).then(|| self.start_recorder(record, room_key));
         let runner = tokio::spawn(run_task(
             self.clone(),
-            record.task_id.clone(),
-            max_idle,
+            RunnerSetup {
+                task_id: record.task_id.clone(),
+                max_idle,
+                initial_layout: record.spec.mix.as_ref().map(|m| m.layout.clone()),
+                plan: OutputPlan::of(&record.spec),
+                storage: record.spec.storage.clone(),
+            },
             room,
             rx,
             recorder,
-            record.spec.mix.as_ref().map(|m| m.layout.clone()),
         ));
         (tx, runner)
     }
@@ -283,13 +310,46 @@ impl Manager {
             subscription: spec.record.subscription.clone(),
             room,
             registry: self.inner.rooms.clone(),
-            store: self.inner.storage.clone(),
+            store: self.recorder_store(record)?,
             metrics: self.inner.recorder_metrics.clone(),
             events: events_tx,
         };
         worker::spawn(setup)
             .map(|h| (h, events_rx))
             .map_err(|e| format!("cannot start the recorder thread: {e}"))
+    }
+
+    /// The store a task's recorder writes its HLS to: the task's storage
+    /// when HLS is one of its outputs, plus staging when the files are
+    /// packed at the end and no local folder keeps them.
+    fn recorder_store(&self, record: &TaskRecord) -> Result<Arc<dyn crate::output::Store>, String> {
+        let plan = OutputPlan::of(&record.spec);
+        let mut stores: Vec<Arc<dyn crate::output::Store>> = Vec::new();
+        if plan.hls {
+            stores.push(self.storage_of(record)?);
+        } else if let Storage::Cloud(_) = record.spec.storage {
+            // Packed files are uploaded: the bucket must work from the start.
+            self.storage_of(record)?;
+        }
+        if plan.staging {
+            stores.push(self.inner.staging.clone());
+        }
+        Ok(Arc::new(TeeStore::new(stores)))
+    }
+
+    /// Where a task's finished files go (local storage or its bucket,
+    /// through the spool); VOD tasks have no such storage.
+    fn storage_of(&self, record: &TaskRecord) -> Result<Arc<dyn crate::output::Store>, String> {
+        match &record.spec.storage {
+            Storage::Local | Storage::Vod(_) => Ok(self.inner.storage.clone()),
+            Storage::Cloud(cloud) => {
+                self.inner
+                    .uploads
+                    .register(&record.task_id, callback_context(&record.spec), cloud)
+                    .map_err(|e| format!("the storage target is unusable: {e}"))?;
+                Ok(self.inner.uploads.store(&record.task_id))
+            }
+        }
     }
 
     fn update_gauges(&self, st: &State) {
@@ -318,23 +378,13 @@ impl Manager {
         (ty, payload): (EventType, serde_json::Value),
         now: u64,
     ) -> Option<NewCallback> {
-        let spec = &record.spec;
-        let target = self.inner.config.app(spec.sdk_app_id)?.callback.as_ref()?;
-        let subject = EventSubject {
-            room: &spec.room,
-            bot_user_id: &spec.bot_user_id,
-            task_id: &record.task_id,
-        };
-        let body = event::body(ty, &subject, payload, now);
-        Some(NewCallback {
-            task_id: record.task_id.clone(),
-            sdk_app_id: spec.sdk_app_id,
-            event_type: ty as u32,
-            url: target.url.clone(),
-            sign: event::sign(&target.key, &body),
-            body,
-            created_ms: now,
-        })
+        new_callback(
+            &self.inner.config,
+            &record.task_id,
+            &callback_context(&record.spec),
+            (ty, payload),
+            now,
+        )
     }
 
     async fn commit(&self, change: Change<'_>) -> Result<(), ApiError> {
@@ -629,7 +679,13 @@ impl Manager {
         }
     }
 
-    async fn recorder_event(&self, task_id: &str, e: RecorderEvent) {
+    async fn recorder_event(
+        &self,
+        task_id: &str,
+        e: RecorderEvent,
+        plan: &OutputPlan,
+        storage: &Storage,
+    ) {
         let storage_file = |f: &FileInfo| StorageFile {
             user_id: f.user_id.clone(),
             file_name: f.file_name.clone(),
@@ -659,7 +715,16 @@ impl Manager {
                 self.task_event(task_id, |_| {}, Some(cb)).await;
             }
             RecorderEvent::PlaylistStored(f) => {
+                // VOD tasks list no files; formats without HLS store no
+                // playlists (the recorder's go to staging only).
+                if !plan.hls {
+                    return;
+                }
                 let file = storage_file(&f);
+                // A local file is in its storage now; a bucket's playlist is
+                // reported by the upload service after its first upload.
+                let info =
+                    matches!(storage, Storage::Local).then(|| event::file_info(&f.file_name));
                 self.task_event(
                     task_id,
                     |r| {
@@ -667,9 +732,29 @@ impl Manager {
                             r.files.push(file);
                         }
                     },
-                    Some(event::file_info(&f.file_name)),
+                    info,
                 )
                 .await;
+            }
+            RecorderEvent::StorageFull { error } => {
+                tracing::error!(
+                    task_id,
+                    error,
+                    "storage full: the task stops (other tasks go on recording)"
+                );
+                self.task_event(
+                    task_id,
+                    |_| {},
+                    Some(event::upload_error("LocalStorageFull", &error)),
+                )
+                .await;
+                if self
+                    .stop(task_id, LeaveCode::BotKickedByServer)
+                    .await
+                    .is_err()
+                {
+                    tracing::error!(task_id, "could not stop the task whose storage is full");
+                }
             }
             RecorderEvent::Finished { .. } => {}
         }
@@ -705,6 +790,40 @@ impl Manager {
                 .await;
     }
 
+    /// The end of a task's outputs, once its recorder has closed its
+    /// files: packing (MP4/AAC, VOD), uploads drained, and the callbacks
+    /// that report them (305; 310; 311 and 312). Also run for a task that
+    /// was ending when the daemon stopped: every step can run twice.
+    async fn finish_outputs(&self, task_id: &str, failed_writes: u64) {
+        let record = {
+            let st = self.inner.state.lock().await;
+            match st.tasks.get(task_id) {
+                Some(l) => l.record.clone(),
+                None => return,
+            }
+        };
+        let upload_status = match &record.spec.storage {
+            Storage::Cloud(cloud) => {
+                if let Err(e) =
+                    self.inner
+                        .uploads
+                        .register(task_id, callback_context(&record.spec), cloud)
+                {
+                    tracing::error!(task_id, error = %e, "the task's storage target is unusable");
+                }
+                let drained = self
+                    .inner
+                    .uploads
+                    .drain(task_id, self.inner.config.storage.drain_timeout)
+                    .await;
+                u8::from(failed_writes > 0 || drained.stranded > 0)
+            }
+            Storage::Local | Storage::Vod(_) => u8::from(failed_writes > 0),
+        };
+        self.task_event(task_id, |_| {}, Some(event::upload_stop(upload_status)))
+            .await;
+    }
+
     /// Called by the runner once an Exited task has nothing left to do.
     async fn finish(&self, task_id: &str) {
         let mut st = self.inner.state.lock().await;
@@ -732,6 +851,73 @@ impl Manager {
 }
 
 type Recorder = (RecorderHandle, mpsc::Receiver<RecorderEvent>);
+
+fn callback_context(spec: &RecordingSpec) -> CallbackContext {
+    CallbackContext {
+        sdk_app_id: spec.sdk_app_id,
+        room: spec.room.clone(),
+        bot_user_id: spec.bot_user_id.clone(),
+    }
+}
+
+/// A signed callback of `task_id` to its app's callback URL (`None` when
+/// the app has none).
+fn new_callback(
+    config: &Config,
+    task_id: &str,
+    context: &CallbackContext,
+    (ty, payload): (EventType, serde_json::Value),
+    now: u64,
+) -> Option<NewCallback> {
+    let target = config.app(context.sdk_app_id)?.callback.as_ref()?;
+    let subject = EventSubject {
+        room: &context.room,
+        bot_user_id: &context.bot_user_id,
+        task_id,
+    };
+    let body = event::body(ty, &subject, payload, now);
+    Some(NewCallback {
+        task_id: task_id.to_owned(),
+        sdk_app_id: context.sdk_app_id,
+        event_type: ty as u32,
+        url: target.url.clone(),
+        sign: event::sign(&target.key, &body),
+        body,
+        created_ms: now,
+    })
+}
+
+/// Turns what the upload service reports into callbacks, in order. The
+/// task may be gone already (files uploaded after it ended), so the
+/// callback's subject comes with the notice.
+async fn upload_notices(inner: std::sync::Weak<Inner>, mut notices: mpsc::Receiver<UploadNotice>) {
+    while let Some(n) = notices.recv().await {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let mgr = Manager { inner };
+        let ev = match &n.kind {
+            NoticeKind::PlaylistUploaded { file_name } => event::file_info(file_name),
+            NoticeKind::UploadFailed { code, message } => event::upload_error(code, message),
+            NoticeKind::StrandedRecovered => event::upload_stop(2),
+        };
+        let Some(cb) = new_callback(&mgr.inner.config, &n.task_id, &n.context, ev, now_ms()) else {
+            continue;
+        };
+        // Serialised with task changes, so a task's callbacks keep their order.
+        let _st = mgr.inner.state.lock().await;
+        if mgr
+            .commit(Change {
+                callbacks: vec![cb],
+                ..Change::default()
+            })
+            .await
+            .is_err()
+        {
+            tracing::error!(task_id = %n.task_id, "an upload callback could not be queued");
+        }
+    }
+}
 
 /// Fetches a mixed task's layout images in the background: each URL once
 /// per task; a failure is logged, counted and reported by callback 309,
@@ -817,16 +1003,30 @@ fn layout_image_urls(layout: &MixLayout) -> Vec<String> {
     urls
 }
 
-async fn run_task(
-    mgr: Manager,
+/// What a task's runner knows from the start.
+struct RunnerSetup {
     task_id: String,
     max_idle: Duration,
+    initial_layout: Option<MixLayout>,
+    plan: OutputPlan,
+    /// Storage never changes with Modify.
+    storage: Storage,
+}
+
+async fn run_task(
+    mgr: Manager,
+    setup: RunnerSetup,
     room: RoomWatch,
     mut control: mpsc::Receiver<Control>,
     recorder: Option<Result<Recorder, String>>,
-    initial_layout: Option<MixLayout>,
 ) {
-    let single = recorder.is_some();
+    let RunnerSetup {
+        task_id,
+        max_idle,
+        initial_layout,
+        plan,
+        storage,
+    } = setup;
     let mut images = ImageFetcher::new(mgr.inner.http.clone());
     let (handle, mut events) = match recorder {
         Some(Ok((h, e))) => {
@@ -899,7 +1099,7 @@ async fn run_task(
                     failed_writes = Some(n);
                     break;
                 }
-                Some(e) => mgr.recorder_event(&task_id, e).await,
+                Some(e) => mgr.recorder_event(&task_id, e, &plan, &storage).await,
                 None => {
                     tracing::error!(task_id = %task_id, "the recorder thread ended unexpectedly");
                     mgr.inner.recorder_metrics.write_failures.inc();
@@ -940,11 +1140,8 @@ async fn run_task(
         // Files are closed; the task resumes after the restart.
         return;
     }
-    if single {
-        let status = u8::from(failed_writes.unwrap_or(0) > 0);
-        mgr.task_event(&task_id, |_| {}, Some(event::upload_stop(status)))
-            .await;
-    }
+    mgr.finish_outputs(&task_id, failed_writes.unwrap_or(0))
+        .await;
     mgr.finish(&task_id).await;
 }
 
@@ -976,7 +1173,24 @@ mod tests {
             stop_rx,
         );
         let rooms = Arc::new(Registry::new(Arc::new(NoObserver)));
-        let mgr = Manager::start(config, store.clone(), Vec::new(), outbox, metrics, rooms).await;
+        let (notices_tx, notices) = mpsc::channel(16);
+        let uploads = UploadService::open(&dir, &config.storage, &metrics, notices_tx)
+            .expect("upload service");
+        let outputs = Outputs {
+            uploads,
+            notices,
+            vod: Arc::new(VodStore::open(dir.join("vod")).expect("vod")),
+        };
+        let mgr = Manager::start(
+            config,
+            store.clone(),
+            Vec::new(),
+            outbox,
+            metrics,
+            rooms,
+            outputs,
+        )
+        .await;
         let raw: model::CreateCloudRecordingRequest = serde_json::from_value(serde_json::json!({
             "SdkAppId": 1, "RoomId": "5", "UserId": "bot", "UserSig": "s",
             "RecordParams": {"RecordMode": 1, "MaxIdleTime": 86400}, "ResourceExpiredHour": 6

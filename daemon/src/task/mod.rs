@@ -4,4 +4,5 @@
 pub mod idle;
 pub mod lifecycle;
 pub mod manager;
+pub mod outputs;
 pub mod params;

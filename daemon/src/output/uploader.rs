@@ -1,0 +1,699 @@
+//! The upload service: the IO edge between the spool and remote storage.
+//!
+//! Recorder threads write through [`SpoolStore`] (a [`Store`]): each file
+//! is made durable in the [`Spool`] first, then queued. One async loop
+//! hands due entries ([`UploadQueue`], the sans-IO schedule) to uploads
+//! running on the runtime (network IO only; the spool's disk reads and
+//! removals go to the blocking pool), at most `storage.upload_concurrency`
+//! at once, and reports every outcome back to the queue and the spool.
+//!
+//! Each task with `CloudStorage` is registered with its bucket and the
+//! context its callbacks need, persisted as `targets/<TaskId>.json` beside
+//! the spool, so that after a crash (or after the task itself has ended
+//! with files still stranded) the backlog still knows where to go and
+//! whom to tell. A target file is removed once its task has ended and
+//! has nothing left in the spool.
+//!
+//! What the service reports ([`UploadNotice`], turned into callbacks by
+//! the task manager):
+//! - a playlist's first successful upload (304);
+//! - the first failure after a success, or ever, per task (308 with the
+//!   storage service's Code and Message; every failure is counted in
+//!   metrics, but one outage gives one callback, not one per retry);
+//! - the last stranded file of an ended task uploaded (305 Status 2).
+//!
+//! [`UploadService::drain`] is how an ending task waits for its uploads:
+//! all done (305 Status 0), or a timeout with files still stranded (305
+//! Status 1; the uploads go on).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, Notify};
+
+use super::queue::{Backoff, Entry, EntryId, Failed, Kind, UploadQueue};
+use super::s3::{S3Target, S3Uploader, TargetError, UploadError};
+use super::spool::{Spool, SpoolError, SpoolOptions};
+use super::{Store, StoreError};
+use crate::config::StorageConfig;
+use crate::metrics::Metrics;
+use crate::notify::deliver::now_ms;
+use crate::task::params::{CloudStorage, RoomId};
+
+/// Who a task's callbacks are about (kept with the task's target, so that
+/// callbacks can still be sent after the task itself is gone).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallbackContext {
+    pub sdk_app_id: u32,
+    pub room: RoomId,
+    pub bot_user_id: String,
+}
+
+/// What the service tells the task manager.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadNotice {
+    pub task_id: String,
+    pub context: CallbackContext,
+    pub kind: NoticeKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoticeKind {
+    /// A playlist reached the bucket for the first time (304).
+    PlaylistUploaded { file_name: String },
+    /// Uploads of the task started failing (308).
+    UploadFailed { code: String, message: String },
+    /// An ended task's stranded files are all uploaded now (305 Status 2).
+    StrandedRecovered,
+}
+
+/// How an ending task's uploads finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Files still in the spool when the wait ended (0: all uploaded).
+    pub stranded: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UploadServiceError {
+    #[error("opening the spool")]
+    Spool(#[from] SpoolError),
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `targets/<TaskId>.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TargetRecord {
+    task_id: String,
+    context: CallbackContext,
+    storage: CloudStorage,
+    /// The task has ended (its recorder wrote its last file).
+    finished: bool,
+    /// It ended with files stranded: 305 Status 2 is owed once they are up.
+    stranded: bool,
+}
+
+struct TaskUploads {
+    record: TargetRecord,
+    /// `None` when the target could not be built (logged; the files wait).
+    uploader: Option<Arc<S3Uploader>>,
+    failing: bool,
+    uploaded_playlists: HashSet<String>,
+}
+
+#[derive(Clone)]
+struct UploadMetrics {
+    uploaded_files: IntCounter,
+    uploaded_bytes: IntCounter,
+    failures: IntCounterVec,
+    pending_files: IntGauge,
+    pending_bytes: IntGauge,
+    stranded_files: IntGauge,
+    spool_used_bytes: IntGauge,
+    spool_full: IntCounter,
+    spool_backend: IntGaugeVec,
+}
+
+impl UploadMetrics {
+    fn register(m: &Metrics) -> Self {
+        let r = m.registry();
+        let c = |n: &str, h: &str| {
+            let c = IntCounter::new(n, h).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let g = |n: &str, h: &str| {
+            let g = IntGauge::new(n, h).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let failures = IntCounterVec::new(
+            Opts::new(
+                "kiroku_upload_failures_total",
+                "Failed upload attempts by kind: transport (no answer), server (5xx), throttled (429/503), refused (other answers: bucket, keys, permissions), other",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(failures.clone()))
+            .expect("unique metric");
+        let spool_backend = IntGaugeVec::new(
+            Opts::new(
+                "kiroku_spool_backend",
+                "1 for the way the spool writes: io_uring, or plain (io_uring unavailable: see the start-up log)",
+            ),
+            &["backend"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(spool_backend.clone()))
+            .expect("unique metric");
+        Self {
+            uploaded_files: c(
+                "kiroku_upload_files_total",
+                "Files uploaded to remote storage",
+            ),
+            uploaded_bytes: c(
+                "kiroku_upload_bytes_total",
+                "Bytes uploaded to remote storage",
+            ),
+            failures,
+            pending_files: g(
+                "kiroku_upload_pending_files",
+                "Files in the spool waiting for upload (in flight included)",
+            ),
+            pending_bytes: g(
+                "kiroku_upload_pending_bytes",
+                "Bytes in the spool waiting for upload",
+            ),
+            stranded_files: g(
+                "kiroku_upload_stranded_files",
+                "Files whose upload failed storage.stranded_after_attempts times or more",
+            ),
+            spool_used_bytes: g(
+                "kiroku_spool_used_bytes",
+                "Bytes the spool holds (headers included)",
+            ),
+            spool_full: c(
+                "kiroku_spool_full_total",
+                "Files refused because the spool or its disk was full (each fails its task)",
+            ),
+            spool_backend,
+        }
+    }
+}
+
+struct Shared {
+    spool: Spool,
+    queue: Mutex<UploadQueue>,
+    tasks: Mutex<HashMap<String, TaskUploads>>,
+    /// Something to do: a new entry, a finished upload, a task draining.
+    wake: Notify,
+    targets_dir: PathBuf,
+    config: StorageConfig,
+    metrics: UploadMetrics,
+    notices: mpsc::Sender<UploadNotice>,
+}
+
+/// Cheap to clone; all clones share one spool and queue.
+#[derive(Clone)]
+pub struct UploadService {
+    shared: Arc<Shared>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves consistent data (every update
+    // is a single call), so poisoning is ignored.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn error_kind_label(e: &UploadError) -> &'static str {
+    use super::s3::ErrorKind as K;
+    match (e.kind(), e.status()) {
+        (K::Transport, _) => "transport",
+        (K::Service, Some(429 | 503)) => "throttled",
+        (K::Service, Some(s)) if s >= 500 => "server",
+        (K::Service, _) => "refused",
+        (K::InvalidKey | K::Other, _) => "other",
+    }
+}
+
+impl UploadService {
+    /// Opens the spool under `dir/spool` and the targets under
+    /// `dir/targets`, restores the queue (entries left by a crash are
+    /// uploaded again) and starts the upload loop on the current runtime.
+    pub fn open(
+        dir: &Path,
+        config: &StorageConfig,
+        metrics: &Metrics,
+        notices: mpsc::Sender<UploadNotice>,
+    ) -> Result<UploadService, UploadServiceError> {
+        let spool = Spool::open_with(
+            dir.join("spool"),
+            SpoolOptions::new(config.spool_capacity_bytes),
+        )?;
+        let metrics = UploadMetrics::register(metrics);
+        metrics
+            .spool_backend
+            .with_label_values(&[spool.backend()])
+            .set(1);
+        match spool.fallback_reason() {
+            Some(why) => {
+                tracing::warn!(backend = spool.backend(), reason = %why, "spool: io_uring unavailable, using plain writes")
+            }
+            None => {
+                tracing::info!(backend = spool.backend(), dir = %spool.dir().display(), "spool opened")
+            }
+        }
+        let targets_dir = dir.join("targets");
+        std::fs::create_dir_all(&targets_dir).map_err(|source| UploadServiceError::Io {
+            what: "creating",
+            path: targets_dir.clone(),
+            source,
+        })?;
+        let backoff = Backoff {
+            base_ms: config.retry_base.as_millis() as u64,
+            cap_ms: config.retry_max.as_millis() as u64,
+            stranded_after: config.stranded_after_attempts,
+            ..Backoff::default()
+        };
+        let (queue, pushed) = UploadQueue::restore(backoff, spool.entries());
+        for id in pushed.superseded {
+            if let Err(e) = spool.remove(id) {
+                tracing::warn!(entry = id, error = %e, "removing a superseded spool entry");
+            }
+        }
+        let mut tasks = HashMap::new();
+        for record in load_targets(&targets_dir) {
+            let uploader = build_uploader(&record.storage, config, &record.task_id);
+            tasks.insert(
+                record.task_id.clone(),
+                TaskUploads {
+                    record,
+                    uploader,
+                    failing: false,
+                    uploaded_playlists: HashSet::new(),
+                },
+            );
+        }
+        if !queue.is_empty() {
+            tracing::info!(
+                files = queue.len(),
+                bytes = queue.stats().pending_bytes,
+                "spool holds files from before the restart; uploading them"
+            );
+        }
+        let shared = Arc::new(Shared {
+            spool,
+            queue: Mutex::new(queue),
+            tasks: Mutex::new(tasks),
+            wake: Notify::new(),
+            targets_dir,
+            config: config.clone(),
+            metrics,
+            notices,
+        });
+        shared.update_gauges();
+        // Tasks that ended before the restart with nothing left finish now.
+        let ended: Vec<String> = lock(&shared.tasks)
+            .iter()
+            .filter(|(_, t)| t.record.finished)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for task in ended {
+            shared.finish_if_drained(&task);
+        }
+        tokio::spawn(run(shared.clone()));
+        Ok(UploadService { shared })
+    }
+
+    /// Where the spool writes: `io_uring` or `plain`.
+    pub fn spool_backend(&self) -> &'static str {
+        self.shared.spool.backend()
+    }
+
+    /// Registers (or re-registers after a restart) a task that uploads to
+    /// `storage`. The bucket is not contacted yet; `Err` means the target
+    /// cannot work at all (callback 303 Status 1).
+    pub fn register(
+        &self,
+        task_id: &str,
+        context: CallbackContext,
+        storage: &CloudStorage,
+    ) -> Result<(), TargetError> {
+        let target = S3Target::from_params(storage, &self.shared.config.s3)?;
+        let uploader = Arc::new(S3Uploader::new(&target)?);
+        tracing::info!(task_id, bucket = %target.bucket_url(), "task uploads to S3-compatible storage");
+        let record = TargetRecord {
+            task_id: task_id.to_owned(),
+            context,
+            storage: storage.clone(),
+            finished: false,
+            stranded: false,
+        };
+        if let Err(e) = self.shared.persist_target(&record) {
+            // The files still upload while the daemon runs; only a crash
+            // before they are up would leave them without a target.
+            tracing::error!(task_id, error = %e, "could not persist the task's upload target");
+        }
+        let mut tasks = lock(&self.shared.tasks);
+        let t = tasks
+            .entry(task_id.to_owned())
+            .or_insert_with(|| TaskUploads {
+                record: record.clone(),
+                uploader: None,
+                failing: false,
+                uploaded_playlists: HashSet::new(),
+            });
+        t.record = record;
+        t.uploader = Some(uploader);
+        drop(tasks);
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// The [`Store`] a registered task's recorder writes through.
+    pub fn store(&self, task_id: &str) -> Arc<dyn Store> {
+        Arc::new(SpoolStore {
+            shared: self.shared.clone(),
+            task_id: task_id.to_owned(),
+        })
+    }
+
+    /// Files of `task_id` not uploaded yet.
+    pub fn pending(&self, task_id: &str) -> usize {
+        lock(&self.shared.queue).pending_for(task_id)
+    }
+
+    /// Waits (at most `timeout`) for every file of an ended task to be
+    /// uploaded. Files still waiting then are *stranded*: they keep being
+    /// retried, and once the last is up the service reports
+    /// [`NoticeKind::StrandedRecovered`].
+    pub async fn drain(&self, task_id: &str, timeout: Duration) -> Drained {
+        lock(&self.shared.queue).retry_now(task_id, now_ms());
+        self.shared.wake.notify_one();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let pending = self.pending(task_id);
+            if pending == 0 || tokio::time::Instant::now() >= deadline {
+                let stranded = pending > 0;
+                {
+                    let mut tasks = lock(&self.shared.tasks);
+                    if let Some(t) = tasks.get_mut(task_id) {
+                        t.record.finished = true;
+                        t.record.stranded = stranded;
+                        if stranded {
+                            if let Err(e) = self.shared.persist_target(&t.record) {
+                                tracing::error!(task_id, error = %e, "could not persist the task's upload target");
+                            }
+                        }
+                    }
+                }
+                if stranded {
+                    tracing::warn!(
+                        task_id,
+                        files = pending,
+                        "task ended with files not uploaded yet; they stay in the spool and are retried"
+                    );
+                } else {
+                    self.shared.finish_if_drained(task_id);
+                }
+                return Drained { stranded: pending };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Shared {
+    fn target_path(&self, task_id: &str) -> PathBuf {
+        self.targets_dir.join(format!("{task_id}.json"))
+    }
+
+    fn persist_target(&self, record: &TargetRecord) -> std::io::Result<()> {
+        let path = self.target_path(&record.task_id);
+        let tmp = path.with_extension("json.tmp");
+        let data = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&data)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&self.targets_dir)?.sync_all()
+    }
+
+    /// An ended task with nothing left: its target goes; 305 Status 2 if
+    /// it had ended with files stranded.
+    fn finish_if_drained(&self, task_id: &str) {
+        if lock(&self.queue).pending_for(task_id) > 0 {
+            return;
+        }
+        let done = {
+            let mut tasks = lock(&self.tasks);
+            match tasks.get(task_id) {
+                Some(t) if t.record.finished => tasks.remove(task_id),
+                _ => None,
+            }
+        };
+        let Some(t) = done else {
+            return;
+        };
+        if let Err(e) = std::fs::remove_file(self.target_path(task_id)) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(task_id, error = %e, "removing the task's upload target");
+            }
+        }
+        if t.record.stranded {
+            tracing::info!(
+                task_id,
+                "stranded files of an ended task are all uploaded now"
+            );
+            self.notify(task_id, &t.record.context, NoticeKind::StrandedRecovered);
+        }
+    }
+
+    fn notify(&self, task_id: &str, context: &CallbackContext, kind: NoticeKind) {
+        let notice = UploadNotice {
+            task_id: task_id.to_owned(),
+            context: context.clone(),
+            kind,
+        };
+        if let Err(e) = self.notices.try_send(notice) {
+            // The manager drains this channel continuously; full means it
+            // is stuck on the state store, closed means shutdown.
+            tracing::warn!(task_id, error = %e, "upload notice dropped");
+        }
+    }
+
+    fn update_gauges(&self) {
+        let stats = lock(&self.queue).stats();
+        let m = &self.metrics;
+        m.pending_files.set(stats.pending_files as i64);
+        m.pending_bytes.set(stats.pending_bytes as i64);
+        m.stranded_files
+            .set(stats.stranded.values().sum::<usize>() as i64);
+        m.spool_used_bytes.set(self.spool.usage().bytes as i64);
+    }
+
+    /// The outcome of one upload attempt.
+    fn finished_upload(&self, entry: &Entry, result: Result<(), UploadError>) {
+        match result {
+            Ok(()) => {
+                if let Err(e) = self.spool.remove(entry.id) {
+                    tracing::warn!(entry = entry.id, key = %entry.key, error = %e, "removing an uploaded file from the spool");
+                }
+                lock(&self.queue).succeeded(entry.id);
+                self.metrics.uploaded_files.inc();
+                self.metrics.uploaded_bytes.inc_by(entry.size);
+                let mut first_playlist = None;
+                let context = {
+                    let mut tasks = lock(&self.tasks);
+                    tasks.get_mut(&entry.task).map(|t| {
+                        t.failing = false;
+                        if entry.kind == Kind::Playlist {
+                            let name = file_name(&entry.key).to_owned();
+                            if t.uploaded_playlists.insert(name.clone()) {
+                                first_playlist = Some(name);
+                            }
+                        }
+                        t.record.context.clone()
+                    })
+                };
+                if let (Some(file_name), Some(context)) = (first_playlist, context) {
+                    self.notify(
+                        &entry.task,
+                        &context,
+                        NoticeKind::PlaylistUploaded { file_name },
+                    );
+                }
+                self.finish_if_drained(&entry.task);
+            }
+            Err(e) => {
+                self.metrics
+                    .failures
+                    .with_label_values(&[error_kind_label(&e)])
+                    .inc();
+                let outcome = lock(&self.queue).failed(entry.id, now_ms(), &e.to_string());
+                match outcome {
+                    Failed::Retry(state) => {
+                        tracing::warn!(task_id = %entry.task, key = %entry.key, attempts = state.attempts,
+                            retry_in_ms = state.next_attempt_at.saturating_sub(now_ms()), code = e.code(), error = %e, "upload failed; will retry");
+                        if let Err(err) = self.spool.set_retry(entry.id, &state) {
+                            tracing::warn!(entry = entry.id, error = %err, "persisting retry state");
+                        }
+                    }
+                    Failed::Superseded => {
+                        let _ = self.spool.remove(entry.id);
+                    }
+                    Failed::Unknown => {}
+                }
+                let first = {
+                    let mut tasks = lock(&self.tasks);
+                    tasks.get_mut(&entry.task).and_then(|t| {
+                        (!std::mem::replace(&mut t.failing, true)).then(|| t.record.context.clone())
+                    })
+                };
+                if let Some(context) = first {
+                    self.notify(
+                        &entry.task,
+                        &context,
+                        NoticeKind::UploadFailed {
+                            code: e.code().to_owned(),
+                            message: e.message().to_owned(),
+                        },
+                    );
+                }
+            }
+        }
+        self.update_gauges();
+    }
+}
+
+fn file_name(key: &str) -> &str {
+    key.rsplit_once('/').map(|(_, f)| f).unwrap_or(key)
+}
+
+fn build_uploader(
+    storage: &CloudStorage,
+    config: &StorageConfig,
+    task_id: &str,
+) -> Option<Arc<S3Uploader>> {
+    match S3Target::from_params(storage, &config.s3).and_then(|t| S3Uploader::new(&t)) {
+        Ok(u) => Some(Arc::new(u)),
+        Err(e) => {
+            tracing::error!(task_id, error = %e, "a spooled task's storage target is unusable; its files stay in the spool");
+            None
+        }
+    }
+}
+
+fn load_targets(dir: &Path) -> Vec<TargetRecord> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("json") => {}
+            Some("tmp") => {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            _ => continue,
+        }
+        match std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|d| serde_json::from_slice::<TargetRecord>(&d).map_err(|e| e.to_string()))
+        {
+            Ok(r) => out.push(r),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "unreadable upload target; its task's files stay in the spool")
+            }
+        }
+    }
+    out
+}
+
+/// The upload loop: hands due entries to uploads, sleeps until the next
+/// retry or until something changes.
+async fn run(shared: Arc<Shared>) {
+    let limit = shared.config.upload_concurrency;
+    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    loop {
+        let free = limit.saturating_sub(in_flight.load(std::sync::atomic::Ordering::Acquire));
+        let due = lock(&shared.queue).due_at_most(now_ms(), free);
+        for entry in due {
+            let uploader = lock(&shared.tasks)
+                .get(&entry.task)
+                .and_then(|t| t.uploader.clone());
+            in_flight.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            let (shared, in_flight) = (shared.clone(), in_flight.clone());
+            tokio::spawn(async move {
+                let result = upload_one(&shared, &entry, uploader).await;
+                let s = shared.clone();
+                // Spool removal and retry state touch the disk.
+                let _ =
+                    tokio::task::spawn_blocking(move || s.finished_upload(&entry, result)).await;
+                in_flight.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                shared.wake.notify_one();
+            });
+        }
+        let next = lock(&shared.queue).next_attempt_at();
+        let wait = match next {
+            Some(at) => Duration::from_millis(at.saturating_sub(now_ms()).clamp(10, 60_000)),
+            None => Duration::from_secs(60),
+        };
+        tokio::select! {
+            _ = shared.wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+        if shared.notices.is_closed() {
+            return;
+        }
+    }
+}
+
+async fn upload_one(
+    shared: &Arc<Shared>,
+    entry: &Entry,
+    uploader: Option<Arc<S3Uploader>>,
+) -> Result<(), UploadError> {
+    let Some(uploader) = uploader else {
+        return Err(UploadError::no_target(&entry.key));
+    };
+    let s = shared.clone();
+    let id: EntryId = entry.id;
+    let data = tokio::task::spawn_blocking(move || s.spool.read(id))
+        .await
+        .map_err(|e| UploadError::local(&entry.key, e.to_string()))?
+        .map_err(|e| UploadError::local(&entry.key, e.to_string()))?;
+    uploader.put_file(&entry.key, Bytes::from(data)).await
+}
+
+/// A task's recorder writes here: durable in the spool when `put` returns,
+/// uploaded later.
+struct SpoolStore {
+    shared: Arc<Shared>,
+    task_id: String,
+}
+
+impl Store for SpoolStore {
+    fn put(&self, key: &str, data: &[u8]) -> Result<(), StoreError> {
+        let id = match self.shared.spool.put(&self.task_id, key, data) {
+            Ok(id) => id,
+            Err(e) if e.is_full() => {
+                self.shared.metrics.spool_full.inc();
+                return Err(StoreError::Full(e.to_string()));
+            }
+            Err(e) => return Err(StoreError::Spool(e)),
+        };
+        let pushed = lock(&self.shared.queue).push(Entry::new(
+            id,
+            self.task_id.as_str(),
+            key,
+            data.len() as u64,
+        ));
+        for old in pushed.superseded {
+            if let Err(e) = self.shared.spool.remove(old) {
+                tracing::warn!(entry = old, error = %e, "removing a superseded spool entry");
+            }
+        }
+        self.shared.update_gauges();
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+}
