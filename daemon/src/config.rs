@@ -296,10 +296,10 @@ pub const DEFAULT_CALLBACK_RETRY_FOR_SECONDS: u64 = 24 * 3600;
 
 fn storage_config(raw: RawStorage) -> Result<StorageConfig, ConfigError> {
     let capacity_mb = raw.spool_capacity_mb.unwrap_or(10 * 1024);
-    if !(16..=64 * 1024 * 1024).contains(&capacity_mb) {
+    if !(1..=64 * 1024 * 1024).contains(&capacity_mb) {
         return Err(invalid(
             "storage.spool_capacity_mb",
-            "must be between 16 and 67108864 (64 TiB)",
+            "must be between 1 and 67108864 (64 TiB)",
         ));
     }
     let upload_concurrency = raw.upload_concurrency.unwrap_or(8);

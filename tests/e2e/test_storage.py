@@ -302,3 +302,33 @@ def test_kill9_between_spool_and_upload_loses_nothing(kiroku, receiver, moto, tm
     # named by exactly one playlist.
     all_segments = [s for segs in named.values() for s in segs]
     assert len(all_segments) == len(set(all_segments))
+
+
+def test_full_spool_fails_only_its_task(kiroku, receiver, moto, tmp_path):
+    relay = Relay(moto.port)
+    relay.cut()
+    d = kiroku("full", callback_url=receiver.url, recording={"segment_seconds": 1},
+               storage=storage_config(relay.port, spool_capacity_mb=1))
+    api = d.sdk()
+    full_task = api.create(create_params(room="4104", StorageParams=cloud_storage([])))
+    local_task = api.create(create_params(room="4105"))
+    pubs = [publish(d, "4104", "dave", duration=25), publish(d, "4105", "erin", duration=12)]
+    # The outage itself gives one 308 (ConnectError); the full spool another.
+    err = wait_until(lambda: next((c for c in receiver.delivered(full_task) if c.event_type == 308
+                                   and c.payload["Code"] == "LocalStorageFull"), None),
+                     40, 0.2, "308 LocalStorageFull")
+    assert "spool full" in err.payload["Message"], err.payload
+    stop = receiver.wait_event(full_task, 302, 10)
+    assert stop.payload == {"LeaveCode": 3}, stop.payload
+    assert d.metric("kiroku_spool_full_total") >= 1
+    assert re.search(r"storage full: the task stops", d.log_text())
+    # The other task records on, to the end.
+    publish_report(pubs[1])
+    api.delete(local_task)
+    assert receiver.wait_event(local_task, 305, 30).payload == {"Status": 0}
+    folder = Path(d.config["data_dir"]) / "storage" / local_task
+    pl = parse_playlist(folder / f"{APP_ID}_4105__UserId_s_{encode_id('erin')}__UserId_e_main_video.m3u8")
+    assert pl.ended and pl.total > 9, pl.total
+    assert 308 not in [c.event_type for c in receiver.delivered(local_task)]
+    pubs[0].kill()
+    relay.restore()
