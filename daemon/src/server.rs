@@ -177,11 +177,12 @@ pub async fn run(
         },
     )
     .await;
-    // ExpireTime: expired VOD files are deleted within a minute.
+    // ExpireTime: expired VOD files are deleted within 10 s (a scan of
+    // the store's metadata files, cheap next to what it stores).
     let expiry = {
         let vod = vod.clone();
         tokio::spawn(async move {
-            let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
             loop {
                 every.tick().await;
                 let vod = vod.clone();

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from kiroku_e2e import APP_ID, REPO, create_params, free_port, has_ingest, wait_until
-from recording import UTC17, encode_id, ffprobe, parse_playlist, publish, publish_report
+from recording import UTC17, encode_id, ffprobe, first_pts, parse_playlist, publish, publish_report
 
 pytestmark = pytest.mark.skipif(not has_ingest(), reason="this kiroku build has no WHIP ingest")
 
@@ -332,3 +332,165 @@ def test_full_spool_fails_only_its_task(kiroku, receiver, moto, tmp_path):
     assert 308 not in [c.event_type for c in receiver.delivered(local_task)]
     pubs[0].kill()
     relay.restore()
+
+
+# --------------------------------------------------------------------------
+# MP4 / AAC outputs and the VOD store
+# --------------------------------------------------------------------------
+
+def top_level_boxes(data: bytes) -> list[str]:
+    """The MP4's top-level box types, in file order."""
+    out, pos = [], 0
+    while pos + 8 <= len(data):
+        size = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8].decode("latin-1")
+        if size == 1:
+            size = int.from_bytes(data[pos + 8:pos + 16], "big")
+        assert size >= 8, (kind, size)
+        out.append(kind)
+        pos += size
+    assert pos == len(data), "boxes cover the file exactly"
+    return out
+
+
+def check_mp4(path: Path, codecs: list[str], duration: float, tolerance: float) -> dict:
+    boxes = top_level_boxes(path.read_bytes())
+    assert boxes[0] == "ftyp" and boxes.index("moov") < boxes.index("mdat"), f"faststart: {boxes}"
+    info = ffprobe(path)
+    assert sorted(s["codec_name"] for s in info["streams"]) == sorted(codecs), info["streams"]
+    got = float(info["format"]["duration"])
+    assert abs(got - duration) <= tolerance, f"{path.name}: {got:.2f} s, expected {duration:.2f} ± {tolerance}"
+    # Decodes without errors.
+    r = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"], capture_output=True, text=True)
+    assert r.returncode == 0 and not r.stderr.strip(), r.stderr[-2000:]
+    return info
+
+
+def av_start_offset(path: Path) -> float:
+    """Audio start minus video start (s), as a player sees them."""
+    info = ffprobe(path)
+    starts = {s["codec_type"]: float(s.get("start_time", 0)) for s in info["streams"]}
+    return starts["audio"] - starts["video"]
+
+
+def test_hls_mp4_in_s3_split_at_max_media_file_duration(kiroku, receiver, moto, tmp_path):
+    d = kiroku("mp4s3", callback_url=receiver.url, recording={"segment_seconds": 4},
+               storage=storage_config(moto.port))
+    api = d.sdk()
+    room, user = "4110", "frank"
+    params = create_params(room=room, StorageParams=cloud_storage(["m"]))
+    params["RecordParams"].update(OutputFormat=1, MaxMediaFileDuration=1, AvMerge=0)
+    task = api.create(params)
+    pub = publish(d, room, user, duration=75)
+    publish_report(pub, timeout=150)
+    api.delete(task)
+    mp4_stop = receiver.wait_event(task, 310, 90)
+    base = f"{APP_ID}_{room}__UserId_s_{encode_id(user)}__UserId_e_main"
+    assert mp4_stop.payload == {"Status": 0, "FileList": [f"{base}_1.mp4", f"{base}_2.mp4"]}, mp4_stop.payload
+    types = [c.event_type for c in receiver.delivered(task)]
+    assert types.index(305) < types.index(310), types
+    objects = moto.objects(f"m/{task}/")
+    for i, expected in ((1, 60.0), (2, 15.0)):
+        key = f"m/{task}/{base}_{i}.mp4"
+        assert key in objects, sorted(objects)
+        p = tmp_path / f"{i}.mp4"
+        p.write_bytes(objects[key])
+        # The first file holds at most a minute (cut at a key frame);
+        # the second the rest of the ~75 s.
+        check_mp4(p, ["aac", "h264"], expected, 6.0 if i == 1 else 8.0)
+    # A/V sync: the first MP4's audio starts as far from its video as in the HLS.
+    hls = {k: v for k, v in objects.items() if not k.endswith(".mp4")}
+    named = check_bucket_recording(hls, f"m/{task}", tmp_path)
+    for name in named:
+        (tmp_path / name).write_bytes(objects[f"m/{task}/{name}"])
+    hls_offset = (first_pts(tmp_path / f"{base}_audio.m3u8", "a:0")
+                  - first_pts(tmp_path / f"{base}_video.m3u8", "v:0"))
+    mp4_offset = av_start_offset(tmp_path / "1.mp4")
+    assert abs(mp4_offset - hls_offset) < 0.04, (mp4_offset, hls_offset)
+    # HLS is there too, and the staging copy is gone.
+    assert any(k.endswith(".m3u8") for k in objects)
+    assert not (Path(d.config["data_dir"]) / "staging" / "m" / task).exists()
+
+
+def test_mp4_and_aac_only_outputs_on_local_storage(kiroku, receiver, tmp_path):
+    d = kiroku("mp4local", callback_url=receiver.url, recording={"segment_seconds": 2})
+    api = d.sdk()
+    mp4_params = create_params(room="4111")
+    mp4_params["RecordParams"].update(OutputFormat=3)
+    mp4_task = api.create(mp4_params)
+    aac_params = create_params(room="4112")
+    aac_params["RecordParams"].update(OutputFormat=4, StreamType=1)
+    aac_task = api.create(aac_params)
+    pubs = [publish(d, "4111", "gina", duration=8), publish(d, "4112", "hugo", duration=8)]
+    for p in pubs:
+        publish_report(p)
+    # No HLS is an output: Describe lists nothing.
+    assert api.describe(mp4_task)["StorageFileList"] == []
+    api.delete(mp4_task)
+    api.delete(aac_task)
+    mp4_stop = receiver.wait_event(mp4_task, 310, 60)
+    name = f"{APP_ID}_4111__UserId_s_{encode_id('gina')}__UserId_e_main.mp4"
+    assert mp4_stop.payload == {"Status": 0, "FileList": [name]}, mp4_stop.payload
+    folder = Path(d.config["data_dir"]) / "storage" / mp4_task
+    assert sorted(p.name for p in folder.iterdir()) == [name], "only the MP4, no HLS"
+    check_mp4(folder / name, ["aac", "h264"], 8.0, 1.5)
+    # The publisher starts audio and video together; what the recording
+    # shows of that is checked against its HLS in the S3 test.
+    assert abs(av_start_offset(folder / name)) < 0.2
+    aac_stop = receiver.wait_event(aac_task, 310, 60)
+    aac_name = f"{APP_ID}_4112__UserId_s_{encode_id('hugo')}__UserId_e_main.aac"
+    assert aac_stop.payload == {"Status": 0, "FileList": [aac_name]}, aac_stop.payload
+    aac_folder = Path(d.config["data_dir"]) / "storage" / aac_task
+    assert sorted(p.name for p in aac_folder.iterdir()) == [aac_name]
+    info = ffprobe(aac_folder / aac_name)
+    assert [s["codec_name"] for s in info["streams"]] == ["aac"], info
+    assert abs(float(info["format"]["duration"]) - 8.0) < 1.5, info["format"]
+    assert not (Path(d.config["data_dir"]) / "staging" / mp4_task).exists()
+
+
+def test_vod_store_serves_the_mp4_with_ranges_and_expires_it(kiroku, receiver, tmp_path):
+    import requests
+    d = kiroku("vod", callback_url=receiver.url, recording={"segment_seconds": 2})
+    api = d.sdk()
+    room = "4113"
+    params = create_params(room=room, StorageParams={"CloudVod": {"TencentVod": {"ExpireTime": 20}}})
+    task = api.create(params)
+    pubs = [publish(d, room, "ivan", duration=7), publish(d, room, "judy", duration=7)]
+    for p in pubs:
+        publish_report(p)
+    assert api.describe(task)["StorageFileList"] == [], "VOD tasks list no files"
+    api.delete(task)
+    stop = receiver.wait_event(task, 312, 60)
+    assert stop.payload == {"Status": 0}, stop.payload
+    commits = [c for c in receiver.delivered(task) if c.event_type == 311]
+    assert sorted(c.payload["UserId"] for c in commits) == ["ivan", "judy"], [c.payload for c in commits]
+    types = [c.event_type for c in receiver.delivered(task)]
+    assert types[-1] == 312 and 310 not in types and 304 not in types, types
+    ids = set()
+    for c in commits:
+        p = c.payload
+        assert p["Status"] == 0 and p["MediaId"] == "main" and p["TrackType"] == "audio_video", p
+        assert re.fullmatch(r"\d{19}", p["FileId"]), p
+        ids.add(p["FileId"])
+        assert p["VideoUrl"] == f"{d.url}/vod/{p['FileId']}.mp4", p
+        assert p["CacheFile"] == f"{APP_ID}_{room}__UserId_s_{encode_id(p['UserId'])}__UserId_e_main.mp4", p
+        whole = requests.get(p["VideoUrl"], timeout=10)
+        assert whole.status_code == 200 and whole.headers["Content-Type"] == "video/mp4"
+        part = requests.get(p["VideoUrl"], headers={"Range": "bytes=100-1099"}, timeout=10)
+        assert part.status_code == 206, part.status_code
+        assert part.headers["Content-Range"] == f"bytes 100-1099/{len(whole.content)}"
+        assert part.content == whole.content[100:1100]
+        tail = requests.get(p["VideoUrl"], headers={"Range": "bytes=-500"}, timeout=10)
+        assert tail.status_code == 206 and tail.content == whole.content[-500:]
+        local = tmp_path / f"{p['FileId']}.mp4"
+        local.write_bytes(whole.content)
+        check_mp4(local, ["aac", "h264"], 7.0, 1.5)
+        # ffprobe reads it over HTTP (seeking with range requests).
+        over_http = ffprobe(p["VideoUrl"])
+        assert sorted(s["codec_name"] for s in over_http["streams"]) == ["aac", "h264"]
+    assert len(ids) == 2
+    assert not (Path(d.config["data_dir"]) / "staging" / task).exists()
+    # ExpireTime 20 s: both files go (the store checks every 10 s).
+    for c in commits:
+        wait_until(lambda: requests.get(c.payload["VideoUrl"], timeout=5).status_code == 404, 45, 0.5,
+                   "expired VOD file gone")

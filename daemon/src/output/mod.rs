@@ -7,6 +7,7 @@
 //! `record::naming`); they never contain `..` or absolute paths, which
 //! [`check_key`] enforces before anything touches the filesystem.
 
+pub mod convert;
 pub mod local;
 pub mod queue;
 pub mod s3;

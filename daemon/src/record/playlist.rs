@@ -22,8 +22,31 @@
 //! `#EXTINF` rounded to the nearest integer is ≤ it (RFC 8216 §4.3.3.1).
 //! A publisher who leaves and returns continues after
 //! `#EXT-X-DISCONTINUITY`.
+//!
+//! [`Playlist::parse`] reads this back (the MP4 conversion, the merge
+//! tool), and also plain HLS media playlists from elsewhere: unknown tags
+//! and comments are ignored, a missing or malformed TRTC tag reads as
+//! absent (start time 0, no video size), CRLF line ends are fine. What is
+//! refused: text without `#EXTM3U`, an `#EXTINF` that is not a duration,
+//! a segment URI without `#EXTINF` (a master playlist's variant URIs, for
+//! one) and an `#EXTINF` followed by another one. An `#EXTINF` on the last
+//! line without its URI (a cut-off file) is dropped.
 
 use std::fmt::Write;
+
+/// Why a text is not a media playlist [`Playlist::parse`] can use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlaylistParseError {
+    #[error("not an HLS playlist: the first line is not #EXTM3U")]
+    NotAPlaylist,
+    #[error("line {line}: #EXTINF is not a duration: {text:?}")]
+    BadExtinf { line: usize, text: String },
+    #[error("line {line}: segment {uri:?} has no #EXTINF")]
+    MissingExtinf { line: usize, uri: String },
+    #[error("line {line}: #EXTINF without a segment URI")]
+    DanglingExtinf { line: usize },
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Segment {
@@ -71,6 +94,72 @@ impl Playlist {
         self.segments.iter().map(|s| s.duration_seconds).sum()
     }
 
+    /// Reads a media playlist: what [`Playlist::render`] writes, or HLS
+    /// from elsewhere (see the module doc for what is tolerated).
+    pub fn parse(text: &str) -> Result<Playlist, PlaylistParseError> {
+        let mut lines = text
+            .split('\n')
+            .enumerate()
+            .map(|(i, l)| (i + 1, l.trim()))
+            .filter(|(_, l)| !l.is_empty());
+        match lines.next() {
+            Some((_, first)) if first.trim_start_matches('\u{feff}') == "#EXTM3U" => {}
+            _ => return Err(PlaylistParseError::NotAPlaylist),
+        }
+        let mut playlist = Playlist::new(0, None);
+        // The pending #EXTINF (its line and duration) and discontinuity.
+        let mut extinf: Option<(usize, f64)> = None;
+        let mut discontinuity = false;
+        for (line, l) in lines {
+            if let Some(tag) = l.strip_prefix('#') {
+                let (name, value) = tag.split_once(':').unwrap_or((tag, ""));
+                match name {
+                    "EXTINF" => {
+                        if let Some((line, _)) = extinf {
+                            return Err(PlaylistParseError::DanglingExtinf { line });
+                        }
+                        let seconds = value.split(',').next().unwrap_or("").trim();
+                        match seconds.parse::<f64>() {
+                            Ok(d) if d.is_finite() && d >= 0.0 => extinf = Some((line, d)),
+                            _ => {
+                                return Err(PlaylistParseError::BadExtinf {
+                                    line,
+                                    text: value.to_owned(),
+                                })
+                            }
+                        }
+                    }
+                    "EXT-X-DISCONTINUITY" => discontinuity = true,
+                    "EXT-X-ENDLIST" => {
+                        if let Some((line, _)) = extinf {
+                            return Err(PlaylistParseError::DanglingExtinf { line });
+                        }
+                        playlist.ended = true;
+                    }
+                    "EXT-X-TRTC-START-REC-TIME" => {
+                        playlist.start_rec_time_ms = value.trim().parse().unwrap_or(0);
+                    }
+                    "EXT-X-TRTC-VIDEO-METADATA" => playlist.video_size = parse_video_size(value),
+                    // Other tags (and `#` comments) say nothing we use.
+                    _ => {}
+                }
+                continue;
+            }
+            let Some((_, duration_seconds)) = extinf.take() else {
+                return Err(PlaylistParseError::MissingExtinf {
+                    line,
+                    uri: l.to_owned(),
+                });
+            };
+            playlist.push(Segment {
+                file_name: l.to_owned(),
+                duration_seconds,
+                discontinuity: std::mem::take(&mut discontinuity),
+            });
+        }
+        Ok(playlist)
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(256 + self.segments.len() * 96);
         let _ = writeln!(out, "#EXTM3U");
@@ -94,6 +183,19 @@ impl Playlist {
         }
         out
     }
+}
+
+/// `WIDTH:1920 HEIGHT:1080`.
+fn parse_video_size(value: &str) -> Option<(u32, u32)> {
+    let (mut w, mut h) = (None, None);
+    for field in value.split_whitespace() {
+        match field.split_once(':') {
+            Some(("WIDTH", v)) => w = v.parse().ok(),
+            Some(("HEIGHT", v)) => h = v.parse().ok(),
+            _ => {}
+        }
+    }
+    Some((w?, h?))
 }
 
 #[cfg(test)]
@@ -151,5 +253,97 @@ mod tests {
         assert!(text.contains("#EXT-X-DISCONTINUITY\n#EXTINF:2.000\nb.ts\n"));
         assert!(!text.contains("ENDLIST"), "open playlists have no end");
         assert!((p.total_seconds() - 18.499).abs() < 1e-9);
+    }
+
+    fn seg(name: &str, d: f64, discontinuity: bool) -> Segment {
+        Segment {
+            file_name: name.into(),
+            duration_seconds: d,
+            discontinuity,
+        }
+    }
+
+    #[test]
+    fn parse_reads_back_what_render_writes() {
+        let mut p = Playlist::new(1_622_425_551_884, Some((1920, 1080)));
+        p.push(seg("a_20330531094551825.ts", 12.074, false));
+        p.push(seg("a_20330531094603825.ts", 11.901, false));
+        p.push(seg("a_20330531094703825.ts", 4.0, true));
+        p.ended = true;
+        assert_eq!(Playlist::parse(&p.render()), Ok(p.clone()));
+        // Open (no ENDLIST), audio (no video size), a discontinuity first.
+        let mut open = Playlist::new(7, None);
+        open.push(seg("b.ts", 0.021, true));
+        open.push(seg("c.ts", 2.0, false));
+        let back = Playlist::parse(&open.render()).expect("parses");
+        assert_eq!(back, open);
+        assert!(!back.ended);
+        // An empty playlist is still a playlist.
+        assert_eq!(
+            Playlist::parse(&Playlist::new(1, None).render()),
+            Ok(Playlist::new(1, None))
+        );
+    }
+
+    #[test]
+    fn parse_tolerates_hls_from_elsewhere() {
+        let text = "\u{feff}#EXTM3U\r\n#EXT-X-VERSION:3\r\n#EXT-X-TARGETDURATION:6\r\n\r\n\
+# a comment\r\n#EXT-X-PROGRAM-DATE-TIME:2033-05-31T09:45:51Z\r\n#EXTINF:5.5,\r\nseg0.ts\r\n\
+#EXT-X-DISCONTINUITY\r\n#EXTINF:6,title here\r\n  seg1.ts  \r\n#EXT-X-ENDLIST\r\n";
+        let p = Playlist::parse(text).expect("parses");
+        assert_eq!(p.start_rec_time_ms, 0);
+        assert_eq!(p.video_size, None);
+        assert!(p.ended);
+        assert_eq!(
+            p.segments,
+            [seg("seg0.ts", 5.5, false), seg("seg1.ts", 6.0, true)]
+        );
+        // Malformed TRTC tags read as absent; a dangling last EXTINF is dropped.
+        let p = Playlist::parse(
+            "#EXTM3U\n#EXT-X-TRTC-START-REC-TIME:soon\n#EXT-X-TRTC-VIDEO-METADATA:WIDTH:x HEIGHT:2\n\
+#EXTINF:1.000\na.ts\n#EXTINF:2.000\n",
+        )
+        .expect("parses");
+        assert_eq!((p.start_rec_time_ms, p.video_size), (0, None));
+        assert_eq!(p.segments, [seg("a.ts", 1.0, false)]);
+    }
+
+    #[test]
+    fn parse_refuses_garbage() {
+        use PlaylistParseError as E;
+        for text in ["", "\n\n", "hello", "a.ts\n#EXTM3U\n", "\u{0}\u{1}binary"] {
+            assert_eq!(Playlist::parse(text), Err(E::NotAPlaylist), "{text:?}");
+        }
+        assert_eq!(
+            Playlist::parse("#EXTM3U\n#EXTINF:abc\na.ts\n"),
+            Err(E::BadExtinf {
+                line: 2,
+                text: "abc".into()
+            })
+        );
+        assert!(matches!(
+            Playlist::parse("#EXTM3U\n#EXTINF:-1\na.ts\n"),
+            Err(E::BadExtinf { line: 2, .. })
+        ));
+        assert!(matches!(
+            Playlist::parse("#EXTM3U\n#EXTINF:NaN\na.ts\n"),
+            Err(E::BadExtinf { .. })
+        ));
+        // A master playlist: variant URIs have no EXTINF.
+        assert_eq!(
+            Playlist::parse("#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nv.m3u8\n"),
+            Err(E::MissingExtinf {
+                line: 3,
+                uri: "v.m3u8".into()
+            })
+        );
+        assert_eq!(
+            Playlist::parse("#EXTM3U\n#EXTINF:1\n#EXTINF:2\nb.ts\n"),
+            Err(E::DanglingExtinf { line: 2 })
+        );
+        assert_eq!(
+            Playlist::parse("#EXTM3U\n#EXTINF:1\n#EXT-X-ENDLIST\n"),
+            Err(E::DanglingExtinf { line: 2 })
+        );
     }
 }

@@ -35,14 +35,18 @@ use tokio::sync::{mpsc, Mutex};
 
 use crate::api::error::{codes, ApiError};
 use crate::config::Config;
+use crate::media::mp4::SplitLimits;
 use crate::metrics::Metrics;
 use crate::mix::fetch::{fetch_image, FetchLimits};
 use crate::mix::overlay::{decode_image, ImageLimits};
 use crate::notify::deliver::{now_ms, Outbox};
 use crate::notify::event::{self, EventSubject, EventType, LeaveCode};
+use crate::output::convert::{
+    convert_folder, ConvertFormat, ConvertReport, ConvertRequest, ConvertedFile,
+};
 use crate::output::local::LocalStore;
 use crate::output::uploader::{CallbackContext, NoticeKind, UploadNotice, UploadService};
-use crate::output::vod::VodStore;
+use crate::output::vod::{VodEntry, VodStore};
 use crate::output::TeeStore;
 use crate::record::compose::{open_encoder, CompositorSource};
 use crate::record::mixed::{Images, MixedRecorder, MixedSettings};
@@ -56,7 +60,7 @@ use crate::room::{Registry, RoomKey, RoomWatch};
 use crate::store::{Change, NewCallback, Store, TaskRecord, TaskState};
 use crate::task::idle::IdleTimer;
 use crate::task::lifecycle::{self, Event, Transition};
-use crate::task::outputs::OutputPlan;
+use crate::task::outputs::{task_folder, OutputPlan, Packing};
 use crate::task::params::{
     MixLayout, Modification, RecordMode, RecordingSpec, Storage, StreamType, Subscription,
     Watermark,
@@ -802,6 +806,11 @@ impl Manager {
                 None => return,
             }
         };
+        let plan = OutputPlan::of(&record.spec);
+        let packed = match plan.packing {
+            Some(packing) => Some(self.pack(&record, &plan, packing).await),
+            None => None,
+        };
         let upload_status = match &record.spec.storage {
             Storage::Cloud(cloud) => {
                 if let Err(e) =
@@ -822,6 +831,155 @@ impl Manager {
         };
         self.task_event(task_id, |_| {}, Some(event::upload_stop(upload_status)))
             .await;
+        let Some(packed) = packed else {
+            return;
+        };
+        if plan.vod {
+            let base = &self.inner.config.server.public_url;
+            for f in &packed.vod {
+                let url = format!("{base}/vod/{}.mp4", f.file_id);
+                let cb = event::vod_commit(&event::VodCommit {
+                    status: 0,
+                    user_id: &f.user_id,
+                    track_type: &f.track_type,
+                    media_id: &f.media_id,
+                    file_id: &f.file_id,
+                    video_url: &url,
+                    cache_file: &f.cache_file,
+                    errmsg: "",
+                });
+                self.task_event(task_id, |_| {}, Some(cb)).await;
+            }
+            for (name, error) in &packed.failed {
+                let cb = event::vod_commit(&event::VodCommit {
+                    status: 2,
+                    cache_file: name,
+                    errmsg: error,
+                    ..Default::default()
+                });
+                self.task_event(task_id, |_| {}, Some(cb)).await;
+            }
+            let ok = packed.report.status() == 0 && packed.failed.is_empty();
+            self.task_event(task_id, |_| {}, Some(event::vod_stop(u8::from(!ok))))
+                .await;
+        } else {
+            let names: Vec<String> = packed.report.files.iter().map(|f| f.name.clone()).collect();
+            let mut status = packed.report.status();
+            if status == 0 && upload_status != 0 {
+                status = 1;
+            }
+            self.task_event(task_id, |_| {}, Some(event::mp4_stop(status, &names)))
+                .await;
+        }
+        if plan.staging && packed.report.status() != 2 {
+            let dir = packed.source_dir.clone();
+            let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await;
+            if let Ok(Err(e)) = removed {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(task_id, error = %e, "removing the task's staging folder");
+                }
+            }
+        }
+    }
+
+    /// Packs a finished recording's HLS into MP4/AAC files (on a thread of
+    /// its own: this is media work) and hands them to the task's storage
+    /// or the VOD store.
+    async fn pack(&self, record: &TaskRecord, plan: &OutputPlan, packing: Packing) -> Packed {
+        let spec = &record.spec;
+        let task_id = record.task_id.clone();
+        let folder = task_folder(spec.storage.file_name_prefix(), &task_id);
+        let root = if plan.staging { "staging" } else { "storage" };
+        let source_dir = self.inner.config.data_dir.join(root).join(&folder);
+        let request = ConvertRequest {
+            format: match packing {
+                Packing::Mp4 => ConvertFormat::Mp4,
+                Packing::Aac => ConvertFormat::Aac,
+            },
+            limits: SplitLimits::from_max_media_file_minutes(spec.record.max_media_file_minutes),
+            mixed: spec.record.mode == RecordMode::Mixed,
+            sdk_app_id: spec.sdk_app_id,
+            room: spec.room.clone(),
+        };
+        enum Sink {
+            Store(Arc<dyn crate::output::Store>),
+            Vod(Arc<VodStore>, u64),
+        }
+        let sink = match &spec.storage {
+            Storage::Vod(v) => Sink::Vod(self.inner.vod.clone(), v.expire_seconds),
+            Storage::Local => Sink::Store(self.inner.storage.clone()),
+            Storage::Cloud(_) => Sink::Store(self.inner.uploads.store(&task_id)),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let dir = source_dir.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("pack-{}", &task_id[..task_id.len().min(8)]))
+            .spawn(move || {
+                let mut vod = Vec::new();
+                let mut failed = Vec::new();
+                let mut deliver = |f: ConvertedFile| -> Result<(), String> {
+                    let result = match &sink {
+                        Sink::Store(store) => store
+                            .put(&format!("{folder}/{}", f.name), &f.data)
+                            .map_err(|e| format!("{e}")),
+                        Sink::Vod(store, keep_s) => {
+                            let now = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_secs());
+                            let entry = VodEntry {
+                                file_id: String::new(),
+                                task_id: task_id.clone(),
+                                user_id: f.user_id.clone(),
+                                track_type: f.track_type.api_name().to_owned(),
+                                media_id: f.media.as_str().to_owned(),
+                                cache_file: f.name.clone(),
+                                size: 0,
+                                created_unix_s: now,
+                                expire_at_unix_s: if *keep_s == 0 { 0 } else { now + keep_s },
+                            };
+                            store
+                                .commit(&f.data, entry)
+                                .map(|e| vod.push(e))
+                                .map_err(|e| e.to_string())
+                        }
+                    };
+                    if let Err(e) = &result {
+                        tracing::error!(task_id = %task_id, file = %f.name, error = %e, "a packed file could not be stored");
+                        failed.push((f.name.clone(), e.clone()));
+                    }
+                    result
+                };
+                let report = convert_folder(&dir, &request, &mut deliver);
+                let _ = tx.send(Packed {
+                    report,
+                    vod,
+                    failed,
+                    source_dir: dir,
+                });
+            });
+        let packed = match spawned {
+            Ok(_) => rx.await.ok(),
+            Err(e) => {
+                tracing::error!(task_id = %record.task_id, error = %e, "cannot start the packing thread");
+                None
+            }
+        };
+        let packed = packed.unwrap_or_else(|| Packed {
+            report: ConvertReport {
+                listing_failed: true,
+                ..ConvertReport::default()
+            },
+            vod: Vec::new(),
+            failed: Vec::new(),
+            source_dir,
+        });
+        let r = &packed.report;
+        if r.status() == 0 {
+            tracing::info!(task_id = %record.task_id, report = %r, "recording packed");
+        } else {
+            tracing::error!(task_id = %record.task_id, report = %r, status = r.status(), "packing the recording went wrong");
+        }
+        packed
     }
 
     /// Called by the runner once an Exited task has nothing left to do.
@@ -851,6 +1009,17 @@ impl Manager {
 }
 
 type Recorder = (RecorderHandle, mpsc::Receiver<RecorderEvent>);
+
+/// What end-of-task packing produced.
+struct Packed {
+    report: ConvertReport,
+    /// Files committed to the VOD store.
+    vod: Vec<VodEntry>,
+    /// Files made but not stored: (name, why).
+    failed: Vec<(String, String)>,
+    /// Where the HLS was read from.
+    source_dir: std::path::PathBuf,
+}
 
 fn callback_context(spec: &RecordingSpec) -> CallbackContext {
     CallbackContext {
