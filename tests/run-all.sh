@@ -64,6 +64,8 @@ step "mixed pipeline benchmark (short smoke, debug build, side by side with ffmp
 ./target/debug/mix-bench --seconds 2 --cases 4x720,25x1080
 step "spool write benchmark (short smoke, debug build: io_uring vs plain writes)"
 ./target/debug/spool-bench --files 100 --threads 1,8
+step "upload benchmark (short smoke, debug build: spool + S3 uploads vs boto3, against moto)"
+./target/debug/upload-bench --files 20 --size 262144
 step "compositor benchmark (short smoke, debug build: CPU and wgpu on lavapipe)"
 ./target/debug/compositor-bench --ticks 3 --tasks 4
 
