@@ -494,3 +494,30 @@ def test_vod_store_serves_the_mp4_with_ranges_and_expires_it(kiroku, receiver, t
     for c in commits:
         wait_until(lambda: requests.get(c.payload["VideoUrl"], timeout=5).status_code == 404, 45, 0.5,
                    "expired VOD file gone")
+
+
+def test_mixed_task_gives_one_vod_file(kiroku, receiver, tmp_path):
+    import requests
+    d = kiroku("vodmix", callback_url=receiver.url, recording={"segment_seconds": 2, "mix_latency_ms": 500})
+    api = d.sdk()
+    room = "4114"
+    params = create_params(room=room, mode=2, StorageParams={"CloudVod": {"TencentVod": {}}})
+    params["MixTranscodeParams"] = {
+        "VideoParams": {"Width": 320, "Height": 240, "Fps": 15, "BitRate": 300_000, "Gop": 2},
+        "AudioParams": {"SampleRate": 1, "Channel": 2, "BitRate": 64000},
+    }
+    task = api.create(params)
+    pubs = [publish(d, room, "kate", duration=8), publish(d, room, "liam", duration=8)]
+    for p in pubs:
+        publish_report(p)
+    api.delete(task)
+    assert receiver.wait_event(task, 312, 60).payload == {"Status": 0}
+    commits = [c.payload for c in receiver.delivered(task) if c.event_type == 311]
+    assert len(commits) == 1, commits
+    c = commits[0]
+    assert c["UserId"] == "" and c["TrackType"] == "audio_video" and c["CacheFile"] == f"{APP_ID}_{room}.mp4", c
+    local = tmp_path / "mixed.mp4"
+    local.write_bytes(requests.get(c["VideoUrl"], timeout=10).content)
+    info = check_mp4(local, ["aac", "h264"], 8.0, 2.0)
+    video = next(s for s in info["streams"] if s["codec_type"] == "video")
+    assert (video["width"], video["height"]) == (320, 240), video
