@@ -19,6 +19,7 @@ pub mod auth;
 pub mod config;
 pub mod ingest;
 pub mod media;
+pub mod merge;
 pub mod metrics;
 pub mod mix;
 pub mod notify;

@@ -34,6 +34,126 @@ enum Command {
     },
     /// Publish a synthetic test pattern and tone into a room over WHIP.
     Publish(Box<PublishArgs>),
+    /// Merge a folder of single-stream recordings into one MP4 (or M4A)
+    /// per user and section, like TRTC_Merge.py (docs/merge.md).
+    Merge(MergeArgs),
+}
+
+#[derive(clap::Args)]
+struct MergeArgs {
+    /// Folder of recordings; every UserId in it is processed. Outputs are
+    /// written into it.
+    #[arg(short = 'f', value_name = "DIR")]
+    folder: PathBuf,
+    /// 0: one file per section (a gap over 15 s starts a new one);
+    /// 1: one file per user, gaps filled with black and silence.
+    #[arg(short = 'm', default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    mode: u8,
+    /// With -m 1: drop the gaps instead of filling them.
+    #[arg(short = 's')]
+    drop_gaps: bool,
+    /// 0: main video + audio; 1: main if present, else aux; 2: aux + audio.
+    #[arg(short = 'a', default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    av: u8,
+    /// Output frame rate (5..120, clamped); re-encodes the video. Without
+    /// it the recorded rate is kept (15 fps when a re-encode is needed).
+    #[arg(short = 'p', value_name = "FPS")]
+    fps: Option<u32>,
+    /// Output size; re-encodes the video (letterboxed to keep the aspect).
+    #[arg(short = 'r', num_args = 2, value_names = ["W", "H"])]
+    size: Option<Vec<u32>>,
+    /// Replace output files that already exist.
+    #[arg(long)]
+    overwrite: bool,
+    /// Print a JSON summary as the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Progress bars on a terminal: one per output file, labelled with its user.
+struct Bars {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl kiroku::merge::Progress for Bars {
+    fn start(&mut self, file: &str, user_id: &str, total_ms: u64) {
+        let bar = indicatif::ProgressBar::new(total_ms.max(1));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{prefix:>12} {bar:30} {percent:>3}% {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_prefix(user_id.to_owned());
+        bar.set_message(file.to_owned());
+        self.bar = Some(bar);
+    }
+    fn advance(&mut self, done_ms: u64) {
+        if let Some(b) = &self.bar {
+            b.set_position(done_ms);
+        }
+    }
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn merge(args: MergeArgs) -> ExitCode {
+    let av = match args.av {
+        1 => kiroku::merge::AvChoice::Auto,
+        2 => kiroku::merge::AvChoice::Aux,
+        _ => kiroku::merge::AvChoice::Main,
+    };
+    let options = kiroku::merge::MergeOptions {
+        dir: args.folder,
+        merge_user: args.mode == 1,
+        drop_gaps: args.drop_gaps,
+        av,
+        fps: args.fps,
+        size: args.size.as_deref().and_then(|s| match s {
+            [w, h] => Some((*w, *h)),
+            _ => None,
+        }),
+        overwrite: args.overwrite,
+    };
+    if args.drop_gaps && !options.merge_user {
+        eprintln!(
+            "kiroku merge: note: -s only changes -m 1 (sections are separate files with -m 0)"
+        );
+    }
+    let report = match kiroku::merge::run(&options, &mut Bars { bar: None }) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kiroku merge: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for w in &report.warnings {
+        eprintln!("kiroku merge: warning: {w}");
+    }
+    for o in &report.outputs {
+        println!(
+            "{} {:.3} {} ({})",
+            o.file,
+            o.duration_ms as f64 / 1000.0,
+            o.method,
+            o.detail
+        );
+    }
+    for (file, why) in &report.failed {
+        eprintln!("kiroku merge: {file} could not be made: {why}");
+    }
+    if args.json {
+        match serde_json::to_string(&report) {
+            Ok(j) => println!("{j}"),
+            Err(e) => eprintln!("kiroku merge: JSON summary: {e}"),
+        }
+    }
+    if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 #[derive(clap::Args)]
@@ -276,6 +396,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Merge(args) => merge(args),
         Command::Publish(args) => match publish(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -275,6 +275,38 @@ pub fn pack_aac<'a>(
     pack(segments, limits, Container::Adts)
 }
 
+/// One elementary-stream unit of a TS segment, as written: an H.264
+/// access unit (Annex-B) or one or more ADTS frames, with its raw 33-bit
+/// timestamps. For tools that re-time or re-encode a recording before
+/// packing it (`kiroku merge`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TsUnit {
+    pub video: bool,
+    pub pts: u64,
+    pub dts: u64,
+    pub payload: Vec<u8>,
+}
+
+/// The units of one TS segment in the order they end; damage is skipped
+/// and counted in the returned stats, as when packing.
+pub fn demux_segment(ts: &[u8]) -> (Vec<TsUnit>, PackStats) {
+    let mut stats = PackStats::default();
+    let units = Demuxer::new()
+        .segment(ts, 0, &mut stats)
+        .into_iter()
+        .filter_map(|d| match d {
+            Demuxed::Pes(p) => Some(TsUnit {
+                video: p.kind == Kind::Video,
+                pts: p.pts,
+                dts: p.dts,
+                payload: p.payload,
+            }),
+            Demuxed::Lost(_) => None,
+        })
+        .collect();
+    (units, stats)
+}
+
 /// The streaming packer: segments in, files out as limits are reached.
 pub struct Mp4Packer {
     container: Container,
