@@ -66,6 +66,8 @@ step "spool write benchmark (short smoke, debug build: io_uring vs plain writes)
 ./target/debug/spool-bench --files 100 --threads 1,8
 step "upload benchmark (short smoke, debug build: spool + S3 uploads vs boto3, against moto)"
 ./target/debug/upload-bench --files 20 --size 262144
+step "merge benchmark (short smoke, debug build: kiroku merge vs ffmpeg, remux and re-encode)"
+./target/debug/merge-bench --kiroku target/debug/kiroku --seconds 20 --rounds 1
 step "compositor benchmark (short smoke, debug build: CPU and wgpu on lavapipe)"
 ./target/debug/compositor-bench --ticks 3 --tasks 4
 
