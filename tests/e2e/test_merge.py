@@ -546,6 +546,19 @@ def write_playlist(path: Path, like, segments: list[tuple[float, str]]) -> None:
     path.write_text("\n".join(lines + ["#EXT-X-ENDLIST"]) + "\n")
 
 
+def test_segments_without_playlists_are_timed_from_their_own_timestamps(recording, m0, tmp_path_factory):
+    """Files laid out by the spec elsewhere may come without their playlists:
+    durations then come from the segments' timestamps, and the outputs are
+    the same files with about the same durations."""
+    folder = recording.copy(tmp_path_factory, "noplaylists")
+    for pl in folder.glob("*.m3u8"):
+        pl.unlink()
+    run = merged(run_merge(folder))
+    assert set(run.outputs) == set(m0.outputs), (sorted(run.outputs), sorted(m0.outputs))
+    for name, o in run.outputs.items():
+        assert abs(o["duration_ms"] - m0.outputs[name]["duration_ms"]) < 300, (o, m0.outputs[name])
+
+
 def test_a_missing_or_empty_folder_is_an_error(tmp_path):
     assert subprocess.run([KIROKU_BIN, "merge", "--help"], capture_output=True).returncode == 0
     missing = run_merge(tmp_path / "nope")
