@@ -71,9 +71,29 @@ pub fn valid_file_id(id: &str) -> bool {
     id.len() == 19 && id.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// 19 digits from 62 bits: bit 62 set, bit 63 clear.
+fn file_id_from(n: u64) -> String {
+    format!("{:019}", (n | (1 << 62)) & (u64::MAX >> 1))
+}
+
 fn new_file_id() -> String {
-    let n: u64 = rand::random::<u64>() | (1 << 62);
-    format!("{:019}", n & (u64::MAX >> 1))
+    file_id_from(rand::random::<u64>())
+}
+
+/// The FileId of a recording file: a function of its task and name, so
+/// that committing it again (a daemon that stopped while finishing the
+/// task runs the job again) replaces it under the same FileId instead of
+/// making a second copy.
+fn derived_file_id(task_id: &str, cache_file: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(task_id.as_bytes())
+        .chain_update([0u8])
+        .chain_update(cache_file.as_bytes())
+        .finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    file_id_from(u64::from_be_bytes(first))
 }
 
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), VodError> {
@@ -108,12 +128,26 @@ impl VodStore {
         self.dir.join(format!("{file_id}.json"))
     }
 
-    /// Stores one MP4; returns its entry (with the new FileId).
+    /// Stores one MP4; returns its entry (with its FileId). The same
+    /// task's same file committed again keeps its FileId (see
+    /// [`derived_file_id`]); another file never takes an existing one.
     pub fn commit(&self, mp4: &[u8], mut entry: VodEntry) -> Result<VodEntry, VodError> {
-        let file_id = loop {
-            let id = new_file_id();
-            if !self.meta_path(&id).exists() && !self.mp4_path(&id).exists() {
-                break id;
+        let derived = derived_file_id(&entry.task_id, &entry.cache_file);
+        let same_file = |id: &str| {
+            self.get(id)
+                .ok()
+                .flatten()
+                .is_some_and(|e| e.task_id == entry.task_id && e.cache_file == entry.cache_file)
+        };
+        let free = |id: &str| !self.meta_path(id).exists() && !self.mp4_path(id).exists();
+        let file_id = if free(&derived) || same_file(&derived) {
+            derived
+        } else {
+            loop {
+                let id = new_file_id();
+                if free(&id) {
+                    break id;
+                }
             }
         };
         entry.file_id = file_id.clone();
@@ -295,6 +329,7 @@ mod tests {
         let store = VodStore::open(&dir).expect("open");
         let mut later = entry();
         later.expire_at_unix_s = 2_000;
+        later.cache_file = "other.mp4".into();
         let a = store.commit(b"first", entry()).expect("commit");
         let b = store.commit(b"second!", later).expect("commit");
         assert!(valid_file_id(&a.file_id) && valid_file_id(&b.file_id));
@@ -315,6 +350,30 @@ mod tests {
         assert!(!store.mp4_path(&b.file_id).exists());
         // Never-expiring files stay.
         assert_eq!(store.get(&a.file_id).expect("get"), Some(a));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn committing_the_same_file_again_keeps_its_file_id() {
+        let dir = std::env::temp_dir().join(format!("kiroku-vod-{}", rand::random::<u64>()));
+        let store = VodStore::open(&dir).expect("open");
+        let a = store.commit(b"first try", entry()).expect("commit");
+        let again = store.commit(b"second try", entry()).expect("commit");
+        assert_eq!(a.file_id, again.file_id);
+        assert_eq!(
+            std::fs::read(store.mp4_path(&a.file_id)).expect("read"),
+            b"second try"
+        );
+        assert_eq!(
+            std::fs::read_dir(&dir).expect("dir").count(),
+            2,
+            "one mp4, one json"
+        );
+        // Another task's file of the same name gets its own id.
+        let mut other = entry();
+        other.task_id = "another-task".into();
+        let b = store.commit(b"x", other).expect("commit");
+        assert_ne!(a.file_id, b.file_id);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
