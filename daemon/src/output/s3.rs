@@ -39,7 +39,7 @@ use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::{StreamExt, TryFutureExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::client::{HttpError, HttpErrorKind};
 use object_store::path::Path;
@@ -609,21 +609,76 @@ impl S3Uploader {
     /// object. A failed multipart upload is aborted (best effort) so that
     /// no parts are left behind.
     pub async fn put_file(&self, key: &str, data: Bytes) -> Result<(), UploadError> {
+        let len = data.len() as u64;
+        if len <= self.threshold {
+            return self.put_whole(key, data).await;
+        }
+        self.put_multipart(key, len, |start, end| {
+            // Bounds are ≤ len, which came from a usize.
+            std::future::ready(Ok(data.slice(start as usize..end as usize)))
+        })
+        .await
+    }
+
+    /// Uploads `len` bytes at `offset` of the file `path` as object `key`,
+    /// reading a large file part by part (multipart) instead of into
+    /// memory: an upload holds a few parts at a time, whatever the size.
+    pub async fn put_from_file(
+        &self,
+        key: &str,
+        path: &std::path::Path,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), UploadError> {
+        let read = |start: u64, end: u64| {
+            let path = path.to_owned();
+            async move {
+                tokio::task::spawn_blocking(move || read_range(&path, offset + start, end - start))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r)
+                    .map(Bytes::from)
+                    .map_err(|e| UploadError::local(key, e.to_string()))
+            }
+        };
+        if len <= self.threshold {
+            let data = read(0, len).await?;
+            return self.put_whole(key, data).await;
+        }
+        self.put_multipart(key, len, read).await
+    }
+
+    async fn put_whole(&self, key: &str, data: Bytes) -> Result<(), UploadError> {
         let path = object_path("put", key)?;
         let mut attributes = Attributes::new();
         attributes.insert(Attribute::ContentType, content_type(key).into());
-        let len = data.len() as u64;
-        if len <= self.threshold {
-            let opts = PutOptions {
-                attributes,
-                ..PutOptions::default()
-            };
-            self.store
-                .put_opts(&path, PutPayload::from(data), opts)
-                .await
-                .map_err(|e| UploadError::classify("put", key, e))?;
-            return Ok(());
-        }
+        let opts = PutOptions {
+            attributes,
+            ..PutOptions::default()
+        };
+        self.store
+            .put_opts(&path, PutPayload::from(data), opts)
+            .await
+            .map_err(|e| UploadError::classify("put", key, e))?;
+        Ok(())
+    }
+
+    /// A multipart upload of `len` bytes, each part's bytes `[start, end)`
+    /// from `read`; at most two parts are read ahead and `part_concurrency`
+    /// are in flight.
+    async fn put_multipart<F, Fut>(
+        &self,
+        key: &str,
+        len: u64,
+        mut read: F,
+    ) -> Result<(), UploadError>
+    where
+        F: FnMut(u64, u64) -> Fut,
+        Fut: std::future::Future<Output = Result<Bytes, UploadError>>,
+    {
+        let path = object_path("put", key)?;
+        let mut attributes = Attributes::new();
+        attributes.insert(Attribute::ContentType, content_type(key).into());
         let part_size = self
             .part_size
             .max(len.div_ceil(MAX_PARTS).next_multiple_of(MIB));
@@ -636,23 +691,31 @@ impl S3Uploader {
             .put_multipart_opts(&path, opts)
             .await
             .map_err(|e| UploadError::classify("create multipart upload", key, e))?;
-        let parts = (0..len.div_ceil(part_size)).map(|i| {
-            // Bounds are ≤ len, which came from a usize.
-            let start = (i * part_size) as usize;
-            let end = ((i + 1) * part_size).min(len) as usize;
-            data.slice(start..end)
-        });
-        let sent = futures_util::stream::iter(parts)
-            .map(|part| upload.put_part(PutPayload::from(part)))
-            .buffer_unordered(self.concurrency)
+        let ranges = (0..len.div_ceil(part_size))
+            .map(|i| (i * part_size, ((i + 1) * part_size).min(len)))
+            .collect::<Vec<_>>();
+        let sent = futures_util::stream::iter(ranges)
+            .map(|(start, end)| read(start, end))
+            .buffered(2)
+            // Parts are numbered in the order `put_part` is called, so
+            // they are started in order and may finish in any order.
+            .map_ok(|part| {
+                upload
+                    .put_part(PutPayload::from(part))
+                    .map_err(|e| UploadError::classify("multipart upload", key, e))
+            })
+            .try_buffer_unordered(self.concurrency)
             .try_for_each(|()| std::future::ready(Ok(())))
             .await;
         let done = match sent {
-            Ok(()) => upload.complete().await.map(drop),
+            Ok(()) => upload
+                .complete()
+                .await
+                .map(drop)
+                .map_err(|e| UploadError::classify("multipart upload", key, e)),
             Err(e) => Err(e),
         };
-        if let Err(e) = done {
-            let err = UploadError::classify("multipart upload", key, e);
+        if let Err(err) = done {
             if let Err(abort) = upload.abort().await {
                 tracing::warn!(key, error = %abort, "aborting a failed multipart upload");
             }
@@ -714,6 +777,14 @@ impl S3Uploader {
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
+}
+
+fn read_range(path: &std::path::Path, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; usize::try_from(len).map_err(std::io::Error::other)?];
+    file.read_exact_at(&mut buf, offset)?;
+    Ok(buf)
 }
 
 fn object_path(op: &'static str, key: &str) -> Result<Path, UploadError> {
@@ -1133,6 +1204,40 @@ mod tests {
                 "{info:?}"
             );
 
+            // From a file, part by part: a payload behind a 100-byte
+            // header (as in a spool entry), 12 MiB in three 5 MiB parts.
+            let from_file_key = format!("{dir}/1400000000_12345_2.mp4");
+            let payload = pattern(12 * MIB as usize, 7);
+            let file = std::env::temp_dir().join(format!("kiroku-s3-part-{}", std::process::id()));
+            let mut raw = vec![0xAB; 100];
+            raw.extend_from_slice(&payload);
+            std::fs::write(&file, &raw).expect("write");
+            up.put_from_file(&from_file_key, &file, 100, payload.len() as u64)
+                .await
+                .expect("multipart from a file");
+            assert_eq!(up.get(&from_file_key).await.expect("get"), payload);
+            let info = up
+                .head(&from_file_key)
+                .await
+                .expect("head")
+                .expect("exists");
+            assert!(
+                info.e_tag.as_deref().is_some_and(|t| t.contains("-3")),
+                "{info:?}"
+            );
+            // Small: one PUT of the byte range.
+            up.put_from_file(&small[3], &file, 100, 1000)
+                .await
+                .expect("small from a file");
+            assert_eq!(up.get(&small[3]).await.expect("get"), payload.slice(..1000));
+            // A file shorter than asked: a local error, nothing stored.
+            let e = up
+                .put_from_file(&format!("{dir}/short.mp4"), &file, 100, 13 * MIB)
+                .await
+                .expect_err("short file");
+            assert_eq!(e.code(), "LocalReadError", "{e}");
+            let _ = std::fs::remove_file(&file);
+
             let listed: Vec<String> = up
                 .list(dir)
                 .await
@@ -1142,6 +1247,7 @@ mod tests {
                 .collect();
             let mut want: Vec<String> = small.to_vec();
             want.push(big_key.clone());
+            want.push(from_file_key.clone());
             want.sort();
             assert_eq!(listed, want);
             assert_eq!(

@@ -500,6 +500,18 @@ impl Spool {
         Ok(raw)
     }
 
+    /// Where an entry's payload lies — its file, the payload's offset and
+    /// length — so that a large entry can be read in parts rather than
+    /// whole.
+    pub fn payload_location(&self, id: EntryId) -> Result<(PathBuf, u64, u64), SpoolError> {
+        let (file_len, data_len) = {
+            let st = self.shared.lock();
+            let m = st.index.get(&id).ok_or(SpoolError::NotFound(id))?;
+            (m.file_len, m.data_len)
+        };
+        Ok((self.shared.path(id, "ent"), file_len - data_len, data_len))
+    }
+
     /// Drops an entry (after its upload, or when superseded); durable when
     /// it returns.
     pub fn remove(&self, id: EntryId) -> Result<(), SpoolError> {

@@ -31,7 +31,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::Bytes;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Notify};
@@ -655,13 +654,14 @@ async fn upload_one(
     let Some(uploader) = uploader else {
         return Err(UploadError::no_target(&entry.key));
     };
-    let s = shared.clone();
     let id: EntryId = entry.id;
-    let data = tokio::task::spawn_blocking(move || s.spool.read(id))
-        .await
-        .map_err(|e| UploadError::local(&entry.key, e.to_string()))?
+    let (path, offset, len) = shared
+        .spool
+        .payload_location(id)
         .map_err(|e| UploadError::local(&entry.key, e.to_string()))?;
-    uploader.put_file(&entry.key, Bytes::from(data)).await
+    // Read in parts for large files (long MP4s): an upload holds a few
+    // parts in memory, not the whole file.
+    uploader.put_from_file(&entry.key, &path, offset, len).await
 }
 
 /// A task's recorder writes here: durable in the spool when `put` returns,
