@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Notify};
 
@@ -127,68 +127,44 @@ struct UploadMetrics {
 
 impl UploadMetrics {
     fn register(m: &Metrics) -> Self {
+        use crate::metrics::{counter, counter_vec, gauge, gauge_vec};
         let r = m.registry();
-        let c = |n: &str, h: &str| {
-            let c = IntCounter::new(n, h).expect("valid metric");
-            r.register(Box::new(c.clone())).expect("unique metric");
-            c
-        };
-        let g = |n: &str, h: &str| {
-            let g = IntGauge::new(n, h).expect("valid metric");
-            r.register(Box::new(g.clone())).expect("unique metric");
-            g
-        };
-        let failures = IntCounterVec::new(
-            Opts::new(
+        Self {
+            uploaded_files: counter(r, "kiroku_upload_files_total", "Files uploaded to remote storage"),
+            uploaded_bytes: counter(r, "kiroku_upload_bytes_total", "Bytes uploaded to remote storage"),
+            failures: counter_vec(
+                r,
                 "kiroku_upload_failures_total",
                 "Failed upload attempts by kind: transport (no answer), server (5xx), throttled (429/503), refused (other answers: bucket, keys, permissions), other",
+                &["kind"],
             ),
-            &["kind"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(failures.clone()))
-            .expect("unique metric");
-        let spool_backend = IntGaugeVec::new(
-            Opts::new(
-                "kiroku_spool_backend",
-                "1 for the way the spool writes: io_uring, or plain (io_uring unavailable: see the start-up log)",
-            ),
-            &["backend"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(spool_backend.clone()))
-            .expect("unique metric");
-        Self {
-            uploaded_files: c(
-                "kiroku_upload_files_total",
-                "Files uploaded to remote storage",
-            ),
-            uploaded_bytes: c(
-                "kiroku_upload_bytes_total",
-                "Bytes uploaded to remote storage",
-            ),
-            failures,
-            pending_files: g(
+            pending_files: gauge(
+                r,
                 "kiroku_upload_pending_files",
                 "Files in the spool waiting for upload (in flight included)",
             ),
-            pending_bytes: g(
-                "kiroku_upload_pending_bytes",
-                "Bytes in the spool waiting for upload",
-            ),
-            stranded_files: g(
+            pending_bytes: gauge(r, "kiroku_upload_pending_bytes", "Bytes in the spool waiting for upload"),
+            stranded_files: gauge(
+                r,
                 "kiroku_upload_stranded_files",
                 "Files whose upload failed storage.stranded_after_attempts times or more",
             ),
-            spool_used_bytes: g(
+            spool_used_bytes: gauge(
+                r,
                 "kiroku_spool_used_bytes",
                 "Bytes the spool holds (headers included)",
             ),
-            spool_full: c(
+            spool_full: counter(
+                r,
                 "kiroku_spool_full_total",
                 "Files refused because the spool or its disk was full (each fails its task)",
             ),
-            spool_backend,
+            spool_backend: gauge_vec(
+                r,
+                "kiroku_spool_backend",
+                "1 for the way the spool writes: io_uring, or plain (io_uring unavailable: see the start-up log)",
+                &["backend"],
+            ),
         }
     }
 }
