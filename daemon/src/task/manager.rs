@@ -341,8 +341,9 @@ impl Manager {
         Ok(Arc::new(TeeStore::new(stores)))
     }
 
-    /// Where a task's finished files go (local storage or its bucket,
-    /// through the spool); VOD tasks have no such storage.
+    /// Where a task's finished files go: local storage, or its bucket
+    /// through the spool. (VOD tasks never write here: their HLS goes to
+    /// staging and their MP4s to the VOD store.)
     fn storage_of(&self, record: &TaskRecord) -> Result<Arc<dyn crate::output::Store>, String> {
         match &record.spec.storage {
             Storage::Local | Storage::Vod(_) => Ok(self.inner.storage.clone()),
