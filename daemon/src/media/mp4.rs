@@ -1091,6 +1091,21 @@ impl Adts {
     }
 }
 
+/// What a PES payload of ADTS frames holds: (sample rate, channels,
+/// frames), from the same parsing the packer uses; `None` when its first
+/// frame is not a usable ADTS frame.
+pub fn adts_payload_info(payload: &[u8]) -> Option<(u32, u8, u64)> {
+    let first = Adts::parse(payload).ok()?;
+    let rate = *AAC_RATES.get(usize::from(first.config.sf_index))?;
+    let mut frames = 0;
+    let mut pos = 0;
+    while let Some(a) = payload.get(pos..).and_then(|b| Adts::parse(b).ok()) {
+        frames += 1;
+        pos += a.frame_len;
+    }
+    Some((rate, first.config.channel_config, frames))
+}
+
 /// One set of H.264 parameter sets: one `avc1` sample description.
 #[derive(Debug)]
 struct VideoConfig {

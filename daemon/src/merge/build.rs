@@ -27,7 +27,9 @@ use kiroku_gpu::{
 use super::plan::{Method, PlannedOutput, SegmentFile};
 use crate::media::h264;
 use crate::media::h264_codec::{OpenH264Encoder, PictureDecoder};
-use crate::media::mp4::{demux_segment, Container, Mp4Packer, PackedFile, SplitLimits, TsUnit};
+use crate::media::mp4::{
+    adts_payload_info, demux_segment, Container, Mp4Packer, PackedFile, SplitLimits, TsUnit,
+};
 use crate::media::ts::TsMuxer;
 
 const WRAP: u64 = 1 << 33;
@@ -251,7 +253,7 @@ impl Builder {
                     } else if !u.video && p.take.audio {
                         let pts = place(u.pts);
                         self.note_audio_format(&u);
-                        let frames = adts_frames(&u.payload);
+                        let frames = adts_payload_info(&u.payload).map_or(1, |i| i.2.max(1));
                         self.mux.write_audio(&mut self.ts, pts, &u.payload);
                         let end = pts + self.frame_ticks() * frames;
                         audio_end = Some(audio_end.map_or(end, |e| e.max(end)));
@@ -281,8 +283,10 @@ impl Builder {
         if self.audio_format.is_some() {
             return;
         }
-        if let Some(f) = adts_format(&u.payload) {
-            self.audio_format = Some(f);
+        if let Some((rate, channels, _)) = adts_payload_info(&u.payload) {
+            if matches!(channels, 1 | 2) {
+                self.audio_format = Some((rate, channels));
+            }
         }
     }
 
@@ -493,37 +497,6 @@ fn signed_delta(a: u64, b: u64) -> i64 {
     }
 }
 
-/// ADTS frames in a PES payload (at least 1).
-fn adts_frames(payload: &[u8]) -> u64 {
-    let mut n = 0;
-    let mut pos = 0;
-    while pos + 7 <= payload.len() && payload[pos] == 0xff && payload[pos + 1] & 0xf0 == 0xf0 {
-        let len = (usize::from(payload[pos + 3] & 0x03) << 11)
-            | (usize::from(payload[pos + 4]) << 3)
-            | usize::from(payload[pos + 5] >> 5);
-        if len < 7 {
-            break;
-        }
-        n += 1;
-        pos += len;
-    }
-    n.max(1)
-}
-
-/// (sample rate, channels) of the first ADTS header.
-fn adts_format(payload: &[u8]) -> Option<(u32, u8)> {
-    const RATES: [u32; 13] = [
-        96_000, 88_200, 64_000, 48_000, 44_100, 32_000, 24_000, 22_050, 16_000, 12_000, 11_025,
-        8_000, 7_350,
-    ];
-    if payload.len() < 7 || payload[0] != 0xff || payload[1] & 0xf0 != 0xf0 {
-        return None;
-    }
-    let rate = *RATES.get(usize::from((payload[2] >> 2) & 0x0f))?;
-    let channels = ((payload[2] & 0x01) << 2) | (payload[3] >> 6);
-    matches!(channels, 1 | 2).then_some((rate, channels))
-}
-
 /// One ADTS frame of silence in the given format, from the project's AAC
 /// encoder (a steady-state frame, past the encoder's start-up).
 fn silent_frame(rate: u32, channels: u8) -> Result<Vec<u8>, BuildError> {
@@ -565,8 +538,7 @@ mod tests {
     fn silence_is_a_valid_adts_frame() {
         for (rate, ch) in [(48_000, 2), (44_100, 1), (16_000, 2)] {
             let f = silent_frame(rate, ch).expect("frame");
-            assert_eq!(adts_format(&f), Some((rate, ch)));
-            assert_eq!(adts_frames(&f), 1);
+            assert_eq!(adts_payload_info(&f), Some((rate, ch, 1)));
             let decoded = syom::decode_with(&f, &syom::DecodeOptions::audio()).expect("decodes");
             let _ = decoded;
         }
