@@ -16,17 +16,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use kiroku::media::h264_codec::OpenH264Encoder;
-use kiroku::publish::source::{AudioConfig, AudioSource, Pattern, Rgb, VideoConfig, VideoSource};
-use kiroku::record::mixed::{MixedRecorder, MixedSettings};
-use kiroku::record::naming::Naming;
-use kiroku::record::segmenter::SegmenterConfig;
-use kiroku::record::single::{Action, OfferedTrack};
-use kiroku::room::{Codec, MediaFrame, TrackKind};
-use kiroku::task::params::{
+use kiroku::domain::params::{
     AudioParams, FillType, MediaSelection, MixLayout, MixTranscode, RoomId, StreamType,
     Subscription, VideoParams,
 };
+use kiroku::hls::naming::Naming;
+use kiroku::hls::segmenter::SegmenterConfig;
+use kiroku::media::h264_codec::OpenH264Encoder;
+use kiroku::publish::source::{AudioConfig, AudioSource, Pattern, Rgb, VideoConfig, VideoSource};
+use kiroku::record::mixed::{MixedRecorder, MixedSettings, StageTimes};
+use kiroku::record::single::{Action, OfferedTrack};
+use kiroku::room::{Codec, MediaFrame, TrackKind};
 
 // Only `cpu_seconds` is used here; the rest serves the daemon benchmarks.
 #[allow(dead_code)]
@@ -114,13 +114,14 @@ fn frame(
     }
 }
 
-/// Runs kiroku's mixed recorder over the inputs; returns (CPU s, bytes out, frames out).
+/// Runs kiroku's mixed recorder over the inputs; returns (CPU s, bytes out,
+/// frames out, time per stage as the recorder measured it).
 fn run_kiroku(
     inputs: &[Input],
     out_w: u32,
     out_h: u32,
     seconds: f64,
-) -> anyhow::Result<(f64, u64, u64)> {
+) -> anyhow::Result<(f64, u64, u64, StageTimes)> {
     let epoch = SystemTime::now();
     let epoch_us = epoch.duration_since(UNIX_EPOCH)?.as_micros() as i64;
     let transcode = MixTranscode {
@@ -142,6 +143,7 @@ fn run_kiroku(
         epoch_us,
         transcode,
         latency_us: 3_000_000,
+        stopwatch: std::time::Instant::now,
     };
     let encoder = OpenH264Encoder::open(MixedRecorder::encoder_settings(&transcode))?;
     let compositor = Box::new(kiroku_gpu::cpu::CpuCompositor::new());
@@ -217,7 +219,7 @@ fn run_kiroku(
     let end = epoch_us + (seconds * 1e6) as i64 + 3_000_000;
     count(rec.finish(end));
     let cpu = common::cpu_seconds(pid)? - cpu0;
-    Ok((cpu, bytes, rec.mix_stats.ticks))
+    Ok((cpu, bytes, rec.mix_stats.ticks, rec.mix_stats.stages))
 }
 
 /// ffmpeg: the same grid from the same H.264 inputs; returns CPU seconds.
@@ -313,7 +315,7 @@ fn main() -> anyhow::Result<()> {
         let out_h: u32 = h.parse()?;
         let out_w = out_h * 16 / 9;
         let inputs = make_inputs(n, args.seconds, &dir)?;
-        let (cpu, bytes, ticks) = run_kiroku(&inputs, out_w, out_h, args.seconds)?;
+        let (cpu, bytes, ticks, stages) = run_kiroku(&inputs, out_w, out_h, args.seconds)?;
         let expected = (args.seconds * f64::from(FPS)) as u64;
         if ticks + 2 < expected {
             bail!("kiroku rendered {ticks} frames, expected about {expected}");
@@ -332,6 +334,13 @@ fn main() -> anyhow::Result<()> {
             theirs.map_or("-".into(), |t| format!("{:.2}x", ours / t)),
             bytes as f64 / 1e6
         );
+        let total: f64 = stages.seconds().iter().map(|(_, s)| s).sum();
+        let shares: Vec<String> = stages
+            .seconds()
+            .iter()
+            .map(|(stage, s)| format!("{stage} {:.0}%", 100.0 * s / total.max(1e-9)))
+            .collect();
+        println!("{:<16} stages: {}", "", shares.join(", "));
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use kiroku::config::Config;
+use kiroku::domain::params::{CloudStorage, RoomId, Vendor};
 use kiroku::metrics::Metrics;
 use kiroku::output::uploader::{CallbackContext, UploadService};
-use kiroku::task::params::{CloudStorage, RoomId, Vendor};
 
 #[derive(Parser)]
 #[command(about = "kiroku upload benchmark (spool + S3 uploads vs boto3, against moto)")]

@@ -117,7 +117,7 @@ struct RawStorage {
     stranded_after_attempts: Option<u32>,
     drain_timeout_seconds: Option<u64>,
     #[serde(default)]
-    s3: crate::output::s3::S3Config,
+    s3: S3Config,
 }
 
 #[derive(Debug, Deserialize)]
@@ -219,7 +219,114 @@ pub struct StorageConfig {
     /// (then Status 2).
     pub drain_timeout: Duration,
     /// S3 endpoints per vendor and upload tuning.
-    pub s3: crate::output::s3::S3Config,
+    pub s3: S3Config,
+}
+
+/// The appliance configuration's S3 section: endpoint overrides per vendor
+/// and upload tuning. Every field has a default, so an absent section means
+/// "the public COS and AWS endpoints".
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// Endpoint for `Vendor` 0 instead of `output::s3::DEFAULT_COS_ENDPOINT`.
+    /// `{region}` and `{bucket}` are replaced by the task's values.
+    pub cos_endpoint: Option<String>,
+    /// Endpoint for `Vendor` 1 instead of `output::s3::DEFAULT_AWS_ENDPOINT`.
+    pub aws_endpoint: Option<String>,
+    /// Permit `http://` endpoints (a lab MinIO, moto); off by default.
+    pub allow_http: bool,
+    /// Address buckets as `<endpoint>/<bucket>/<key>` instead of
+    /// `<bucket>.<endpoint host>/<key>` (MinIO, Ceph RGW and moto want this).
+    pub path_style: bool,
+    /// Objects up to this size go up in one `PUT`; larger ones as multipart
+    /// uploads. 5..=5120.
+    pub multipart_threshold_mib: u64,
+    /// Multipart part size (raised when a file would need more than 10 000
+    /// parts). 5..=5120.
+    pub part_size_mib: u64,
+    /// Parts of one file in flight at once. 1..=64.
+    pub part_concurrency: usize,
+    pub connect_timeout_secs: u64,
+    /// Limit for one request (one `PUT` or one part) to complete.
+    pub request_timeout_secs: u64,
+    /// Immediate retries of one request inside the client, for transport
+    /// errors, 5xx and throttling; longer-term retrying is the caller's.
+    pub max_retries: usize,
+    /// Stop those immediate retries after this long.
+    pub retry_timeout_secs: u64,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            cos_endpoint: None,
+            aws_endpoint: None,
+            allow_http: false,
+            path_style: false,
+            multipart_threshold_mib: 16,
+            part_size_mib: 8,
+            part_concurrency: 4,
+            connect_timeout_secs: 10,
+            request_timeout_secs: 120,
+            max_retries: 3,
+            retry_timeout_secs: 60,
+        }
+    }
+}
+
+/// Checks `[storage.s3]` once, at load: the tuning ranges (S3's own part
+/// limits: 5 MiB..5 GiB) and the endpoint overrides' schemes. The per-task
+/// parts (region, bucket, the endpoint template filled in) are checked by
+/// `output::s3::S3Target::from_params` when a task names its bucket.
+fn validate_s3(s3: &S3Config) -> Result<(), ConfigError> {
+    for (key, v) in [
+        (
+            "storage.s3.multipart_threshold_mib",
+            s3.multipart_threshold_mib,
+        ),
+        ("storage.s3.part_size_mib", s3.part_size_mib),
+    ] {
+        if !(5..=5120).contains(&v) {
+            return Err(invalid(
+                key,
+                "must be within 5..=5120 (S3's part size limits)",
+            ));
+        }
+    }
+    if !(1..=64).contains(&s3.part_concurrency) {
+        return Err(invalid(
+            "storage.s3.part_concurrency",
+            "must be within 1..=64",
+        ));
+    }
+    for (key, v) in [
+        ("storage.s3.connect_timeout_secs", s3.connect_timeout_secs),
+        ("storage.s3.request_timeout_secs", s3.request_timeout_secs),
+    ] {
+        if v == 0 {
+            return Err(invalid(key, "must be at least 1"));
+        }
+    }
+    for (key, endpoint) in [
+        ("storage.s3.cos_endpoint", &s3.cos_endpoint),
+        ("storage.s3.aws_endpoint", &s3.aws_endpoint),
+    ] {
+        if let Some(e) = endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(invalid(
+                    key,
+                    format!("`{e}` must start with http:// or https://"),
+                ));
+            }
+            if e.starts_with("http://") && !s3.allow_http {
+                return Err(invalid(
+                    key,
+                    format!("`{e}` is plain HTTP: set storage.s3.allow_http = true to permit it"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `recording.compositor`.
@@ -334,28 +441,7 @@ fn storage_config(raw: RawStorage) -> Result<StorageConfig, ConfigError> {
             "must be at most 86400",
         ));
     }
-    raw.s3
-        .validate()
-        .map_err(|e| invalid("storage.s3", e.to_string()))?;
-    for (key, endpoint) in [
-        ("storage.s3.cos_endpoint", &raw.s3.cos_endpoint),
-        ("storage.s3.aws_endpoint", &raw.s3.aws_endpoint),
-    ] {
-        if let Some(e) = endpoint {
-            if !(e.starts_with("http://") || e.starts_with("https://")) {
-                return Err(invalid(
-                    key,
-                    format!("`{e}` must start with http:// or https://"),
-                ));
-            }
-            if e.starts_with("http://") && !raw.s3.allow_http {
-                return Err(invalid(
-                    key,
-                    format!("`{e}` is plain HTTP: set storage.s3.allow_http = true to permit it"),
-                ));
-            }
-        }
-    }
+    validate_s3(&raw.s3)?;
     Ok(StorageConfig {
         spool_capacity_bytes: capacity_mb * 1024 * 1024,
         upload_concurrency,
@@ -743,6 +829,27 @@ mod tests {
         assert_eq!(
             Config::embedded_defaults().ingest.udp_listen.to_string(),
             "127.0.0.1:8443"
+        );
+    }
+
+    #[test]
+    fn config_deserializes_with_defaults() {
+        let cfg: S3Config =
+            toml::from_str("aws_endpoint = \"http://minio:9000\"\npath_style = true\n")
+                .expect("toml");
+        assert_eq!(cfg.aws_endpoint.as_deref(), Some("http://minio:9000"));
+        assert!(cfg.path_style);
+        assert_eq!(cfg.part_size_mib, S3Config::default().part_size_mib);
+        assert!(toml::from_str::<S3Config>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn s3_tuning_out_of_range_is_named() {
+        let raw: RawConfig = toml::from_str("[storage.s3]\npart_size_mib = 4\n").expect("toml");
+        let err = Config::from_raw(raw).expect_err("refused");
+        assert!(
+            err.to_string().contains("storage.s3.part_size_mib"),
+            "{err}"
         );
     }
 }

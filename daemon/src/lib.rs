@@ -2,21 +2,31 @@
 //! rooms, with a REST API wire-compatible with Tencent Cloud TRTC's cloud
 //! recording.
 //!
-//! Module map (see `docs/architecture.md`):
-//! - [`config`]: TOML → validated configuration.
-//! - [`api`]: the Tencent-compatible REST API (TC3 signatures, validation,
-//!   rate limits, the axum edge).
-//! - [`auth`]: TRTC UserSig verification.
-//! - [`task`]: recording tasks, their parameters and lifecycle.
-//! - [`ingest`]: WHIP sessions on str0m; [`room`]: rooms of publishers and
-//!   subscriptions to their media; [`media`]: bitstream helpers.
-//! - [`notify`]: signed event callbacks from a durable outbox.
-//! - [`store`]: the embedded transactional state store.
-//! - [`metrics`], [`systemd`], [`server`]: operations.
+//! Module map, from the ground floor up (imports flow downward only; see
+//! `docs/architecture.md`):
+//! - [`domain`]: the shared vocabulary (task parameters, records, states,
+//!   leave codes); [`config`]: TOML → validated configuration; [`clock`]:
+//!   the one wall-clock reader; [`metrics`], [`sync`], [`systemd`];
+//!   [`auth`]: TRTC UserSig.
+//! - [`media`]: bitstreams (H.264, AAC, TS mux and demux, the MP4 packer);
+//!   [`room`]: rooms of publishers and the fan-out of their media;
+//!   [`state_store`]: the embedded transactional state store; [`publish`]:
+//!   `kiroku publish`, a synthetic WHIP publisher.
+//! - [`hls`]: object names, playlists, segmenting, one HLS stream;
+//!   [`notify`]: signed event callbacks from a durable outbox.
+//! - [`mix`]: layouts, mixed audio, overlays; [`output`]: storage, spool,
+//!   uploads, VOD, end-of-task packing; [`merge`]: `kiroku merge`.
+//! - [`record`]: the single-stream and mixed recorders and their threads.
+//! - [`task`]: the orchestrator (task table, runners, end-of-task work).
+//! - [`api`]: the Tencent-compatible REST API; [`ingest`]: WHIP sessions
+//!   on str0m; [`server`]: the daemon's wiring.
 
 pub mod api;
 pub mod auth;
+pub mod clock;
 pub mod config;
+pub mod domain;
+pub mod hls;
 pub mod ingest;
 pub mod media;
 pub mod merge;
@@ -28,6 +38,7 @@ pub mod publish;
 pub mod record;
 pub mod room;
 pub mod server;
-pub mod store;
+pub mod state_store;
+pub mod sync;
 pub mod systemd;
 pub mod task;

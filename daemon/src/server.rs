@@ -23,7 +23,7 @@ use crate::notify::deliver;
 use crate::output::uploader::UploadService;
 use crate::output::vod::VodStore;
 use crate::output::vod_http;
-use crate::store::Store;
+use crate::state_store::StateStore;
 use crate::systemd;
 use crate::task::manager::{Manager, Outputs};
 
@@ -36,7 +36,7 @@ pub enum ServerError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] crate::state_store::StoreError),
     #[error("HTTP server: {0}")]
     Http(std::io::Error),
     #[error("cannot bind the WebRTC UDP socket {addr} (ingest.udp_listen)")]
@@ -120,7 +120,7 @@ pub async fn run(
     let store_path = config.data_dir.join("state.redb");
     let store = {
         let path = store_path.clone();
-        tokio::task::spawn_blocking(move || Store::open(&path))
+        tokio::task::spawn_blocking(move || StateStore::open(&path))
             .await
             .map_err(|e| ServerError::Http(std::io::Error::other(e)))??
     };
@@ -186,9 +186,7 @@ pub async fn run(
             loop {
                 every.tick().await;
                 let vod = vod.clone();
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
+                let now = crate::clock::unix_secs();
                 match tokio::task::spawn_blocking(move || vod.expire(now)).await {
                     Ok(Ok(gone)) if !gone.is_empty() => {
                         tracing::info!(files = gone.len(), "expired VOD files deleted")

@@ -47,6 +47,20 @@ impl ApiError {
     }
 }
 
+impl From<crate::task::error::TaskError> for ApiError {
+    fn from(e: crate::task::error::TaskError) -> Self {
+        use crate::task::error::TaskError;
+        let code = match &e {
+            TaskError::Concurrency { .. } => codes::RESTRICTED_CONCURRENCY,
+            TaskError::NotFound { .. } | TaskError::Expired { .. } | TaskError::Exiting { .. } => {
+                codes::TASK_NOT_EXIST
+            }
+            TaskError::Store => codes::INTERNAL,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
 /// Every error code kiroku answers with (kept in one place so that
 /// `docs/api.md` and the metrics label set stay bounded and true).
 pub mod codes {

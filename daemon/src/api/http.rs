@@ -7,7 +7,7 @@
 //! look for `Response.Error` under those two conditions.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -43,12 +43,9 @@ impl ApiState {
     }
 }
 
-/// Seconds since the Unix epoch (0 if the clock is before it).
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+/// The wall clock in the signed seconds that TC3 and UserSig times use.
+fn unix_secs_signed() -> i64 {
+    i64::try_from(crate::clock::unix_secs()).unwrap_or(i64::MAX)
 }
 
 fn request_id() -> String {
@@ -245,7 +242,7 @@ fn authenticate(
         headers: &signed,
         payload_hash: &payload_hash,
     };
-    tc3::verify(&auth, SERVICE, timestamp, unix_now(), &req, |id| {
+    tc3::verify(&auth, SERVICE, timestamp, unix_secs_signed(), &req, |id| {
         api.config
             .credentials
             .iter()
@@ -378,7 +375,7 @@ async fn create(
             key,
             spec.sdk_app_id,
             &spec.bot_user_id,
-            unix_now(),
+            unix_secs_signed(),
         )
         .map_err(|e| ApiError::new(codes::INVALID_USER_SIG, format!("`UserSig`: {e}")))?;
     }

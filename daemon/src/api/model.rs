@@ -3,7 +3,7 @@
 //!
 //! These structs only give the JSON a shape: every field is optional and
 //! nothing is checked here beyond JSON types. `api::validate` turns them
-//! into the domain types of `task::params`; nothing downstream looks at
+//! into the domain types of `domain::params`; nothing downstream looks at
 //! these again. Unknown fields are refused (`UnknownParameter`), as
 //! Tencent's gateway does.
 

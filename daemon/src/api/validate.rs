@@ -9,7 +9,7 @@
 
 use super::error::{codes, ApiError};
 use super::model as raw;
-use crate::task::params::*;
+use crate::domain::params::*;
 
 type R<T> = Result<T, ApiError>;
 

@@ -149,17 +149,19 @@ fn send_all(socket: &UdpSocket, core: &mut IngestCore) {
 
 impl IngestCore {
     /// `local_addr` is the socket's address (the destination of every
-    /// datagram); `now` anchors the core's wall clock.
+    /// datagram); `epoch` pairs a monotonic instant with the wall-clock
+    /// time at that instant (`clock::anchor`), so that the core turns its
+    /// `now` inputs into wall times without reading a clock itself.
     pub fn new(
         local_addr: SocketAddr,
         registry: Arc<Registry>,
         sessions: Arc<SessionTable>,
         metrics: IngestMetrics,
-        now: Instant,
+        epoch: (Instant, SystemTime),
     ) -> Self {
         Self {
             local_addr,
-            epoch: (now, SystemTime::now()),
+            epoch,
             transmits: Vec::new(),
             registry,
             sessions,
@@ -181,10 +183,6 @@ impl IngestCore {
     /// The earliest time a peer needs `handle_timeouts`.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.deadlines.first().map(|(t, _)| *t)
-    }
-
-    pub fn peer_count(&self) -> usize {
-        self.peers.len()
     }
 
     /// Ends every session.

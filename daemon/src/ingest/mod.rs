@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge};
 
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 use crate::room::{DropReason, Registry, RoomKey, RoomObserver, TrackKind};
 
 pub use engine::{Command, NewPeer};
@@ -103,31 +103,15 @@ pub struct IngestMetrics {
 impl IngestMetrics {
     pub fn register(m: &Metrics) -> Self {
         let r = m.registry();
-        let c = |n: &str, h: &str| {
-            let c = IntCounter::new(n, h).expect("valid metric");
-            r.register(Box::new(c.clone())).expect("unique metric");
-            c
-        };
-        let cv = |n: &str, h: &str, l: &[&str]| {
-            let c = IntCounterVec::new(prometheus::Opts::new(n, h), l).expect("valid metric");
-            r.register(Box::new(c.clone())).expect("unique metric");
-            c
-        };
-        let g = |n: &str, h: &str| {
-            let g = IntGauge::new(n, h).expect("valid metric");
-            r.register(Box::new(g.clone())).expect("unique metric");
-            g
-        };
-        let rooms_by_users = prometheus::IntGaugeVec::new(
-            prometheus::Opts::new(
-                "kiroku_rooms_by_users",
-                "Rooms by number of publishing users",
-            ),
+        let c = |n: &str, h: &str| metrics::counter(r, n, h);
+        let cv = |n: &str, h: &str, l: &[&str]| metrics::counter_vec(r, n, h, l);
+        let g = |n: &str, h: &str| metrics::gauge(r, n, h);
+        let rooms_by_users = metrics::gauge_vec(
+            r,
+            "kiroku_rooms_by_users",
+            "Rooms by number of publishing users",
             &["users"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(rooms_by_users.clone()))
-            .expect("unique metric");
+        );
         Self {
             peers: g("kiroku_ingest_peers", "WHIP peers held by the media engine"),
             packets: c(
@@ -356,7 +340,7 @@ impl Ingest {
             registry.clone(),
             sessions.clone(),
             im.clone(),
-            std::time::Instant::now(),
+            crate::clock::anchor(),
         );
         let thread = std::thread::Builder::new()
             .name("kiroku-ingest".into())

@@ -15,9 +15,9 @@ use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
 use super::engine::IngestCore;
 use super::{accept_offer, Command, IngestMetrics, NewPeer, SessionTable};
+use crate::domain::params::RoomId;
 use crate::metrics::Metrics;
 use crate::room::{DropReason, MediaFrame, Registry, RoomKey, RoomObserver, TrackKind};
-use crate::task::params::RoomId;
 
 struct NoObserver;
 impl RoomObserver for NoObserver {
@@ -135,7 +135,10 @@ fn run_session(loss_every: u64, video_stops_at: Duration) -> SessionOutcome {
         registry.clone(),
         sessions,
         IngestMetrics::register(&metrics),
-        t0,
+        (
+            t0,
+            std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        ),
     );
 
     let mut rtc = RtcConfig::new()

@@ -27,7 +27,6 @@ use axum::routing::{patch, post};
 use axum::Router;
 
 use super::{offer, random_token, Command, Ingest, NewPeer, SessionEntry};
-use crate::api::http::{header_text, unix_now};
 use crate::api::validate;
 use crate::auth::usersig;
 use crate::config::Config;
@@ -185,7 +184,7 @@ fn publish_inner(
                 StatusCode::UNAUTHORIZED,
                 "Authorization: Bearer <UserSig> is required for this app".to_owned(),
             ))?;
-        let now = unix_now();
+        let now = i64::try_from(crate::clock::unix_secs()).unwrap_or(i64::MAX);
         usersig::verify(token, key, sdk_app_id, user, now)
             .map_err(|e| (StatusCode::UNAUTHORIZED, e.to_string()))?;
     }
@@ -324,4 +323,12 @@ async fn patch_session(
             .body(Body::empty())
             .unwrap_or_default(),
     )
+}
+
+/// A header's value as text ("" when absent or not visible ASCII).
+fn header_text(headers: &HeaderMap, name: header::HeaderName) -> &str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
 }

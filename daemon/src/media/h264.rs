@@ -70,6 +70,11 @@ pub struct SpsInfo {
     pub level_idc: u8,
     pub width: u32,
     pub height: u32,
+    /// 0..=3 (1, 4:2:0, unless a high profile says otherwise).
+    pub chroma_format_idc: u8,
+    /// 0..=6 (0 unless a high profile says otherwise).
+    pub bit_depth_luma_minus8: u8,
+    pub bit_depth_chroma_minus8: u8,
 }
 
 /// Reads Exp-Golomb coded bits from an RBSP, skipping emulation-prevention bytes.
@@ -166,6 +171,7 @@ pub fn parse_sps(nal: &[u8]) -> Option<SpsInfo> {
     let level_idc = r.bits(8)? as u8;
     r.ue()?; // seq_parameter_set_id
     let mut chroma_format_idc = 1;
+    let (mut luma_minus8, mut chroma_minus8) = (0, 0);
     if matches!(
         profile_idc,
         100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135
@@ -174,8 +180,11 @@ pub fn parse_sps(nal: &[u8]) -> Option<SpsInfo> {
         if chroma_format_idc == 3 {
             r.bits(1)?; // separate_colour_plane_flag
         }
-        r.ue()?; // bit_depth_luma_minus8
-        r.ue()?; // bit_depth_chroma_minus8
+        luma_minus8 = r.ue()?;
+        chroma_minus8 = r.ue()?;
+        if chroma_format_idc > 3 || luma_minus8 > 6 || chroma_minus8 > 6 {
+            return None;
+        }
         r.bits(1)?; // qpprime_y_zero_transform_bypass_flag
         if r.bits(1)? == 1 {
             let lists = if chroma_format_idc == 3 { 12 } else { 8 };
@@ -221,15 +230,20 @@ pub fn parse_sps(nal: &[u8]) -> Option<SpsInfo> {
         crop_t = r.ue()?;
         crop_b = r.ue()?;
     }
-    let (sub_w, sub_h) = match chroma_format_idc {
+    let (sub_w, sub_h): (u32, u32) = match chroma_format_idc {
         1 => (2, 2),
         2 => (2, 1),
         _ => (1, 1),
     };
+    // Every field here comes from the publisher: checked arithmetic.
     let crop_unit_y = sub_h * (2 - frame_mbs_only);
-    let width = (width_mbs * 16).checked_sub(sub_w * (crop_l + crop_r))?;
-    let height = ((2 - frame_mbs_only) * height_map_units * 16)
-        .checked_sub(crop_unit_y * (crop_t + crop_b))?;
+    let crop_x = sub_w.checked_mul(crop_l.checked_add(crop_r)?)?;
+    let crop_y = crop_unit_y.checked_mul(crop_t.checked_add(crop_b)?)?;
+    let width = width_mbs.checked_mul(16)?.checked_sub(crop_x)?;
+    let height = height_map_units
+        .checked_mul(16)?
+        .checked_mul(2 - frame_mbs_only)?
+        .checked_sub(crop_y)?;
     if width == 0 || height == 0 || width > 16_384 || height > 16_384 {
         return None;
     }
@@ -239,6 +253,9 @@ pub fn parse_sps(nal: &[u8]) -> Option<SpsInfo> {
         level_idc,
         width,
         height,
+        chroma_format_idc: u8::try_from(chroma_format_idc).ok()?,
+        bit_depth_luma_minus8: u8::try_from(luma_minus8).ok()?,
+        bit_depth_chroma_minus8: u8::try_from(chroma_minus8).ok()?,
     })
 }
 
@@ -254,6 +271,29 @@ mod tests {
     const SPS_1080P_HIGH: [u8; 15] = [
         0x67, 0x64, 0x00, 0x28, 0xac, 0xd9, 0x40, 0x78, 0x02, 0x27, 0xe5, 0x84, 0x00, 0x00, 0x03,
     ];
+
+    /// A crafted SPS whose crop and size fields overflow 32-bit arithmetic
+    /// (seen panicking a debug build): refused, never a panic.
+    #[test]
+    fn overflowing_sps_is_refused_without_panic() {
+        let nal = hex::decode("6742001fdc000003001000000300e8").expect("hex");
+        assert_eq!(parse_sps(&nal), None);
+    }
+
+    #[test]
+    fn high_profile_reports_chroma_and_depths() {
+        let s = parse_sps(&SPS_1080P_HIGH).expect("parses");
+        assert_eq!(
+            (
+                s.chroma_format_idc,
+                s.bit_depth_luma_minus8,
+                s.bit_depth_chroma_minus8
+            ),
+            (1, 0, 0)
+        );
+        let s = parse_sps(&SPS_720P).expect("parses");
+        assert_eq!(s.chroma_format_idc, 1, "baseline is 4:2:0");
+    }
 
     #[test]
     fn parses_common_sps() {

@@ -6,3 +6,4 @@ pub mod h264_codec;
 pub mod mp4;
 pub mod rtp_time;
 pub mod ts;
+pub mod ts_demux;

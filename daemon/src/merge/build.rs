@@ -1,6 +1,6 @@
 //! Making one planned merge output: segments in, MP4/M4A bytes out.
 //!
-//! Every method ends in the project's MP4 packer (`media/mp4.rs`:
+//! Every method ends in the project's MP4 packer (`media/mp4/`:
 //! faststart, key-frame-aligned, damaged data skipped):
 //! - **exact remux**: the segment files go in untouched, in start order;
 //! - **re-timed remux**: the segments' samples are re-stamped onto the
@@ -27,10 +27,9 @@ use kiroku_gpu::{
 use super::plan::{Method, PlannedOutput, SegmentFile};
 use crate::media::h264;
 use crate::media::h264_codec::{OpenH264Encoder, PictureDecoder};
-use crate::media::mp4::{
-    adts_payload_info, demux_segment, Container, Mp4Packer, PackedFile, SplitLimits, TsUnit,
-};
+use crate::media::mp4::{adts_payload_info, Container, Mp4Packer, PackedFile, SplitLimits};
 use crate::media::ts::TsMuxer;
+use crate::media::ts_demux::{demux_segment, TsUnit};
 
 const WRAP: u64 = 1 << 33;
 /// Output timestamps start here (1 s), so a sample slightly ahead of its
@@ -216,11 +215,12 @@ impl Builder {
                 let Some(data) = self.read(dir, seg) else {
                     continue;
                 };
-                let (units, stats) = demux_segment(&data);
-                if stats.errors > 0 {
+                let (units, damage) = demux_segment(&data);
+                if !damage.is_empty() {
                     self.warnings.push(format!(
                         "{}: {} damaged part(s) skipped",
-                        seg.name, stats.errors
+                        seg.name,
+                        damage.len()
                     ));
                 }
                 let Some(p0) = units.first().map(|u| u.pts) else {

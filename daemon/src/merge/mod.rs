@@ -143,7 +143,7 @@ pub fn run(options: &MergeOptions, progress: &mut dyn Progress) -> Result<MergeR
     };
     for output in &outputs {
         let user_id =
-            crate::record::naming::decode_id(&output.user).unwrap_or_else(|| output.user.clone());
+            crate::hls::naming::decode_id(&output.user).unwrap_or_else(|| output.user.clone());
         progress.start(&output.file_name, &user_id, output.duration_ms);
         let built = build::build(
             &options.dir,

@@ -22,19 +22,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::record::naming::Media;
+use crate::hls::naming::{Media, TrackType};
 
 /// A new section starts after a gap longer than this (spec §8).
 pub const SECTION_GAP_MS: u64 = 15_000;
-
-/// What a segment file holds (the `<Type>` of its name).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Track {
-    Audio,
-    Video,
-    /// AvMerge = 1: audio and video in one segment.
-    AudioVideo,
-}
 
 /// One segment file of the folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +34,8 @@ pub struct SegmentFile {
     /// The encoded UserId, as in the name.
     pub user: String,
     pub media: Media,
-    pub track: Track,
+    /// The `<Type>` of its name.
+    pub track: TrackType,
     /// Unix ms, from the `<UTC>` of the name.
     pub start_ms: u64,
     pub duration_ms: u64,
@@ -139,7 +131,7 @@ pub fn plan(segments: &[SegmentFile], opts: &PlanOptions) -> Vec<PlannedOutput> 
     for (user, indices) in by_user {
         let has_main_video = indices.iter().any(|&i| {
             let s = &segments[i];
-            s.media == Media::Main && matches!(s.track, Track::Video | Track::AudioVideo)
+            s.media == Media::Main && matches!(s.track, TrackType::Video | TrackType::AudioVideo)
         });
         let video_media = match opts.av {
             AvChoice::Main => Media::Main,
@@ -152,15 +144,15 @@ pub fn plan(segments: &[SegmentFile], opts: &PlanOptions) -> Vec<PlannedOutput> 
             .filter_map(|&i| {
                 let s = &segments[i];
                 let take = match s.track {
-                    Track::Audio => Take {
+                    TrackType::Audio => Take {
                         audio: true,
                         video: false,
                     },
-                    Track::Video => Take {
+                    TrackType::Video => Take {
                         audio: false,
                         video: s.media == video_media,
                     },
-                    Track::AudioVideo => Take {
+                    TrackType::AudioVideo => Take {
                         audio: s.media == Media::Main,
                         video: s.media == video_media,
                     },
@@ -218,7 +210,7 @@ pub fn plan(segments: &[SegmentFile], opts: &PlanOptions) -> Vec<PlannedOutput> 
                 // keep as it is and nothing to leave out of them.
                 let whole = output.sections.iter().all(|s| {
                     s.segments.iter().all(|p| match segments[p.index].track {
-                        Track::AudioVideo => p.take.audio && p.take.video,
+                        TrackType::AudioVideo => p.take.audio && p.take.video,
                         _ => true,
                     })
                 });
@@ -255,7 +247,7 @@ fn sections_of(segments: &[SegmentFile], chosen: Vec<PlannedSegment>) -> Vec<Sec
 mod tests {
     use super::*;
 
-    fn seg(user: &str, media: Media, track: Track, start_s: u64, dur_s: u64) -> SegmentFile {
+    fn seg(user: &str, media: Media, track: TrackType, start_s: u64, dur_s: u64) -> SegmentFile {
         SegmentFile {
             name: format!("{user}_{media:?}_{track:?}_{start_s}"),
             user: user.into(),
@@ -282,8 +274,8 @@ mod tests {
             let mut t = a;
             while t < b {
                 let d = (b - t).min(2);
-                v.push(seg("YW15", Media::Main, Track::Audio, t, d));
-                v.push(seg("YW15", Media::Main, Track::Video, t, d));
+                v.push(seg("YW15", Media::Main, TrackType::Audio, t, d));
+                v.push(seg("YW15", Media::Main, TrackType::Video, t, d));
                 t += d;
             }
         }
@@ -305,13 +297,13 @@ mod tests {
             .all(|o| o.method == Method::Remux { exact: true }));
         // Exactly 15 s apart is still one section.
         let v = vec![
-            seg("u", Media::Main, Track::Audio, 0, 2),
-            seg("u", Media::Main, Track::Audio, 17, 2),
+            seg("u", Media::Main, TrackType::Audio, 0, 2),
+            seg("u", Media::Main, TrackType::Audio, 17, 2),
         ];
         assert_eq!(plan(&v, &opts(false, false, AvChoice::Main)).len(), 1);
         let v = vec![
-            seg("u", Media::Main, Track::Audio, 0, 2),
-            seg("u", Media::Main, Track::Audio, 18, 2),
+            seg("u", Media::Main, TrackType::Audio, 0, 2),
+            seg("u", Media::Main, TrackType::Audio, 18, 2),
         ];
         assert_eq!(plan(&v, &opts(false, false, AvChoice::Main)).len(), 2);
     }
@@ -346,8 +338,8 @@ mod tests {
     #[test]
     fn audio_only_users_get_m4a_and_silence_not_reencoding() {
         let v = vec![
-            seg("YmVu", Media::Main, Track::Audio, 0, 4),
-            seg("YmVu", Media::Main, Track::Audio, 30, 4),
+            seg("YmVu", Media::Main, TrackType::Audio, 0, 4),
+            seg("YmVu", Media::Main, TrackType::Audio, 30, 4),
         ];
         let out = plan(&v, &opts(true, false, AvChoice::Main));
         assert_eq!(out[0].file_name, "YmVu_1700000000000.m4a");
@@ -359,11 +351,11 @@ mod tests {
     #[test]
     fn av_choice_picks_the_video() {
         let v = vec![
-            seg("c", Media::Main, Track::Audio, 0, 4),
-            seg("c", Media::Main, Track::Video, 0, 4),
-            seg("c", Media::Aux, Track::Video, 0, 4),
-            seg("d", Media::Main, Track::Audio, 0, 4),
-            seg("d", Media::Aux, Track::Video, 0, 4),
+            seg("c", Media::Main, TrackType::Audio, 0, 4),
+            seg("c", Media::Main, TrackType::Video, 0, 4),
+            seg("c", Media::Aux, TrackType::Video, 0, 4),
+            seg("d", Media::Main, TrackType::Audio, 0, 4),
+            seg("d", Media::Aux, TrackType::Video, 0, 4),
         ];
         let videos = |av| -> Vec<(String, Vec<Media>)> {
             plan(&v, &opts(false, false, av))
@@ -406,9 +398,9 @@ mod tests {
     #[test]
     fn unchosen_aux_neither_bridges_nor_splits_sections() {
         let v = vec![
-            seg("e", Media::Main, Track::Audio, 0, 4),
-            seg("e", Media::Aux, Track::Video, 10, 20),
-            seg("e", Media::Main, Track::Audio, 30, 4),
+            seg("e", Media::Main, TrackType::Audio, 0, 4),
+            seg("e", Media::Aux, TrackType::Video, 10, 20),
+            seg("e", Media::Main, TrackType::Audio, 30, 4),
         ];
         assert_eq!(plan(&v, &opts(false, false, AvChoice::Main)).len(), 2);
         assert_eq!(plan(&v, &opts(false, false, AvChoice::Aux)).len(), 1);
@@ -417,8 +409,8 @@ mod tests {
     #[test]
     fn merged_av_segments_give_audio_to_an_aux_output() {
         let v = vec![
-            seg("f", Media::Main, Track::AudioVideo, 0, 4),
-            seg("f", Media::Aux, Track::Video, 0, 4),
+            seg("f", Media::Main, TrackType::AudioVideo, 0, 4),
+            seg("f", Media::Aux, TrackType::Video, 0, 4),
         ];
         let out = plan(&v, &opts(false, false, AvChoice::Aux));
         let takes: Vec<(Media, Take)> = out[0].sections[0]
@@ -455,7 +447,7 @@ mod tests {
         assert!(out
             .iter()
             .all(|p| p.method == Method::Reencode { fill: false }));
-        let audio_only = vec![seg("g", Media::Main, Track::Audio, 0, 4)];
+        let audio_only = vec![seg("g", Media::Main, TrackType::Audio, 0, 4)];
         assert_eq!(
             plan(&audio_only, &o)[0].method,
             Method::Remux { exact: true }

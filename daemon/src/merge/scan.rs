@@ -7,33 +7,20 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::plan::{SegmentFile, Track};
-use crate::media::mp4::demux_segment;
-use crate::output::convert::parse_utc17;
-use crate::record::naming::Media;
-use crate::record::playlist::Playlist;
+use super::plan::SegmentFile;
+use crate::hls::naming::{parse_user_stream, parse_utc17, Media, TrackType};
+use crate::hls::playlist::Playlist;
+use crate::media::ts_demux::demux_segment;
 
 const TS_PACKET: u64 = 188;
 
 /// What a segment's name says, or `None` for any other file.
-pub fn parse_segment_name(name: &str) -> Option<(String, Media, Track, u64)> {
+pub fn parse_segment_name(name: &str) -> Option<(String, Media, TrackType, u64)> {
     let stem = name.strip_suffix(".ts")?;
-    let (_, rest) = stem.split_once("__UserId_s_")?;
-    let (user, rest) = rest.split_once("__UserId_e_")?;
-    let mut parts = rest.split('_');
-    let media = match parts.next()? {
-        "main" => Media::Main,
-        "aux" => Media::Aux,
-        _ => return None,
-    };
-    let track = match parts.next()? {
-        "audio" => Track::Audio,
-        "video" => Track::Video,
-        "av" => Track::AudioVideo,
-        _ => return None,
-    };
-    let start_ms = parse_utc17(parts.next()?)?;
-    if parts.next().is_some() || user.is_empty() {
+    let at = stem.find("__UserId_s_")?;
+    let (user, media, track, tail) = parse_user_stream(&stem[at..])?;
+    let start_ms = parse_utc17(tail.strip_prefix('_')?)?;
+    if user.is_empty() {
         return None;
     }
     Some((user.to_owned(), media, track, start_ms))
@@ -161,13 +148,13 @@ mod tests {
         let (user, media, track, start) = parse_segment_name(n).expect("parses");
         assert_eq!(
             (user.as_str(), media, track),
-            ("YW15", Media::Main, Track::Video)
+            ("YW15", Media::Main, TrackType::Video)
         );
         assert_eq!(start, parse_utc17("20261121141635031").expect("utc"));
         let ha = "ha2_1400000001_cm9vbQ..__UserId_s_YW15__UserId_e_aux_av_20261121141635031.ts";
         assert_eq!(
             parse_segment_name(ha).map(|p| (p.1, p.2)),
-            Some((Media::Aux, Track::AudioVideo))
+            Some((Media::Aux, TrackType::AudioVideo))
         );
         for bad in [
             "1400000001_12.m3u8",

@@ -80,9 +80,9 @@ use std::collections::VecDeque;
 use rubato::audioadapter_buffers::direct::SequentialSlice;
 use rubato::{Fft, FixedSync, Indexing, Resampler};
 
+use crate::domain::params::AudioParams;
+use crate::hls::stream::BASE_90K;
 use crate::media::aac::{AacFrame, AAC_LC_PRIMING};
-use crate::record::stream::BASE_90K;
-use crate::task::params::AudioParams;
 
 const MIX_RATE: u32 = 48_000;
 const MIX_CHANNELS: usize = 2;

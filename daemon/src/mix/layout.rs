@@ -122,7 +122,7 @@ use std::collections::HashSet;
 
 use kiroku_gpu::Rect;
 
-use crate::task::params::{LayoutMode, MediaId, MixLayout, RenderMode};
+use crate::domain::params::{LayoutMode, MediaId, MixLayout, RenderMode};
 
 /// Pictures in float and nine-grid layouts, the big one included.
 pub const MAX_TEMPLATE_PICTURES: usize = 25;
@@ -652,7 +652,7 @@ fn ceil_even(n: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::task::params::{CustomTile, Rect as ApiRect};
+    use crate::domain::params::{CustomTile, Rect as ApiRect};
 
     const CANVASES: [(u32, u32); 3] = [(1920, 1080), (360, 640), (1280, 720)];
 

@@ -89,7 +89,7 @@ use zune_jpeg::zune_core::colorspace::ColorSpace;
 use zune_jpeg::zune_core::options::DecoderOptions;
 use zune_jpeg::JpegDecoder;
 
-use crate::task::params::{Rgb, TimestampPos};
+use crate::domain::params::{Rgb, TimestampPos};
 
 const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
 const JPEG_START: [u8; 3] = [0xFF, 0xD8, 0xFF];

@@ -9,21 +9,15 @@
 //! delete re-sends that callback.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, Semaphore};
 
 use super::outbox::{Outcome, Pending, Schedule};
+use crate::clock;
 use crate::config::CallbackConfig;
 use crate::metrics::Metrics;
-use crate::store::{OutboxEntry, Store};
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use crate::state_store::{OutboxEntry, StateStore};
 
 /// Handle for queuing callbacks that the store has already made durable.
 #[derive(Clone)]
@@ -51,7 +45,7 @@ struct Attempt {
 /// `shutdown` fires; in-flight POSTs are abandoned then (they are resent
 /// after a restart).
 pub fn start(
-    store: Arc<Store>,
+    store: Arc<StateStore>,
     backlog: Vec<OutboxEntry>,
     config: CallbackConfig,
     metrics: Metrics,
@@ -82,7 +76,7 @@ pub fn start(
         let permits = Arc::new(Semaphore::new(config.max_in_flight));
         let (done_tx, mut done_rx) = mpsc::channel::<Attempt>(config.max_in_flight.max(1));
         loop {
-            let now = now_ms();
+            let now = clock::unix_ms();
             for p in schedule.due(now) {
                 let Some(entry) = entries.get(&p.seq).cloned() else {
                     continue;
@@ -98,7 +92,7 @@ pub fn start(
             }
             let sleep_for = schedule
                 .next_wakeup()
-                .map(|t| Duration::from_millis(t.saturating_sub(now_ms())))
+                .map(|t| Duration::from_millis(t.saturating_sub(clock::unix_ms())))
                 .unwrap_or(Duration::from_secs(3600));
             tokio::select! {
                 _ = shutdown.changed() => break,
@@ -108,7 +102,7 @@ pub fn start(
                     entries.insert(e.seq, Arc::new(e));
                 }
                 Some(a) = done_rx.recv() => {
-                    let outcome = schedule.complete(&a.entry.task_id, a.entry.seq, a.delivered, now_ms());
+                    let outcome = schedule.complete(&a.entry.task_id, a.entry.seq, a.delivered, clock::unix_ms());
                     let store = store.clone();
                     let result = match outcome {
                         Some(Outcome::Delivered { seq }) => {

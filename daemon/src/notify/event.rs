@@ -16,7 +16,8 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use crate::task::params::RoomId;
+use crate::domain::params::RoomId;
+use crate::domain::task::LeaveCode;
 
 pub const EVENT_GROUP_CLOUD_RECORDING: u32 = 3;
 
@@ -36,39 +37,6 @@ pub enum EventType {
     Mp4Stop = 310,
     VodCommit = 311,
     VodStop = 312,
-}
-
-/// `LeaveCode` of RECORDER_STOP (302).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[repr(u8)]
-pub enum LeaveCode {
-    /// Stopped by DeleteCloudRecording.
-    ApiStop = 0,
-    BotKickedByClient = 1,
-    RoomDismissedByClient = 2,
-    BotKickedByServer = 3,
-    RoomDismissedByServer = 4,
-    /// No publisher for MaxIdleTime.
-    Idle = 99,
-    RoomTimeout = 100,
-    /// A new task joined the room with the same bot UserId.
-    SameUserIdEntered = 101,
-}
-
-impl LeaveCode {
-    /// A bounded metrics label.
-    pub fn label(self) -> &'static str {
-        match self {
-            LeaveCode::ApiStop => "api",
-            LeaveCode::BotKickedByClient => "kicked_by_client",
-            LeaveCode::RoomDismissedByClient => "dismissed_by_client",
-            LeaveCode::BotKickedByServer => "kicked_by_server",
-            LeaveCode::RoomDismissedByServer => "dismissed_by_server",
-            LeaveCode::Idle => "idle",
-            LeaveCode::RoomTimeout => "room_timeout",
-            LeaveCode::SameUserIdEntered => "same_user_id",
-        }
-    }
 }
 
 /// Who an event is about.

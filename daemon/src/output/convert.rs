@@ -62,10 +62,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::Path;
 
+use crate::domain::params::RoomId;
+use crate::hls::naming::{
+    decode_id, parse_user_stream, segment_start_ms, Media, Naming, TrackType,
+};
+use crate::hls::playlist::Playlist;
 use crate::media::mp4::{Container, Mp4Packer, PackedFile, SplitLimits};
-use crate::record::naming::{decode_id, Media, Naming, TrackType};
-use crate::record::playlist::Playlist;
-use crate::task::params::{OutputFormat, RoomId};
 
 /// Problem lines kept in a report; the rest are only counted.
 const MAX_PROBLEMS: usize = 64;
@@ -77,18 +79,6 @@ pub enum ConvertFormat {
     Mp4,
     /// Raw ADTS `.aac`, audio only.
     Aac,
-}
-
-impl ConvertFormat {
-    /// The conversion an `OutputFormat` asks for; `None` for plain HLS.
-    /// (The VOD store always wants [`ConvertFormat::Mp4`].)
-    pub fn for_output(format: OutputFormat) -> Option<Self> {
-        match format {
-            OutputFormat::Hls => None,
-            OutputFormat::HlsMp4 | OutputFormat::Mp4 => Some(ConvertFormat::Mp4),
-            OutputFormat::HlsAac | OutputFormat::Aac => Some(ConvertFormat::Aac),
-        }
-    }
 }
 
 /// One task's conversion.
@@ -136,23 +126,11 @@ pub fn classify(name: &str, naming: &Naming) -> Option<(u32, Source)> {
         return Some((generation, Source::Mixed));
     }
     let stem = mixed.strip_suffix(".m3u8")?;
-    let rest = rest
-        .strip_prefix(stem)?
-        .strip_prefix("__UserId_s_")?
-        .strip_suffix(".m3u8")?;
-    let (user, rest) = rest.split_once("__UserId_e_")?;
-    let (media, track_type) = rest.split_once('_')?;
-    let media = match media {
-        "main" => Media::Main,
-        "aux" => Media::Aux,
-        _ => return None,
-    };
-    let track_type = match track_type {
-        "audio" => TrackType::Audio,
-        "video" => TrackType::Video,
-        "av" => TrackType::AudioVideo,
-        _ => return None,
-    };
+    let (user, media, track_type, tail) =
+        parse_user_stream(rest.strip_prefix(stem)?.strip_suffix(".m3u8")?)?;
+    if !tail.is_empty() {
+        return None;
+    }
     Some((
         generation,
         Source::Single {
@@ -161,31 +139,6 @@ pub fn classify(name: &str, naming: &Naming) -> Option<(u32, Source)> {
             track_type,
         },
     ))
-}
-
-/// `YYYYMMDDhhmmssSSS` (UTC) as Unix ms.
-pub fn parse_utc17(digits: &str) -> Option<u64> {
-    if digits.len() != 17 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let n = |from: usize, to: usize| digits.get(from..to)?.parse::<u16>().ok();
-    let month = time::Month::try_from(u8::try_from(n(4, 6)?).ok()?).ok()?;
-    let date = time::Date::from_calendar_date(i32::from(n(0, 4)?), month, n(6, 8)? as u8).ok()?;
-    let clock = time::Time::from_hms_milli(
-        n(8, 10)? as u8,
-        n(10, 12)? as u8,
-        n(12, 14)? as u8,
-        n(14, 17)?,
-    )
-    .ok()?;
-    let t = time::PrimitiveDateTime::new(date, clock).assume_utc();
-    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
-}
-
-/// The `<UTC>` of a segment name `..._<UTC>.ts`, as Unix ms.
-pub fn segment_start_ms(file_name: &str) -> Option<u64> {
-    let stem = file_name.strip_suffix(".ts")?;
-    parse_utc17(stem.rsplit_once('_').map_or(stem, |(_, t)| t))
 }
 
 /// A parsed playlist and its file name.
@@ -650,11 +603,11 @@ fn run_job(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hls::playlist::Segment;
+    use crate::hls::stream::BASE_90K;
     use crate::media::aac::OpusToAac;
     use crate::media::ts::TsMuxer;
     use crate::publish::source::{AudioConfig, AudioSource, VideoConfig, VideoSource};
-    use crate::record::playlist::Segment;
-    use crate::record::stream::BASE_90K;
     use std::path::PathBuf;
     use std::sync::OnceLock;
     use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -1,11 +1,11 @@
 //! The local-filesystem store: `<root>/<object key>`, written to a
-//! temporary file, fsynced, then renamed into place (atomic on POSIX), so a
-//! crash never leaves a half-written playlist or segment behind.
+//! temporary file, fsynced, renamed into place (atomic on POSIX) and the
+//! directory fsynced (`output::durable`), so a crash never leaves a
+//! half-written playlist or segment behind, nor loses one reported stored.
 
-use std::io::Write;
 use std::path::PathBuf;
 
-use super::{check_key, Store, StoreError};
+use super::{check_key, durable, Store, StoreError};
 
 pub struct LocalStore {
     root: PathBuf,
@@ -43,12 +43,9 @@ impl Store for LocalStore {
             "{}.tmp",
             path.extension().and_then(|e| e.to_str()).unwrap_or("part")
         ));
-        {
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            f.write_all(data).map_err(io)?;
-            f.sync_data().map_err(io)?;
-        }
-        std::fs::rename(&tmp, &path).map_err(io)
+        // Synced, renamed and the directory synced: a file reported by 304
+        // or Describe survives a power loss.
+        durable::replace(&tmp, &path, data).map_err(io)
     }
 }
 

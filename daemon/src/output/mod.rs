@@ -4,10 +4,11 @@
 //! store (both behind a crash-safe spool, later).
 //!
 //! Object keys are the spec's `<Prefix>/<TaskId>/<file>` (see
-//! `record::naming`); they never contain `..` or absolute paths, which
+//! `hls::naming`); they never contain `..` or absolute paths, which
 //! [`check_key`] enforces before anything touches the filesystem.
 
 pub mod convert;
+pub mod durable;
 pub mod local;
 pub mod queue;
 pub mod s3;

@@ -24,7 +24,7 @@
 //!   permissions).
 //!
 //! Object keys arrive complete (`<Prefix>/<TaskId>/<file>`, see
-//! `record::naming`) and are checked with [`super::check_key`] like the
+//! `hls::naming`) and are checked with [`super::check_key`] like the
 //! local store's.
 //!
 //! Endpoints: COS defaults to `https://cos.{region}.myqcloud.com` and AWS to
@@ -47,10 +47,10 @@ use object_store::{
     Attribute, Attributes, BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt,
     PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
 };
-use serde::Deserialize;
 
 use super::check_key;
-use crate::task::params::{CloudStorage, Vendor};
+use crate::config::S3Config;
+use crate::domain::params::{CloudStorage, Vendor};
 
 /// The S3 endpoint of Tencent COS (`Vendor` 0).
 pub const DEFAULT_COS_ENDPOINT: &str = "https://cos.{region}.myqcloud.com";
@@ -58,95 +58,13 @@ pub const DEFAULT_COS_ENDPOINT: &str = "https://cos.{region}.myqcloud.com";
 pub const DEFAULT_AWS_ENDPOINT: &str = "https://s3.{region}.amazonaws.com";
 
 const MIB: u64 = 1024 * 1024;
-/// S3's limits: parts of 5 MiB at least (but the last), 10 000 parts at
-/// most, single `PUT`s and parts of 5 GiB at most.
-const MIN_PART: u64 = 5 * MIB;
-const MAX_PART: u64 = 5 * 1024 * MIB;
+/// S3's limit of 10 000 parts per upload (the part size range, 5 MiB to
+/// 5 GiB, is checked with the configuration, `config::validate_s3`).
 const MAX_PARTS: u64 = 10_000;
-
-/// The appliance configuration's S3 section: endpoint overrides per vendor
-/// and upload tuning. Every field has a default, so an absent section means
-/// "the public COS and AWS endpoints".
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct S3Config {
-    /// Endpoint for `Vendor` 0 instead of [`DEFAULT_COS_ENDPOINT`].
-    /// `{region}` and `{bucket}` are replaced by the task's values.
-    pub cos_endpoint: Option<String>,
-    /// Endpoint for `Vendor` 1 instead of [`DEFAULT_AWS_ENDPOINT`].
-    pub aws_endpoint: Option<String>,
-    /// Permit `http://` endpoints (a lab MinIO, moto); off by default.
-    pub allow_http: bool,
-    /// Address buckets as `<endpoint>/<bucket>/<key>` instead of
-    /// `<bucket>.<endpoint host>/<key>` (MinIO, Ceph RGW and moto want this).
-    pub path_style: bool,
-    /// Objects up to this size go up in one `PUT`; larger ones as multipart
-    /// uploads. 5..=5120.
-    pub multipart_threshold_mib: u64,
-    /// Multipart part size (raised when a file would need more than 10 000
-    /// parts). 5..=5120.
-    pub part_size_mib: u64,
-    /// Parts of one file in flight at once. 1..=64.
-    pub part_concurrency: usize,
-    pub connect_timeout_secs: u64,
-    /// Limit for one request (one `PUT` or one part) to complete.
-    pub request_timeout_secs: u64,
-    /// Immediate retries of one request inside the client, for transport
-    /// errors, 5xx and throttling; longer-term retrying is the caller's.
-    pub max_retries: usize,
-    /// Stop those immediate retries after this long.
-    pub retry_timeout_secs: u64,
-}
-
-impl Default for S3Config {
-    fn default() -> Self {
-        Self {
-            cos_endpoint: None,
-            aws_endpoint: None,
-            allow_http: false,
-            path_style: false,
-            multipart_threshold_mib: 16,
-            part_size_mib: 8,
-            part_concurrency: 4,
-            connect_timeout_secs: 10,
-            request_timeout_secs: 120,
-            max_retries: 3,
-            retry_timeout_secs: 60,
-        }
-    }
-}
-
-impl S3Config {
-    /// Checks the ranges (endpoints are checked per task, once the region
-    /// and bucket are known, by [`S3Target::from_params`]).
-    pub fn validate(&self) -> Result<(), TargetError> {
-        let mib = |v: u64, what: &'static str| {
-            if (MIN_PART / MIB..=MAX_PART / MIB).contains(&v) {
-                Ok(())
-            } else {
-                Err(TargetError::Tuning(what, "5..=5120"))
-            }
-        };
-        mib(self.multipart_threshold_mib, "multipart_threshold_mib")?;
-        mib(self.part_size_mib, "part_size_mib")?;
-        if !(1..=64).contains(&self.part_concurrency) {
-            return Err(TargetError::Tuning("part_concurrency", "1..=64"));
-        }
-        if self.connect_timeout_secs == 0 || self.request_timeout_secs == 0 {
-            return Err(TargetError::Tuning(
-                "connect_timeout_secs / request_timeout_secs",
-                "at least 1",
-            ));
-        }
-        Ok(())
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TargetError {
-    #[error("S3 setting `{0}` is out of range ({1})")]
-    Tuning(&'static str, &'static str),
     #[error("region {0:?} is not a region name")]
     BadRegion(String),
     #[error("bucket {0:?} is not a bucket name")]
@@ -191,7 +109,6 @@ impl fmt::Debug for S3Target {
 
 impl S3Target {
     pub fn from_params(storage: &CloudStorage, config: &S3Config) -> Result<Self, TargetError> {
-        config.validate()?;
         // `api::validate` already allows only these; checked again because
         // both end up in a host name.
         let region = &storage.region;
@@ -881,7 +798,7 @@ mod tests {
     }
 
     #[test]
-    fn rejects_bad_params_and_tuning() {
+    fn rejects_bad_params() {
         let cfg = S3Config::default();
         let mut s = storage(Vendor::TencentCos, "b");
         s.region = "x.evil.com/".into();
@@ -897,22 +814,6 @@ mod tests {
             S3Target::from_params(&s, &cfg),
             Err(TargetError::NoCredentials)
         ));
-        let cfg = S3Config {
-            part_size_mib: 4,
-            ..S3Config::default()
-        };
-        assert!(matches!(cfg.validate(), Err(TargetError::Tuning(..))));
-    }
-
-    #[test]
-    fn config_deserializes_with_defaults() {
-        let cfg: S3Config =
-            toml::from_str("aws_endpoint = \"http://minio:9000\"\npath_style = true\n")
-                .expect("toml");
-        assert_eq!(cfg.aws_endpoint.as_deref(), Some("http://minio:9000"));
-        assert!(cfg.path_style);
-        assert_eq!(cfg.part_size_mib, S3Config::default().part_size_mib);
-        assert!(toml::from_str::<S3Config>("bogus = 1").is_err());
     }
 
     #[test]

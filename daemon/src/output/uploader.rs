@@ -28,7 +28,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
@@ -39,10 +39,10 @@ use super::queue::{Backoff, Entry, EntryId, Failed, Kind, UploadQueue};
 use super::s3::{S3Target, S3Uploader, TargetError, UploadError};
 use super::spool::{Spool, SpoolError, SpoolOptions};
 use super::{Store, StoreError};
+use crate::clock;
 use crate::config::StorageConfig;
+use crate::domain::params::{CloudStorage, RoomId};
 use crate::metrics::Metrics;
-use crate::notify::deliver::now_ms;
-use crate::task::params::{CloudStorage, RoomId};
 
 /// Who a task's callbacks are about (kept with the task's target, so that
 /// callbacks can still be sent after the task itself is gone).
@@ -187,11 +187,7 @@ pub struct UploadService {
     shared: Arc<Shared>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock leaves consistent data (every update
-    // is a single call), so poisoning is ignored.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::sync::lock;
 
 fn error_kind_label(e: &UploadError) -> &'static str {
     use super::s3::ErrorKind as K;
@@ -356,7 +352,7 @@ impl UploadService {
     /// retried, and once the last is up the service reports
     /// [`NoticeKind::StrandedRecovered`].
     pub async fn drain(&self, task_id: &str, timeout: Duration) -> Drained {
-        lock(&self.shared.queue).retry_now(task_id, now_ms());
+        lock(&self.shared.queue).retry_now(task_id, clock::unix_ms());
         self.shared.wake.notify_one();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -501,11 +497,11 @@ impl Shared {
                     .failures
                     .with_label_values(&[error_kind_label(&e)])
                     .inc();
-                let outcome = lock(&self.queue).failed(entry.id, now_ms(), &e.to_string());
+                let outcome = lock(&self.queue).failed(entry.id, clock::unix_ms(), &e.to_string());
                 match outcome {
                     Failed::Retry(state) => {
                         tracing::warn!(task_id = %entry.task, key = %entry.key, attempts = state.attempts,
-                            retry_in_ms = state.next_attempt_at.saturating_sub(now_ms()), code = e.code(), error = %e, "upload failed; will retry");
+                            retry_in_ms = state.next_attempt_at.saturating_sub(clock::unix_ms()), code = e.code(), error = %e, "upload failed; will retry");
                         if let Err(err) = self.spool.set_retry(entry.id, &state) {
                             tracing::warn!(entry = entry.id, error = %err, "persisting retry state");
                         }
@@ -590,7 +586,7 @@ async fn run(shared: Arc<Shared>) {
     let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
         let free = limit.saturating_sub(in_flight.load(std::sync::atomic::Ordering::Acquire));
-        let due = lock(&shared.queue).due_at_most(now_ms(), free);
+        let due = lock(&shared.queue).due_at_most(clock::unix_ms(), free);
         for entry in due {
             let uploader = lock(&shared.tasks)
                 .get(&entry.task)
@@ -609,7 +605,9 @@ async fn run(shared: Arc<Shared>) {
         }
         let next = lock(&shared.queue).next_attempt_at();
         let wait = match next {
-            Some(at) => Duration::from_millis(at.saturating_sub(now_ms()).clamp(10, 60_000)),
+            Some(at) => {
+                Duration::from_millis(at.saturating_sub(clock::unix_ms()).clamp(10, 60_000))
+            }
             None => Duration::from_secs(60),
         };
         tokio::select! {

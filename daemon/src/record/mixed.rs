@@ -34,25 +34,26 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use kiroku_gpu::{Compositor, EncoderSettings, Layer, Picture, Rect, Scene, VideoEncoder, Yuv};
 
+use crate::domain::params::{
+    FillType, MediaId, MediaSelection, MixLayout, MixTranscode, RenderMode, StreamType,
+    Subscription, Watermark,
+};
+use crate::hls::naming::{Media, Naming, TrackType};
+use crate::hls::segmenter::SegmenterConfig;
+use crate::hls::stream::{HlsStream, Output, BASE_90K};
 use crate::media::aac::AacFrame;
 use crate::media::h264_codec::PictureDecoder;
 use crate::mix::audio::AudioMixer;
 use crate::mix::layout::{self, Participant, TileContent};
 use crate::mix::overlay;
-use crate::record::naming::{Media, Naming, TrackType};
-use crate::record::segmenter::SegmenterConfig;
 use crate::record::single::{Action, FileInfo, Stats};
-use crate::record::stream::{HlsStream, Output, BASE_90K};
 use crate::record::subscribe::{media_of, Admission, Current, OfferedTrack};
 use crate::record::timeline::{TrackClock, UserClock};
 use crate::room::{Codec, MediaFrame, TrackKind};
-use crate::task::params::{
-    FillType, MediaId, MediaSelection, MixLayout, MixTranscode, RenderMode, StreamType,
-    Subscription, Watermark,
-};
 
 /// A video with no new frame for this long has stopped (FillType applies).
 pub const STALE_US: i64 = 2_000_000;
@@ -74,6 +75,38 @@ pub struct MixedSettings {
     pub transcode: MixTranscode,
     /// How far behind the wall clock output frames are rendered.
     pub latency_us: i64,
+    /// Reads a monotonic clock to measure where processing time goes
+    /// ([`StageTimes`]); never used to decide anything. The worker passes
+    /// `Instant::now`.
+    pub stopwatch: fn() -> Instant,
+}
+
+/// Processing time spent per pipeline stage (for metrics and benchmarks).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StageTimes {
+    /// H.264 decoding of the inputs.
+    pub decode: Duration,
+    /// Building the scene and compositing it.
+    pub compose: Duration,
+    /// H.264 encoding of the canvas.
+    pub encode: Duration,
+    /// Mixing, resampling and AAC-encoding the audio.
+    pub audio: Duration,
+    /// TS muxing and segmenting (audio and video).
+    pub mux: Duration,
+}
+
+impl StageTimes {
+    /// `(label, seconds)` per stage, in pipeline order.
+    pub fn seconds(&self) -> [(&'static str, f64); 5] {
+        [
+            ("decode", self.decode.as_secs_f64()),
+            ("compose", self.compose.as_secs_f64()),
+            ("encode", self.encode.as_secs_f64()),
+            ("audio", self.audio.as_secs_f64()),
+            ("mux", self.mux.as_secs_f64()),
+        ]
+    }
 }
 
 /// Decoded images by URL (background, placeholder, sub-backgrounds,
@@ -89,6 +122,7 @@ pub struct MixStats {
     pub frames_dropped: u64,
     pub encode_errors: u64,
     pub compose_errors: u64,
+    pub stages: StageTimes,
 }
 
 struct Sub {
@@ -588,18 +622,27 @@ impl MixedRecorder {
 
     fn render_tick(&mut self, t: i64, actions: &mut Vec<Action>) {
         let frame_us = 1_000_000 / i64::from(self.settings.transcode.video.fps.max(1));
+        let now = self.settings.stopwatch;
         if self.encoder.is_some() {
+            let t0 = now();
             self.decode_until(t, actions);
+            let t1 = now();
             self.build_scene(t);
+            self.mix_stats.stages.decode += t1 - t0;
+            self.mix_stats.stages.compose += now() - t1;
             self.encode_tick(t);
         }
+        let t0 = now();
         if let Some(m) = self.mixer.as_mut() {
             if let Err(e) = m.advance(t + frame_us, &mut self.aac) {
                 tracing::warn!(error = %e, "mixed audio could not be encoded");
                 self.mix_stats.encode_errors += 1;
             }
         }
+        let t1 = now();
         self.write_audio();
+        self.mix_stats.stages.audio += t1 - t0;
+        self.mix_stats.stages.mux += now() - t1;
         self.mix_stats.ticks += 1;
         self.drain_outputs(actions);
     }
@@ -780,7 +823,12 @@ impl MixedRecorder {
     }
 
     fn encode_tick(&mut self, t: i64) {
-        if let Err(e) = self.compositor.compose(&self.scene, &mut self.canvas) {
+        let now = self.settings.stopwatch;
+        let t0 = now();
+        let composed = self.compositor.compose(&self.scene, &mut self.canvas);
+        let t1 = now();
+        self.mix_stats.stages.compose += t1 - t0;
+        if let Err(e) = composed {
             tracing::error!(error = %e, "compositor failed; frame skipped");
             self.mix_stats.compose_errors += 1;
             return;
@@ -791,10 +839,15 @@ impl MixedRecorder {
             return;
         };
         let force = std::mem::take(&mut self.force_keyframe);
-        match enc.encode(&self.canvas[0], force) {
-            Ok(Some(f)) => self
-                .stream
-                .push_video(t, f.keyframe, &f.data, &mut self.outputs),
+        let encoded = enc.encode(&self.canvas[0], force);
+        let t2 = now();
+        self.mix_stats.stages.encode += t2 - t1;
+        match encoded {
+            Ok(Some(f)) => {
+                self.stream
+                    .push_video(t, f.keyframe, &f.data, &mut self.outputs);
+                self.mix_stats.stages.mux += now() - t2;
+            }
             Ok(None) => {}
             Err(e) => {
                 tracing::error!(error = %e, "mixed video could not be encoded");
@@ -928,15 +981,15 @@ mod tests {
     //! their video decoded to check the pictures.
 
     use super::*;
+    use crate::domain::params::{
+        AudioParams, CustomTile, LayoutMode, Rect as ApiRect, Rgb, RoomId, VideoParams,
+    };
     use crate::media::h264_codec::OpenH264Encoder;
     use crate::media::ts::{PID_AUDIO, PID_VIDEO};
     use crate::publish::source::{
         self, AudioConfig, AudioSource, Pattern, VideoConfig, VideoSource,
     };
     use crate::record::single::FileInfo;
-    use crate::task::params::{
-        AudioParams, CustomTile, LayoutMode, Rect as ApiRect, Rgb, RoomId, VideoParams,
-    };
     use kiroku_gpu::cpu::CpuCompositor;
     use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -1001,6 +1054,7 @@ mod tests {
             epoch_us: EPOCH_US,
             transcode: transcode(fps),
             latency_us: LATENCY_US,
+            stopwatch: Instant::now,
         }
     }
 
@@ -1197,42 +1251,16 @@ mod tests {
         (us / STEP_US) as u64
     }
 
-    /// Every PES in `ts`: (PID, PTS, elementary stream bytes).
+    /// Every PES in `ts`: (PID, PTS, elementary stream bytes), read by the
+    /// project's TS demuxer (which must find no damage).
     fn pes_list(ts: &[u8]) -> Vec<(u16, u64, Vec<u8>)> {
-        assert_eq!(ts.len() % 188, 0, "whole TS packets");
-        let mut raw: Vec<(u16, Vec<u8>)> = Vec::new();
-        for p in ts.chunks(188) {
-            assert_eq!(p[0], 0x47, "sync byte");
-            let pid = (u16::from(p[1] & 0x1f) << 8) | u16::from(p[2]);
-            let pusi = p[1] & 0x40 != 0;
-            let afc = (p[3] >> 4) & 3;
-            if afc & 1 == 0 || (pid != PID_VIDEO && pid != PID_AUDIO) {
-                continue;
-            }
-            let mut i = 4;
-            if afc & 2 != 0 {
-                i += 1 + usize::from(p[4]);
-            }
-            if pusi {
-                raw.push((pid, Vec::new()));
-            }
-            raw.iter_mut()
-                .rev()
-                .find(|(q, _)| *q == pid)
-                .expect("a PES starts with PUSI")
-                .1
-                .extend_from_slice(&p[i..]);
-        }
-        raw.into_iter()
-            .map(|(pid, b)| {
-                assert_eq!(&b[..3], &[0, 0, 1], "PES start code");
-                let t = &b[9..14];
-                let pts = (u64::from(t[0] >> 1 & 7) << 30)
-                    | (u64::from(t[1]) << 22)
-                    | (u64::from(t[2] >> 1) << 15)
-                    | (u64::from(t[3]) << 7)
-                    | u64::from(t[4] >> 1);
-                (pid, pts, b[9 + usize::from(b[8])..].to_vec())
+        let (units, damage) = crate::media::ts_demux::demux_segment(ts);
+        assert!(damage.is_empty(), "{damage:?}");
+        units
+            .into_iter()
+            .map(|u| {
+                let pid = if u.video { PID_VIDEO } else { PID_AUDIO };
+                (pid, u.pts, u.payload)
             })
             .collect()
     }

@@ -10,21 +10,21 @@
 //! lists; the next reconcile starts newly admitted tracks (at their next
 //! key frame) and ends removed ones cleanly.
 //!
-//! Files per stream: see [`super::stream`]. With AvMerge = 1 (and both
+//! Files per stream: see [`crate::hls::stream`]. With AvMerge = 1 (and both
 //! audio and video recorded) a user's audio and camera share one
 //! `<MediaId>_av` stream; the aux stream has no audio and stays `aux_video`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::record::naming::{Media, Naming, TrackType};
-use crate::record::segmenter::SegmenterConfig;
-use crate::record::stream::{HlsStream, Output, StreamId};
+use crate::domain::params::{MediaSelection, StreamType, Subscription};
+use crate::hls::naming::{Media, Naming, TrackType};
+use crate::hls::segmenter::SegmenterConfig;
+use crate::hls::stream::{HlsStream, Output, StreamId};
 use crate::record::subscribe::{media_of, Admission, Current};
 pub use crate::record::subscribe::{OfferedTrack, MAX_STREAMS};
 use crate::record::timeline::{TrackClock, UserClock};
 use crate::room::{Codec, MediaFrame, TrackKind};
-use crate::task::params::{MediaSelection, StreamType, Subscription};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -33,7 +33,7 @@ pub struct Settings {
     pub stream_type: StreamType,
     pub media: MediaSelection,
     pub av_merge: bool,
-    /// Unix µs that PTS [`super::stream::BASE_90K`] stands for.
+    /// Unix µs that PTS [`crate::hls::stream::BASE_90K`] stands for.
     pub epoch_us: i64,
 }
 
@@ -339,10 +339,10 @@ impl SingleRecorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::params::{RoomId, UserFilter, UserPattern};
+    use crate::hls::stream::tests::{annexb, PPS, SPS_720P};
+    use crate::hls::stream::BASE_90K;
     use crate::media::ts::{PID_AUDIO, PID_VIDEO};
-    use crate::record::stream::tests::{annexb, PPS, SPS_720P};
-    use crate::record::stream::BASE_90K;
-    use crate::task::params::{RoomId, UserFilter, UserPattern};
     use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
     /// The task epoch: 2023-11-14 22:13:20.000 UTC.
@@ -491,7 +491,10 @@ mod tests {
             .collect()
     }
 
-    /// (PID, PTS) of every PES of a TS segment, in file order.
+    /// (PID, PTS) of every PES of a TS segment, in the order their first
+    /// packets stand in the file. Packet-level on purpose: the tests check
+    /// that order (presentation order within a segment), and
+    /// `media::ts_demux` hands PES out in the order they *end*.
     fn pes_list(ts: &[u8]) -> Vec<(u16, u64)> {
         assert_eq!(ts.len() % 188, 0, "whole TS packets");
         ts.chunks(188)

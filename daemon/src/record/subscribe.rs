@@ -11,9 +11,9 @@
 
 use std::collections::HashSet;
 
-use crate::record::naming::Media;
+use crate::domain::params::{MediaSelection, StreamType, Subscription};
+use crate::hls::naming::Media;
 use crate::room::TrackKind;
-use crate::task::params::{MediaSelection, StreamType, Subscription};
 
 /// Streams recorded per task at most (spec §2).
 pub const MAX_STREAMS: usize = 25;

@@ -18,15 +18,15 @@ use std::time::{Duration, SystemTime};
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge};
 
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 use crate::output::Store;
 use kiroku_gpu::{Compositor, VideoEncoder};
 
+use crate::domain::params::{MixLayout, Subscription};
 use crate::record::mixed::{Images, MixStats, MixedRecorder, MixedSettings};
 use crate::record::single::{Action, FileInfo, OfferedTrack, Settings, SingleRecorder, Stats};
 use crate::record::timeline::unix_us;
 use crate::room::{Delivery, Registry, RoomKey, Track};
-use crate::task::params::{MixLayout, Subscription};
 
 /// Frames buffered between the room and a task's recorder (about 2 s of
 /// 25 audio+video streams).
@@ -191,45 +191,32 @@ pub struct RecorderMetrics {
     pub recorders: IntGauge,
     pub mix_ticks: IntCounter,
     pub mix_events: IntCounterVec,
+    /// Seconds of processing per mixed task and stage; a task's series
+    /// are removed when its recorder ends.
+    pub mix_stage_seconds: prometheus::CounterVec,
     pub image_failures: IntCounter,
 }
 
 impl RecorderMetrics {
     pub fn register(m: &Metrics) -> Self {
         let r = m.registry();
-        let c = |n: &str, h: &str| {
-            let c = IntCounter::new(n, h).expect("valid metric");
-            r.register(Box::new(c.clone())).expect("unique metric");
-            c
-        };
-        let g = |n: &str, h: &str| {
-            let g = IntGauge::new(n, h).expect("valid metric");
-            r.register(Box::new(g.clone())).expect("unique metric");
-            g
-        };
-        let clock_events = IntCounterVec::new(
-            prometheus::Opts::new(
-                "kiroku_recorder_clock_events_total",
-                "Timeline events: arrival_fallback (no sender report in time), reanchor (RTP drifted from sender reports), overflow (frames dropped while waiting)",
-            ),
+        let c = |n: &str, h: &str| metrics::counter(r, n, h);
+        let g = |n: &str, h: &str| metrics::gauge(r, n, h);
+        let clock_events = metrics::counter_vec(
+            r,
+            "kiroku_recorder_clock_events_total",
+            "Timeline events: arrival_fallback (no sender report in time), reanchor (RTP drifted from sender reports), overflow (frames dropped while waiting)",
             &["event"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(clock_events.clone()))
-            .expect("unique metric");
+        );
         for e in ["arrival_fallback", "reanchor", "overflow"] {
             clock_events.with_label_values(&[e]).reset();
         }
-        let mix_events = IntCounterVec::new(
-            prometheus::Opts::new(
-                "kiroku_mix_events_total",
-                "Mixed-stream pipeline events: tick_skipped (output frames skipped to catch up with real time), decode_error, frame_dropped (input frames dropped, queue full), encode_error, compose_error",
-            ),
+        let mix_events = metrics::counter_vec(
+            r,
+            "kiroku_mix_events_total",
+            "Mixed-stream pipeline events: tick_skipped (output frames skipped to catch up with real time), decode_error, frame_dropped (input frames dropped, queue full), encode_error, compose_error",
             &["event"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(mix_events.clone()))
-            .expect("unique metric");
+        );
         for e in [
             "tick_skipped",
             "decode_error",
@@ -280,6 +267,12 @@ impl RecorderMetrics {
                 "Output frames composited and encoded by mixed-stream recorders",
             ),
             mix_events,
+            mix_stage_seconds: metrics::float_counter_vec(
+                r,
+                "kiroku_mix_stage_seconds_total",
+                "Processing time of a mixed task's pipeline by stage: decode, compose, encode, audio (mix + AAC), mux (TS + segments)",
+                &["task_id", "stage"],
+            ),
             image_failures: c(
                 "kiroku_mix_image_failures_total",
                 "Layout images (watermarks, backgrounds, placeholders) that could not be downloaded or decoded (callback 309)",
@@ -458,7 +451,14 @@ fn run(setup: RecorderSetup, control: mpsc::Receiver<RecorderControl>) {
     w.update_stats(&core);
     w.metrics.streams.sub(w.streams);
     w.metrics.recorders.dec();
-    tracing::info!(task_id = %w.task_id, failed_writes = w.failed_writes, "recorder finished");
+    let stages = core.mix_stats().stages;
+    for (stage, _) in stages.seconds() {
+        let _ = w
+            .metrics
+            .mix_stage_seconds
+            .remove_label_values(&[w.task_id.as_str(), stage]);
+    }
+    tracing::info!(task_id = %w.task_id, failed_writes = w.failed_writes, stages = ?stages, "recorder finished");
     let _ = w.events.blocking_send(RecorderEvent::Finished {
         failed_writes: w.failed_writes,
     });
@@ -571,6 +571,15 @@ impl Worker {
             ("compose_error", m.compose_errors, r.compose_errors),
         ] {
             me.with_label_values(&[label]).inc_by(now - before);
+        }
+        let seconds = m.stages.seconds();
+        for ((stage, now), (_, before)) in seconds.iter().zip(r.stages.seconds()) {
+            if *now > before {
+                self.metrics
+                    .mix_stage_seconds
+                    .with_label_values(&[self.task_id.as_str(), stage])
+                    .inc_by(now - before);
+            }
         }
         self.reported_mix = m;
         let s = core.stats();

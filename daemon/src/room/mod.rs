@@ -20,20 +20,16 @@ pub mod frame;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{broadcast, watch};
 
 pub use frame::{Codec, MediaFrame, TrackKind};
 
-use crate::task::params::RoomId;
+use crate::domain::params::RoomId;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of these locks leaves plain data behind,
-    // never a broken invariant, so recover rather than cascade.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::sync::lock;
 
 const PRUNE_ROOMS_ABOVE: usize = 1024;
 

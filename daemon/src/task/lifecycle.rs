@@ -13,8 +13,7 @@
 //! no sense in a state (Finished before Exited, media after Exited) change
 //! nothing.
 
-use crate::notify::event::LeaveCode;
-use crate::store::TaskState;
+use crate::domain::task::{LeaveCode, TaskState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {

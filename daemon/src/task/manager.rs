@@ -33,40 +33,25 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, Mutex};
 
-use crate::api::error::{codes, ApiError};
+use super::error::TaskError;
+use crate::clock;
 use crate::config::Config;
-use crate::media::mp4::SplitLimits;
+use crate::domain::params::{MixLayout, Modification, RecordingSpec, Storage, Subscription};
+use crate::domain::task::{LeaveCode, StorageFile, TaskRecord, TaskState};
 use crate::metrics::Metrics;
-use crate::mix::fetch::{fetch_image, FetchLimits};
-use crate::mix::overlay::{decode_image, ImageLimits};
-use crate::notify::deliver::{now_ms, Outbox};
-use crate::notify::event::{self, EventSubject, EventType, LeaveCode};
-use crate::output::convert::{
-    convert_folder, ConvertFormat, ConvertReport, ConvertRequest, ConvertedFile,
-};
+use crate::notify::deliver::Outbox;
+use crate::notify::event::{self, EventSubject, EventType};
 use crate::output::local::LocalStore;
 use crate::output::uploader::{CallbackContext, NoticeKind, UploadNotice, UploadService};
-use crate::output::vod::{VodEntry, VodStore};
+use crate::output::vod::VodStore;
 use crate::output::TeeStore;
-use crate::record::compose::{open_encoder, CompositorSource};
-use crate::record::mixed::{Images, MixedRecorder, MixedSettings};
-use crate::record::naming::Naming;
-use crate::record::segmenter::SegmenterConfig;
-use crate::record::single::{FileInfo, Settings};
-use crate::record::worker::{
-    self, CoreSetup, RecorderControl, RecorderEvent, RecorderHandle, RecorderMetrics, RecorderSetup,
-};
-use crate::room::{Registry, RoomKey, RoomWatch};
-use crate::store::{Change, NewCallback, Store, TaskRecord, TaskState};
-use crate::task::idle::IdleTimer;
+use crate::record::build::RecorderFactory;
+use crate::record::single::FileInfo;
+use crate::record::worker::{RecorderEvent, RecorderMetrics};
+use crate::room::Registry;
+use crate::state_store::{Change, NewCallback, StateStore};
 use crate::task::lifecycle::{self, Event, Transition};
-use crate::task::outputs::{task_folder, OutputPlan, Packing};
-use crate::task::params::{
-    MixLayout, Modification, RecordMode, RecordingSpec, Storage, StreamType, Subscription,
-    Watermark,
-};
-
-pub use crate::store::StorageFile;
+use crate::task::outputs::OutputPlan;
 
 /// What DescribeCloudRecording answers.
 #[derive(Debug, Clone)]
@@ -77,7 +62,7 @@ pub struct TaskStatus {
 }
 
 #[derive(Debug)]
-enum Control {
+pub(super) enum Control {
     /// Finish the task (it is already Exited in the store).
     Stop,
     /// Modify replaced the subscription lists.
@@ -88,33 +73,32 @@ enum Control {
     Shutdown,
 }
 
-struct Live {
-    record: TaskRecord,
-    control: mpsc::Sender<Control>,
-    runner: Option<tokio::task::JoinHandle<()>>,
+pub(super) struct Live {
+    pub(super) record: TaskRecord,
+    pub(super) control: mpsc::Sender<Control>,
+    pub(super) runner: Option<tokio::task::JoinHandle<()>>,
 }
 
 #[derive(Default)]
-struct State {
-    tasks: HashMap<String, Live>,
+pub(super) struct State {
+    pub(super) tasks: HashMap<String, Live>,
 }
 
-struct Inner {
-    config: Arc<Config>,
-    rooms: Arc<Registry>,
-    store: Arc<Store>,
-    outbox: Outbox,
-    metrics: Metrics,
-    recorder_metrics: RecorderMetrics,
-    storage: Arc<dyn crate::output::Store>,
+pub(super) struct Inner {
+    pub(super) config: Arc<Config>,
+    pub(super) rooms: Arc<Registry>,
+    pub(super) store: Arc<StateStore>,
+    pub(super) outbox: Outbox,
+    pub(super) metrics: Metrics,
+    pub(super) recorders: RecorderFactory,
+    pub(super) storage: Arc<dyn crate::output::Store>,
     /// HLS kept for end-of-task packing (`data_dir/staging`).
-    staging: Arc<LocalStore>,
-    uploads: UploadService,
-    vod: Arc<VodStore>,
-    compositors: CompositorSource,
+    pub(super) staging: Arc<LocalStore>,
+    pub(super) uploads: UploadService,
+    pub(super) vod: Arc<VodStore>,
     /// For layout images.
-    http: reqwest::Client,
-    state: Mutex<State>,
+    pub(super) http: reqwest::Client,
+    pub(super) state: Mutex<State>,
 }
 
 /// The output services the manager hands tasks to.
@@ -128,7 +112,7 @@ pub struct Outputs {
 /// Cheap to clone; all clones share the same tasks.
 #[derive(Clone)]
 pub struct Manager {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
 fn new_task_id() -> String {
@@ -140,18 +124,20 @@ impl Manager {
     /// Creates the manager and brings back every task the store holds.
     pub async fn start(
         config: Arc<Config>,
-        store: Arc<Store>,
+        store: Arc<StateStore>,
         records: Vec<TaskRecord>,
         outbox: Outbox,
         metrics: Metrics,
         rooms: Arc<Registry>,
         outputs: Outputs,
     ) -> Self {
-        let recorder_metrics = RecorderMetrics::register(&metrics);
+        let recorders = RecorderFactory::new(
+            config.recording,
+            rooms.clone(),
+            RecorderMetrics::register(&metrics),
+        );
         let storage = Arc::new(LocalStore::new(config.data_dir.join("storage")));
         let staging = Arc::new(LocalStore::new(config.data_dir.join("staging")));
-        let compositors = CompositorSource::new(config.recording.compositor);
-        tracing::info!(compositor = %compositors.description, "mixed-stream compositor");
         let http = reqwest::Client::builder()
             .user_agent(concat!("kiroku/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -163,12 +149,11 @@ impl Manager {
                 store,
                 outbox,
                 metrics,
-                recorder_metrics,
+                recorders,
                 storage,
                 staging,
                 uploads: outputs.uploads,
                 vod: outputs.vod,
-                compositors,
                 http,
                 state: Mutex::new(State::default()),
             }),
@@ -184,7 +169,7 @@ impl Manager {
                     // the previous run wrote is overwritten.
                     record.restarts = record.restarts.saturating_add(1);
                     let callbacks = mgr
-                        .callback(&record, event::failover(0), now_ms())
+                        .callback(&record, event::failover(0), clock::unix_ms())
                         .into_iter()
                         .collect();
                     if mgr
@@ -218,115 +203,13 @@ impl Manager {
         mgr
     }
 
-    fn spawn_runner(
-        &self,
-        record: &TaskRecord,
-    ) -> (mpsc::Sender<Control>, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(16);
-        let max_idle = Duration::from_secs(u64::from(record.spec.record.max_idle_seconds));
-        let room_key = RoomKey {
-            sdk_app_id: record.spec.sdk_app_id,
-            room: record.spec.room.clone(),
-        };
-        let room = self.inner.rooms.watch(&room_key);
-        let exiting = matches!(record.state, TaskState::Exited { .. });
-        let recorder = (!exiting).then(|| self.start_recorder(record, room_key));
-        let runner = tokio::spawn(run_task(
-            self.clone(),
-            RunnerSetup {
-                task_id: record.task_id.clone(),
-                max_idle,
-                initial_layout: record.spec.mix.as_ref().map(|m| m.layout.clone()),
-                plan: OutputPlan::of(&record.spec),
-                storage: record.spec.storage.clone(),
-            },
-            room,
-            rx,
-            recorder,
-        ));
-        (tx, runner)
-    }
-
-    /// Starts a task's recorder thread; `Err` is why it could not start.
-    fn start_recorder(
-        &self,
-        record: &TaskRecord,
-        room: RoomKey,
-    ) -> Result<(RecorderHandle, mpsc::Receiver<RecorderEvent>), String> {
-        let spec = &record.spec;
-        let cfg = &self.inner.config.recording;
-        let naming = Naming::new(
-            spec.storage.file_name_prefix(),
-            &record.task_id,
-            spec.sdk_app_id,
-            &spec.room,
-            record.restarts.min(3),
-        );
-        let (events_tx, events_rx) = mpsc::channel(256);
-        let naming = Arc::new(naming);
-        let segment = SegmenterConfig {
-            target: cfg.segment,
-            keyframe_grace: cfg.keyframe_grace,
-        };
-        let epoch_us = i64::try_from(record.created_ms)
-            .unwrap_or(0)
-            .saturating_mul(1000);
-        let core = match (&spec.record.mode, &spec.mix) {
-            (RecordMode::Mixed, Some(mix)) => {
-                let encoder: Option<Box<dyn kiroku_gpu::VideoEncoder>> =
-                    if spec.record.stream_type == StreamType::AudioOnly {
-                        None
-                    } else {
-                        let settings = MixedRecorder::encoder_settings(&mix.transcode);
-                        Some(
-                            open_encoder(settings)
-                                .map_err(|e| format!("cannot open the H.264 encoder: {e}"))?,
-                        )
-                    };
-                CoreSetup::Mixed {
-                    settings: Box::new(MixedSettings {
-                        naming,
-                        segment,
-                        stream_type: spec.record.stream_type,
-                        media: spec.record.media,
-                        fill: spec.record.fill_type,
-                        epoch_us,
-                        transcode: mix.transcode,
-                        latency_us: cfg.mix_latency.as_micros() as i64,
-                    }),
-                    layout: mix.layout.clone(),
-                    compositor: self.inner.compositors.create(),
-                    encoder,
-                }
-            }
-            _ => CoreSetup::Single(Settings {
-                naming,
-                segment,
-                stream_type: spec.record.stream_type,
-                media: spec.record.media,
-                av_merge: spec.record.av_merge,
-                epoch_us,
-            }),
-        };
-        let setup = RecorderSetup {
-            task_id: record.task_id.clone(),
-            core,
-            subscription: spec.record.subscription.clone(),
-            room,
-            registry: self.inner.rooms.clone(),
-            store: self.recorder_store(record)?,
-            metrics: self.inner.recorder_metrics.clone(),
-            events: events_tx,
-        };
-        worker::spawn(setup)
-            .map(|h| (h, events_rx))
-            .map_err(|e| format!("cannot start the recorder thread: {e}"))
-    }
-
     /// The store a task's recorder writes its HLS to: the task's storage
     /// when HLS is one of its outputs, plus staging when the files are
     /// packed at the end and no local folder keeps them.
-    fn recorder_store(&self, record: &TaskRecord) -> Result<Arc<dyn crate::output::Store>, String> {
+    pub(super) fn recorder_store(
+        &self,
+        record: &TaskRecord,
+    ) -> Result<Arc<dyn crate::output::Store>, String> {
         let plan = OutputPlan::of(&record.spec);
         let mut stores: Vec<Arc<dyn crate::output::Store>> = Vec::new();
         if plan.hls {
@@ -372,6 +255,12 @@ impl Manager {
         g.with_label_values(&["exited"]).set(exited);
     }
 
+    /// A copy of a live task's record.
+    pub(super) async fn record_of(&self, task_id: &str) -> Option<TaskRecord> {
+        let st = self.inner.state.lock().await;
+        st.tasks.get(task_id).map(|l| l.record.clone())
+    }
+
     /// Number of live tasks (for systemd STATUS= and logs).
     pub async fn live_count(&self) -> usize {
         self.inner.state.lock().await.tasks.len()
@@ -392,7 +281,7 @@ impl Manager {
         )
     }
 
-    async fn commit(&self, change: Change<'_>) -> Result<(), ApiError> {
+    async fn commit(&self, change: Change<'_>) -> Result<(), TaskError> {
         // The store blocks on fsync; keep it off the runtime's workers.
         let store = self.inner.store.clone();
         let put = change.put_task.cloned();
@@ -414,22 +303,18 @@ impl Manager {
             Ok(Err(e)) => {
                 self.inner.metrics.store_errors.inc();
                 tracing::error!(error = ?e, "state store commit failed");
-                Err(ApiError::internal(
-                    "the state store could not commit the change; retry with the same parameters",
-                ))
+                Err(TaskError::Store)
             }
             Err(e) => {
                 self.inner.metrics.store_errors.inc();
                 tracing::error!(error = %e, "state store task panicked");
-                Err(ApiError::internal(
-                    "the state store could not commit the change; retry with the same parameters",
-                ))
+                Err(TaskError::Store)
             }
         }
     }
 
     /// CreateCloudRecording (the spec is already validated and authorised).
-    pub async fn create(&self, spec: RecordingSpec) -> Result<String, ApiError> {
+    pub async fn create(&self, spec: RecordingSpec) -> Result<String, TaskError> {
         let mut st = self.inner.state.lock().await;
         // A new task whose bot UserId is already in the room replaces the
         // old one, as TRTC does (302 LeaveCode 101 for the old task).
@@ -450,14 +335,10 @@ impl Manager {
                 .tasks_refused
                 .with_label_values(&["max_tasks"])
                 .inc();
-            return Err(ApiError::new(
-                codes::RESTRICTED_CONCURRENCY,
-                format!(
-                    "this appliance already runs {} recording tasks (limits.max_tasks = {}); stop one or raise the limit",
-                    st.tasks.len(),
-                    self.inner.config.limits.max_tasks
-                ),
-            ));
+            return Err(TaskError::Concurrency {
+                running: st.tasks.len(),
+                limit: self.inner.config.limits.max_tasks,
+            });
         }
         if let Some(old) = displaced {
             self.stop_locked(&mut st, &old, LeaveCode::SameUserIdEntered)
@@ -465,7 +346,7 @@ impl Manager {
         }
         // Read the clock after any displaced task stopped, so that its 302
         // is never later than this task's 301.
-        let now = now_ms();
+        let now = clock::unix_ms();
         let record = TaskRecord {
             task_id: new_task_id(),
             spec,
@@ -509,35 +390,33 @@ impl Manager {
         sdk_app_id: u32,
         task_id: &str,
         now: u64,
-    ) -> Result<&'a Live, ApiError> {
-        let not_exist = || {
-            ApiError::new(
-                codes::TASK_NOT_EXIST,
-                format!("task {task_id} does not exist for SdkAppId {sdk_app_id} (never created, or already ended)"),
-            )
+    ) -> Result<&'a Live, TaskError> {
+        let not_exist = || TaskError::NotFound {
+            task_id: task_id.to_owned(),
+            sdk_app_id,
         };
         let live = st
             .tasks
             .get(task_id)
             .filter(|l| l.record.spec.sdk_app_id == sdk_app_id)
             .ok_or_else(not_exist)?;
-        let expires =
-            live.record.created_ms + u64::from(live.record.spec.resource_expired_hours) * 3_600_000;
+        let hours = live.record.spec.resource_expired_hours;
+        let expires = live
+            .record
+            .created_ms
+            .saturating_add(u64::from(hours).saturating_mul(3_600_000));
         if now >= expires {
-            return Err(ApiError::new(
-                codes::TASK_NOT_EXIST,
-                format!(
-                    "task {task_id} is past its ResourceExpiredHour ({} h): it can no longer be queried or changed",
-                    live.record.spec.resource_expired_hours
-                ),
-            ));
+            return Err(TaskError::Expired {
+                task_id: task_id.to_owned(),
+                hours,
+            });
         }
         Ok(live)
     }
 
-    pub async fn describe(&self, sdk_app_id: u32, task_id: &str) -> Result<TaskStatus, ApiError> {
+    pub async fn describe(&self, sdk_app_id: u32, task_id: &str) -> Result<TaskStatus, TaskError> {
         let st = self.inner.state.lock().await;
-        let live = self.lookup(&st, sdk_app_id, task_id, now_ms())?;
+        let live = self.lookup(&st, sdk_app_id, task_id, clock::unix_ms())?;
         Ok(TaskStatus {
             task_id: live.record.task_id.clone(),
             status: live.record.state.api_status(),
@@ -546,39 +425,40 @@ impl Manager {
     }
 
     /// ModifyCloudRecording. `validate` turns the raw request into a
-    /// modification against the task's own parameters.
-    pub async fn modify(
+    /// modification against the task's own parameters (its errors are the
+    /// caller's own, passed through).
+    pub async fn modify<E: From<TaskError>>(
         &self,
         sdk_app_id: u32,
         task_id: &str,
-        validate: impl FnOnce(&RecordingSpec) -> Result<Modification, ApiError>,
-    ) -> Result<(), ApiError> {
-        let st = self.inner.state.lock().await;
-        let live = self.lookup(&st, sdk_app_id, task_id, now_ms())?;
+        validate: impl FnOnce(&RecordingSpec) -> Result<Modification, E>,
+    ) -> Result<(), E> {
+        // One lock from the lookup to the in-memory change: a task event
+        // queued meanwhile must see the record with the Modify, or its
+        // commit would write the old parameters back.
+        let mut st = self.inner.state.lock().await;
+        let live = self.lookup(&st, sdk_app_id, task_id, clock::unix_ms())?;
         if matches!(live.record.state, TaskState::Exited { .. }) {
-            return Err(ApiError::new(
-                codes::TASK_NOT_EXIST,
-                format!("task {task_id} is exiting and can no longer be modified"),
-            ));
+            return Err(TaskError::Exiting {
+                task_id: task_id.to_owned(),
+            }
+            .into());
         }
         let change = validate(&live.record.spec)?;
         let mut record = live.record.clone();
-        let new_subscription = change.subscription.clone();
-        if let Some(sub) = change.subscription {
-            record.spec.record.subscription = sub;
+        if let Some(sub) = &change.subscription {
+            record.spec.record.subscription = sub.clone();
         }
-        if let (Some(layout), Some(mix)) = (change.layout, record.spec.mix.as_mut()) {
-            mix.layout = layout;
+        if let (Some(layout), Some(mix)) = (&change.layout, record.spec.mix.as_mut()) {
+            mix.layout = layout.clone();
         }
         self.commit(Change {
             put_task: Some(&record),
             ..Change::default()
         })
         .await?;
-        drop(st);
-        let mut st = self.inner.state.lock().await;
         if let Some(live) = st.tasks.get_mut(task_id) {
-            if let Some(sub) = new_subscription {
+            if let Some(sub) = change.subscription {
                 let _ = live.control.try_send(Control::Subscription(sub));
             }
             if let (Some(new), Some(mix)) =
@@ -588,20 +468,20 @@ impl Manager {
                     let _ = live.control.try_send(Control::Layout(new.layout.clone()));
                 }
             }
-            live.record.spec = record.spec;
+            live.record = record;
         }
         tracing::info!(task_id, "recording task modified");
         Ok(())
     }
 
-    pub async fn delete(&self, sdk_app_id: u32, task_id: &str) -> Result<(), ApiError> {
+    pub async fn delete(&self, sdk_app_id: u32, task_id: &str) -> Result<(), TaskError> {
         let mut st = self.inner.state.lock().await;
-        self.lookup(&st, sdk_app_id, task_id, now_ms())?;
+        self.lookup(&st, sdk_app_id, task_id, clock::unix_ms())?;
         self.stop_locked(&mut st, task_id, LeaveCode::ApiStop).await
     }
 
     /// Stops a task for `reason` (idempotent once it is Exited).
-    async fn stop(&self, task_id: &str, reason: LeaveCode) -> Result<(), ApiError> {
+    pub(super) async fn stop(&self, task_id: &str, reason: LeaveCode) -> Result<(), TaskError> {
         let mut st = self.inner.state.lock().await;
         self.stop_locked(&mut st, task_id, reason).await
     }
@@ -611,7 +491,7 @@ impl Manager {
         st: &mut State,
         task_id: &str,
         reason: LeaveCode,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), TaskError> {
         let Some(live) = st.tasks.get(task_id) else {
             return Ok(());
         };
@@ -619,7 +499,7 @@ impl Manager {
         else {
             return Ok(());
         };
-        let now = now_ms();
+        let now = clock::unix_ms();
         let mut record = live.record.clone();
         record.state = next_state;
         let callbacks = self
@@ -648,7 +528,7 @@ impl Manager {
 
     /// Applies `change` to a live task's record and queues `callback`, in
     /// one commit. Nothing happens for a task that is gone.
-    async fn task_event(
+    pub(super) async fn task_event(
         &self,
         task_id: &str,
         change: impl FnOnce(&mut TaskRecord),
@@ -661,7 +541,7 @@ impl Manager {
         let mut record = live.record.clone();
         change(&mut record);
         let changed = record != live.record;
-        let now = now_ms();
+        let now = clock::unix_ms();
         let callbacks: Vec<NewCallback> = callback
             .and_then(|c| self.callback(&record, c, now))
             .into_iter()
@@ -684,7 +564,7 @@ impl Manager {
         }
     }
 
-    async fn recorder_event(
+    pub(super) async fn recorder_event(
         &self,
         task_id: &str,
         e: RecorderEvent,
@@ -791,200 +671,12 @@ impl Manager {
         }
         let inner = self.inner.clone();
         let _ =
-            tokio::task::spawn_blocking(move || inner.compositors.release(Duration::from_secs(5)))
+            tokio::task::spawn_blocking(move || inner.recorders.release(Duration::from_secs(5)))
                 .await;
-    }
-
-    /// The end of a task's outputs, once its recorder has closed its
-    /// files: packing (MP4/AAC, VOD), uploads drained, and the callbacks
-    /// that report them (305; 310; 311 and 312). Also run for a task that
-    /// was ending when the daemon stopped: every step can run twice.
-    async fn finish_outputs(&self, task_id: &str, failed_writes: u64) {
-        let record = {
-            let st = self.inner.state.lock().await;
-            match st.tasks.get(task_id) {
-                Some(l) => l.record.clone(),
-                None => return,
-            }
-        };
-        let plan = OutputPlan::of(&record.spec);
-        let packed = match plan.packing {
-            Some(packing) => Some(self.pack(&record, &plan, packing).await),
-            None => None,
-        };
-        let upload_status = match &record.spec.storage {
-            Storage::Cloud(cloud) => {
-                if let Err(e) =
-                    self.inner
-                        .uploads
-                        .register(task_id, callback_context(&record.spec), cloud)
-                {
-                    tracing::error!(task_id, error = %e, "the task's storage target is unusable");
-                }
-                let drained = self
-                    .inner
-                    .uploads
-                    .drain(task_id, self.inner.config.storage.drain_timeout)
-                    .await;
-                u8::from(failed_writes > 0 || drained.stranded > 0)
-            }
-            Storage::Local | Storage::Vod(_) => u8::from(failed_writes > 0),
-        };
-        self.task_event(task_id, |_| {}, Some(event::upload_stop(upload_status)))
-            .await;
-        let Some(packed) = packed else {
-            return;
-        };
-        if plan.vod {
-            let base = &self.inner.config.server.public_url;
-            for f in &packed.vod {
-                let url = format!("{base}/vod/{}.mp4", f.file_id);
-                let cb = event::vod_commit(&event::VodCommit {
-                    status: 0,
-                    user_id: &f.user_id,
-                    track_type: &f.track_type,
-                    media_id: &f.media_id,
-                    file_id: &f.file_id,
-                    video_url: &url,
-                    cache_file: &f.cache_file,
-                    errmsg: "",
-                });
-                self.task_event(task_id, |_| {}, Some(cb)).await;
-            }
-            for (name, error) in &packed.failed {
-                let cb = event::vod_commit(&event::VodCommit {
-                    status: 2,
-                    cache_file: name,
-                    errmsg: error,
-                    ..Default::default()
-                });
-                self.task_event(task_id, |_| {}, Some(cb)).await;
-            }
-            let ok = packed.report.status() == 0 && packed.failed.is_empty();
-            self.task_event(task_id, |_| {}, Some(event::vod_stop(u8::from(!ok))))
-                .await;
-        } else {
-            let names: Vec<String> = packed.report.files.iter().map(|f| f.name.clone()).collect();
-            let mut status = packed.report.status();
-            if status == 0 && upload_status != 0 {
-                status = 1;
-            }
-            self.task_event(task_id, |_| {}, Some(event::mp4_stop(status, &names)))
-                .await;
-        }
-        if plan.staging && packed.report.status() != 2 {
-            let dir = packed.source_dir.clone();
-            let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await;
-            if let Ok(Err(e)) = removed {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(task_id, error = %e, "removing the task's staging folder");
-                }
-            }
-        }
-    }
-
-    /// Packs a finished recording's HLS into MP4/AAC files (on a thread of
-    /// its own: this is media work) and hands them to the task's storage
-    /// or the VOD store.
-    async fn pack(&self, record: &TaskRecord, plan: &OutputPlan, packing: Packing) -> Packed {
-        let spec = &record.spec;
-        let task_id = record.task_id.clone();
-        let folder = task_folder(spec.storage.file_name_prefix(), &task_id);
-        let root = if plan.staging { "staging" } else { "storage" };
-        let source_dir = self.inner.config.data_dir.join(root).join(&folder);
-        let request = ConvertRequest {
-            format: match packing {
-                Packing::Mp4 => ConvertFormat::Mp4,
-                Packing::Aac => ConvertFormat::Aac,
-            },
-            limits: SplitLimits::from_max_media_file_minutes(spec.record.max_media_file_minutes),
-            mixed: spec.record.mode == RecordMode::Mixed,
-            sdk_app_id: spec.sdk_app_id,
-            room: spec.room.clone(),
-        };
-        enum Sink {
-            Store(Arc<dyn crate::output::Store>),
-            Vod(Arc<VodStore>, u64),
-        }
-        let sink = match &spec.storage {
-            Storage::Vod(v) => Sink::Vod(self.inner.vod.clone(), v.expire_seconds),
-            Storage::Local => Sink::Store(self.inner.storage.clone()),
-            Storage::Cloud(_) => Sink::Store(self.inner.uploads.store(&task_id)),
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let dir = source_dir.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("pack-{}", &task_id[..task_id.len().min(8)]))
-            .spawn(move || {
-                let mut vod = Vec::new();
-                let mut failed = Vec::new();
-                let mut deliver = |f: ConvertedFile| -> Result<(), String> {
-                    let result = match &sink {
-                        Sink::Store(store) => store
-                            .put(&format!("{folder}/{}", f.name), &f.data)
-                            .map_err(|e| format!("{e}")),
-                        Sink::Vod(store, keep_s) => {
-                            let now = std::time::SystemTime::now()
-                                .duration_since(std::time::UNIX_EPOCH)
-                                .map_or(0, |d| d.as_secs());
-                            let entry = VodEntry {
-                                file_id: String::new(),
-                                task_id: task_id.clone(),
-                                user_id: f.user_id.clone(),
-                                track_type: f.track_type.api_name().to_owned(),
-                                media_id: f.media.as_str().to_owned(),
-                                cache_file: f.name.clone(),
-                                size: 0,
-                                created_unix_s: now,
-                                expire_at_unix_s: if *keep_s == 0 { 0 } else { now + keep_s },
-                            };
-                            store
-                                .commit(&f.data, entry)
-                                .map(|e| vod.push(e))
-                                .map_err(|e| e.to_string())
-                        }
-                    };
-                    if let Err(e) = &result {
-                        tracing::error!(task_id = %task_id, file = %f.name, error = %e, "a packed file could not be stored");
-                        failed.push((f.name.clone(), e.clone()));
-                    }
-                    result
-                };
-                let report = convert_folder(&dir, &request, &mut deliver);
-                let _ = tx.send(Packed {
-                    report,
-                    vod,
-                    failed,
-                    source_dir: dir,
-                });
-            });
-        let packed = match spawned {
-            Ok(_) => rx.await.ok(),
-            Err(e) => {
-                tracing::error!(task_id = %record.task_id, error = %e, "cannot start the packing thread");
-                None
-            }
-        };
-        let packed = packed.unwrap_or_else(|| Packed {
-            report: ConvertReport {
-                listing_failed: true,
-                ..ConvertReport::default()
-            },
-            vod: Vec::new(),
-            failed: Vec::new(),
-            source_dir,
-        });
-        let r = &packed.report;
-        if r.status() == 0 {
-            tracing::info!(task_id = %record.task_id, report = %r, "recording packed");
-        } else {
-            tracing::error!(task_id = %record.task_id, report = %r, status = r.status(), "packing the recording went wrong");
-        }
-        packed
     }
 
     /// Called by the runner once an Exited task has nothing left to do.
-    async fn finish(&self, task_id: &str) {
+    pub(super) async fn finish(&self, task_id: &str) {
         let mut st = self.inner.state.lock().await;
         let Some(live) = st.tasks.get(task_id) else {
             return;
@@ -1009,20 +701,7 @@ impl Manager {
     }
 }
 
-type Recorder = (RecorderHandle, mpsc::Receiver<RecorderEvent>);
-
-/// What end-of-task packing produced.
-struct Packed {
-    report: ConvertReport,
-    /// Files committed to the VOD store.
-    vod: Vec<VodEntry>,
-    /// Files made but not stored: (name, why).
-    failed: Vec<(String, String)>,
-    /// Where the HLS was read from.
-    source_dir: std::path::PathBuf,
-}
-
-fn callback_context(spec: &RecordingSpec) -> CallbackContext {
+pub(super) fn callback_context(spec: &RecordingSpec) -> CallbackContext {
     CallbackContext {
         sdk_app_id: spec.sdk_app_id,
         room: spec.room.clone(),
@@ -1071,7 +750,13 @@ async fn upload_notices(inner: std::sync::Weak<Inner>, mut notices: mpsc::Receiv
             NoticeKind::UploadFailed { code, message } => event::upload_error(code, message),
             NoticeKind::StrandedRecovered => event::upload_stop(2),
         };
-        let Some(cb) = new_callback(&mgr.inner.config, &n.task_id, &n.context, ev, now_ms()) else {
+        let Some(cb) = new_callback(
+            &mgr.inner.config,
+            &n.task_id,
+            &n.context,
+            ev,
+            clock::unix_ms(),
+        ) else {
             continue;
         };
         // Serialised with task changes, so a task's callbacks keep their order.
@@ -1089,236 +774,11 @@ async fn upload_notices(inner: std::sync::Weak<Inner>, mut notices: mpsc::Receiv
     }
 }
 
-/// Fetches a mixed task's layout images in the background: each URL once
-/// per task; a failure is logged, counted and reported by callback 309,
-/// and the recording goes on without that image.
-struct ImageFetcher {
-    http: reqwest::Client,
-    tried: std::collections::HashSet<String>,
-}
-
-impl ImageFetcher {
-    fn new(http: reqwest::Client) -> Self {
-        Self {
-            http,
-            tried: Default::default(),
-        }
-    }
-
-    fn fetch(
-        &mut self,
-        mgr: &Manager,
-        task_id: &str,
-        layout: &MixLayout,
-        recorder: &RecorderHandle,
-    ) {
-        let urls: Vec<String> = layout_image_urls(layout)
-            .into_iter()
-            .filter(|u| self.tried.insert(u.clone()))
-            .collect();
-        if urls.is_empty() {
-            return;
-        }
-        let (mgr, task_id, http) = (mgr.clone(), task_id.to_owned(), self.http.clone());
-        let control = recorder.sender();
-        tokio::spawn(async move {
-            let limits = FetchLimits::default();
-            for url in urls {
-                let result = match fetch_image(&http, &url, &limits).await {
-                    Ok(bytes) => tokio::task::spawn_blocking(move || {
-                        decode_image(&bytes, &ImageLimits::default()).map_err(|e| e.to_string())
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(e.to_string())),
-                    Err(e) => Err(e.to_string()),
-                };
-                match result {
-                    Ok(picture) => {
-                        let mut images = Images::new();
-                        images.insert(url, Arc::new(picture));
-                        let _ = control.send(RecorderControl::Images(images));
-                    }
-                    Err(error) => {
-                        tracing::warn!(task_id = %task_id, url, error, "layout image could not be downloaded; recording goes on without it");
-                        mgr.inner.recorder_metrics.image_failures.inc();
-                        mgr.task_event(&task_id, |_| {}, Some(event::download_image_error(&url)))
-                            .await;
-                    }
-                }
-            }
-        });
-    }
-}
-
-/// Every image URL a layout uses.
-fn layout_image_urls(layout: &MixLayout) -> Vec<String> {
-    let mut urls: Vec<String> = Vec::new();
-    let mut add = |u: &Option<String>| {
-        if let Some(u) = u {
-            if !urls.contains(u) {
-                urls.push(u.clone());
-            }
-        }
-    };
-    add(&layout.background_image);
-    add(&layout.placeholder_image);
-    for t in &layout.custom {
-        add(&t.sub_background_image);
-    }
-    for w in &layout.watermarks {
-        if let Watermark::Image { url, .. } = w {
-            add(&Some(url.clone()));
-        }
-    }
-    urls
-}
-
-/// What a task's runner knows from the start.
-struct RunnerSetup {
-    task_id: String,
-    max_idle: Duration,
-    initial_layout: Option<MixLayout>,
-    plan: OutputPlan,
-    /// Storage never changes with Modify.
-    storage: Storage,
-}
-
-async fn run_task(
-    mgr: Manager,
-    setup: RunnerSetup,
-    room: RoomWatch,
-    mut control: mpsc::Receiver<Control>,
-    recorder: Option<Result<Recorder, String>>,
-) {
-    let RunnerSetup {
-        task_id,
-        max_idle,
-        initial_layout,
-        plan,
-        storage,
-    } = setup;
-    let mut images = ImageFetcher::new(mgr.inner.http.clone());
-    let (handle, mut events) = match recorder {
-        Some(Ok((h, e))) => {
-            mgr.task_event(&task_id, |_| {}, Some(event::upload_start(0)))
-                .await;
-            if let Some(layout) = initial_layout {
-                images.fetch(&mgr, &task_id, &layout, &h);
-            }
-            (Some(h), Some(e))
-        }
-        Some(Err(why)) => {
-            tracing::error!(task_id = %task_id, error = %why, "recorder could not start");
-            mgr.task_event(&task_id, |_| {}, Some(event::upload_start(1)))
-                .await;
-            (None, None)
-        }
-        None => (None, None),
-    };
-    let mut publishers = room.publishers;
-    let now = || tokio::time::Instant::now().into_std();
-    let mut timer = IdleTimer::new(max_idle, now());
-    timer.set_publishers(*publishers.borrow_and_update(), now());
-    let mut stopping = false;
-    let mut control_open = true;
-    let mut shutting_down = false;
-    let mut failed_writes = None;
-    loop {
-        let deadline = timer
-            .deadline()
-            .filter(|_| !stopping)
-            .map(tokio::time::Instant::from_std);
-        tokio::select! {
-            cmd = control.recv(), if control_open => match cmd {
-                Some(Control::Subscription(s)) => {
-                    if let Some(h) = &handle {
-                        h.send(RecorderControl::Subscription(s));
-                    }
-                }
-                Some(Control::Layout(layout)) => {
-                    if let Some(h) = &handle {
-                        images.fetch(&mgr, &task_id, &layout, h);
-                        h.send(RecorderControl::Layout(layout));
-                    }
-                }
-                Some(c @ (Control::Stop | Control::Shutdown)) => {
-                    shutting_down = matches!(c, Control::Shutdown);
-                    stopping = true;
-                    match &handle {
-                        // The recorder closes its files and then reports Finished.
-                        Some(h) if events.is_some() => h.send(RecorderControl::Stop),
-                        _ => break,
-                    }
-                }
-                None => {
-                    control_open = false;
-                    if let Some(h) = &handle {
-                        h.send(RecorderControl::Stop);
-                    } else {
-                        break;
-                    }
-                }
-            },
-            ev = async {
-                match events.as_mut() {
-                    Some(rx) => rx.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => match ev {
-                Some(RecorderEvent::Finished { failed_writes: n }) => {
-                    failed_writes = Some(n);
-                    break;
-                }
-                Some(e) => mgr.recorder_event(&task_id, e, &plan, &storage).await,
-                None => {
-                    tracing::error!(task_id = %task_id, "the recorder thread ended unexpectedly");
-                    mgr.inner.recorder_metrics.write_failures.inc();
-                    events = None;
-                    failed_writes = Some(1);
-                    if stopping {
-                        break;
-                    }
-                }
-            },
-            changed = publishers.changed() => {
-                if changed.is_err() {
-                    // The room registry is gone (shutdown): nothing more to watch.
-                    std::future::pending::<()>().await;
-                }
-                let n = *publishers.borrow_and_update();
-                timer.set_publishers(n, now());
-            }
-            _ = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                if timer.expired(now()) {
-                    tracing::info!(task_id = %task_id, max_idle_s = max_idle.as_secs(), "no publisher for MaxIdleTime");
-                    stopping = mgr.stop(&task_id, LeaveCode::Idle).await.is_ok();
-                    if !stopping {
-                        // The store refused the stop; try again shortly.
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            }
-        }
-    }
-    drop(handle);
-    if shutting_down {
-        // Files are closed; the task resumes after the restart.
-        return;
-    }
-    mgr.finish_outputs(&task_id, failed_writes.unwrap_or(0))
-        .await;
-    mgr.finish(&task_id).await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::{model, validate};
+    use crate::domain::params::{UserFilter, UserPattern};
     use crate::room::{DropReason, RoomObserver, TrackKind};
 
     struct NoObserver;
@@ -1327,14 +787,29 @@ mod tests {
         fn keyframe_wanted(&self, _s: &str, _k: TrackKind) {}
     }
 
-    #[tokio::test]
-    async fn resource_expired_hour_hides_the_task_but_it_keeps_running() {
-        let dir = std::env::temp_dir().join(format!("kiroku-mgr-{}", std::process::id()));
+    /// A manager on a fresh store in its own folder (removed on drop).
+    struct Fixture {
+        mgr: Manager,
+        store: Arc<StateStore>,
+        dir: std::path::PathBuf,
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    async fn fixture(name: &str) -> Fixture {
+        let dir = std::env::temp_dir().join(format!("kiroku-mgr-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("dir");
-        let store = Arc::new(Store::open(&dir.join("state.redb")).expect("store"));
+        let store = Arc::new(StateStore::open(&dir.join("state.redb")).expect("store"));
         let metrics = Metrics::new();
         let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let config = Arc::new(Config::embedded_defaults());
+        let mut config = Config::embedded_defaults();
+        config.data_dir = dir.clone();
+        let config = Arc::new(config);
         let (outbox, _worker) = crate::notify::deliver::start(
             store.clone(),
             Vec::new(),
@@ -1361,6 +836,13 @@ mod tests {
             outputs,
         )
         .await;
+        Fixture { mgr, store, dir }
+    }
+
+    #[tokio::test]
+    async fn resource_expired_hour_hides_the_task_but_it_keeps_running() {
+        let fx = fixture("expiry").await;
+        let mgr = fx.mgr.clone();
         let raw: model::CreateCloudRecordingRequest = serde_json::from_value(serde_json::json!({
             "SdkAppId": 1, "RoomId": "5", "UserId": "bot", "UserSig": "s",
             "RecordParams": {"RecordMode": 1, "MaxIdleTime": 86400}, "ResourceExpiredHour": 6
@@ -1380,12 +862,11 @@ mod tests {
             .lookup(&st, 1, &task_id, created + six_hours)
             .err()
             .expect("expired");
-        assert_eq!(err.code, codes::TASK_NOT_EXIST);
         assert!(
-            err.message.contains("ResourceExpiredHour"),
-            "{}",
-            err.message
+            matches!(err, TaskError::Expired { hours: 6, .. }),
+            "{err:?}"
         );
+        assert!(err.to_string().contains("ResourceExpiredHour"), "{err}");
         assert!(
             mgr.lookup(&st, 2, &task_id, created).is_err(),
             "another app never sees the task"
@@ -1395,7 +876,75 @@ mod tests {
             "the task itself keeps running"
         );
         drop(st);
-        drop(mgr);
-        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A Modify whose commit is followed, before the in-memory record
+    /// changes, by a recorder event on the same task: the event must commit
+    /// the record *with* the Modify, or a restart brings the old
+    /// parameters back. tokio's mutex is fair, so an event queued while the
+    /// Modify waits takes the lock the moment the Modify lets go of it.
+    #[tokio::test]
+    async fn modify_racing_a_recorder_event_survives_a_restart() {
+        let fx = fixture("modify-race").await;
+        let raw: model::CreateCloudRecordingRequest = serde_json::from_value(serde_json::json!({
+            "SdkAppId": 1, "RoomId": "7", "UserId": "bot", "UserSig": "s",
+            "RecordParams": {"RecordMode": 1, "MaxIdleTime": 86400}
+        }))
+        .expect("shape");
+        let task_id = fx
+            .mgr
+            .create(validate::create(raw).expect("valid"))
+            .await
+            .expect("created");
+        let wanted = Subscription {
+            audio: UserFilter::Deny(vec![UserPattern::Exact("muted".into())]),
+            video: UserFilter::All,
+        };
+        let file = StorageFile {
+            user_id: "alice".into(),
+            file_name: "1_7_alice_main.m3u8".into(),
+            track_type: "audio_video".into(),
+            begin_time_stamp: 1,
+        };
+
+        let held = fx.mgr.inner.state.lock().await;
+        let modify = tokio::spawn({
+            let mgr = fx.mgr.clone();
+            let task_id = task_id.clone();
+            let wanted = wanted.clone();
+            async move {
+                mgr.modify(1, &task_id, move |_| {
+                    Ok::<_, TaskError>(Modification {
+                        subscription: Some(wanted),
+                        layout: None,
+                    })
+                })
+                .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let event = tokio::spawn({
+            let mgr = fx.mgr.clone();
+            let task_id = task_id.clone();
+            let file = file.clone();
+            async move { mgr.task_event(&task_id, |r| r.files.push(file), None).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(held);
+        modify.await.expect("modify task").expect("modified");
+        event.await.expect("event task");
+
+        let stored = fx.store.load_tasks().expect("load");
+        let record = stored
+            .iter()
+            .find(|r| r.task_id == task_id)
+            .expect("task stored");
+        assert_eq!(
+            record.spec.record.subscription, wanted,
+            "the stored task lost the Modify"
+        );
+        assert_eq!(record.files, vec![file], "the stored task lost the event");
+        let st = fx.mgr.inner.state.lock().await;
+        assert_eq!(st.tasks[&task_id].record, *record, "memory and store agree");
     }
 }

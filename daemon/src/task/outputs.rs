@@ -18,16 +18,8 @@
 //! Staging (`data_dir/staging/<object key>`) holds the HLS that no local
 //! storage folder holds, until the end-of-task packing has read it.
 
-use crate::task::params::{OutputFormat, RecordingSpec, Storage, StreamType};
-
-/// What the end-of-task packing produces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Packing {
-    /// MP4 (audio-only recordings: an audio-only MP4).
-    Mp4,
-    /// Raw AAC (ADTS) files of the audio.
-    Aac,
-}
+use crate::domain::params::{OutputFormat, RecordingSpec, Storage, StreamType};
+use crate::output::convert::ConvertFormat;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutputPlan {
@@ -36,7 +28,7 @@ pub struct OutputPlan {
     pub hls: bool,
     /// Files packed from the HLS when the recording ends (callback 310,
     /// or 311 for VOD).
-    pub packing: Option<Packing>,
+    pub packing: Option<ConvertFormat>,
     /// The recorder also writes the HLS to the staging folder.
     pub staging: bool,
     /// The packed files go to the VOD store.
@@ -48,17 +40,17 @@ impl OutputPlan {
         match &spec.storage {
             Storage::Vod(_) => OutputPlan {
                 hls: false,
-                packing: Some(Packing::Mp4),
+                packing: Some(ConvertFormat::Mp4),
                 staging: true,
                 vod: true,
             },
             storage => {
                 let (hls, packing) = match spec.record.output_format {
                     OutputFormat::Hls => (true, None),
-                    OutputFormat::HlsMp4 => (true, Some(Packing::Mp4)),
-                    OutputFormat::HlsAac => (true, Some(Packing::Aac)),
-                    OutputFormat::Mp4 => (false, Some(Packing::Mp4)),
-                    OutputFormat::Aac => (false, Some(Packing::Aac)),
+                    OutputFormat::HlsMp4 => (true, Some(ConvertFormat::Mp4)),
+                    OutputFormat::HlsAac => (true, Some(ConvertFormat::Aac)),
+                    OutputFormat::Mp4 => (false, Some(ConvertFormat::Mp4)),
+                    OutputFormat::Aac => (false, Some(ConvertFormat::Aac)),
                 };
                 // Packing reads the HLS from local storage when it is there.
                 let local_hls = hls && matches!(storage, Storage::Local);
@@ -142,7 +134,7 @@ mod tests {
             local(1),
             OutputPlan {
                 hls: true,
-                packing: Some(Packing::Mp4),
+                packing: Some(ConvertFormat::Mp4),
                 staging: false,
                 vod: false
             }
@@ -151,7 +143,7 @@ mod tests {
             local(3),
             OutputPlan {
                 hls: false,
-                packing: Some(Packing::Mp4),
+                packing: Some(ConvertFormat::Mp4),
                 staging: true,
                 vod: false
             }
@@ -177,7 +169,7 @@ mod tests {
             cloud(1),
             OutputPlan {
                 hls: true,
-                packing: Some(Packing::Mp4),
+                packing: Some(ConvertFormat::Mp4),
                 staging: true,
                 vod: false
             }
@@ -186,7 +178,7 @@ mod tests {
             cloud(2),
             OutputPlan {
                 hls: true,
-                packing: Some(Packing::Aac),
+                packing: Some(ConvertFormat::Aac),
                 staging: true,
                 vod: false
             }
@@ -195,7 +187,7 @@ mod tests {
             cloud(4),
             OutputPlan {
                 hls: false,
-                packing: Some(Packing::Aac),
+                packing: Some(ConvertFormat::Aac),
                 staging: true,
                 vod: false
             }
@@ -207,7 +199,7 @@ mod tests {
             vod,
             OutputPlan {
                 hls: false,
-                packing: Some(Packing::Mp4),
+                packing: Some(ConvertFormat::Mp4),
                 staging: true,
                 vod: true
             }

@@ -11,7 +11,6 @@
 //!   and the bitstream lock, which the driver fills in, is read field by
 //!   field through raw pointers.
 #![allow(unsafe_code)]
-#![warn(clippy::undocumented_unsafe_blocks)]
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::mem::MaybeUninit;

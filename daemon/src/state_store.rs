@@ -13,8 +13,7 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::notify::event::LeaveCode;
-use crate::task::params::RecordingSpec;
+use crate::domain::task::TaskRecord;
 
 const TASKS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tasks");
 const OUTBOX: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("outbox");
@@ -33,54 +32,6 @@ pub enum StoreError {
 
 fn db_err(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Db(e.into())
-}
-
-/// Where a task is in its life (spec §3.2: Idle / InProgress / Exited).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskState {
-    /// Created; no media pulled yet.
-    Idle,
-    /// Media is being recorded.
-    InProgress,
-    /// Stopping: files are being finished and uploaded.
-    Exited { leave_code: LeaveCode },
-}
-
-impl TaskState {
-    /// The `Status` string DescribeCloudRecording answers.
-    pub fn api_status(self) -> &'static str {
-        match self {
-            TaskState::Idle => "Idle",
-            TaskState::InProgress => "InProgress",
-            TaskState::Exited { .. } => "Exited",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskRecord {
-    pub task_id: String,
-    pub spec: RecordingSpec,
-    pub state: TaskState,
-    pub created_ms: u64,
-    /// Playlists stored so far (Describe's StorageFileList).
-    #[serde(default)]
-    pub files: Vec<StorageFile>,
-    /// How many times the daemon restarted under this task: files written
-    /// after the n-th carry the spec's `ha<n>_` prefix (at most 3).
-    #[serde(default)]
-    pub restarts: u8,
-}
-
-/// One `StorageFileList` entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct StorageFile {
-    pub user_id: String,
-    pub file_name: String,
-    pub track_type: String,
-    pub begin_time_stamp: u64,
 }
 
 /// A callback waiting in the outbox.
@@ -118,11 +69,11 @@ pub struct Change<'a> {
     pub callbacks: Vec<NewCallback>,
 }
 
-pub struct Store {
+pub struct StateStore {
     db: Database,
 }
 
-impl Store {
+impl StateStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = Database::create(path).map_err(db_err)?;
         let txn = db.begin_write().map_err(db_err)?;
@@ -257,6 +208,8 @@ impl Store {
 mod tests {
     use super::*;
     use crate::api::{model, validate};
+    use crate::domain::params::RecordingSpec;
+    use crate::domain::task::TaskState;
 
     fn spec() -> RecordingSpec {
         let raw: model::CreateCloudRecordingRequest = serde_json::from_value(serde_json::json!({
@@ -294,7 +247,7 @@ mod tests {
             restarts: 0,
         };
         {
-            let store = Store::open(&path).expect("open");
+            let store = StateStore::open(&path).expect("open");
             let q = store
                 .apply(Change {
                     put_task: Some(&rec),
@@ -305,7 +258,7 @@ mod tests {
             assert_eq!(q.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
             store.outbox_retry(1, 3, 999).expect("retry");
         }
-        let store = Store::open(&path).expect("reopen");
+        let store = StateStore::open(&path).expect("reopen");
         assert_eq!(store.load_tasks().expect("load"), vec![rec.clone()]);
         let ob = store.load_outbox().expect("outbox");
         assert_eq!(ob.len(), 2);

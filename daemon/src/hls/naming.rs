@@ -22,7 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 
-use crate::task::params::RoomId;
+use crate::domain::params::RoomId;
 
 /// `<MediaId>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,6 +36,15 @@ impl Media {
         match self {
             Media::Main => "main",
             Media::Aux => "aux",
+        }
+    }
+
+    /// The inverse of [`Media::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "main" => Some(Media::Main),
+            "aux" => Some(Media::Aux),
+            _ => None,
         }
     }
 }
@@ -55,6 +64,16 @@ impl TrackType {
             TrackType::Audio => "audio",
             TrackType::Video => "video",
             TrackType::AudioVideo => "av",
+        }
+    }
+
+    /// The inverse of [`TrackType::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "audio" => Some(TrackType::Audio),
+            "video" => Some(TrackType::Video),
+            "av" => Some(TrackType::AudioVideo),
+            _ => None,
         }
     }
 
@@ -103,6 +122,49 @@ pub fn utc17(t: SystemTime) -> String {
         ),
         Err(_) => "00000000000000000".to_owned(),
     }
+}
+
+/// `YYYYMMDDhhmmssSSS` (UTC) as Unix ms.
+pub fn parse_utc17(digits: &str) -> Option<u64> {
+    if digits.len() != 17 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n = |from: usize, to: usize| digits.get(from..to)?.parse::<u16>().ok();
+    let month = time::Month::try_from(u8::try_from(n(4, 6)?).ok()?).ok()?;
+    let date = time::Date::from_calendar_date(i32::from(n(0, 4)?), month, n(6, 8)? as u8).ok()?;
+    let clock = time::Time::from_hms_milli(
+        n(8, 10)? as u8,
+        n(10, 12)? as u8,
+        n(12, 14)? as u8,
+        n(14, 17)?,
+    )
+    .ok()?;
+    let t = time::PrimitiveDateTime::new(date, clock).assume_utc();
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+/// The `<UTC>` of a segment name `..._<UTC>.ts`, as Unix ms.
+pub fn segment_start_ms(file_name: &str) -> Option<u64> {
+    let stem = file_name.strip_suffix(".ts")?;
+    parse_utc17(stem.rsplit_once('_').map_or(stem, |(_, t)| t))
+}
+
+/// The single-stream part of a name, from `__UserId_s_` on:
+/// `__UserId_s_<user>__UserId_e_<media>_<type><tail>`, as (the user id
+/// still encoded, media, type, tail). The one parser of what
+/// [`Naming::single_playlist`] and [`Naming::single_segment`] write; `tail`
+/// is `""` for a playlist stem and `_<UTC>` for a segment stem.
+pub fn parse_user_stream(name: &str) -> Option<(&str, Media, TrackType, &str)> {
+    let rest = name.strip_prefix("__UserId_s_")?;
+    let (user, rest) = rest.split_once("__UserId_e_")?;
+    let (media, rest) = rest.split_once('_')?;
+    let (track_type, tail) = rest.split_at(rest.find('_').unwrap_or(rest.len()));
+    Some((
+        user,
+        Media::parse(media)?,
+        TrackType::parse(track_type)?,
+        tail,
+    ))
 }
 
 /// Where a task's files live and how they are named.

@@ -146,10 +146,6 @@ impl Segmenter {
         let span = o.last_pts - o.start_pts + self.frame_interval;
         Some(span as f64 / 90_000.0)
     }
-
-    pub fn is_open(&self) -> bool {
-        self.open.is_some()
-    }
 }
 
 #[cfg(test)]

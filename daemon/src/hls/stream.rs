@@ -2,7 +2,7 @@
 //! audio, video, or (AvMerge = 1) both.
 //!
 //! Frames come in already placed on the task timeline (server µs, see
-//! [`super::timeline`]); out come the files to store, in the order they
+//! `record::timeline`); out come the files to store, in the order they
 //! must be stored (a segment before the playlist that names it).
 //!
 //! - PTS = 90 kHz ticks since the task's epoch plus [`BASE_90K`], the same
@@ -23,12 +23,12 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::hls::naming::{Media, Naming, TrackType};
+use crate::hls::playlist::{Playlist, Segment};
+use crate::hls::segmenter::{Decision, Segmenter, SegmenterConfig};
 use crate::media::aac::{AacError, OpusToAac};
 use crate::media::h264;
 use crate::media::ts::TsMuxer;
-use crate::record::naming::{Media, Naming, TrackType};
-use crate::record::playlist::{Playlist, Segment};
-use crate::record::segmenter::{Decision, Segmenter, SegmenterConfig};
 use crate::room::TrackKind;
 
 /// PTS of the task epoch: 10 s, so media placed slightly before the epoch
@@ -583,9 +583,9 @@ fn playlist_begin(p: Option<&Playlist>) -> u64 {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::domain::params::RoomId;
     use crate::media::ts::{PID_AUDIO, PID_PMT, PID_VIDEO};
     use crate::publish::source::{VideoConfig, VideoSource};
-    use crate::task::params::RoomId;
 
     /// The task epoch: 2023-11-14 22:13:20.000 UTC.
     const EPOCH_US: i64 = 1_700_000_000_000_000;
@@ -670,6 +670,8 @@ pub(crate) mod tests {
     }
 
     /// A segment: the (stream_type, PID) pairs of each PMT, and its PES.
+    /// Packet-level on purpose (the PMTs a segment carries are what these
+    /// tests check, and `media::ts_demux` does not expose them).
     fn demux(ts: &[u8]) -> (Vec<Vec<(u8, u16)>>, Vec<Pes>) {
         assert_eq!(ts.len() % 188, 0, "whole TS packets");
         let mut pmts = Vec::new();
