@@ -137,6 +137,28 @@ pub struct Yuv {
 }
 
 impl Yuv {
+    /// sRGB → BT.601 limited-range Y'CbCr, the only colour conversion of the
+    /// project (the mixer's images and text, the test publisher's pictures):
+    /// `Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255`,
+    /// `Cb = 128 + (−37.797 R − 74.203 G + 112 B) / 255`,
+    /// `Cr = 128 + (112 R − 93.786 G − 18.214 B) / 255`, in integers
+    /// (coefficients × 1000). Every numerator is positive for 8-bit inputs,
+    /// so adding half the divisor rounds to nearest: the codes equal the
+    /// rounded real-valued matrix exactly (white (235, 128, 128), black
+    /// (16, 128, 128)).
+    pub const fn from_rgb601(r: u8, g: u8, b: u8) -> Yuv {
+        let (r, g, b) = (r as i64, g as i64, b as i64);
+        const D: i64 = 255_000;
+        let y = (16 * D + 65_481 * r + 128_553 * g + 24_966 * b + D / 2) / D;
+        let u = (128 * D - 37_797 * r - 74_203 * g + 112_000 * b + D / 2) / D;
+        let v = (128 * D + 112_000 * r - 93_786 * g - 18_214 * b + D / 2) / D;
+        Yuv {
+            y: y as u8,
+            u: u as u8,
+            v: v as u8,
+        }
+    }
+
     pub const BLACK: Yuv = Yuv {
         y: 16,
         u: 128,

@@ -138,10 +138,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cpu_choice_never_touches_vulkan() {
+    fn cpu_choice_gives_the_cpu_compositor_and_no_gpu_context() {
         let selection = select_compositor(CompositorChoice::Cpu).expect("cpu");
         assert_eq!(selection.compositor.name(), "cpu");
         assert!(selection.gpu.is_none());
+        assert_eq!(selection.reason, "CPU compositor by configuration");
     }
 
     #[test]

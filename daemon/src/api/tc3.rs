@@ -212,7 +212,9 @@ pub fn verify(
 ) -> Result<(), AuthError> {
     let secret_key = lookup(&auth.secret_id)
         .ok_or_else(|| AuthError::SecretIdNotFound(auth.secret_id.clone()))?;
-    let skew = (now - timestamp).abs();
+    // The timestamp is the caller's: `abs_diff` cannot overflow, even for
+    // i64::MIN.
+    let skew = i64::try_from(now.abs_diff(timestamp)).unwrap_or(i64::MAX);
     if skew > MAX_CLOCK_SKEW_SECONDS {
         return Err(AuthError::Expired {
             timestamp,
@@ -331,16 +333,45 @@ mod tests {
     }
 
     #[test]
-    fn malformed_headers_are_named() {
-        for bad in [
-            "",
-            "Bearer abc",
-            "TC3-HMAC-SHA256 Credential=a/b/c, SignedHeaders=host, Signature=00",
-            "TC3-HMAC-SHA256 SignedHeaders=host, Signature=00",
-            "TC3-HMAC-SHA256 Credential=a/2026-01-01/trtc/tc3_request, Signature=00",
+    fn malformed_headers_are_refused_naming_what_is_wrong() {
+        for (bad, named) in [
+            ("", "must start with TC3-HMAC-SHA256"),
+            ("Bearer abc", "must start with TC3-HMAC-SHA256"),
+            (
+                "TC3-HMAC-SHA256 Credential=a/b/c, SignedHeaders=host, Signature=00",
+                "Credential must be SecretId/YYYY-MM-DD/service/tc3_request",
+            ),
+            (
+                "TC3-HMAC-SHA256 SignedHeaders=host, Signature=00",
+                "Credential is missing",
+            ),
+            (
+                "TC3-HMAC-SHA256 Credential=a/2026-01-01/trtc/tc3_request, Signature=00",
+                "SignedHeaders is missing",
+            ),
+            (
+                "TC3-HMAC-SHA256 Credential=a/2026-01-01/trtc/tc3_request, SignedHeaders=host",
+                "Signature is missing",
+            ),
+            (
+                "TC3-HMAC-SHA256 Credential=a/2026-01-01/trtc/tc3_request, SignedHeaders=host;;x, Signature=00",
+                "SignedHeaders has an empty name",
+            ),
         ] {
             let e = parse_authorization(bad).expect_err(bad);
-            assert_eq!(e.code(), "AuthFailure.InvalidAuthorization");
+            assert_eq!(e.code(), "AuthFailure.InvalidAuthorization", "{bad}");
+            assert!(e.to_string().contains(named), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn extreme_clock_distances_are_expired_not_a_panic() {
+        for ts in [i64::MIN, i64::MAX, 0] {
+            assert_eq!(
+                verify_vector(GOOD, ts, VECTOR_BODY).map_err(|e| e.code()),
+                Err("AuthFailure.SignatureExpire"),
+                "{ts}"
+            );
         }
     }
 
@@ -357,5 +388,28 @@ mod tests {
         };
         let h = authorization_header("AKIDtest", "secret", "trtc", 1_795_248_959, &req);
         assert_eq!(h, GOOD);
+        // Back through the parser and the verifier: the header we write is
+        // one we accept, field by field.
+        let auth = parse_authorization(&h).expect("parses");
+        assert_eq!(
+            (
+                auth.secret_id.as_str(),
+                auth.date.as_str(),
+                auth.service.as_str()
+            ),
+            ("AKIDtest", "2026-11-21", "trtc")
+        );
+        assert_eq!(auth.signed_headers, ["content-type", "host"]);
+        let lookup = |id: &str| (id == "AKIDtest").then(|| "secret".to_owned());
+        assert_eq!(
+            verify(&auth, "trtc", 1_795_248_959, 1_795_248_959, &req, lookup),
+            Ok(())
+        );
+        let wrong_key = |_: &str| Some("other".to_owned());
+        assert_eq!(
+            verify(&auth, "trtc", 1_795_248_959, 1_795_248_959, &req, wrong_key)
+                .map_err(|e| e.code()),
+            Err("AuthFailure.SignatureFailure")
+        );
     }
 }

@@ -298,9 +298,22 @@ pub enum RenderMode {
     SmartStretch,
 }
 
-/// `#RRGGBB`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// An sRGB colour, 8 bits per channel (`#RRGGBB` in the API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Rgb(pub u8, pub u8, pub u8);
+
+impl Rgb {
+    /// BT.601 limited-range Y'CbCr ([`kiroku_gpu::Yuv::from_rgb601`]).
+    pub const fn to_yuv601(self) -> kiroku_gpu::Yuv {
+        kiroku_gpu::Yuv::from_rgb601(self.0, self.1, self.2)
+    }
+}
+
+impl From<(u8, u8, u8)> for Rgb {
+    fn from((r, g, b): (u8, u8, u8)) -> Self {
+        Self(r, g, b)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rect {

@@ -535,12 +535,17 @@ mod tests {
     }
 
     #[test]
-    fn silence_is_a_valid_adts_frame() {
+    fn silence_is_an_adts_frame_that_decodes_to_silence() {
         for (rate, ch) in [(48_000, 2), (44_100, 1), (16_000, 2)] {
             let f = silent_frame(rate, ch).expect("frame");
             assert_eq!(adts_payload_info(&f), Some((rate, ch, 1)));
             let decoded = syom::decode_with(&f, &syom::DecodeOptions::audio()).expect("decodes");
-            let _ = decoded;
+            assert_eq!(decoded.sample_rate, rate);
+            assert_eq!(decoded.channels.len(), usize::from(ch));
+            for samples in &decoded.channels {
+                assert_eq!(samples.len(), 1024, "one AAC frame per channel");
+                assert!(samples.iter().all(|v| *v == 0.0), "silent at {rate} Hz");
+            }
         }
     }
 }

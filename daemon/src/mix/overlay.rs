@@ -27,14 +27,9 @@
 //!
 //! # Colour conversion
 //!
-//! [`rgb_to_yuv`] is the mixer's only RGB → Y'CbCr conversion: BT.601,
-//! limited range, `Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255`,
-//! `Cb = 128 + (−37.797 R − 74.203 G + 112 B) / 255`,
-//! `Cr = 128 + (112 R − 93.786 G − 18.214 B) / 255`, evaluated in integers
-//! (coefficients × 1000) and rounded to nearest, which gives exactly the
-//! rounded real-valued result: white is (235, 128, 128), black (16, 128,
-//! 128). The test publisher's `Rgb::to_yuv601` uses the same matrix and
-//! rounding, and a test checks that the two agree.
+//! RGB → Y'CbCr is BT.601 limited range, `kiroku_gpu::Yuv::from_rgb601`
+//! (through `Rgb::to_yuv601`), the project's one conversion, which the test
+//! publisher's pictures use too.
 //!
 //! 4:2:0 chroma: each chroma sample stands for a 2×2 block of pixels (fewer
 //! at the right and bottom edges of odd-sized pictures). Its Cb and Cr are
@@ -280,7 +275,7 @@ fn decode_png(bytes: &[u8], limits: &ImageLimits) -> Result<Picture, ImageError>
             3 => (Rgb(px[0], px[1], px[2]), 255),
             _ => (Rgb(px[0], px[1], px[2]), px[3]),
         };
-        (rgb_to_yuv(rgb), alpha)
+        (rgb.to_yuv601(), alpha)
     }))
 }
 
@@ -312,24 +307,8 @@ fn decode_jpeg(bytes: &[u8], limits: &ImageLimits) -> Result<Picture, ImageError
     }
     Ok(build_picture(width, height, |x, y| {
         let at = y * row + x * 3;
-        (rgb_to_yuv(Rgb(rgb[at], rgb[at + 1], rgb[at + 2])), 255)
+        (Rgb(rgb[at], rgb[at + 1], rgb[at + 2]).to_yuv601(), 255)
     }))
-}
-
-/// sRGB → BT.601 limited-range Y'CbCr; see the module docs.
-pub const fn rgb_to_yuv(color: Rgb) -> Yuv {
-    let (r, g, b) = (color.0 as i64, color.1 as i64, color.2 as i64);
-    // Every numerator is positive for 8-bit inputs, so adding half the
-    // divisor before the division rounds to nearest.
-    const D: i64 = 255_000;
-    let y = (16 * D + 65_481 * r + 128_553 * g + 24_966 * b + D / 2) / D;
-    let u = (128 * D - 37_797 * r - 74_203 * g + 112_000 * b + D / 2) / D;
-    let v = (128 * D + 112_000 * r - 93_786 * g - 18_214 * b + D / 2) / D;
-    Yuv {
-        y: y as u8,
-        u: u as u8,
-        v: v as u8,
-    }
 }
 
 /// Builds the planes of a `width × height` picture from its pixels' colour
@@ -552,8 +531,8 @@ pub fn render_text(
     box_w: u32,
     box_h: u32,
 ) -> Picture {
-    let plate = background.map(|bg| (rgb_to_yuv(bg), 255));
-    render_text_on_plate(text, font_size_px, rgb_to_yuv(color), plate, box_w, box_h)
+    let plate = background.map(|bg| (bg.to_yuv601(), 255));
+    render_text_on_plate(text, font_size_px, color.to_yuv601(), plate, box_w, box_h)
 }
 
 /// Text of colour `color` over a plate of colour and alpha `plate` (none:
@@ -704,7 +683,7 @@ pub fn timestamp_rect(
 }
 
 /// White, over a black plate at 50 % opacity.
-const TIMESTAMP_COLOR: Yuv = rgb_to_yuv(Rgb(255, 255, 255));
+const TIMESTAMP_COLOR: Yuv = Rgb(255, 255, 255).to_yuv601();
 const TIMESTAMP_PLATE: (Yuv, u8) = (Yuv::BLACK, 128);
 
 /// The timestamp watermark of one canvas: a fixed box, re-rendered only when
@@ -834,7 +813,7 @@ mod tests {
     #[test]
     fn pure_colours_convert_per_bt601_limited_range() {
         let yuv = |r, g, b| {
-            let c = rgb_to_yuv(Rgb(r, g, b));
+            let c = Rgb(r, g, b).to_yuv601();
             (c.y, c.u, c.v)
         };
         assert_eq!(yuv(255, 255, 255), (235, 128, 128));
@@ -843,23 +822,6 @@ mod tests {
         assert_eq!(yuv(0, 255, 0), (145, 54, 34));
         assert_eq!(yuv(0, 0, 255), (41, 240, 110));
         assert_eq!(yuv(128, 128, 128), (126, 128, 128));
-    }
-
-    #[test]
-    fn conversion_matches_the_test_publisher() {
-        for r in (0..=255u8).step_by(3) {
-            for g in (0..=255u8).step_by(5) {
-                for b in (0..=255u8).step_by(7) {
-                    let ours = rgb_to_yuv(Rgb(r, g, b));
-                    let theirs = crate::publish::source::Rgb(r, g, b).to_yuv601();
-                    assert_eq!(
-                        (ours.y, ours.u, ours.v),
-                        (theirs.y, theirs.u, theirs.v),
-                        "rgb {r} {g} {b}"
-                    );
-                }
-            }
-        }
     }
 
     #[test]
@@ -876,9 +838,9 @@ mod tests {
         assert_eq!(picture.y.len(), 9);
         assert_eq!((picture.u.len(), picture.v.len()), (4, 4));
         let (red, green, blue) = (
-            rgb_to_yuv(Rgb(255, 0, 0)),
-            rgb_to_yuv(Rgb(0, 255, 0)),
-            rgb_to_yuv(Rgb(0, 0, 255)),
+            Rgb(255, 0, 0).to_yuv601(),
+            Rgb(0, 255, 0).to_yuv601(),
+            Rgb(0, 0, 255).to_yuv601(),
         );
         assert_eq!(&picture.y[0..3], &[red.y, green.y, blue.y]);
         let [alpha, chroma_alpha] = picture.alpha.clone().expect("alpha planes");
@@ -906,7 +868,7 @@ mod tests {
         ];
         let picture =
             decode_image(&encode_rgba_png(2, 2, &rgba), &ImageLimits::default()).expect("decode");
-        let red = rgb_to_yuv(Rgb(255, 0, 0));
+        let red = Rgb(255, 0, 0).to_yuv601();
         assert_eq!((picture.u[0], picture.v[0]), (red.u, red.v));
         let [_, chroma_alpha] = picture.alpha.expect("alpha planes");
         assert_eq!(chroma_alpha, vec![64]);
@@ -924,7 +886,7 @@ mod tests {
         let png = encode_png(3, 2, png::ColorType::Rgb, png::BitDepth::Eight, None, &rgb);
         let picture = decode_image(&png, &ImageLimits::default()).expect("decode");
         assert!(picture.alpha.is_none());
-        assert_eq!(picture.y[1], rgb_to_yuv(Rgb(33, 44, 55)).y);
+        assert_eq!(picture.y[1], Rgb(33, 44, 55).to_yuv601().y);
     }
 
     #[test]
@@ -976,8 +938,8 @@ mod tests {
         assert!(picture.alpha.is_none());
         let near = |got: u8, want: u8| got.abs_diff(want) <= 4;
         let (orange, blue) = (
-            rgb_to_yuv(Rgb(orange[0], orange[1], orange[2])),
-            rgb_to_yuv(Rgb(blue[0], blue[1], blue[2])),
+            Rgb(orange[0], orange[1], orange[2]).to_yuv601(),
+            Rgb(blue[0], blue[1], blue[2]).to_yuv601(),
         );
         // Away from the colour edge, where JPEG's chroma subsampling blurs.
         let left = 4 * 17 + 1;
@@ -1216,7 +1178,7 @@ mod tests {
         let picture = render_text("Hi", 20, WHITE, Some(Rgb(0, 0, 255)), 61, 33);
         assert!(picture.alpha.is_none());
         assert_eq!((picture.u.len(), picture.y.len()), (31 * 17, 61 * 33));
-        let blue = rgb_to_yuv(Rgb(0, 0, 255));
+        let blue = Rgb(0, 0, 255).to_yuv601();
         assert_eq!(picture.y[0], blue.y);
         assert_eq!(picture.y[61 * 33 - 1], blue.y);
         assert!(picture.y.contains(&235), "no solid text pixel");

@@ -42,49 +42,8 @@ use openh264::formats::YUVSlices;
 use openh264::OpenH264API;
 use openh264::Timestamp;
 
-/// An sRGB colour, 8 bits per channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Rgb(pub u8, pub u8, pub u8);
-
-/// A Y'CbCr colour as 8-bit codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Yuv {
-    /// Luma, 16..=235.
-    pub y: u8,
-    /// Blue-difference chroma (Cb), 16..=240.
-    pub u: u8,
-    /// Red-difference chroma (Cr), 16..=240.
-    pub v: u8,
-}
-
-impl Rgb {
-    /// Converts to BT.601 limited-range Y'CbCr, the matrix the stream signals
-    /// in its VUI. Tests that look for a publisher's rectangle in a decoded
-    /// recording should compare against this.
-    pub const fn to_yuv601(self) -> Yuv {
-        let (r, g, b) = (self.0 as i64, self.1 as i64, self.2 as i64);
-        // Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255 and likewise for
-        // Cb and Cr (Rec. 601 studio swing), scaled by 1000 to stay in
-        // integers. Every numerator is positive for 8-bit inputs, so adding
-        // half the divisor rounds to nearest: the codes match the
-        // real-valued matrix exactly, not just within one.
-        const D: i64 = 255_000;
-        let y = (16 * D + 65_481 * r + 128_553 * g + 24_966 * b + D / 2) / D;
-        let u = (128 * D - 37_797 * r - 74_203 * g + 112_000 * b + D / 2) / D;
-        let v = (128 * D + 112_000 * r - 93_786 * g - 18_214 * b + D / 2) / D;
-        Yuv {
-            y: y as u8,
-            u: u as u8,
-            v: v as u8,
-        }
-    }
-}
-
-impl From<(u8, u8, u8)> for Rgb {
-    fn from((r, g, b): (u8, u8, u8)) -> Self {
-        Self(r, g, b)
-    }
-}
+pub use crate::domain::params::Rgb;
+pub use kiroku_gpu::Yuv;
 
 impl fmt::Display for Rgb {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -51,7 +51,7 @@ use crate::mix::audio::AudioMixer;
 use crate::mix::layout::{self, Participant, TileContent};
 use crate::mix::overlay;
 use crate::record::single::{Action, FileInfo, Stats};
-use crate::record::subscribe::{media_of, Admission, Current, OfferedTrack};
+use crate::record::subscribe::{media_of, Admission, OfferedTrack, Subscribed};
 use crate::record::timeline::{TrackClock, UserClock};
 use crate::room::{Codec, MediaFrame, TrackKind};
 
@@ -136,6 +136,18 @@ struct Sub {
     first_placed: Option<i64>,
     /// Timeline time of the latest frame placed.
     last_placed: Option<i64>,
+}
+
+impl Subscribed for Sub {
+    fn user_id(&self) -> &str {
+        &self.user_id
+    }
+    fn kind(&self) -> TrackKind {
+        self.kind
+    }
+    fn session_id(&self) -> &str {
+        &self.session_id
+    }
 }
 
 impl Sub {
@@ -371,16 +383,10 @@ impl MixedRecorder {
     pub fn reconcile(&mut self, offered: &[OfferedTrack]) -> Vec<Action> {
         let mut actions = Vec::new();
         let st = &self.settings;
-        let current = self.subs.iter().map(|(tag, s)| Current {
-            tag: *tag,
-            user_id: &s.user_id,
-            kind: s.kind,
-            session_id: &s.session_id,
-        });
-        let plan = self.admission.plan(
+        let plan = self.admission.plan_for(
             (st.stream_type, st.media, &self.subscription),
             offered,
-            current,
+            &self.subs,
         );
         for (user_id, media) in plan.refused {
             actions.push(Action::StreamRefused { user_id, media });
@@ -707,7 +713,7 @@ impl MixedRecorder {
         let (cw, ch) = self.canvas_size();
         let mut layers = std::mem::take(&mut self.scene[0].layers);
         layers.clear();
-        let bg = overlay::rgb_to_yuv(self.layout.background_color);
+        let bg = self.layout.background_color.to_yuv601();
         layers.push(Layer::Fill {
             dst: Rect::new(0, 0, cw, ch),
             color: bg,
@@ -1019,7 +1025,7 @@ mod tests {
     }
 
     fn yuv(c: Rgb) -> Yuv {
-        overlay::rgb_to_yuv(c)
+        c.to_yuv601()
     }
 
     fn transcode(fps: u32) -> MixTranscode {

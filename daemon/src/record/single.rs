@@ -21,7 +21,7 @@ use crate::domain::params::{MediaSelection, StreamType, Subscription};
 use crate::hls::naming::{Media, Naming, TrackType};
 use crate::hls::segmenter::SegmenterConfig;
 use crate::hls::stream::{HlsStream, Output, StreamId};
-use crate::record::subscribe::{media_of, Admission, Current};
+use crate::record::subscribe::{media_of, Admission, Subscribed};
 pub use crate::record::subscribe::{OfferedTrack, MAX_STREAMS};
 use crate::record::timeline::{TrackClock, UserClock};
 use crate::room::{Codec, MediaFrame, TrackKind};
@@ -103,6 +103,18 @@ struct Sub {
     clock: TrackClock,
 }
 
+impl Subscribed for Sub {
+    fn user_id(&self) -> &str {
+        &self.user_id
+    }
+    fn kind(&self) -> TrackKind {
+        self.kind
+    }
+    fn session_id(&self) -> &str {
+        &self.session_id
+    }
+}
+
 pub struct SingleRecorder {
     settings: Settings,
     subscription: Subscription,
@@ -158,16 +170,10 @@ impl SingleRecorder {
     pub fn reconcile(&mut self, offered: &[OfferedTrack]) -> Vec<Action> {
         let mut actions = Vec::new();
         let st = &self.settings;
-        let current = self.subs.iter().map(|(tag, s)| Current {
-            tag: *tag,
-            user_id: &s.user_id,
-            kind: s.kind,
-            session_id: &s.session_id,
-        });
-        let plan = self.admission.plan(
+        let plan = self.admission.plan_for(
             (st.stream_type, st.media, &self.subscription),
             offered,
-            current,
+            &self.subs,
         );
         for (user_id, media) in plan.refused {
             actions.push(Action::StreamRefused { user_id, media });

@@ -133,6 +133,31 @@ impl Admission {
     }
 }
 
+/// What a recorder's live subscription says about itself, for [`diff`].
+pub trait Subscribed {
+    fn user_id(&self) -> &str;
+    fn kind(&self) -> TrackKind;
+    fn session_id(&self) -> &str;
+}
+
+impl Admission {
+    /// [`Admission::plan`] against a recorder's live subscriptions by tag.
+    pub fn plan_for<'a, S: Subscribed>(
+        &mut self,
+        wanted: (StreamType, MediaSelection, &Subscription),
+        offered: &'a [OfferedTrack],
+        subs: &std::collections::HashMap<u64, S>,
+    ) -> Plan<'a> {
+        let current = subs.iter().map(|(tag, s)| Current {
+            tag: *tag,
+            user_id: s.user_id(),
+            kind: s.kind(),
+            session_id: s.session_id(),
+        });
+        self.plan(wanted, offered, current)
+    }
+}
+
 /// One live subscription as [`diff`] sees it.
 pub struct Current<'a> {
     pub tag: u64,

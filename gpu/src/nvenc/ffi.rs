@@ -1060,24 +1060,46 @@ mod tests {
         }
     }
 
+    /// Without the driver: `Unavailable` naming the library. With it: the
+    /// encoder opens and makes an IDR picture from a black frame, or (a GPU
+    /// without NVENC, such as an H100) refuses with a reason that is not
+    /// the missing library. Either way, never a crash.
     #[test]
-    fn open_without_the_driver_is_unavailable_not_a_crash() {
-        let opened = NvencEncoder::open(EncoderSettings {
+    fn open_is_unavailable_without_the_driver_and_encodes_or_says_why_with_it() {
+        let settings = EncoderSettings {
             width: 640,
             height: 360,
             fps: 30,
             bitrate_bps: 800_000,
             gop_frames: 60,
-        });
-        let library_missing = matches!(
-            &opened,
-            Err(EncodeError::Unavailable(reason)) if reason.contains(NVENC_LIBRARY)
-        );
-        assert_eq!(
-            library_missing,
-            !nvenc_library_loads(),
-            "{:?}",
-            opened.err()
-        );
+        };
+        let opened = NvencEncoder::open(settings);
+        if !nvenc_library_loads() {
+            assert!(
+                matches!(&opened, Err(EncodeError::Unavailable(reason)) if reason.contains(NVENC_LIBRARY)),
+                "{:?}",
+                opened.err()
+            );
+            return;
+        }
+        match opened {
+            Ok(mut encoder) => {
+                use crate::VideoEncoder;
+                let black = crate::Picture::filled(640, 360, crate::Yuv::BLACK);
+                let frame = encoder
+                    .encode(&black, true)
+                    .expect("a forced key frame encodes")
+                    .expect("a forced key frame is not skipped");
+                assert!(frame.keyframe);
+                assert!(
+                    frame.data.starts_with(&[0, 0, 0, 1]) || frame.data.starts_with(&[0, 0, 1])
+                );
+            }
+            Err(EncodeError::Unavailable(reason)) => {
+                assert!(!reason.contains(NVENC_LIBRARY), "{reason}");
+                assert!(!reason.is_empty());
+            }
+            Err(other) => panic!("neither an encoder nor a reason: {other:?}"),
+        }
     }
 }
