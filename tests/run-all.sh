@@ -35,6 +35,16 @@ step "python venv (.venv) with tests/e2e/requirements.txt"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -r tests/e2e/requirements.txt
 
+# --- Node.js: Tencent's Node.js SDK for tests/e2e/test_nodejs_sdk.py -------
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  step "apt-get install nodejs npm"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm
+fi
+step "npm ci (tests/e2e/node: tencentcloud-sdk-nodejs, pinned)"
+npm ci --prefix tests/e2e/node --no-audit --no-fund --loglevel=error
+
 # --- Rust -----------------------------------------------------------------
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -45,14 +55,14 @@ cargo clippy -p kiroku-gpu --features nvenc --all-targets --locked -- -D warning
 cargo clippy -p kiroku --features nvenc --locked -- -D warnings
 step "cargo build"
 cargo build --workspace --locked
-step "cargo test (KIROKU_REQUIRE_GPU_TESTS: the wgpu compositor must run on lavapipe)"
+step "cargo test (required: ffprobe/moto (TOOLS), the wgpu compositor on lavapipe (GPU_TESTS), io_uring for the spool (URING))"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
-KIROKU_REQUIRE_TOOLS=1 KIROKU_REQUIRE_GPU_TESTS=1 cargo test --workspace --locked
+KIROKU_REQUIRE_TOOLS=1 KIROKU_REQUIRE_GPU_TESTS=1 KIROKU_REQUIRE_URING=1 cargo test --workspace --locked
 KIROKU_REQUIRE_GPU_TESTS=1 cargo test -p kiroku-gpu --features nvenc --locked nvenc
 
 # --- end to end -----------------------------------------------------------
 step "end-to-end tests (tests/e2e, Tencent SDK against the real binary)"
-KIROKU_BIN="$PWD/target/debug/kiroku" .venv/bin/python -m pytest -q tests/e2e
+KIROKU_REQUIRE_ALL=1 KIROKU_REQUIRE_GPU_TESTS=1 KIROKU_REQUIRE_TOOLS=1 KIROKU_BIN="$PWD/target/debug/kiroku" .venv/bin/python -m pytest -q tests/e2e
 
 # --- benchmark smoke --------------------------------------------------------
 step "API benchmark (short, debug build; figures in docs/performance.md come from release builds)"

@@ -67,6 +67,7 @@ struct RawServer {
     public_url: Option<String>,
     max_body_bytes: Option<usize>,
     shutdown_grace_seconds: Option<u64>,
+    signed_services: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -159,6 +160,10 @@ pub struct ServerConfig {
     pub public_url: String,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
+    /// Credential-scope services a TC3 signature may name; `None` accepts
+    /// any (Tencent's Node.js and Java SDKs sign for the endpoint's first
+    /// DNS label, e.g. `127` for `127.0.0.1:8080`). docs/api.md.
+    pub signed_services: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -526,6 +531,30 @@ impl Config {
             ));
         }
         let shutdown_grace = Duration::from_secs(raw.server.shutdown_grace_seconds.unwrap_or(30));
+        let signed_services = match raw.server.signed_services {
+            Some(list) if list.is_empty() => {
+                return Err(invalid(
+                    "server.signed_services",
+                    "must name at least one service (leave it out to accept any)",
+                ))
+            }
+            Some(list) => {
+                if let Some(bad) = list.iter().find(|s| {
+                    s.is_empty()
+                        || s.len() > 63
+                        || !s
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                }) {
+                    return Err(invalid(
+                        "server.signed_services",
+                        format!("`{bad}` is not a service name (letters, digits, '-' and '.')"),
+                    ));
+                }
+                Some(list)
+            }
+            None => None,
+        };
 
         let max_tasks = raw.limits.max_tasks.unwrap_or(DEFAULT_MAX_TASKS);
         if max_tasks == 0 {
@@ -739,6 +768,7 @@ impl Config {
                 public_url,
                 max_body_bytes,
                 shutdown_grace,
+                signed_services,
             },
             limits: Limits {
                 max_tasks,

@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 
 use super::error::{codes, ApiError};
 use super::ratelimit::RateLimiter;
-use super::{model, tc3, validate, Action, API_VERSION, SERVICE};
+use super::{model, tc3, validate, Action, API_VERSION};
 use crate::auth::usersig;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -242,7 +242,8 @@ fn authenticate(
         headers: &signed,
         payload_hash: &payload_hash,
     };
-    tc3::verify(&auth, SERVICE, timestamp, unix_secs_signed(), &req, |id| {
+    let services = api.config.server.signed_services.as_deref();
+    tc3::verify(&auth, services, timestamp, unix_secs_signed(), &req, |id| {
         api.config
             .credentials
             .iter()

@@ -13,7 +13,8 @@ pub mod validate;
 
 /// `X-TC-Version` of the TRTC API.
 pub const API_VERSION: &str = "2019-07-22";
-/// Service name in the TC3 credential scope.
+/// The service Tencent signs TRTC requests for (its own endpoint requires
+/// it; kiroku accepts the label an SDK states, see `tc3::verify`).
 pub const SERVICE: &str = "trtc";
 
 /// The four actions, plus a label for everything else.

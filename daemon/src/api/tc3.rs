@@ -114,6 +114,7 @@ pub fn parse_authorization(value: &str) -> Result<Authorization, AuthError> {
 }
 
 /// What is signed about one request.
+#[derive(Debug, Clone, Copy)]
 pub struct SignedRequest<'a> {
     pub method: &'a str,
     pub path: &'a str,
@@ -202,9 +203,19 @@ pub fn utc_date(timestamp: i64) -> String {
 
 /// Checks a request's signature. `lookup` maps a SecretId to its key;
 /// `now` is the server's Unix time in seconds.
+///
+/// What Tencent's SDKs do differently, and is accepted (docs/api.md):
+/// - the credential scope's service is the one the client states (the
+///   Node.js and Java SDKs take it from the endpoint's first DNS label, so
+///   an SDK pointed at `127.0.0.1:8080` signs for `127`); it is part of the
+///   key derivation, so the secret key is required all the same.
+///   `services` pins the accepted names when the operator wants that.
+/// - the signed `host` may leave out the port of the `Host` header as sent
+///   (the Node.js SDK signs the host name alone): the signature is checked
+///   against the header as sent, then against it without its port.
 pub fn verify(
     auth: &Authorization,
-    expected_service: &str,
+    services: Option<&[String]>,
     timestamp: i64,
     now: i64,
     req: &SignedRequest<'_>,
@@ -222,11 +233,20 @@ pub fn verify(
             skew,
         });
     }
-    if auth.service != expected_service {
-        return Err(AuthError::Mismatch(format!(
-            "the credential scope names service `{}`; this endpoint is `{expected_service}`",
+    if !is_service_label(&auth.service) {
+        return Err(AuthError::Malformed(format!(
+            "the credential scope's service `{}` is not a service name (letters, digits, '-' and '.', at most 63)",
             auth.service
         )));
+    }
+    if let Some(allowed) = services {
+        if !allowed.contains(&auth.service) {
+            return Err(AuthError::Mismatch(format!(
+                "the credential scope names service `{}`; this appliance accepts {} (server.signed_services)",
+                auth.service,
+                allowed.join(", ")
+            )));
+        }
     }
     if auth.date != utc_date(timestamp) {
         return Err(AuthError::Mismatch(format!(
@@ -235,21 +255,59 @@ pub fn verify(
             utc_date(timestamp)
         )));
     }
-    let expected = sign(&secret_key, &auth.service, &auth.date, timestamp, req);
-    // Compare in constant time: the signature is a secret-derived MAC.
-    let matches = expected.len() == auth.signature.len()
-        && expected
-            .bytes()
-            .zip(auth.signature.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if matches {
+    let matches = |req: &SignedRequest<'_>| {
+        let expected = sign(&secret_key, &auth.service, &auth.date, timestamp, req);
+        // Compare in constant time: the signature is a secret-derived MAC.
+        expected.len() == auth.signature.len()
+            && expected
+                .bytes()
+                .zip(auth.signature.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    };
+    let without_port: Option<Vec<(String, String)>> = req
+        .headers
+        .iter()
+        .any(|(n, v)| n == "host" && strip_port(v).is_some())
+        .then(|| {
+            req.headers
+                .iter()
+                .map(|(n, v)| match strip_port(v) {
+                    Some(host) if n == "host" => (n.clone(), host.to_owned()),
+                    _ => (n.clone(), v.clone()),
+                })
+                .collect()
+        });
+    let matched = matches(req)
+        || without_port
+            .as_ref()
+            .is_some_and(|headers| matches(&SignedRequest { headers, ..*req }));
+    if matched {
         Ok(())
     } else {
         Err(AuthError::Mismatch(
             "the request signature does not match: check the SecretKey and that the signed headers and body are sent unmodified".to_owned(),
         ))
     }
+}
+
+/// A credential-scope service: a DNS-label-like name (Tencent's are
+/// lower-case words; an SDK pointed at an IP address signs its first
+/// octet).
+fn is_service_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// `host:port` → `host` (`[v6]:port` → `[v6]`); `None` without a port.
+fn strip_port(host: &str) -> Option<&str> {
+    let (name, port) = host.rsplit_once(':')?;
+    let bracketed_v6 = name.starts_with('[') && name.ends_with(']');
+    let plain = !name.contains(':');
+    (!port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && (bracketed_v6 || plain))
+        .then_some(name)
 }
 
 #[cfg(test)]
@@ -294,7 +352,7 @@ mod tests {
             headers: &headers,
             payload_hash: &hash,
         };
-        verify(&auth, "trtc", 1_795_248_959, now, &req, |id| {
+        verify(&auth, None, 1_795_248_959, now, &req, |id| {
             (id == "AKIDtest").then(|| "secret".to_owned())
         })
     }
@@ -402,14 +460,110 @@ mod tests {
         assert_eq!(auth.signed_headers, ["content-type", "host"]);
         let lookup = |id: &str| (id == "AKIDtest").then(|| "secret".to_owned());
         assert_eq!(
-            verify(&auth, "trtc", 1_795_248_959, 1_795_248_959, &req, lookup),
+            verify(&auth, None, 1_795_248_959, 1_795_248_959, &req, lookup),
             Ok(())
         );
         let wrong_key = |_: &str| Some("other".to_owned());
         assert_eq!(
-            verify(&auth, "trtc", 1_795_248_959, 1_795_248_959, &req, wrong_key)
+            verify(&auth, None, 1_795_248_959, 1_795_248_959, &req, wrong_key)
                 .map_err(|e| e.code()),
             Err("AuthFailure.SignatureFailure")
         );
+    }
+
+    /// Signs the vector request as a client would, with `service` in the
+    /// scope and `signed_host` as the host it signs.
+    fn signed_as(service: &str, signed_host: &str) -> String {
+        let headers = vec![
+            ("content-type".to_owned(), "application/json".to_owned()),
+            ("host".to_owned(), signed_host.to_owned()),
+        ];
+        let hash = sha256_hex(VECTOR_BODY.as_bytes());
+        let req = SignedRequest {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &headers,
+            payload_hash: &hash,
+        };
+        authorization_header("AKIDtest", "secret", service, 1_795_248_959, &req)
+    }
+
+    fn verify_as_sent(header: &str, services: Option<&[String]>) -> Result<(), &'static str> {
+        let auth = parse_authorization(header).map_err(|e| e.code())?;
+        let headers = vector_headers(); // Host: 127.0.0.1:18080, as sent
+        let hash = sha256_hex(VECTOR_BODY.as_bytes());
+        let req = SignedRequest {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &headers,
+            payload_hash: &hash,
+        };
+        verify(&auth, services, 1_795_248_959, 1_795_248_959, &req, |id| {
+            (id == "AKIDtest").then(|| "secret".to_owned())
+        })
+        .map_err(|e| e.code())
+    }
+
+    /// Tencent's Node.js SDK pointed at 127.0.0.1:18080: scope service
+    /// `127` (the endpoint's first label), host signed without the port.
+    #[test]
+    fn the_nodejs_sdk_signature_is_accepted_and_still_needs_the_key() {
+        let node = signed_as("127", "127.0.0.1");
+        assert_eq!(verify_as_sent(&node, None), Ok(()));
+        // The same request signed for `trtc` with the port (the Python SDK).
+        assert_eq!(
+            verify_as_sent(&signed_as("trtc", "127.0.0.1:18080"), None),
+            Ok(())
+        );
+        // A hostname endpoint (`kiroku.example.com` signs `kiroku`).
+        assert_eq!(
+            verify_as_sent(&signed_as("kiroku", "127.0.0.1"), None),
+            Ok(())
+        );
+        // The scope's service is in the key derivation: changing it in the
+        // header without the key breaks the signature.
+        let forged = node.replace("/127/", "/trtc/");
+        assert_eq!(
+            verify_as_sent(&forged, None),
+            Err("AuthFailure.SignatureFailure")
+        );
+        // Another host is not "the same host without its port".
+        assert_eq!(
+            verify_as_sent(&signed_as("trtc", "10.0.0.1"), None),
+            Err("AuthFailure.SignatureFailure")
+        );
+        assert_eq!(
+            verify_as_sent(&signed_as("trtc", "127.0.0.1:9999"), None),
+            Err("AuthFailure.SignatureFailure")
+        );
+    }
+
+    #[test]
+    fn pinned_services_refuse_the_others_by_name() {
+        let pinned = ["trtc".to_owned()];
+        assert_eq!(
+            verify_as_sent(&signed_as("trtc", "127.0.0.1"), Some(&pinned)),
+            Ok(())
+        );
+        assert_eq!(
+            verify_as_sent(&signed_as("127", "127.0.0.1"), Some(&pinned)),
+            Err("AuthFailure.SignatureFailure")
+        );
+        for bad in ["", "a b", "x/y"] {
+            let header = signed_as("trtc", "127.0.0.1").replace("/trtc/", &format!("/{bad}/"));
+            assert!(verify_as_sent(&header, None).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ports_are_stripped_only_from_host_port_forms() {
+        assert_eq!(strip_port("127.0.0.1:8080"), Some("127.0.0.1"));
+        assert_eq!(strip_port("box.example:443"), Some("box.example"));
+        assert_eq!(strip_port("[::1]:8080"), Some("[::1]"));
+        for none in ["127.0.0.1", "::1", "[::1]", "host:", "host:80a", ""] {
+            assert_eq!(strip_port(none), None, "{none}");
+        }
     }
 }

@@ -1,4 +1,16 @@
-//! Media formats: bitstream parsing now; TS/HLS/MP4 muxing later.
+//! Media formats, pure: H.264 Annex-B and SPS parsing (`h264`, the one SPS
+//! parser), RTP timestamp unwrapping (`rtp_time`), Opus → AAC (`aac`), the
+//! MPEG-TS muxer (`ts`) and its demuxer (`ts_demux`), and the MP4 packer
+//! (`mp4`: faststart MP4/M4A/ADTS from recorded TS). `h264_codec` wraps
+//! OpenH264 for decoding pictures and encoding the mixed canvas.
+//!
+//! ```text
+//!   H.264 AUs + ADTS ──ts──▶ TS segments ──ts_demux──▶ PES ──mp4──▶ MP4 / M4A / .aac
+//! ```
+//!
+//! Out of scope: files, sockets and clocks (callers hand bytes in and take
+//! bytes out), HLS naming and playlists (`hls`), and any codec other than
+//! H.264 and AAC/Opus.
 
 pub mod aac;
 pub mod h264;

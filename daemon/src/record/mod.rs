@@ -1,5 +1,21 @@
-//! Recording: naming, playlists, segmenting, the shared timeline, and the
-//! single-stream recorder (sans-IO core in `single`, IO in `worker`).
+//! The recorders: what turns a room's media into HLS files for one task.
+//!
+//! ```text
+//!   room fan-out ──▶ worker (thread) ──▶ single | mixed (sans-IO cores) ──▶ actions ──▶ output::Store
+//!                       ▲ build (from the task record)    ▲ timeline, subscribe
+//! ```
+//!
+//! - `single` (one HLS stream per user and media) and `mixed` (one
+//!   composited stream) are pure cores: frames and time in, files and
+//!   events out. `timeline` maps each user's RTP clocks onto the shared
+//!   server timeline; `subscribe` decides which tracks a task records.
+//! - `worker` is the IO edge: one thread per task, the bounded frame
+//!   channel, store writes, metrics, events to the task runner. `build`
+//!   puts a recorder together from a task record; `compose` hands out
+//!   compositors (per task on the CPU, or the shared wgpu service).
+//!
+//! Out of scope: when a task starts or stops (`task`), where files end up
+//! (`output`), HLS naming and segmenting themselves (`hls`).
 
 pub mod build;
 pub mod compose;
