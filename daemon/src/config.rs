@@ -539,16 +539,15 @@ impl Config {
                 ))
             }
             Some(list) => {
-                if let Some(bad) = list.iter().find(|s| {
-                    s.is_empty()
-                        || s.len() > 63
-                        || !s
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-                }) {
+                // A name with a '/' or a space could never stand in a
+                // credential scope: refuse it rather than never match.
+                if let Some(bad) = list
+                    .iter()
+                    .find(|s| s.is_empty() || s.bytes().any(|b| b == b'/' || !b.is_ascii_graphic()))
+                {
                     return Err(invalid(
                         "server.signed_services",
-                        format!("`{bad}` is not a service name (letters, digits, '-' and '.')"),
+                        format!("`{bad}` cannot be a credential-scope service"),
                     ));
                 }
                 Some(list)

@@ -235,7 +235,7 @@ pub fn verify(
     }
     if !is_service_label(&auth.service) {
         return Err(AuthError::Malformed(format!(
-            "the credential scope's service `{}` is not a service name (letters, digits, '-' and '.', at most 63)",
+            "the credential scope's service `{}` is not a service name (letters, digits and - . : _ [ ], at most 255)",
             auth.service
         )));
     }
@@ -291,14 +291,15 @@ pub fn verify(
     }
 }
 
-/// A credential-scope service: a DNS-label-like name (Tencent's are
-/// lower-case words; an SDK pointed at an IP address signs its first
-/// octet).
+/// A credential-scope service: Tencent's are lower-case words; an SDK that
+/// takes it from the endpoint's first DNS label signs the first octet of
+/// an IP address (`127`), or, for an endpoint without a dot, the whole
+/// `host:port` (`localhost:8080`, `[::1]:8080`).
 fn is_service_label(s: &str) -> bool {
     !s.is_empty()
-        && s.len() <= 63
+        && s.len() <= 255
         && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:_[]".contains(&b))
 }
 
 /// `host:port` → `host` (`[v6]:port` → `[v6]`); `None` without a port.
@@ -515,6 +516,16 @@ mod tests {
         // The same request signed for `trtc` with the port (the Python SDK).
         assert_eq!(
             verify_as_sent(&signed_as("trtc", "127.0.0.1:18080"), None),
+            Ok(())
+        );
+        // An endpoint without a dot: the Node.js, Java, PHP and .NET SDKs
+        // sign the whole `host:port` as the service.
+        assert_eq!(
+            verify_as_sent(&signed_as("localhost:18080", "127.0.0.1"), None),
+            Ok(())
+        );
+        assert_eq!(
+            verify_as_sent(&signed_as("[::1]:18080", "127.0.0.1"), None),
             Ok(())
         );
         // A hostname endpoint (`kiroku.example.com` signs `kiroku`).
