@@ -278,7 +278,21 @@ impl SingleRecorder {
         self.drain_outputs(stream_id, tag, actions);
     }
 
+    /// The subscription that carries `stream_id`'s video: `tag` itself when
+    /// it is a video track, else the stream's video subscription (AvMerge).
+    fn video_tag_of(&self, stream_id: &StreamId, tag: u64) -> Option<u64> {
+        if self.subs.get(&tag).is_some_and(|s| s.kind.is_video()) {
+            return Some(tag);
+        }
+        self.subs
+            .iter()
+            .filter(|(_, s)| s.kind.is_video() && *s.stream == *stream_id)
+            .map(|(t, _)| *t)
+            .min()
+    }
+
     fn drain_outputs(&mut self, stream_id: &StreamId, tag: u64, actions: &mut Vec<Action>) {
+        let video_tag = self.video_tag_of(stream_id, tag);
         for o in self.outputs.drain(..) {
             actions.push(match o {
                 Output::Segment { key, data } => Action::Store { key, data },
@@ -306,7 +320,13 @@ impl SingleRecorder {
                     track_type: stream_id.track_type,
                     begin_ms,
                 }),
-                Output::WantKeyframe => Action::RequestKeyframe { tag },
+                // Only a video track can answer with a key frame: in a
+                // merged (AvMerge) stream the segment may run long while
+                // audio is being placed, so ask the stream's video track.
+                Output::WantKeyframe => match video_tag {
+                    Some(tag) => Action::RequestKeyframe { tag },
+                    None => continue,
+                },
             });
         }
     }
@@ -1583,6 +1603,52 @@ mod tests {
             assert_eq!(id(TrackKind::AuxVideo).track_type, TrackType::Video);
             assert_eq!(id(TrackKind::AuxVideo).media, Media::Aux);
         }
+    }
+
+    #[test]
+    /// A merged stream's segment runs long while audio is placed into it:
+    /// the key frame is asked of the user's video track (audio cannot
+    /// answer; a browser then never sends one and the segment never ends).
+    #[test]
+    fn a_long_gop_in_a_merged_stream_asks_the_video_track() {
+        let mut rec = recorder(
+            StreamType::AudioVideo,
+            MediaSelection::Main,
+            true,
+            Subscription::default(),
+        );
+        rec.reconcile(&main_of("bob", "s"));
+        let video_tag = rec
+            .subs
+            .iter()
+            .find(|(_, s)| s.kind.is_video())
+            .map(|(t, _)| *t)
+            .expect("video subscribed");
+        let audio_tag = rec
+            .subs
+            .iter()
+            .find(|(_, s)| !s.kind.is_video())
+            .map(|(t, _)| *t)
+            .expect("audio subscribed");
+        let s = Session {
+            gop: 1_000,
+            ..Session::at_second(1, 0)
+        };
+        let frames = s.media(9, Some(audio_tag), &[video_tag], &mut Tone::new());
+        let requests: Vec<String> = summaries(&feed(&mut rec, frames))
+            .into_iter()
+            .filter(|a| a.starts_with("keyframe"))
+            .collect();
+        assert!(
+            !requests.is_empty(),
+            "a long merged segment asks for a key frame"
+        );
+        assert!(
+            requests
+                .iter()
+                .all(|r| *r == format!("keyframe {video_tag}")),
+            "{requests:?} (video is tag {video_tag}, audio {audio_tag})"
+        );
     }
 
     #[test]

@@ -1,0 +1,418 @@
+"""An independent WHIP publisher built on aiortc (PyPI), sharing no code with kiroku.
+
+Most media tests publish with `kiroku publish`, the binary under test: a bug
+shared by its publisher and its ingest could cancel out. This publisher is a
+different WebRTC stack (aiortc + aioice + PyAV's libx264 and libopus), so a
+recording judged against what it sent is judged against an outside reference.
+
+    with Publisher(whip_url(d.url, APP_ID, room, "alice"), color=(220, 40, 40), tone_hz=440) as pub:
+        time.sleep(8)
+    pub.published_seconds  # wall-clock seconds from its first frame to its stop
+
+What it sends:
+- video: a solid `color` picture (`width` x `height`, `fps`) with a small white
+  square moving along the top band (so the encoder sees motion; the centre of
+  the picture is always the solid colour), H.264 only (the transceiver's codec
+  preferences keep aiortc's H.264 packetization-mode=1 codecs and RTX);
+- audio: a sine tone at `tone_hz`, amplitude 0.25, 48 kHz mono, 20 ms frames,
+  Opus only.
+
+Frames are generated on a real-time clock: frame n of a track is produced at
+(first frame time + n * frame interval), with pts n * interval, so
+`frames_sent / fps` is the media duration that was handed to the encoder.
+
+`start()` does non-trickle WHIP (RFC 9725): aiortc's setLocalDescription
+returns once ICE gathering is complete, the offer (with every candidate) is
+POSTed as application/sdp, the 201's answer is applied, and start() returns
+once the peer connection's connectionState is "connected" (ICE + DTLS done).
+`stop()` ends the tracks, DELETEs the session URL (the Location header,
+resolved against the WHIP URL) and closes the peer connection.
+
+aioice never offers 127.0.0.1 host candidates (it skips loopback), which is
+fine against a daemon on 127.0.0.1: Linux delivers datagrams from the
+machine's other addresses to 127.0.0.1 and back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import logging
+import math
+import threading
+import time
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import av
+import numpy as np
+import requests
+from aiortc import (MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCRtpSender,
+                    RTCSessionDescription)
+from aiortc import sdp as aiortc_sdp
+from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcconfiguration import RTCBundlePolicy
+
+log = logging.getLogger("independent_publisher")
+
+VIDEO_CLOCK = 90000
+AUDIO_RATE = 48000
+AUDIO_SAMPLES = 960  # 20 ms at 48 kHz
+
+
+def whip_url(base: str, app: int, room: int | str, user: str, *, aux: bool = False,
+             string_room: bool = False) -> str:
+    """kiroku's WHIP endpoint (docs/ingest.md): POST /whip/{SdkAppId}/{RoomId}/{UserId}[/aux]."""
+    url = f"{base.rstrip('/')}/whip/{app}/{room}/{user}" + ("/aux" if aux else "")
+    return url + ("?roomType=string" if string_room else "")
+
+
+class WhipError(Exception):
+    """The WHIP endpoint refused the offer (status and body as answered)."""
+
+    def __init__(self, status: int, body: str, offer: str):
+        super().__init__(f"WHIP POST answered {status}: {body.strip()[:500]}")
+        self.status = status
+        self.body = body
+        self.offer = offer
+
+
+class ConnectError(Exception):
+    """The answer was accepted but the peer connection did not reach 'connected'."""
+
+
+class _PacedTrack(MediaStreamTrack):
+    """Produces frames in real time; counts them; ends when told to."""
+
+    def __init__(self, owner: "Publisher", interval: float):
+        super().__init__()
+        self._owner = owner
+        self._interval = interval
+        self._t0: float | None = None  # loop time of frame 0
+        self.frames = 0
+        self.first_wall: float | None = None
+        self.last_wall: float | None = None
+
+    async def _pace(self) -> int:
+        if self._owner._ending:
+            raise MediaStreamError
+        loop = asyncio.get_running_loop()
+        n = self.frames
+        if self._t0 is None:
+            self._t0 = loop.time()
+            self.first_wall = time.time()
+        else:
+            delay = self._t0 + n * self._interval - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self._owner._ending:
+                raise MediaStreamError
+        self.frames = n + 1
+        self.last_wall = time.time()
+        return n
+
+
+class _ColourVideo(_PacedTrack):
+    kind = "video"
+
+    def __init__(self, owner: "Publisher"):
+        super().__init__(owner, 1.0 / owner.fps)
+        w, h = owner.width, owner.height
+        self._base = np.empty((h, w, 3), dtype=np.uint8)
+        self._base[:, :] = owner.color
+        self._square = max(8, (min(w, h) // 12) // 2 * 2)
+        self._step = fractions.Fraction(VIDEO_CLOCK, owner.fps)
+
+    async def recv(self) -> av.VideoFrame:
+        n = await self._pace()
+        every = self._owner.keyframe_interval
+        if every and n and n % max(1, round(every * self._owner.fps)) == 0 and self._owner._force_keyframe:
+            self._owner._force_keyframe()
+        img = self._base.copy()
+        s, w = self._square, self._owner.width
+        x = (n * 4) % max(1, w - s)
+        y = max(0, self._owner.height // 16)
+        img[y:y + s, x:x + s] = 255
+        frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
+        frame.pts = int(n * self._step)
+        frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+        return frame
+
+
+class _ToneAudio(_PacedTrack):
+    kind = "audio"
+
+    def __init__(self, owner: "Publisher"):
+        super().__init__(owner, AUDIO_SAMPLES / AUDIO_RATE)
+        self._w = 2 * math.pi * owner.tone_hz / AUDIO_RATE
+
+    async def recv(self) -> av.AudioFrame:
+        n = await self._pace()
+        k = np.arange(n * AUDIO_SAMPLES, (n + 1) * AUDIO_SAMPLES, dtype=np.float64)
+        pcm = (0.25 * 32767 * np.sin(self._w * k)).astype(np.int16).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = AUDIO_RATE
+        frame.pts = n * AUDIO_SAMPLES
+        frame.time_base = fractions.Fraction(1, AUDIO_RATE)
+        return frame
+
+
+def _preferred(kind: str, mime: str):
+    caps = RTCRtpSender.getCapabilities(kind).codecs
+    if mime == "video/H264":
+        chosen = [c for c in caps if c.mimeType == mime and c.parameters.get("packetization-mode") == "1"]
+        # Constrained baseline (42e01f) first: what aiortc's libx264 set-up emits.
+        chosen.sort(key=lambda c: c.parameters.get("profile-level-id") != "42e01f")
+        chosen += [c for c in caps if c.mimeType == "video/rtx"]
+    else:
+        chosen = [c for c in caps if c.mimeType.lower() == mime.lower()]
+    assert chosen, f"aiortc offers no {mime}: {[c.mimeType for c in caps]}"
+    return chosen
+
+
+class Publisher:
+    """One WHIP publication by aiortc, on its own thread and asyncio loop.
+
+    Attributes after start(): `connected` (True while the peer connection is
+    connected), `session_url`, `answer_sdp`, `offer_sdp`, `started_at` (Unix s
+    of the first frame of any track), `frames_sent` / `audio_frames_sent`,
+    `keyframe_requests` (PLI/FIR received), `states` (connectionStates);
+    after stop(): `stopped_at` (Unix s when the tracks ended; no frame is
+    produced after it), `published_seconds`, `delete_status`.
+    """
+
+    def __init__(self, whip_url: str, *, token: str | None = None, color=(255, 0, 0), tone_hz: float = 440.0,
+                 width: int = 320, height: int = 240, fps: int = 15, video: bool = True, audio: bool = True,
+                 aux: bool = False, keyframe_interval: float | None = None):
+        assert video or audio, "nothing to publish"
+        if aux:
+            u = urlsplit(whip_url)
+            if not u.path.rstrip("/").endswith("/aux"):
+                whip_url = urlunsplit(u._replace(path=u.path.rstrip("/") + "/aux"))
+        self.url = whip_url
+        self.token = token
+        self.color = tuple(int(c) for c in color)
+        self.tone_hz = float(tone_hz)
+        self.width, self.height, self.fps = int(width), int(height), int(fps)
+        self.want_video, self.want_audio = video, audio
+        # None: key frames only at the start and when the receiver asks
+        # (PLI/FIR), as browsers do; else one every this many seconds too.
+        self.keyframe_interval = keyframe_interval
+        self.keyframe_requests = 0  # PLIs/FIRs received for the video track
+        self._force_keyframe = None
+        self.offer_sdp: str | None = None
+        self.answer_sdp: str | None = None
+        self.session_url: str | None = None
+        self.delete_status: int | None = None
+        self.stopped_at: float | None = None
+        self.states: list[str] = []  # every connectionState, in order
+        self._ending = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._pc: RTCPeerConnection | None = None
+        self._video: _ColourVideo | None = None
+        self._audio: _ToneAudio | None = None
+        self._connected_evt: asyncio.Event | None = None
+
+    # -- figures ------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return bool(self._pc) and self._pc.connectionState == "connected"
+
+    @property
+    def frames_sent(self) -> int:
+        """Video frames handed to the encoder (audio frames if audio-only)."""
+        t = self._video or self._audio
+        return t.frames if t else 0
+
+    @property
+    def audio_frames_sent(self) -> int:
+        return self._audio.frames if self._audio else 0
+
+    @property
+    def started_at(self) -> float | None:
+        firsts = [t.first_wall for t in (self._video, self._audio) if t and t.first_wall is not None]
+        return min(firsts) if firsts else None
+
+    @property
+    def published_seconds(self) -> float:
+        assert self.started_at is not None and self.stopped_at is not None, "not started and stopped"
+        return self.stopped_at - self.started_at
+
+    # -- the loop thread ----------------------------------------------------
+    def _run(self, coro, timeout: float):
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def _ensure_loop(self) -> None:
+        if self._loop is not None:
+            return
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def main():
+            asyncio.set_event_loop(self._loop)
+            self._loop.call_soon(ready.set)
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=main, name=f"aiortc {self.url}", daemon=True)
+        self._thread.start()
+        ready.wait(5)
+
+    # -- start --------------------------------------------------------------
+    async def _make_offer(self) -> str:
+        # No STUN/TURN (nothing outside the box); one transport for every
+        # m-line, as browsers do.
+        self._pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+        self._connected_evt = asyncio.Event()
+
+        @pc.on("connectionstatechange")
+        def _changed():
+            self.states.append(pc.connectionState)
+            log.info("%s: connectionState %s", self.url, pc.connectionState)
+            if pc.connectionState in ("connected", "failed", "closed"):
+                self._connected_evt.set()
+
+        if self.want_audio:
+            self._audio = _ToneAudio(self)
+            t = pc.addTransceiver(self._audio, direction="sendonly")
+            t.setCodecPreferences(_preferred("audio", "audio/opus"))
+        if self.want_video:
+            self._video = _ColourVideo(self)
+            t = pc.addTransceiver(self._video, direction="sendonly")
+            t.setCodecPreferences(_preferred("video", "video/H264"))
+            # aiortc answers PLI/FIR by RTCRtpSender._send_keyframe(): count them.
+            sender = t.sender
+            force = sender._send_keyframe
+            self._force_keyframe = force
+
+            def requested():
+                self.keyframe_requests += 1
+                force()
+
+            sender._send_keyframe = requested
+        offer = await pc.createOffer()
+        # aiortc gathers every candidate here (non-trickle).
+        await pc.setLocalDescription(offer)
+        return pc.localDescription.sdp
+
+    async def _apply_answer(self, sdp: str, timeout: float) -> None:
+        pc = self._pc
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        # RFC 8843 §8.2 (BUNDLE): an answer carries ICE candidates in the
+        # tagged (first) m= section only, as kiroku's does. aiortc 1.x with
+        # max-bundle takes the remote candidates of the *last* m= section
+        # sharing the transport (its `iceCandidates[transport] = media`
+        # overwrites), i.e. none, and ICE never starts checking. Hand every
+        # answered candidate to the one bundled ICE transport.
+        transport = pc.getTransceivers()[0].sender.transport.transport
+        known = {(c.ip, c.port, c.protocol) for c in transport.getRemoteCandidates()}
+        for media in aiortc_sdp.SessionDescription.parse(sdp).media:
+            for c in media.ice_candidates:
+                if (c.ip, c.port, c.protocol) not in known:
+                    known.add((c.ip, c.port, c.protocol))
+                    await transport.addRemoteCandidate(c)
+        try:
+            await asyncio.wait_for(self._connected_evt.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    def _diagnosis(self) -> str:
+        pc = self._pc
+        if pc is None:
+            return "no peer connection"
+        parts = [f"connectionState={pc.connectionState}", f"iceConnectionState={pc.iceConnectionState}",
+                 f"iceGatheringState={pc.iceGatheringState}", f"states={self.states}"]
+        for t in pc.getTransceivers():
+            dtls = t.sender.transport
+            ice = dtls.transport if dtls else None
+            parts.append(f"{t.kind}: dtls={dtls.state if dtls else None} ice={ice.state if ice else None}")
+            conn = getattr(ice.iceGatherer, "_connection", None) if ice else None  # aioice.Connection
+            if conn is not None:
+                parts.append(f"local={[c.to_sdp() for c in conn.local_candidates]}")
+                parts.append(f"remote={[c.to_sdp() for c in conn.remote_candidates]}")
+                checks = [(p.local_addr, p.remote_addr, p.state.name) for p in getattr(conn, "_check_list", [])]
+                parts.append(f"checks={checks}")
+            break  # bundled: one transport
+        return "; ".join(parts)
+
+    def start(self, timeout: float = 10.0) -> "Publisher":
+        """POSTs the offer, applies the 201 answer and waits for 'connected'.
+
+        Raises WhipError if the endpoint refuses the offer, ConnectError
+        (with ICE/DTLS states and candidate pairs) if the connection does not
+        come up within `timeout` seconds.
+        """
+        assert self._pc is None, "start() once"
+        deadline = time.monotonic() + timeout
+        self._ensure_loop()
+        self.offer_sdp = self._run(self._make_offer(), timeout)
+        headers = {"Content-Type": "application/sdp"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        r = requests.post(self.url, data=self.offer_sdp.encode(), headers=headers,
+                          timeout=max(1.0, deadline - time.monotonic()))
+        if r.status_code != 201:
+            self._close_quietly()
+            raise WhipError(r.status_code, r.text, self.offer_sdp)
+        ctype = r.headers.get("Content-Type", "")
+        assert ctype.split(";")[0].strip() == "application/sdp", f"answer Content-Type {ctype!r}"
+        location = r.headers.get("Location")
+        assert location, "201 without Location"
+        self.session_url = urljoin(self.url, location)
+        self.answer_sdp = r.text
+        left = max(0.5, deadline - time.monotonic())
+        self._run(self._apply_answer(self.answer_sdp, left), left + 5)
+        if self._pc.connectionState != "connected":
+            why = self._diagnosis()
+            self._close_quietly()
+            raise ConnectError(f"{self.url}: not connected within {timeout} s: {why}")
+        return self
+
+    # -- stop ---------------------------------------------------------------
+    async def _close(self) -> None:
+        if self._pc is not None:
+            await self._pc.close()
+
+    def _close_quietly(self) -> None:
+        try:
+            if self._loop is not None:
+                self._run(self._close(), 10)
+        except Exception as e:  # noqa: BLE001 - best effort on an error path
+            log.warning("closing %s: %s", self.url, e)
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._thread is not None:
+                self._thread.join(10)
+            self._loop.close()
+            self._loop = None
+
+    def stop(self, delete: bool = True) -> None:
+        """Ends the tracks, DELETEs the session (unless delete=False: vanish)
+        and closes the peer connection. Idempotent."""
+        if self._loop is None:
+            return
+        if not self._ending:
+            self._ending = True
+            self.stopped_at = time.time()
+        if delete and self.session_url and self.delete_status is None:
+            try:
+                self.delete_status = requests.delete(self.session_url, timeout=10).status_code
+            except requests.RequestException as e:
+                log.warning("DELETE %s: %s", self.session_url, e)
+                self.delete_status = -1
+        self._close_quietly()
+
+    def __enter__(self) -> "Publisher":
+        if self._pc is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return (f"Publisher({self.url}, color={self.color}, tone={self.tone_hz}, frames={self.frames_sent}, "
+                f"audio_frames={self.audio_frames_sent}, states={self.states})")
