@@ -1605,7 +1605,6 @@ mod tests {
         }
     }
 
-    #[test]
     /// A merged stream's segment runs long while audio is placed into it:
     /// the key frame is asked of the user's video track (audio cannot
     /// answer; a browser then never sends one and the segment never ends).
