@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
-use str0m::{Event, IceConnectionState, Input, Output, Rtc};
+use str0m::{Event, IceConnectionState, Input, Output, Rtc, RtcError};
 
 use super::router::{PeerId, Router};
 use super::{IngestMetrics, SessionTable};
@@ -82,7 +82,12 @@ struct Peer {
 }
 
 pub struct IngestCore {
-    local_addr: SocketAddr,
+    /// The host candidates every answer carries (the advertised addresses
+    /// with the socket's port). A datagram is handed to str0m as received
+    /// *at* one of them: str0m discards STUN for any address that is not a
+    /// local candidate, such as the wildcard `0.0.0.0` the socket is bound
+    /// to behind `advertised_addresses`.
+    candidates: Vec<SocketAddr>,
     /// Wall clock at `epoch`, so that wall times derive from the input `now`.
     epoch: (Instant, SystemTime),
     transmits: Vec<(SocketAddr, Vec<u8>)>,
@@ -148,19 +153,19 @@ fn send_all(socket: &UdpSocket, core: &mut IngestCore) {
 }
 
 impl IngestCore {
-    /// `local_addr` is the socket's address (the destination of every
-    /// datagram); `epoch` pairs a monotonic instant with the wall-clock
+    /// `candidates` are the host candidates the answers advertise (never
+    /// empty); `epoch` pairs a monotonic instant with the wall-clock
     /// time at that instant (`clock::anchor`), so that the core turns its
     /// `now` inputs into wall times without reading a clock itself.
     pub fn new(
-        local_addr: SocketAddr,
+        candidates: Vec<SocketAddr>,
         registry: Arc<Registry>,
         sessions: Arc<SessionTable>,
         metrics: IngestMetrics,
         epoch: (Instant, SystemTime),
     ) -> Self {
         Self {
-            local_addr,
+            candidates,
             epoch,
             transmits: Vec::new(),
             registry,
@@ -287,6 +292,18 @@ impl IngestCore {
         tracing::info!(session_id = %peer.session_id, user_id = %peer.user_id, room = %peer.key.room, why, "WHIP session ended");
     }
 
+    /// The candidate a datagram from `source` was sent to: the first of
+    /// its address family (the socket does not say which address it came
+    /// in on; one candidate per family is what kiroku advertises).
+    fn destination_for(&self, source: SocketAddr) -> SocketAddr {
+        self.candidates
+            .iter()
+            .find(|c| c.is_ipv4() == source.is_ipv4())
+            .or(self.candidates.first())
+            .copied()
+            .unwrap_or(source)
+    }
+
     /// One datagram from `source` arrived at `now`.
     pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
         self.metrics.packets.inc();
@@ -304,7 +321,7 @@ impl IngestCore {
             Receive {
                 proto: Protocol::Udp,
                 source,
-                destination: self.local_addr,
+                destination: self.destination_for(source),
                 contents,
             },
         );
@@ -312,8 +329,20 @@ impl IngestCore {
             return;
         };
         if let Err(e) = peer.rtc.handle_input(input) {
-            tracing::debug!(session_id = %peer.session_id, error = %e, "peer rejected a datagram");
             self.metrics.malformed.inc();
+            if matches!(e, RtcError::Dtls(_)) && !peer.connected {
+                // A failed handshake never recovers (the DTLS state machine
+                // would resend its flight until the connect timeout): end
+                // the session now and say why. The usual cause is a
+                // publisher certificate outside ECDSA P-256/P-384, e.g. the
+                // RSA certificates of GStreamer's webrtcbin or the P-224
+                // ones of FFmpeg built with GnuTLS (docs/ingest.md).
+                tracing::warn!(session_id = %peer.session_id, user_id = %peer.user_id, error = %e,
+                    "DTLS handshake with the publisher failed; its certificate must be ECDSA P-256 or P-384");
+                self.remove(id, "dtls_failed");
+                return;
+            }
+            tracing::debug!(session_id = %peer.session_id, error = %e, "peer rejected a datagram");
         }
         self.drain(id, now);
     }

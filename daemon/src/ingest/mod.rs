@@ -336,7 +336,7 @@ impl Ingest {
         let registry = Arc::new(Registry::new(observer));
         let sessions = Arc::new(SessionTable::default());
         let core = engine::IngestCore::new(
-            udp_addr,
+            candidates.clone(),
             registry.clone(),
             sessions.clone(),
             im.clone(),

@@ -131,7 +131,7 @@ fn run_session(loss_every: u64, video_stops_at: Duration) -> SessionOutcome {
     let registry = Arc::new(Registry::new(Arc::new(NoObserver)));
     let sessions = Arc::new(SessionTable::default());
     let mut core = IngestCore::new(
-        server_addr,
+        vec![server_addr],
         registry.clone(),
         sessions,
         IngestMetrics::register(&metrics),
