@@ -2,10 +2,16 @@
 
 Run from the repository root:  .venv/bin/python -m pytest -q tests/e2e
 The binary is $KIROKU_BIN (default target/debug/kiroku).
+
+KIROKU_REQUIRE_ALL=1 (set by tests/run-all.sh, the README's test command):
+every skip (a missing tool, a failed probe, an absent file, a skipif
+marker, pytest.skip/importorskip anywhere) is reported as a failure with
+its reason, so the suite cannot pass by not running something.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -22,8 +28,12 @@ from kiroku_e2e import (
 )
 
 
+REQUIRE_ALL = os.environ.get("KIROKU_REQUIRE_ALL") == "1"
+
+
 def pytest_report_header(config):
-    return f"kiroku binary: {KIROKU_BIN}"
+    mode = "KIROKU_REQUIRE_ALL=1: skips fail" if REQUIRE_ALL else "skips allowed (KIROKU_REQUIRE_ALL unset)"
+    return f"kiroku binary: {KIROKU_BIN}; {mode}"
 
 
 def pytest_sessionstart(session):
@@ -32,10 +42,42 @@ def pytest_sessionstart(session):
         print(f"warning: {KIROKU_BIN} does not exist (set KIROKU_BIN)")
 
 
-@pytest.hookimpl(hookwrapper=True)
+def _skip_reason(rep) -> str:
+    """The reason of a skipped report: pytest stores (file, line, reason)."""
+    lr = rep.longrepr
+    if isinstance(lr, tuple) and len(lr) == 3:
+        path, line, reason = lr
+        return f"{reason} (skipped at {path}:{line})"
+    return str(lr)
+
+
+def _skip_to_failure(rep) -> None:
+    """Under KIROKU_REQUIRE_ALL=1, turns a skipped (or xfailed) report into a failed one."""
+    if not (REQUIRE_ALL and rep.skipped):
+        return
+    if hasattr(rep, "wasxfail"):
+        reason = f"xfail: {rep.wasxfail}"
+        del rep.wasxfail
+    else:
+        reason = _skip_reason(rep)
+    rep.outcome = "failed"
+    rep.longrepr = (f"KIROKU_REQUIRE_ALL=1: skipping is a failure under the test command; "
+                    f"install or fix what is missing.\nskip reason: {reason}")
+
+
+# tryfirst: the outermost wrapper, so it sees the report after pytest's own
+# skip/xfail handling has finished with it.
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    _skip_to_failure(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
+    _skip_to_failure(rep)
     if rep.failed:
         for d in list(ACTIVE_DAEMONS):
             rep.sections.append((f"kiroku log: {d.log_path}", d.log_tail(150)))
@@ -130,6 +172,8 @@ def make_receiver():
     yield make
     for r in made:
         r.stop()
+    for r in made:
+        r.assert_no_bad_bodies()
 
 
 @pytest.fixture

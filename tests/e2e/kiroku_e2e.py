@@ -9,7 +9,6 @@ expired timestamps, garbage). Nothing here imports daemon code.
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import hmac
 import http.client
@@ -50,6 +49,15 @@ API_VERSION = "2019-07-22"
 # Every daemon started by the suite, so that a failing test can show logs.
 ACTIVE_DAEMONS: list["Daemon"] = []
 
+
+class _NoDefault:
+    def __repr__(self) -> str:
+        return "NO_DEFAULT"
+
+
+# "No default given" for metric reads (None or 0 would be a real default).
+NO_DEFAULT: Any = _NoDefault()
+
 _uniq_lock = threading.Lock()
 _uniq_n = 0
 
@@ -73,27 +81,6 @@ def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@functools.lru_cache(maxsize=None)
-def binary_accepts(toml_text: str) -> bool:
-    """Whether this build of kiroku accepts a config snippet (feature probe:
-    the daemon grows config sections while the suite must keep working)."""
-    import tempfile
-    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
-        f.write(toml_text)
-        path = f.name
-    try:
-        r = subprocess.run([KIROKU_BIN, "check-config", path], capture_output=True, timeout=30)
-        return r.returncode == 0
-    finally:
-        os.unlink(path)
-
-
-def has_ingest() -> bool:
-    """Builds with WebRTC ingest bind a UDP socket (default <listen ip>:8443),
-    so every daemon of the suite gets its own free UDP port."""
-    return binary_accepts('[ingest]\nudp_listen = "127.0.0.1:9"\n')
 
 
 def wait_until(pred: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
@@ -173,8 +160,9 @@ def base_config(data_dir: Path, port: int, callback_url: str | None = None, dev_
             {"sdk_app_id": APP_SIG, "user_sig_key": USER_SIG_KEY},
         ],
     }
-    if has_ingest():
-        cfg["ingest"] = {"udp_listen": f"127.0.0.1:{free_udp_port()}"}
+    # WebRTC ingest is always built in and binds a UDP socket (default
+    # <listen ip>:8443): every daemon of the suite gets its own free port.
+    cfg["ingest"] = {"udp_listen": f"127.0.0.1:{free_udp_port()}"}
     return cfg
 
 
@@ -307,9 +295,14 @@ class Daemon:
         assert r.status_code == 200
         return r.text
 
-    def metric(self, name: str, labels: dict | None = None) -> float:
-        """Sum of the samples of `name` whose labels include `labels` (0 if none)."""
-        return metric_value(self.metrics_text(), name, labels)
+    def metric(self, name: str, labels: dict | None = None, *, default: Any = NO_DEFAULT) -> float:
+        """Sum of the samples of `name` whose labels include `labels`; see
+        `metric_value` (raises when the metric is absent unless `default`)."""
+        return metric_value(self.metrics_text(), name, labels, default=default)
+
+    def metric_baseline(self, name: str, labels: dict | None = None) -> float:
+        """A counter's value before the event a test provokes; see `metric_baseline`."""
+        return metric_baseline(self.metrics_text(), name, labels)
 
     # -- clients ---------------------------------------------------------------
     def sdk(self, secret_id: str = SECRET_ID, secret_key: str = SECRET_KEY) -> "Api":
@@ -319,20 +312,80 @@ class Daemon:
         return raw_request(self, action, body, **kw)
 
 
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$')
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)(?:\s+-?\d+)?$')
+_META = re.compile(r'^#\s+(?:HELP|TYPE)\s+([a-zA-Z_:][a-zA-Z0-9_:]*)')
+# Sample-name suffixes of a histogram / summary family.
+_FAMILY_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
-def metric_value(text: str, name: str, labels: dict | None = None) -> float:
-    total = 0.0
-    want = labels or {}
+def metric_samples(text: str, name: str) -> list[tuple[dict, float]]:
+    """Every sample of `name` in a Prometheus text exposition: (labels, value)."""
+    out = []
     for line in text.splitlines():
         m = _SAMPLE.match(line.strip())
         if not m or m.group(1) != name:
             continue
-        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
-        if all(got.get(k) == str(v) for k, v in want.items()):
-            total += float(m.group(3))
-    return total
+        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+        out.append((labels, float(m.group(3))))
+    return out
+
+
+def metric_declared(text: str, name: str) -> bool:
+    """Whether the exposition has `# HELP`/`# TYPE` for `name` (or for the
+    histogram/summary family that `name` is a `_bucket`/`_sum`/`_count` of)."""
+    families = {m.group(1) for m in map(_META.match, text.splitlines()) if m}
+    if name in families:
+        return True
+    return any(name.endswith(sfx) and name[: -len(sfx)] in families for sfx in _FAMILY_SUFFIXES)
+
+
+def _metric_names(text: str) -> list[str]:
+    return sorted({m.group(1) for m in map(_META.match, text.splitlines()) if m})
+
+
+def metric_value(text: str, name: str, labels: dict | None = None, *, default: Any = NO_DEFAULT) -> float:
+    """Sum of the samples of `name` whose labels include `labels`.
+
+    Never reads a missing metric as 0 by itself (a renamed metric must not
+    make `== 0` pass):
+    - the family is not in the exposition at all (no HELP/TYPE, no sample):
+      AssertionError naming it, whatever `default` says;
+    - samples exist but none carries one of the label *names* asked for (a
+      renamed label): AssertionError, whatever `default` says;
+    - the family is there but no sample has these label *values*:
+      AssertionError, unless `default` is given explicitly (a labelled vec
+      whose child for these values is not created yet), then `default`.
+    """
+    want = {k: str(v) for k, v in (labels or {}).items()}
+    samples = metric_samples(text, name)
+    if not samples and not metric_declared(text, name):
+        raise AssertionError(f"metric {name} is not in /metrics at all (renamed or removed?); "
+                             f"families there: {_metric_names(text)}")
+    if samples and want and not any(set(want) <= set(got) for got, _ in samples):
+        raise AssertionError(f"no sample of {name} has the label(s) {sorted(want)} (renamed label?): "
+                             f"{[got for got, _ in samples]}")
+    matching = [v for got, v in samples if all(got.get(k) == v for k, v in want.items())]
+    if not matching:
+        if default is NO_DEFAULT:
+            raise AssertionError(f"metric {name} has no sample with labels {want} (samples: "
+                                 f"{[got for got, _ in samples]}); pass default= only where that "
+                                 "child may legitimately not exist yet")
+        return float(default)
+    return sum(matching)
+
+
+def metric_baseline(text: str, name: str, labels: dict | None = None) -> float:
+    """The value of a counter *before* the event a test then provokes: 0 when
+    the family or its labelled child does not exist yet.
+
+    rust-prometheus prints nothing at all, not even HELP/TYPE, for a labelled
+    vec with no child yet, so here an absent family cannot be told from a
+    renamed one. Use this only for a baseline that the test then compares
+    with a strict `metric_value` / `Daemon.metric` read of the same metric
+    and labels (which fails on a rename)."""
+    if not metric_samples(text, name) and not metric_declared(text, name):
+        return 0.0
+    return metric_value(text, name, labels, default=0.0)
 
 
 # --------------------------------------------------------------------------
@@ -568,7 +621,15 @@ class Callback:
         self.body = body
         self.answered = answered
         self.received_at = time.time()
+        # Raises ValueError for anything that is not a callback body (the
+        # receiver records those as bad bodies; see CallbackReceiver.bad).
         self.json = json.loads(body)
+        if not isinstance(self.json, dict) or not isinstance(self.json.get("EventType"), int):
+            raise ValueError("not a JSON object with an integer EventType")
+        info = self.json.get("EventInfo")
+        if not isinstance(info, dict) or not isinstance(info.get("TaskId"), str) \
+                or not isinstance(info.get("Payload"), dict):
+            raise ValueError("EventInfo is not an object with a string TaskId and an object Payload")
         expected = base64.b64encode(hmac.new(key.encode(), body, hashlib.sha256).digest()).decode()
         self.sign_ok = hmac.compare_digest(headers.get("sign", ""), expected)
 
@@ -588,12 +649,31 @@ class Callback:
         return f"Callback({self.answered}, {self.body!r})"
 
 
+class BadCallback:
+    """A POST to the receiver whose body is not a callback (see Callback)."""
+
+    def __init__(self, headers: dict, body: bytes, error: str):
+        self.headers = headers
+        self.body = body
+        self.error = error
+        self.received_at = time.time()
+
+    def __repr__(self) -> str:
+        return f"BadCallback({self.error}: {self.body[:300]!r})"
+
+
 class CallbackReceiver:
     """A threaded HTTP server recording every callback POST.
 
     The port is chosen at construction so that a daemon can be configured
     with it before the receiver runs ("receiver down"). `status` is what it
     answers (e.g. 500 to force retries).
+
+    A body that is not a JSON callback is never dropped: it is kept in
+    `bad`, and from then on every way of reading the callbacks (`calls`,
+    `delivered`, `wait_for`, `wait_event`) raises AssertionError, so a check
+    that some callback is absent cannot pass because it arrived garbled. The
+    fixtures also call `assert_no_bad_bodies()` at teardown.
     """
 
     def __init__(self, key: str = CALLBACK_KEY, path: str = "/cb"):
@@ -605,7 +685,8 @@ class CallbackReceiver:
         # daemon's callbacks.timeout_seconds; such attempts are recorded with
         # answered = 0 (never counted as delivered).
         self.delay = 0.0
-        self.calls: list[Callback] = []  # every request, whatever was answered
+        self._calls: list[Callback] = []  # every request, whatever was answered
+        self.bad: list[BadCallback] = []  # bodies that are not callbacks
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -627,12 +708,14 @@ class CallbackReceiver:
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 headers["_path"] = self.path
                 try:
-                    cb = Callback(headers, body, 0 if delay else status, receiver.key)
-                except ValueError:
-                    cb = None
+                    cb: Callback | BadCallback = Callback(headers, body, 0 if delay else status, receiver.key)
+                except ValueError as e:
+                    cb = BadCallback(headers, body, str(e))
                 with receiver._lock:
-                    if cb is not None:
-                        receiver.calls.append(cb)
+                    if isinstance(cb, Callback):
+                        receiver._calls.append(cb)
+                    else:
+                        receiver.bad.append(cb)
                 if delay:
                     time.sleep(delay)
                 out = b'{"code":0}' if status == 200 else b'{"code":1}'
@@ -662,12 +745,26 @@ class CallbackReceiver:
             self._server.server_close()
             self._server = None
 
+    def assert_no_bad_bodies(self) -> None:
+        """Fails if any POST had a body that is not a callback."""
+        with self._lock:
+            bad = list(self.bad)
+        if bad:
+            raise AssertionError(f"the callback receiver got {len(bad)} body(ies) that are not JSON callbacks "
+                                 f"(so no check on its callbacks can be trusted): {bad}")
+
+    @property
+    def calls(self) -> list[Callback]:
+        """Every callback request so far, whatever was answered (a copy);
+        raises AssertionError if any body was not a callback."""
+        self.assert_no_bad_bodies()
+        with self._lock:
+            return list(self._calls)
+
     def delivered(self, task_id: str | None = None) -> list[Callback]:
         """Callbacks answered 2xx, de-duplicated on the body (at-least-once)."""
         out, seen = [], set()
-        with self._lock:
-            calls = list(self.calls)
-        for c in calls:
+        for c in self.calls:
             if c.answered // 100 != 2 or c.body in seen:
                 continue
             if task_id is not None and c.task_id != task_id:

@@ -403,8 +403,8 @@ def test_unknown_sdk_app_id(api):
 
 
 def test_errors_are_counted_in_metrics(daemon, api):
-    before = daemon.metric("kiroku_api_requests_total", {"action": "CreateCloudRecording",
-                                                           "code": "MissingParameter.RecordParams"})
+    before = daemon.metric_baseline("kiroku_api_requests_total", {"action": "CreateCloudRecording",
+                                                                    "code": "MissingParameter.RecordParams"})
     api.error("CreateCloudRecording", _without(create_params(), "RecordParams"))
     after = daemon.metric("kiroku_api_requests_total", {"action": "CreateCloudRecording",
                                                           "code": "MissingParameter.RecordParams"})

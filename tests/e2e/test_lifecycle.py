@@ -197,7 +197,14 @@ def test_omitted_storage_params_are_accepted(api):
     api.delete(task)
 
 
-def test_all_record_params_and_options(api):
+def test_create_accepts_every_record_param_and_option_at_once(api):
+    """Acceptance only: Create takes every RecordParams field and option
+    together (each at a legal value) and the task runs. Describe has no field
+    that echoes them (api-schema.md), so their effects are not checked here:
+    StreamType/OutputFormat in test_storage (mp4/aac-only outputs),
+    MaxMediaFileDuration in test_storage (the MP4 split), MaxIdleTime in
+    test_persistence_callbacks (idle stop), SubscribeStreamUserIds in
+    test_recording (subscriptions)."""
     params = create_params(room="20005", ResourceExpiredHour=6, PrivateMapKey="pmk")
     params["RecordParams"] = {
         "RecordMode": 1, "MaxIdleTime": 86400, "StreamType": 1, "OutputFormat": 4, "AvMerge": 1,
@@ -205,8 +212,11 @@ def test_all_record_params_and_options(api):
         "SubscribeStreamUserIds": {"SubscribeAudioUserIds": ["a", "b.*$"], "SubscribeVideoUserIds": ["c"]},
     }
     task = api.create(params)
-    assert api.describe(task)["Status"] == "Idle"
-    api.delete(task)
+    d = api.describe(task)
+    assert d["TaskId"] == task and d["Status"] == "Idle", d
+    assert d["StorageFileList"] == [], d
+    assert api.delete(task)["TaskId"] == task
+    api.wait_gone(task)
 
 
 def test_dev_mode_without_apps_accepts_any_app_unsigned(kiroku):

@@ -30,6 +30,7 @@ def rec_receiver():
     r = CallbackReceiver().start()
     yield r
     r.stop()
+    r.assert_no_bad_bodies()
 
 
 @pytest.fixture(scope="module")

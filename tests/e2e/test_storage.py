@@ -14,20 +14,18 @@ import json
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import boto3  # tests/e2e/requirements.txt
 import pytest
 
-from kiroku_e2e import APP_ID, REPO, create_params, free_port, has_ingest, wait_until
+from kiroku_e2e import APP_ID, REPO, create_params, free_port, wait_until
 from recording import UTC17, encode_id, ffprobe, first_pts, parse_playlist, publish, publish_report
-
-pytestmark = pytest.mark.skipif(not has_ingest(), reason="this kiroku build has no WHIP ingest")
-
-boto3 = pytest.importorskip("boto3")
 
 BUCKET = "recordings"
 REGION = "us-east-1"
@@ -90,6 +88,13 @@ class Relay:
         """Stops listening and drops every open connection."""
         with self._lock:
             if self._listener:
+                # close() alone does not wake the thread blocked in accept(),
+                # which would then let one more connection through to moto;
+                # shutdown() makes that accept() fail at once.
+                try:
+                    self._listener.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
                 self._listener.close()
                 self._listener = None
             for c in self._conns:
@@ -112,6 +117,10 @@ class Relay:
                 client.close()
                 continue
             with self._lock:
+                if self._listener is not listener:  # cut meanwhile: refuse it too
+                    client.close()
+                    upstream.close()
+                    return
                 self._conns += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
@@ -163,36 +172,82 @@ def cloud_storage(prefix: list[str]) -> dict:
                              "SecretKey": "secret", "FileNamePrefix": prefix}}
 
 
-def check_bucket_recording(objects: dict[str, bytes], folder: str, tmp: Path) -> dict[str, list[str]]:
+# `kiroku publish` defaults: 15 fps, a key frame every 30 frames.
+PUBLISH_FPS = 15
+GOP_SECONDS = 30 / PUBLISH_FPS
+# A TS segment's own duration (ffprobe) against its #EXTINF: kiroku writes
+# the EXTINF from the same timestamps ffprobe reads, in milliseconds, so they
+# agree within 20 ms: less than one AAC frame (21.3 ms) or video frame (67 ms).
+SEGMENT_DURATION_TOLERANCE = 0.02
+
+
+def decode_clean(path: Path) -> None:
+    """`ffmpeg -v error -i <file> -f null -`: exit 0 and not one error line."""
+    r = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-f", "null", "-"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and not r.stderr.strip(), f"{path.name} does not decode cleanly: {r.stderr[-2000:]}"
+
+
+def check_bucket_recording(objects: dict[str, bytes], folder: str, tmp: Path,
+                           unended_ok: frozenset[str] = frozenset()) -> dict[str, list[str]]:
     """Every object under `folder` is a playlist or a segment named by one; every
-    segment a playlist names is there; each playlist ended; every segment decodes.
-    Returns playlist name → its segments."""
+    segment a playlist names is there; each playlist ended (except those named
+    in `unended_ok`: a playlist whose writer was killed); every segment is
+    downloaded and decodes without a single error, and lasts what its
+    #EXTINF says. Returns playlist name → its segments."""
     names = {k[len(folder) + 1:]: v for k, v in objects.items()}
     assert all("/" not in n for n in names), list(names)
     playlists = {n: v for n, v in names.items() if n.endswith(".m3u8")}
     assert playlists, list(names)
     named: dict[str, list[str]] = {}
+    extinf: dict[str, float] = {}
     for name, text in playlists.items():
         path = tmp / name
         path.write_bytes(text)
         pl = parse_playlist(path)
+        assert pl.ended or name in unended_ok, f"{name} has no #EXT-X-ENDLIST"
         segs = [s for _, s, _ in pl.segments]
         named[name] = segs
+        extinf.update({s: d for d, s, _ in pl.segments})
         missing = [s for s in segs if s not in names]
         assert not missing, f"{name} names segments the bucket lacks: {missing}"
     all_named = {s for segs in named.values() for s in segs}
     extra = [n for n in names if not n.endswith(".m3u8") and n not in all_named]
     assert not extra, f"objects no playlist names: {extra}"
-    for seg in all_named:
+    for seg in sorted(all_named):
         p = tmp / seg
         p.write_bytes(names[seg])
         info = ffprobe(p)
         assert info["streams"], seg
+        decode_clean(p)
+        got = float(info["format"]["duration"])
+        assert abs(got - extinf[seg]) <= SEGMENT_DURATION_TOLERANCE, \
+            f"{seg}: ffprobe says {got:.3f} s, #EXTINF {extinf[seg]:.3f} s"
     return named
 
 
 def spool_entries(d) -> list[Path]:
     return sorted((Path(d.config["data_dir"]) / "spool").glob("*.ent"))
+
+
+SPOOL_MAGIC = b"KRKSPOL1"
+
+
+def read_spool(d) -> list[tuple[str, str, bytes]]:
+    """What the daemon made durable in its spool, in put order: (task id,
+    object key, payload) per entry file. The entry layout is the spool's
+    (daemon/src/output/spool/format.rs): magic KRKSPOL1, u32 LE task-id length,
+    u32 LE key length, u64 LE payload length, task id, key, payload; files
+    are named by their 16-hex-digit sequence number."""
+    out = []
+    for path in spool_entries(d):
+        raw = path.read_bytes()
+        assert raw[:8] == SPOOL_MAGIC, f"{path.name}: not a spool entry ({raw[:8]!r})"
+        task_len, key_len, data_len = struct.unpack_from("<IIQ", raw, 8)
+        header = 24 + task_len + key_len
+        assert header + data_len == len(raw), f"{path.name}: {len(raw)} bytes, header says {header + data_len}"
+        out.append((raw[24:24 + task_len].decode(), raw[24 + task_len:header].decode(), raw[header:]))
+    return out
 
 
 def test_recording_lands_in_s3_with_callbacks(kiroku, receiver, moto, tmp_path):
@@ -226,7 +281,8 @@ def test_recording_lands_in_s3_with_callbacks(kiroku, receiver, moto, tmp_path):
     assert spool_entries(d) == []
     assert d.metric("kiroku_upload_files_total") >= len(objects)
     assert d.metric("kiroku_upload_pending_files") == 0
-    backend = "io_uring" if d.metric("kiroku_spool_backend", {"backend": "io_uring"}) == 1 else "plain"
+    # The gauge has one child, for the backend in use: the other may be absent.
+    backend = "io_uring" if d.metric("kiroku_spool_backend", {"backend": "io_uring"}, default=0) == 1 else "plain"
     assert d.metric("kiroku_spool_backend", {"backend": backend}) == 1
     assert re.search(r"spool (opened|: io_uring unavailable)", d.log_text())
 
@@ -242,7 +298,7 @@ def test_outage_strands_files_then_uploads_them(kiroku, receiver, moto, tmp_path
     # The first playlist is uploaded before the outage.
     receiver.wait_event(task, 304, 20)
     relay.cut()
-    publish_report(pub)
+    report = publish_report(pub)
     api.delete(task)
     stop = receiver.wait_event(task, 305, 30)
     assert stop.payload == {"Status": 1}, "ended with files stranded"
@@ -267,8 +323,27 @@ def test_outage_strands_files_then_uploads_them(kiroku, receiver, moto, tmp_path
         if name.endswith("_video.m3u8"):
             (tmp_path / name).write_bytes(objects[f"{task}/{name}"])
             total = parse_playlist(tmp_path / name).total
-    assert total > 7, f"the whole recording arrived ({total:.1f} s of video)"
+    check_recorded_duration(total, report)
     assert not (Path(d.config["data_dir"]) / "targets" / f"{task}.json").exists()
+
+
+def check_recorded_duration(total: float, report: dict) -> None:
+    """The video recorded (`total` s, the playlist's EXTINF sum) is the whole
+    of what the publisher sent.
+
+    The publisher's media clock runs `report["seconds"]` of wall-clock time,
+    but it starts before its WHIP session is connected and drops the frames
+    due meanwhile, so what reached kiroku is `video_frames_sent` frames at 15
+    fps. The recording may lack the frames before its first key frame: kiroku
+    asks for one (PLI) as the stream arrives and the publisher answers at
+    once, so that is a round trip on loopback, not a GOP (measured: one
+    frame); 0.5 s leaves room for a loaded machine. It can never hold more than was sent (one frame of
+    rounding). And the connection itself may take at most 1.5 s of the
+    publisher's wall-clock time, so that a slow start cannot hide a loss."""
+    sent = report["video_frames_sent"] / PUBLISH_FPS
+    assert sent >= report["seconds"] - 1.5, f"publisher connected late: sent {sent:.2f} s of {report}"
+    assert sent - 0.5 <= total <= sent + 1 / PUBLISH_FPS, \
+        f"recorded {total:.2f} s of video; the publisher sent {sent:.2f} s ({report})"
 
 
 def test_kill9_between_spool_and_upload_loses_nothing(kiroku, receiver, moto, tmp_path):
@@ -282,8 +357,18 @@ def test_kill9_between_spool_and_upload_loses_nothing(kiroku, receiver, moto, tm
     pub = publish(d, room, user, duration=8)
     wait_until(lambda: len(spool_entries(d)) >= 4, 20, 0.2, "segments spooled while the storage is down")
     publish_report(pub)
-    spooled = len(spool_entries(d))
     d.kill9()
+    # What the daemon had made durable when it died: every one of these must
+    # reach the bucket, byte for byte (a playlist rewritten later may grow).
+    entries = read_spool(d)
+    assert len(entries) >= 4, f"{len(entries)} spool entries survived the crash"
+    assert {t for t, _, _ in entries} == {task}, entries
+    spooled: dict[str, bytes] = {}
+    for _, key, data in entries:  # put order: a key's last entry is its latest version
+        spooled[key] = data
+    assert all(k.startswith(f"c/{task}/") for k in spooled), sorted(spooled)
+    spooled_segments = {k for k in spooled if k.endswith(".ts")}
+    assert len(spooled_segments) >= 4, f"8 s of audio and video in 2 s segments: {sorted(spooled)}"
     relay.restore()
     d.start()
     # The task resumes (ha1_) and the files of the first run are uploaded.
@@ -292,12 +377,33 @@ def test_kill9_between_spool_and_upload_loses_nothing(kiroku, receiver, moto, tm
     stop = receiver.wait_event(task, 305, 60)
     assert stop.payload == {"Status": 0}, stop.payload
     objects = moto.objects(f"c/{task}/")
-    named = check_bucket_recording(objects, f"c/{task}", tmp_path)
+    # The kill may come before the recorder has spooled the playlists' last
+    # version (#EXT-X-ENDLIST, written when the publisher leaves): a playlist
+    # whose spooled version was not ended stays so (its writer died), and
+    # only such a one may lack #EXT-X-ENDLIST.
+    unended = frozenset(k.rsplit("/", 1)[1] for k, v in spooled.items()
+                        if k.endswith(".m3u8") and b"#EXT-X-ENDLIST" not in v)
+    named = check_bucket_recording(objects, f"c/{task}", tmp_path, unended_ok=unended)
     base = f"{APP_ID}_{room}__UserId_s_{encode_id(user)}__UserId_e_main_video"
     first = named.get(f"{base}.m3u8")
     assert first, f"the first run's playlist arrived: {sorted(named)}"
     assert len(first) >= 2, first
-    assert spooled >= 4
+    # Completeness: everything spooled before the crash was uploaded; the
+    # segments byte-identical, each playlist at least as long as spooled.
+    missing = sorted(set(spooled) - set(objects))
+    assert not missing, f"spooled before the kill -9, never uploaded: {missing}"
+    differ = sorted(k for k in spooled_segments if objects[k] != spooled[k])
+    assert not differ, f"uploaded segments differ from what was spooled: {differ}"
+    for key in spooled.keys() - spooled_segments:
+        assert key.endswith(".m3u8"), key
+        (tmp_path / "spooled.m3u8").write_bytes(spooled[key])
+        was = [seg for _, seg, _ in parse_playlist(tmp_path / "spooled.m3u8").segments]
+        now = named[key.rsplit("/", 1)[1]]
+        assert now[:len(was)] == was, f"{key}: spooled naming {was}, uploaded naming {now}"
+    # ... and the first run has nothing in the bucket that was not spooled
+    # (its recorder died with the daemon; only the restart's ha1_ files are new).
+    first_run = {k for k in objects if not k.rsplit("/", 1)[1].startswith("ha")}
+    assert first_run == set(spooled), (sorted(first_run - set(spooled)), sorted(set(spooled) - first_run))
     # Keys are unique in a bucket; "nothing duplicated" means every segment is
     # named by exactly one playlist.
     all_segments = [s for segs in named.values() for s in segs]
@@ -368,6 +474,13 @@ def check_mp4(path: Path, codecs: list[str], duration: float, tolerance: float) 
     return info
 
 
+def video_duration(path: Path) -> float:
+    """Duration (s) of a file's video track, as ffprobe reads it."""
+    video = [s for s in ffprobe(path)["streams"] if s["codec_type"] == "video"]
+    assert len(video) == 1, video
+    return float(video[0]["duration"])
+
+
 def av_start_offset(path: Path) -> float:
     """Audio start minus video start (s), as a player sees them."""
     info = ffprobe(path)
@@ -384,7 +497,7 @@ def test_hls_mp4_in_s3_split_at_max_media_file_duration(kiroku, receiver, moto, 
     params["RecordParams"].update(OutputFormat=1, MaxMediaFileDuration=1, AvMerge=0)
     task = api.create(params)
     pub = publish(d, room, user, duration=75)
-    publish_report(pub, timeout=150)
+    report = publish_report(pub, timeout=150)
     api.delete(task)
     mp4_stop = receiver.wait_event(task, 310, 90)
     base = f"{APP_ID}_{room}__UserId_s_{encode_id(user)}__UserId_e_main"
@@ -392,19 +505,42 @@ def test_hls_mp4_in_s3_split_at_max_media_file_duration(kiroku, receiver, moto, 
     types = [c.event_type for c in receiver.delivered(task)]
     assert types.index(305) < types.index(310), types
     objects = moto.objects(f"m/{task}/")
-    for i, expected in ((1, 60.0), (2, 15.0)):
-        key = f"m/{task}/{base}_{i}.mp4"
-        assert key in objects, sorted(objects)
-        p = tmp_path / f"{i}.mp4"
-        p.write_bytes(objects[key])
-        # The first file holds at most a minute (cut at a key frame);
-        # the second the rest of the ~75 s.
-        check_mp4(p, ["aac", "h264"], expected, 6.0 if i == 1 else 8.0)
-    # A/V sync: the first MP4's audio starts as far from its video as in the HLS.
+    # HLS first: the recording's own length, to which the MP4 parts must add up.
     hls = {k: v for k, v in objects.items() if not k.endswith(".mp4")}
     named = check_bucket_recording(hls, f"m/{task}", tmp_path)
     for name in named:
         (tmp_path / name).write_bytes(objects[f"m/{task}/{name}"])
+    video_total = parse_playlist(tmp_path / f"{base}_video.m3u8").total
+    check_recorded_duration(video_total, report)
+    parts = []
+    for i in (1, 2):
+        key = f"m/{task}/{base}_{i}.mp4"
+        assert key in objects, sorted(objects)
+        p = tmp_path / f"{i}.mp4"
+        p.write_bytes(objects[key])
+        parts.append(p)
+    # Spec: split at MaxMediaFileDuration (1 min) at a key frame. Key frames
+    # come at least every GOP_SECONDS (30 frames at 15 fps = 2 s; a key frame
+    # request only adds one), so a cut at the key frame nearest the limit,
+    # on either side, leaves the first part 60 s ± one GOP long: its video
+    # track within that, one frame of rounding allowed below (kiroku cuts
+    # before the limit: a part never passes it). The last part is the rest.
+    check_mp4(parts[0], ["aac", "h264"], 60.0, GOP_SECONDS)
+    first_video = video_duration(parts[0])
+    assert 60.0 - GOP_SECONDS - 1 / PUBLISH_FPS <= first_video <= 60.0 + GOP_SECONDS, first_video
+    # The parts add up to the whole recording: their video tracks to the HLS
+    # video's EXTINF sum within one frame per part (a track's duration counts
+    # its last frame's; EXTINFs are rounded to the ms). A file's duration
+    # spans both tracks: its audio may start before the video (the A/V start
+    # offset, compared with the HLS's below) and end within one AAC frame
+    # after it, 0.15 s at most.
+    videos = [video_duration(p) for p in parts]
+    assert abs(sum(videos) - video_total) <= len(parts) / PUBLISH_FPS, \
+        f"MP4 video parts {videos} sum to {sum(videos):.3f} s, the HLS video lasts {video_total:.3f} s"
+    rest = video_total - first_video
+    assert abs(videos[1] - rest) <= 1 / PUBLISH_FPS, (videos, video_total)
+    check_mp4(parts[1], ["aac", "h264"], rest, 0.15)
+    # A/V sync: the first MP4's audio starts as far from its video as in the HLS.
     hls_offset = (first_pts(tmp_path / f"{base}_audio.m3u8", "a:0")
                   - first_pts(tmp_path / f"{base}_video.m3u8", "v:0"))
     mp4_offset = av_start_offset(tmp_path / "1.mp4")

@@ -112,7 +112,7 @@ def publish(d, room, user, *args, duration=8.0):
 
 def test_kiroku_publish_shows_media_at_the_right_rates(whipd):
     room = 4101
-    before = whipd.metric("kiroku_ingest_frames_total", {"track": "main_video"})
+    before = whipd.metric_baseline("kiroku_ingest_frames_total", {"track": "main_video"})
     p = publish(whipd, room, "pub", "--count", "2", "--aux", "--fps", "15", duration=7)
     # Let the frame-rate windows fill, then look.
     wait_until(lambda: (u := user_status(whipd, room, "pub_2")) and len(u["tracks"]) == 3
@@ -154,7 +154,7 @@ def test_string_rooms_are_separate_from_integer_rooms(whipd):
 
 def test_a_publisher_that_vanishes_leaves_after_the_ice_timeout(whipd):
     room = 4103
-    before = whipd.metric("kiroku_whip_sessions_ended_total", {"reason": "ice_timeout"})
+    before = whipd.metric_baseline("kiroku_whip_sessions_ended_total", {"reason": "ice_timeout"})
     p = publish(whipd, room, "ghost", "--no-delete", duration=3)
     wait_until(lambda: user_status(whipd, room, "ghost"), 10, 0.1, "ghost to join")
     p.communicate(timeout=30)
