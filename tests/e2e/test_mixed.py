@@ -227,6 +227,11 @@ def test_nine_grid_with_watermarks_mixed_audio_and_a_broken_image(request, compo
     assert described["Status"] == "InProgress", described
     assert [(f["FileName"], f["UserId"] or "", f["TrackType"]) for f in described["StorageFileList"]] == \
         [(f"{APP_ID}_{room}.m3u8", "", "audio_video")], described
+    # Where the task's time goes, from kiroku itself: every stage of a
+    # running mixed task has spent time (decode, compose, encode, audio, mux).
+    stages = {stage: mixd.metric("kiroku_mix_stage_seconds_total", {"task_id": task_id, "stage": stage})
+              for stage in ("decode", "compose", "encode", "audio", "mux")}
+    assert all(v > 0 for v in stages.values()), stages
     for p in pubs.values():
         publish_report(p)
     api.delete(task_id)
