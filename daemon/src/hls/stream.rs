@@ -324,6 +324,8 @@ impl HlsStream {
     }
 
     fn write_video(&mut self, t_us: i64, keyframe: bool, au: &[u8], out: &mut Vec<Output>) {
+        let normalized = h264::normalize_access_unit(au);
+        let au = normalized.as_deref().unwrap_or(au);
         let mut pts = pts_of(t_us, self.epoch_us);
         if let Some(last) = self.last_video_pts {
             // Timestamps never go back (a re-anchor can nudge them).

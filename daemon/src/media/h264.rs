@@ -58,6 +58,62 @@ pub fn is_keyframe(access_unit: &[u8]) -> bool {
     nal_units(access_unit).any(|n| nal_type(n) == NAL_IDR)
 }
 
+/// An access unit as a TS stream must carry it (ISO/IEC 14496-10 §7.4.1.2.3):
+/// AUD, SPS, PPS and SEI only *before* the first slice. Publishers that
+/// repeat the parameter sets before every slice of a multi-slice picture
+/// (GStreamer's `x264enc` + `rtph264pay config-interval=-1`) send
+/// `SPS PPS IDR SPS PPS IDR`; a demuxer then sees two pictures (FFmpeg:
+/// "corrupt decoded frame", a repeated timestamp). Non-VCL units after the
+/// first slice are dropped, and repeats of a parameter set before it are
+/// dropped too. `None` when the access unit is already in order (the
+/// common case: no allocation).
+pub fn normalize_access_unit(access_unit: &[u8]) -> Option<Vec<u8>> {
+    let is_vcl = |t: u8| (1..=5).contains(&t);
+    let mut seen_slice = false;
+    let mut needs_fix = false;
+    let mut seen: Vec<&[u8]> = Vec::new();
+    for nal in nal_units(access_unit) {
+        let t = nal_type(nal);
+        if is_vcl(t) {
+            seen_slice = true;
+        } else if seen_slice || ((t == NAL_SPS || t == NAL_PPS) && seen.contains(&nal)) {
+            needs_fix = true;
+            break;
+        } else if t == NAL_SPS || t == NAL_PPS {
+            seen.push(nal);
+        }
+    }
+    if !needs_fix {
+        return None;
+    }
+    let mut out = Vec::with_capacity(access_unit.len());
+    let mut seen_slice = false;
+    let mut kept: Vec<&[u8]> = Vec::new();
+    for nal in nal_units(access_unit) {
+        let t = nal_type(nal);
+        let keep = if is_vcl(t) {
+            seen_slice = true;
+            true
+        } else if seen_slice {
+            false
+        } else if t == NAL_SPS || t == NAL_PPS {
+            if kept.contains(&nal) {
+                false
+            } else {
+                kept.push(nal);
+                true
+            }
+        } else {
+            true
+        };
+        if keep {
+            out.extend_from_slice(&[0, 0, 0, 1]);
+            out.extend_from_slice(nal);
+        }
+    }
+    Some(out)
+}
+
 /// The first SPS of an access unit, if any.
 pub fn find_sps(access_unit: &[u8]) -> Option<&[u8]> {
     nal_units(access_unit).find(|n| nal_type(n) == NAL_SPS)
@@ -271,6 +327,56 @@ mod tests {
     const SPS_1080P_HIGH: [u8; 15] = [
         0x67, 0x64, 0x00, 0x28, 0xac, 0xd9, 0x40, 0x78, 0x02, 0x27, 0xe5, 0x84, 0x00, 0x00, 0x03,
     ];
+
+    fn annexb(nals: &[&[u8]]) -> Vec<u8> {
+        nals.iter()
+            .flat_map(|n| [&[0u8, 0, 0, 1][..], n].concat())
+            .collect()
+    }
+
+    #[test]
+    fn parameter_sets_between_slices_are_dropped() {
+        let (sps, pps, sei) = (
+            &SPS_720P[..],
+            &[0x68u8, 0xce, 0x3c, 0x80][..],
+            &[0x06u8, 5, 1, 0x80][..],
+        );
+        let (idr1, idr2) = (
+            &[0x65u8, 0x88, 0x84, 0x01][..],
+            &[0x65u8, 0x88, 0x84, 0x02][..],
+        );
+        // GStreamer's multi-slice key frame with the sets repeated.
+        let gst = annexb(&[&[0x09, 0x10], sps, pps, sei, sps, pps, idr1, sps, pps, idr2]);
+        let fixed = normalize_access_unit(&gst).expect("changed");
+        let types: Vec<u8> = nal_units(&fixed).map(nal_type).collect();
+        assert_eq!(
+            types,
+            [NAL_AUD, NAL_SPS, NAL_PPS, NAL_SEI, NAL_IDR, NAL_IDR]
+        );
+        assert_eq!(
+            nal_units(&fixed).filter(|n| nal_type(n) == NAL_IDR).count(),
+            2
+        );
+        assert!(
+            nal_units(&fixed).any(|n| n == idr2),
+            "both slices kept, in order"
+        );
+        // Already in order (one slice or several): untouched, no copy.
+        assert_eq!(
+            normalize_access_unit(&annexb(&[sps, pps, idr1, idr2])),
+            None
+        );
+        assert_eq!(
+            normalize_access_unit(&annexb(&[&[0x41u8, 0x9a, 1][..]])),
+            None
+        );
+        // A different PPS before the slice is kept (two PPS ids).
+        let pps2 = &[0x68u8, 0xce, 0x3c, 0x81][..];
+        assert_eq!(
+            normalize_access_unit(&annexb(&[sps, pps, pps2, idr1])),
+            None
+        );
+    }
 
     /// A crafted SPS whose crop and size fields overflow 32-bit arithmetic
     /// (seen panicking a debug build): refused, never a panic.

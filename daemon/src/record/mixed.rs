@@ -520,6 +520,7 @@ impl MixedRecorder {
         let notes = sub.clock.push(frame, user, &mut self.placed);
         self.stats.clock_fallbacks += u64::from(notes.arrival_fallback);
         self.stats.reanchors += u64::from(notes.reanchored);
+        self.stats.reports_refused += u64::from(notes.reports_refused);
         self.stats.clock_overflows += notes.overflowed as u64;
         let (user_id, kind) = (sub.user_id.clone(), sub.kind);
         self.route_placed(&user_id, kind, tag);

@@ -91,6 +91,8 @@ pub struct Stats {
     pub stray_frames: u64,
     pub clock_fallbacks: u64,
     pub reanchors: u64,
+    /// Tracks whose sender reports were refused as impossible.
+    pub reports_refused: u64,
     pub clock_overflows: u64,
 }
 
@@ -253,6 +255,7 @@ impl SingleRecorder {
         let notes = sub.clock.push(frame, user, &mut self.placed);
         self.stats.clock_fallbacks += u64::from(notes.arrival_fallback);
         self.stats.reanchors += u64::from(notes.reanchored);
+        self.stats.reports_refused += u64::from(notes.reports_refused);
         self.stats.clock_overflows += notes.overflowed as u64;
         let stream = Arc::clone(&sub.stream);
         self.place(tag, &stream, &mut actions);

@@ -21,7 +21,13 @@
 //!    plus the clock difference, without jitter). Later tracks of the user
 //!    use the same offset.
 //! 5. If a track's RTP clock drifts from its sender reports by more than
-//!    [`REANCHOR_US`], it re-anchors on the latest report.
+//!    [`REANCHOR_US`], it re-anchors on the latest report — unless the
+//!    drift is more than [`MAX_REPORT_RATE_ERROR`] of the time elapsed
+//!    since the anchor: no clock drifts that fast, so the sender's reports
+//!    are broken (GStreamer 1.22's advance their RTP time at about twice
+//!    the clock rate). Such a track stops trusting reports and goes on by
+//!    its RTP clock from the anchor it has, rather than jumping back in
+//!    time at every report.
 //!
 //! Limits: a track with no sender report within [`SR_WAIT_US`] is placed
 //! by the arrival time of its first frame (its error is that frame's
@@ -44,6 +50,10 @@ pub const CONFIRM_US: i64 = 5_500_000;
 pub const SR_WAIT_US: i64 = 2_000_000;
 /// Drift between RTP time and sender reports that triggers a re-anchor.
 pub const REANCHOR_US: i64 = 20_000;
+/// The largest drift, as a share of the time since the anchor, that a
+/// re-anchor accepts (a real clock is off by parts per million; a step of
+/// the sender's wall clock can be large but is rare).
+pub const MAX_REPORT_RATE_ERROR: f64 = 0.25;
 /// A report whose mapping differs from the first by more than this is a
 /// new report (a repeat of the same report maps identically).
 const NEW_REPORT_US: i128 = 50;
@@ -85,6 +95,8 @@ enum Anchor {
 pub struct ClockNotes {
     pub arrival_fallback: bool,
     pub reanchored: bool,
+    /// A report was refused as impossible; the track stops using reports.
+    pub reports_refused: bool,
     pub overflowed: usize,
 }
 
@@ -97,6 +109,8 @@ pub struct TrackClock {
     first_report: Option<(i128, i64)>,
     confirmed: bool,
     released: bool,
+    /// The sender's reports contradict its RTP clock (see the module docs).
+    reports_untrusted: bool,
     pending: VecDeque<MediaFrame>,
 }
 
@@ -108,6 +122,7 @@ impl TrackClock {
             first_report: None,
             confirmed: false,
             released: false,
+            reports_untrusted: false,
             pending: VecDeque::new(),
         }
     }
@@ -150,11 +165,19 @@ impl TrackClock {
                     }
                     self.anchor = Some(latest);
                 }
-                Some(Anchor::Sender { rtp, at }) => {
-                    let drift = sender - (at + self.since(frame.rtp_time, rtp));
+                Some(Anchor::Sender { rtp, at }) if !self.reports_untrusted => {
+                    let elapsed = self.since(frame.rtp_time, rtp);
+                    let drift = sender - (at + elapsed);
                     if drift.abs() > REANCHOR_US {
-                        self.anchor = Some(latest);
-                        notes.reanchored = true;
+                        let rate_error =
+                            drift.unsigned_abs() as f64 / elapsed.unsigned_abs().max(1) as f64;
+                        if rate_error > MAX_REPORT_RATE_ERROR {
+                            self.reports_untrusted = true;
+                            notes.reports_refused = true;
+                        } else {
+                            self.anchor = Some(latest);
+                            notes.reanchored = true;
+                        }
                     }
                 }
                 _ => {}
@@ -416,6 +439,39 @@ mod tests {
         assert!(n.reanchored);
         let last = out.last().expect("placed").0;
         assert_eq!(last, T0 + 30 * 20_000 + 50_000 + 1_000);
+    }
+
+    /// GStreamer 1.22's sender reports advance their RTP time at about
+    /// twice the clock rate: each new report maps the same RTP time a whole
+    /// report interval earlier. The track must not jump back at every
+    /// report: it refuses them once and goes on by its RTP clock.
+    #[test]
+    fn reports_that_contradict_the_rtp_clock_are_refused() {
+        let mut user = UserClock::default();
+        let mut clock = TrackClock::new(48_000);
+        let mut out = Vec::new();
+        let mut refused = 0;
+        let mut reanchored = 0;
+        for i in 0..500 {
+            let capture = i * 20_000; // 10 s of 20 ms frames
+                                      // A report every second, each "earlier" by the time since the first.
+            let report_at = (capture / 1_000_000) * 1_000_000;
+            let error = if i < 50 { 0 } else { -report_at };
+            let n = clock.push(
+                frame(48_000, 0, capture, 1_000, 0, Some(error)),
+                &mut user,
+                &mut out,
+            );
+            refused += usize::from(n.reports_refused);
+            reanchored += usize::from(n.reanchored);
+        }
+        assert_eq!(refused, 1, "refused once, then reports are ignored");
+        assert_eq!(reanchored, 0);
+        assert!(!out.is_empty());
+        assert!(
+            out.windows(2).all(|w| w[1].0 - w[0].0 == 20_000),
+            "placed 20 ms apart throughout, never back in time"
+        );
     }
 
     #[test]

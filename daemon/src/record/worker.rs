@@ -205,10 +205,10 @@ impl RecorderMetrics {
         let clock_events = metrics::counter_vec(
             r,
             "kiroku_recorder_clock_events_total",
-            "Timeline events: arrival_fallback (no sender report in time), reanchor (RTP drifted from sender reports), overflow (frames dropped while waiting)",
+            "Timeline events: arrival_fallback (no sender report in time), reanchor (RTP drifted from sender reports), report_refused (a sender's reports contradict its RTP clock; the track goes on by RTP), overflow (frames dropped while waiting)",
             &["event"],
         );
-        for e in ["arrival_fallback", "reanchor", "overflow"] {
+        for e in ["arrival_fallback", "reanchor", "report_refused", "overflow"] {
             clock_events.with_label_values(&[e]).reset();
         }
         let mix_events = metrics::counter_vec(
@@ -593,6 +593,8 @@ impl Worker {
             .inc_by(s.clock_fallbacks - r.clock_fallbacks);
         ce.with_label_values(&["reanchor"])
             .inc_by(s.reanchors - r.reanchors);
+        ce.with_label_values(&["report_refused"])
+            .inc_by(s.reports_refused - r.reports_refused);
         ce.with_label_values(&["overflow"])
             .inc_by(s.clock_overflows - r.clock_overflows);
         self.reported = s;
