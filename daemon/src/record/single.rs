@@ -295,7 +295,13 @@ impl SingleRecorder {
     }
 
     fn drain_outputs(&mut self, stream_id: &StreamId, tag: u64, actions: &mut Vec<Action>) {
-        let video_tag = self.video_tag_of(stream_id, tag);
+        // Looked up only when a key frame is wanted (rare), not per frame.
+        let video_tag = self
+            .outputs
+            .iter()
+            .any(|o| matches!(o, Output::WantKeyframe))
+            .then(|| self.video_tag_of(stream_id, tag))
+            .flatten();
         for o in self.outputs.drain(..) {
             actions.push(match o {
                 Output::Segment { key, data } => Action::Store { key, data },
