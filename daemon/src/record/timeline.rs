@@ -21,13 +21,19 @@
 //!    plus the clock difference, without jitter). Later tracks of the user
 //!    use the same offset.
 //! 5. If a track's RTP clock drifts from its sender reports by more than
-//!    [`REANCHOR_US`], it re-anchors on the latest report — unless the
-//!    drift is more than [`MAX_REPORT_RATE_ERROR`] of the time elapsed
-//!    since the anchor: no clock drifts that fast, so the sender's reports
-//!    are broken (GStreamer 1.22's advance their RTP time at about twice
-//!    the clock rate). Such a track stops trusting reports and goes on by
-//!    its RTP clock from the anchor it has, rather than jumping back in
-//!    time at every report.
+//!    [`REANCHOR_US`], it re-anchors on the latest report — unless that
+//!    report contradicts the track's long-run rate: the report's mapping
+//!    differs from the track's first one (its origin) by more than
+//!    [`MAX_REPORT_RATE_ERROR`] of the RTP time since then. No clock runs
+//!    that far off, so the report is broken and ignored (GStreamer 1.22's
+//!    reports advance their RTP time at about twice the clock rate: judged
+//!    against the origin every one of them is refused, and the track goes
+//!    on by its RTP clock instead of jumping back at every report). A
+//!    sender whose media clock stalls (a starved capture thread sends less
+//!    audio than wall time) drifts by a small share of the long run: its
+//!    reports are accepted, the track jumps forward, and the audio gap is
+//!    filled — judging against the previous anchor instead would refuse a
+//!    stall of a quarter of one report interval and lose that time.
 //!
 //! Limits: a track with no sender report within [`SR_WAIT_US`] is placed
 //! by the arrival time of its first frame (its error is that frame's
@@ -95,7 +101,7 @@ enum Anchor {
 pub struct ClockNotes {
     pub arrival_fallback: bool,
     pub reanchored: bool,
-    /// A report was refused as impossible; the track stops using reports.
+    /// A report contradicted the track's long-run RTP rate and was ignored.
     pub reports_refused: bool,
     pub overflowed: usize,
 }
@@ -109,8 +115,11 @@ pub struct TrackClock {
     first_report: Option<(i128, i64)>,
     confirmed: bool,
     released: bool,
-    /// The sender's reports contradict its RTP clock (see the module docs).
-    reports_untrusted: bool,
+    /// The first sender anchor placed frames from (module docs, step 5).
+    origin: Option<(u64, i64)>,
+    /// Mapping constant of the last refused report (each frame repeats the
+    /// report in force; it is counted once).
+    refused_mapping: Option<i128>,
     pending: VecDeque<MediaFrame>,
 }
 
@@ -122,7 +131,8 @@ impl TrackClock {
             first_report: None,
             confirmed: false,
             released: false,
-            reports_untrusted: false,
+            origin: None,
+            refused_mapping: None,
             pending: VecDeque::new(),
         }
     }
@@ -135,6 +145,17 @@ impl TrackClock {
     /// Sender µs minus RTP µs: equal for every frame mapped by one report.
     fn mapping(&self, rtp: u64, sender: i64) -> i128 {
         i128::from(sender) - rtp as i128 * 1_000_000 / i128::from(self.clock_rate)
+    }
+
+    /// Whether a report mapping `rtp` to `sender` µs is off the origin's
+    /// mapping by more than [`MAX_REPORT_RATE_ERROR`] of the RTP time since.
+    fn contradicts_origin(&self, rtp: u64, sender: i64) -> bool {
+        let Some((origin_rtp, origin_at)) = self.origin else {
+            return false;
+        };
+        let elapsed = self.since(rtp, origin_rtp);
+        let drift = sender.saturating_sub(origin_at.saturating_add(elapsed));
+        drift.unsigned_abs() as f64 > MAX_REPORT_RATE_ERROR * elapsed.unsigned_abs().max(1) as f64
     }
 
     /// Takes a frame; appends the frames that are now placed, as
@@ -165,15 +186,19 @@ impl TrackClock {
                     }
                     self.anchor = Some(latest);
                 }
-                Some(Anchor::Sender { rtp, at }) if !self.reports_untrusted => {
+                Some(Anchor::Sender { rtp, at }) => {
                     let elapsed = self.since(frame.rtp_time, rtp);
                     let drift = sender - (at + elapsed);
                     if drift.abs() > REANCHOR_US {
-                        let rate_error =
-                            drift.unsigned_abs() as f64 / elapsed.unsigned_abs().max(1) as f64;
-                        if rate_error > MAX_REPORT_RATE_ERROR {
-                            self.reports_untrusted = true;
-                            notes.reports_refused = true;
+                        if self.contradicts_origin(frame.rtp_time, sender) {
+                            let c = self.mapping(frame.rtp_time, sender);
+                            if self
+                                .refused_mapping
+                                .is_none_or(|m| (c - m).abs() > NEW_REPORT_US)
+                            {
+                                self.refused_mapping = Some(c);
+                                notes.reports_refused = true;
+                            }
                         } else {
                             self.anchor = Some(latest);
                             notes.reanchored = true;
@@ -249,6 +274,7 @@ impl TrackClock {
                         best
                     }
                 };
+                self.origin.get_or_insert((rtp, at));
                 (rtp, at + offset)
             }
             Some(Anchor::Arrival { rtp, at }) => (rtp, at),
@@ -444,7 +470,7 @@ mod tests {
     /// GStreamer 1.22's sender reports advance their RTP time at about
     /// twice the clock rate: each new report maps the same RTP time a whole
     /// report interval earlier. The track must not jump back at every
-    /// report: it refuses them once and goes on by its RTP clock.
+    /// report: it refuses them and goes on by its RTP clock.
     #[test]
     fn reports_that_contradict_the_rtp_clock_are_refused() {
         let mut user = UserClock::default();
@@ -465,13 +491,60 @@ mod tests {
             refused += usize::from(n.reports_refused);
             reanchored += usize::from(n.reanchored);
         }
-        assert_eq!(refused, 1, "refused once, then reports are ignored");
+        // The report at 1 s confirms the mapping (nothing placed yet to
+        // judge it by); those at 2..9 s are refused, once each.
+        assert_eq!(refused, 8);
         assert_eq!(reanchored, 0);
         assert!(!out.is_empty());
         assert!(
             out.windows(2).all(|w| w[1].0 - w[0].0 == 20_000),
             "placed 20 ms apart throughout, never back in time"
         );
+    }
+
+    /// Audio 20 ms apart whose sender's media clock stalls for `stall_us`
+    /// after `stall_at` frames: later frames carry RTP time that lags the
+    /// sender's wall clock (and their arrival) by the stall. Returns the
+    /// placed times and how many reports were refused and re-anchored on.
+    fn stalled_audio(stall_at: i64, stall_us: i64, frames: i64) -> (Vec<i64>, usize, usize) {
+        let mut user = UserClock::default();
+        let mut clock = TrackClock::new(48_000);
+        let mut out = Vec::new();
+        let (mut refused, mut reanchored) = (0, 0);
+        for i in 0..frames {
+            let lag = if i < stall_at { 0 } else { stall_us };
+            let report = if i < 5 { 100 } else { lag };
+            let n = clock.push(
+                frame(48_000, 0, i * 20_000, 1_000, lag, Some(report)),
+                &mut user,
+                &mut out,
+            );
+            refused += usize::from(n.reports_refused);
+            reanchored += usize::from(n.reanchored);
+        }
+        (out.iter().map(|(t, _)| *t).collect(), refused, reanchored)
+    }
+
+    /// A stall is a small share of the long run: the track re-anchors,
+    /// jumps forward by the stall, and its span stays the wall time (the
+    /// audio transcoder fills the gap), instead of coming out short.
+    #[test]
+    fn a_stalled_sender_clock_jumps_forward_with_its_reports() {
+        let (placed, refused, reanchored) = stalled_audio(100, 300_000, 200);
+        assert_eq!((refused, reanchored), (0, 1));
+        assert_eq!(placed[100] - placed[99], 20_000 + 300_000);
+        assert_eq!(placed[199] - placed[0], 199 * 20_000 + 300_000);
+    }
+
+    /// A stall early in the stream is a large share of the time since the
+    /// origin: reports are refused only until the long run makes the stall
+    /// plausible, then the track catches up — never left short for good.
+    #[test]
+    fn an_early_stall_is_refused_only_until_the_long_run_absorbs_it() {
+        let (placed, refused, reanchored) = stalled_audio(25, 300_000, 150);
+        assert_eq!(refused, 1, "0.3 s stall after 0.5 s is 60 % of the run");
+        assert_eq!(reanchored, 1);
+        assert_eq!(placed[149] - placed[0], 149 * 20_000 + 300_000);
     }
 
     #[test]

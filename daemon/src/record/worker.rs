@@ -205,7 +205,7 @@ impl RecorderMetrics {
         let clock_events = metrics::counter_vec(
             r,
             "kiroku_recorder_clock_events_total",
-            "Timeline events: arrival_fallback (no sender report in time), reanchor (RTP drifted from sender reports), report_refused (a sender's reports contradict its RTP clock; the track goes on by RTP), overflow (frames dropped while waiting)",
+            "Timeline events: arrival_fallback (no sender report in time), reanchor (RTP drifted from sender reports), report_refused (a sender report contradicting the track's long-run RTP rate, ignored), overflow (frames dropped while waiting)",
             &["event"],
         );
         for e in ["arrival_fallback", "reanchor", "report_refused", "overflow"] {
