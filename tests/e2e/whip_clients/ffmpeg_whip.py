@@ -32,9 +32,9 @@ tests/e2e/requirements.txt), not Debian's python3.
 generates; --gen-cert CURVE makes one with the `openssl` CLI (e.g. prime256v1).
 FFmpeg's GnuTLS backend (the one PyAV's wheels use) generates an ECDSA key
 with gnutls_sec_param_to_pk_bits(ECDSA, MEDIUM) = 224 bits, i.e. a P-224
-certificate, which str0m's DTLS (dimpl) refuses ("unsupported EC curve"):
-with kiroku, FFmpeg 8 + GnuTLS publishes only with --gen-cert prime256v1 (or
-secp384r1) or its own --cert/--key on P-256/P-384.
+certificate. Stock dimpl (str0m's DTLS) refuses it ("unsupported EC curve");
+kiroku's patched dimpl verifies it (vendor/README.md). --gen-cert secp521r1
+makes one kiroku cannot verify (the refused-handshake test).
 
 Needs: PyAV whose wheel bundles FFmpeg >= 8 with the WHIP muxer (tested: av 18.1.0,
 libavformat 62.12), the openssl CLI for --gen-cert.

@@ -25,10 +25,9 @@ default, so that the script shows the failures as a user meets them):
       gathers no loopback candidate and pins each socket to its interface
       (IP_UNICAST_IF), so its checks from e.g. 192.0.2.2 to 127.0.0.1 leave
       on eth0 and never arrive (ICE 'failed').
-  --cert-curve prime256v1    webrtcbin's DTLS certificate is RSA-2048; str0m's
-      DTLS (dimpl) takes only ECDSA P-256/P-384 client certificates, so the
-      handshake fails (GStreamer: "Fatal SSL error"; kiroku: "no client
-      certificate received").
+  --cert-curve prime256v1    replaces webrtcbin's own RSA-2048 DTLS
+      certificate with an ECDSA one (kiroku verifies both; stock dimpl, str0m's
+      DTLS, verified only ECDSA P-256/P-384: vendor/README.md).
 
 What it sends is what GStreamer's WebRTC examples and webrtcsink send:
 x264enc tune=zerolatency (sliced threads: on a multi-core box each picture
@@ -88,7 +87,7 @@ def pipeline_desc(args) -> str:
     if not args.no_audio:
         parts.append(
             "audiotestsrc is-live=true wave=sine freq=440 ! audioconvert ! audioresample "
-            "! opusenc ! rtpopuspay "
+            "! opusenc frame-size=20 ! rtpopuspay "
             "! application/x-rtp,media=audio,encoding-name=OPUS,payload=111,clock-rate=48000 ! w."
         )
     return " ".join(parts)
@@ -195,16 +194,16 @@ class Publisher:
         err, dbg = msg.parse_error()
         hint = ""
         if "dtls" in (dbg or "").lower() and not self.pem:
-            hint = (" [DTLS failed: webrtcbin's certificate is RSA-2048 and str0m/dimpl accepts only "
-                    "ECDSA P-256/P-384 client certificates; try --cert-curve prime256v1]")
+            hint = (" [DTLS failed with webrtcbin's own RSA-2048 certificate: a server whose DTLS verifies "
+                    "only ECDSA (stock str0m/dimpl) refuses it; try --cert-curve prime256v1]")
         self.finish(1, f"pipeline error: {err.message} ({dbg}){hint}")
 
     def ice_hint(self) -> str:
         if any(st in ("connected", "completed") for st in self.ice_states):
             if self.pem:
                 return " [ICE connected, DTLS failed]"
-            return (" [ICE connected, DTLS failed: webrtcbin's certificate is RSA-2048 and str0m/dimpl accepts "
-                    "only ECDSA P-256/P-384 client certificates; try --cert-curve prime256v1]")
+            return (" [ICE connected, DTLS failed with webrtcbin's own RSA-2048 certificate: a server whose "
+                    "DTLS verifies only ECDSA (stock str0m/dimpl) refuses it; try --cert-curve prime256v1]")
         def loopback_candidates(sdp):
             return [line for line in (sdp or "").splitlines()
                     if line.startswith("a=candidate:") and " 127." in line]
