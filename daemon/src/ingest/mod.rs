@@ -367,4 +367,6 @@ impl Ingest {
     }
 }
 #[cfg(test)]
+mod peer_certificates;
+#[cfg(test)]
 mod tests;
