@@ -43,7 +43,7 @@ struct Args {
 }
 
 const SECRET_ID: &str = "AKIDbench";
-const SECRET_KEY: &str = "bench-secret";
+const SECRET_KEY: &str = "bench-secret-key-2026";
 const APP: u32 = 1_400_000_001;
 
 struct Daemon {

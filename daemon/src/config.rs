@@ -68,6 +68,7 @@ struct RawServer {
     max_body_bytes: Option<usize>,
     shutdown_grace_seconds: Option<u64>,
     signed_services: Option<Vec<String>>,
+    admin_token: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -164,6 +165,66 @@ pub struct ServerConfig {
     /// any (Tencent's Node.js and Java SDKs sign for the endpoint's first
     /// DNS label, e.g. `127` for `127.0.0.1:8080`). docs/api.md.
     pub signed_services: Option<Vec<String>>,
+    /// The operator credential for the status and admin endpoints
+    /// (`/v1/*`, `Authorization: Bearer <token>`); docs/security.md.
+    pub admin_token: Option<Secret>,
+}
+
+/// A secret from the configuration: compared in constant time, never
+/// printed (its `Debug` is redacted).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `candidate` is this secret, in time that does not depend on
+    /// where they differ.
+    pub fn matches(&self, candidate: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), candidate.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The shortest secret the configuration accepts (API secret keys, the
+/// admin token): 16 bytes, so that a guessed or example value cannot pass.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+/// Values from examples and documentation that must never guard a box.
+const PLACEHOLDER_SECRETS: &[&str] = &[
+    "change-me",
+    "changeme",
+    "change-me-too",
+    "change-me-three",
+    "change-me-to-a-long-random-string",
+];
+
+/// Refuses a secret that is short or a known placeholder.
+fn check_secret(key: &str, value: &str) -> Result<(), ConfigError> {
+    if PLACEHOLDER_SECRETS
+        .iter()
+        .any(|p| p.eq_ignore_ascii_case(value.trim()))
+    {
+        return Err(invalid(
+            key,
+            "is an example placeholder: generate a real one (e.g. `openssl rand -hex 24`)",
+        ));
+    }
+    if value.len() < MIN_SECRET_BYTES {
+        return Err(invalid(
+            key,
+            format!("is shorter than {MIN_SECRET_BYTES} bytes: generate a longer one (e.g. `openssl rand -hex 24`)"),
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -554,6 +615,13 @@ impl Config {
             }
             None => None,
         };
+        let admin_token = match raw.server.admin_token {
+            Some(token) => {
+                check_secret("server.admin_token", &token)?;
+                Some(Secret(token))
+            }
+            None => None,
+        };
 
         let max_tasks = raw.limits.max_tasks.unwrap_or(DEFAULT_MAX_TASKS);
         if max_tasks == 0 {
@@ -599,6 +667,7 @@ impl Config {
                     "secret_id and secret_key must not be empty",
                 ));
             }
+            check_secret(&format!("credentials[{i}].secret_key"), &c.secret_key)?;
             if !seen_ids.insert(c.secret_id.clone()) {
                 return Err(invalid(
                     format!("credentials[{i}].secret_id"),
@@ -629,6 +698,9 @@ impl Config {
                     "must not be empty (leave it out to accept any UserSig)",
                 ));
             }
+            if let Some(key) = &a.user_sig_key {
+                check_secret(&format!("apps[{i}].user_sig_key"), key)?;
+            }
             let callback = match (a.callback_url, a.callback_key) {
                 (None, None) => None,
                 (Some(url), Some(key)) => {
@@ -638,12 +710,7 @@ impl Config {
                             format!("`{url}` must start with http:// or https://"),
                         ));
                     }
-                    if key.is_empty() {
-                        return Err(invalid(
-                            format!("apps[{i}].callback_key"),
-                            "must not be empty",
-                        ));
-                    }
+                    check_secret(&format!("apps[{i}].callback_key"), &key)?;
                     Some(CallbackTarget { url, key })
                 }
                 (Some(_), None) => {
@@ -768,6 +835,7 @@ impl Config {
                 max_body_bytes,
                 shutdown_grace,
                 signed_services,
+                admin_token,
             },
             limits: Limits {
                 max_tasks,
@@ -812,11 +880,35 @@ mod tests {
     }
 
     #[test]
-    fn example_config_in_packaging_is_valid() {
+    fn example_config_in_packaging_is_valid_once_its_placeholders_are_replaced() {
         let text = include_str!("../../packaging/kiroku.toml");
-        let c = Config::parse(text).expect("packaging/kiroku.toml parses");
+        let e = Config::parse(text).expect_err("the example's change-me keys are refused");
+        assert!(e.to_string().contains("placeholder"), "{e}");
+        let mut fixed = text.to_owned();
+        for (i, p) in ["\"change-me-three\"", "\"change-me-too\"", "\"change-me\""]
+            .iter()
+            .enumerate()
+        {
+            fixed = fixed.replace(p, &format!("\"0123456789abcdef-{i}\""));
+        }
+        let c = Config::parse(&fixed).expect("packaging/kiroku.toml parses");
         assert!(!c.dev_mode());
         assert_eq!(c.apps.len(), 1);
+        assert!(c.server.admin_token.is_some());
+    }
+
+    #[test]
+    fn short_or_placeholder_secrets_are_refused_by_name() {
+        let base = "[[credentials]]\nsecret_id = \"a\"\nsecret_key = ";
+        assert!(err(&format!("{base}\"0123456789abcde\"")).contains("credentials[0].secret_key"));
+        assert!(err(&format!("{base}\"CHANGE-ME\"")).contains("placeholder"));
+        assert!(err("[server]\nadmin_token = \"short\"").contains("server.admin_token"));
+        let ok = Config::parse("[server]\nadmin_token = \"0123456789abcdef\"").expect("16 bytes");
+        let token = ok.server.admin_token.expect("set");
+        assert!(token.matches("0123456789abcdef"));
+        assert!(!token.matches("0123456789abcdeF"));
+        assert!(!token.matches("0123456789abcdef0"));
+        assert_eq!(format!("{token:?}"), "<redacted>");
     }
 
     #[test]
@@ -831,7 +923,7 @@ mod tests {
         let e = err("[server]\nlisten = \"0.0.0.0:8080\"");
         assert!(e.contains("loopback"), "{e}");
         let ok = Config::parse(
-            "[server]\nlisten = \"0.0.0.0:8080\"\n[ingest]\nadvertised_addresses = [\"192.0.2.7\"]\n[[credentials]]\nsecret_id = \"a\"\nsecret_key = \"b\"",
+            "[server]\nlisten = \"0.0.0.0:8080\"\n[ingest]\nadvertised_addresses = [\"192.0.2.7\"]\n[[credentials]]\nsecret_id = \"a\"\nsecret_key = \"0123456789abcdef\"",
         )
         .expect("valid");
         assert!(!ok.dev_mode());

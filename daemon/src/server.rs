@@ -7,10 +7,10 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, delete, get};
 use axum::Router;
 use tokio::net::TcpListener;
 
@@ -67,17 +67,70 @@ pub fn router(api: Arc<ApiState>, metrics: Metrics) -> Router {
         )
 }
 
-fn status_router(ingest: Arc<Ingest>) -> Router {
+struct Operator {
+    config: Arc<Config>,
+    ingest: Arc<Ingest>,
+}
+
+/// The operator's endpoints (`/v1/*`): status and admin, behind
+/// `server.admin_token` (docs/security.md).
+fn operator_router(config: Arc<Config>, ingest: Arc<Ingest>) -> Router {
     Router::new()
         .route("/v1/rooms", get(rooms_status))
-        .with_state(ingest)
+        .route("/v1/sessions/{session_id}", delete(end_session))
+        .with_state(Arc::new(Operator { config, ingest }))
+}
+
+fn json_error(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({ "error": message }).to_string(),
+    )
+        .into_response()
+}
+
+/// `Authorization: Bearer <server.admin_token>`; with no token configured
+/// only a dev-mode box (no API credentials, loopback listener) answers.
+/// `None` when the request may go on; otherwise the refusal to send.
+fn operator_denied(config: &Config, headers: &HeaderMap) -> Option<Response> {
+    match &config.server.admin_token {
+        Some(token) => {
+            let given = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if token.matches(given.trim()) {
+                None
+            } else {
+                let mut r = json_error(
+                    StatusCode::UNAUTHORIZED,
+                    "the operator endpoints need Authorization: Bearer <server.admin_token>",
+                );
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer realm=\"kiroku\""),
+                );
+                Some(r)
+            }
+        }
+        None if config.dev_mode() => None,
+        None => Some(json_error(
+            StatusCode::FORBIDDEN,
+            "the operator endpoints are off: set server.admin_token to use them (docs/security.md)",
+        )),
+    }
 }
 
 /// `GET /v1/rooms`: every room, its users in join order, their tracks.
-async fn rooms_status(State(ingest): State<Arc<Ingest>>) -> Response {
+async fn rooms_status(State(op): State<Arc<Operator>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = operator_denied(&op.config, &headers) {
+        return refused;
+    }
     let body = serde_json::json!({
-        "rooms": ingest.registry.status(),
-        "sessions": ingest.sessions.len(),
+        "rooms": op.ingest.registry.status(),
+        "sessions": op.ingest.sessions.len(),
     });
     (
         StatusCode::OK,
@@ -85,6 +138,24 @@ async fn rooms_status(State(ingest): State<Arc<Ingest>>) -> Response {
         body.to_string(),
     )
         .into_response()
+}
+
+/// `DELETE /v1/sessions/{session_id}`: the operator ends a publisher's
+/// session (the id `GET /v1/rooms` and the logs show; the publisher itself
+/// ends it with its WHIP resource URL).
+async fn end_session(
+    State(op): State<Arc<Operator>>,
+    Path(session_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = operator_denied(&op.config, &headers) {
+        return refused;
+    }
+    if !op.ingest.end_session(&session_id) {
+        return json_error(StatusCode::NOT_FOUND, "no such WHIP session");
+    }
+    tracing::info!(%session_id, "WHIP session ended by the operator");
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn healthz() -> &'static str {
@@ -208,7 +279,7 @@ pub async fn run(
             config: config.clone(),
             ingest: ingest.clone(),
         })))
-        .merge(status_router(ingest.clone()))
+        .merge(operator_router(config.clone(), ingest.clone()))
         .merge(vod_http::router(vod));
 
     let addr = listener.local_addr().map_err(ServerError::Http)?;

@@ -44,6 +44,12 @@ APP_ID2 = 1400000002  # a second app, no callbacks, any UserSig
 APP_SIG = 1400000003  # UserSig must verify with USER_SIG_KEY
 USER_SIG_KEY = "e2e-user-sig-key-5b1f"
 CALLBACK_KEY = "e2e-callback-key-77c2"
+# server.admin_token: the operator credential for /v1/* (docs/security.md).
+ADMIN_TOKEN = "e2e-admin-token-3f9a51c0"
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+# Third-party publisher scripts (tests/e2e/whip_clients) read it to check
+# GET /v1/rooms; they inherit the environment.
+os.environ.setdefault("KIROKU_ADMIN_TOKEN", ADMIN_TOKEN)
 API_VERSION = "2019-07-22"
 
 # Every daemon started by the suite, so that a failing test can show logs.
@@ -149,6 +155,7 @@ def base_config(data_dir: Path, port: int, callback_url: str | None = None, dev_
             "public_url": f"http://127.0.0.1:{port}",
             "max_body_bytes": 1048576,
             "shutdown_grace_seconds": 5,
+            "admin_token": ADMIN_TOKEN,
         },
         "limits": {"max_tasks": 1000, "api_rate_per_second": 1000},
         "callbacks": {"retry_for_seconds": 3600, "timeout_seconds": 2, "max_in_flight": 16},

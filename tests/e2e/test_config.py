@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import re
+import secrets
 import subprocess
 import time
 
@@ -17,11 +19,39 @@ def run(*args, timeout=15) -> subprocess.CompletedProcess:
     return subprocess.run([KIROKU_BIN, *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
 
-def test_packaged_example_config_is_valid():
+def test_packaged_example_config_is_refused_until_its_placeholder_keys_are_replaced(tmp_path):
+    """The example ships `change-me` keys: check-config (and serve) refuse
+    them by name; with real keys in their place the example is valid."""
     r = run("check-config", PACKAGED)
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "server.admin_token" in r.stderr and "placeholder" in r.stderr, r.stderr
+    text = PACKAGED.read_text()
+    placeholders = sorted(set(re.findall(r'"(change-me[a-z-]*)"', text)))
+    assert placeholders, "the example has no placeholder keys left to replace"
+    for i, p in enumerate(placeholders):
+        text = text.replace(f'"{p}"', f'"{secrets.token_hex(12)}{i}"')
+    fixed = tmp_path / "kiroku.toml"
+    fixed.write_text(text)
+    r = run("check-config", fixed)
     assert r.returncode == 0, r.stderr
     assert "valid" in r.stdout
     assert "authenticated" in r.stdout  # it configures [[credentials]]
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("credentials", [{"secret_id": "AKIDx", "secret_key": "short-key-15byt"}], "credentials[0].secret_key"),
+    ("server", {"admin_token": "0123456789abcde"}, "server.admin_token"),
+    ("server", {"admin_token": "change-me"}, "server.admin_token"),
+])
+def test_weak_secrets_are_refused(tmp_path, key, value, needle):
+    """Secrets under 16 bytes or copied from the example never guard a box."""
+    cfg = base_config(tmp_path / "data", free_port())
+    cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
+    p = tmp_path / "k.toml"
+    p.write_text(to_toml(cfg))
+    r = run("check-config", p)
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert needle in r.stderr and ("16 bytes" in r.stderr or "placeholder" in r.stderr), r.stderr
 
 
 def test_suite_config_is_valid(tmp_path):
@@ -96,7 +126,7 @@ def test_dev_mode_on_all_interfaces_is_refused(tmp_path):
     assert r.returncode != 0
     assert "loopback" in r.stderr
     # With credentials the same address is fine.
-    cfg["credentials"] = [{"secret_id": "AKIDx", "secret_key": "k"}]
+    cfg["credentials"] = [{"secret_id": "AKIDx", "secret_key": "k" * 16}]
     p.write_text(to_toml(cfg))
     assert run("check-config", p).returncode == 0
 

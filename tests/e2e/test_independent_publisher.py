@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import requests
 
-from kiroku_e2e import APP_ID, APP_SIG, USER_SIG_KEY, create_params, wait_until
+from kiroku_e2e import ADMIN_HEADERS, APP_ID, APP_SIG, USER_SIG_KEY, create_params, wait_until
 from recording import decode_ok, ffprobe, parse_playlist, single_base, task_files
 
 pytest.importorskip("aiortc", reason="pip install -r tests/e2e/requirements.txt (aiortc)")
@@ -87,7 +87,7 @@ def video_frames(path: Path) -> int:
 
 def user_status(d, room: int, user: str) -> dict | None:
     """The user's entry in GET /v1/rooms (docs/ingest.md), or None."""
-    r = requests.get(d.url + "/v1/rooms", timeout=5)
+    r = requests.get(d.url + "/v1/rooms", headers=ADMIN_HEADERS, timeout=5)
     assert r.status_code == 200, r.text
     for rm in r.json()["rooms"]:
         if str(rm["room_id"]) == str(room):

@@ -19,7 +19,7 @@ import pytest
 import requests
 import TLSSigAPIv2
 
-from kiroku_e2e import APP_ID, APP_SIG, KIROKU_BIN, REPO, USER_SIG_KEY, free_port, uniq, wait_until
+from kiroku_e2e import ADMIN_HEADERS, APP_ID, APP_SIG, KIROKU_BIN, REPO, USER_SIG_KEY, free_port, uniq, wait_until
 
 OFFER = """v=0\r
 o=- 4611731400430051336 2 IN IP4 127.0.0.1\r
@@ -86,7 +86,7 @@ def post_offer(d, room, user, sdp=OFFER, ctype="application/sdp", token=None, ap
 
 
 def rooms(d) -> list[dict]:
-    r = requests.get(d.url + "/v1/rooms", timeout=5)
+    r = requests.get(d.url + "/v1/rooms", headers=ADMIN_HEADERS, timeout=5)
     assert r.status_code == 200 and r.headers["Content-Type"] == "application/json"
     return r.json()["rooms"]
 
@@ -274,7 +274,7 @@ def test_a_thousand_sessions_do_not_leak(kiroku):
     rss1, fds1 = _proc_usage(pid)
     assert fds1 <= fds0 + 3, f"file descriptors grew from {fds0} to {fds1}"
     assert rss1 - rss0 < 30_000, f"RSS grew by {rss1 - rss0} kB over 900 sessions"
-    assert requests.get(d.url + "/v1/rooms", timeout=5).json()["sessions"] == 0
+    assert requests.get(d.url + "/v1/rooms", headers=ADMIN_HEADERS, timeout=5).json()["sessions"] == 0
     assert d.metric("kiroku_whip_sessions_created_total") == 1000
 
 

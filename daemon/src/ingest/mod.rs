@@ -194,14 +194,31 @@ pub struct SessionTable {
 struct Sessions {
     by_id: HashMap<String, SessionEntry>,
     by_slot: HashMap<(RoomKey, String, bool), String>,
+    /// WHIP resource token → session id.
+    by_resource: HashMap<String, String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SessionEntry {
     pub key: RoomKey,
     pub user_id: String,
     pub aux: bool,
     pub etag: String,
+    /// The secret in the session's WHIP resource URL (`Location`): whoever
+    /// holds it may end or patch the session. Distinct from the session id,
+    /// which logs and `GET /v1/rooms` show; it is never printed.
+    pub resource: String,
+}
+
+impl std::fmt::Debug for SessionEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionEntry")
+            .field("key", &self.key)
+            .field("user_id", &self.user_id)
+            .field("aux", &self.aux)
+            .field("resource", &"<redacted>")
+            .finish()
+    }
 }
 
 impl SessionEntry {
@@ -220,8 +237,11 @@ impl SessionTable {
         let mut t = self.lock();
         let replaced = t.by_slot.insert(e.slot(), id.clone());
         if let Some(old) = &replaced {
-            t.by_id.remove(old);
+            if let Some(gone) = t.by_id.remove(old) {
+                t.by_resource.remove(&gone.resource);
+            }
         }
+        t.by_resource.insert(e.resource.clone(), id.clone());
         t.by_id.insert(id, e);
         replaced
     }
@@ -230,9 +250,17 @@ impl SessionTable {
         self.lock().by_id.get(id).cloned()
     }
 
+    /// The session whose WHIP resource token is `resource`: its id and entry.
+    pub fn by_resource(&self, resource: &str) -> Option<(String, SessionEntry)> {
+        let t = self.lock();
+        let id = t.by_resource.get(resource)?;
+        t.by_id.get(id).map(|e| (id.clone(), e.clone()))
+    }
+
     pub fn remove(&self, id: &str) -> Option<SessionEntry> {
         let mut t = self.lock();
         let e = t.by_id.remove(id)?;
+        t.by_resource.remove(&e.resource);
         let slot = e.slot();
         if t.by_slot.get(&slot).map(String::as_str) == Some(id) {
             t.by_slot.remove(&slot);
@@ -355,6 +383,18 @@ impl Ingest {
             metrics: im,
             thread: Mutex::new(Some(thread)),
         }))
+    }
+
+    /// Ends one session (its publisher leaves the room); false when there
+    /// is no such session.
+    pub fn end_session(&self, session_id: &str) -> bool {
+        if self.sessions.remove(session_id).is_none() {
+            return false;
+        }
+        let _ = self.commands.try_send(Command::RemovePeer {
+            session_id: session_id.to_owned(),
+        });
+        true
     }
 
     /// Ends every session and stops the media thread.

@@ -221,6 +221,9 @@ fn publish_inner(
         })?;
 
     let session_id = random_token(24);
+    // The resource URL is the publisher's capability to end or patch its
+    // session: a separate 190-bit secret, never logged (the session id is).
+    let resource = random_token(32);
     let key = RoomKey { sdk_app_id, room };
     let etag = format!("\"{}\"", random_token(12));
     s.ingest.sessions.insert(
@@ -230,6 +233,7 @@ fn publish_inner(
             user_id: user.to_owned(),
             aux,
             etag: etag.clone(),
+            resource: resource.clone(),
         },
     );
     let peer = NewPeer {
@@ -252,7 +256,7 @@ fn publish_inner(
         ));
     }
     tracing::info!(%session_id, sdk_app_id, user_id = user, aux, "WHIP session created");
-    let location = format!("/whip/session/{session_id}");
+    let location = format!("/whip/session/{resource}");
     let r = Response::builder()
         .status(StatusCode::CREATED)
         .header(header::CONTENT_TYPE, "application/sdp")
@@ -264,14 +268,11 @@ fn publish_inner(
     Ok(with_cors(r))
 }
 
-async fn delete_session(State(s): State<Arc<WhipState>>, Path(id): Path<String>) -> Response {
-    if s.ingest.sessions.get(&id).is_none() {
-        return text(StatusCode::NOT_FOUND, format!("no WHIP session {id}"));
-    }
-    let _ = s.ingest.commands.try_send(Command::RemovePeer {
-        session_id: id.clone(),
-    });
-    s.ingest.sessions.remove(&id);
+async fn delete_session(State(s): State<Arc<WhipState>>, Path(resource): Path<String>) -> Response {
+    let Some((id, _)) = s.ingest.sessions.by_resource(&resource) else {
+        return text(StatusCode::NOT_FOUND, "no such WHIP session");
+    };
+    s.ingest.end_session(&id);
     with_cors(
         Response::builder()
             .status(StatusCode::OK)
@@ -282,12 +283,12 @@ async fn delete_session(State(s): State<Arc<WhipState>>, Path(id): Path<String>)
 
 async fn patch_session(
     State(s): State<Arc<WhipState>>,
-    Path(id): Path<String>,
+    Path(resource): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(entry) = s.ingest.sessions.get(&id) else {
-        return text(StatusCode::NOT_FOUND, format!("no WHIP session {id}"));
+    let Some((_, entry)) = s.ingest.sessions.by_resource(&resource) else {
+        return text(StatusCode::NOT_FOUND, "no such WHIP session");
     };
     let content_type = header_text(&headers, header::CONTENT_TYPE);
     if !content_type

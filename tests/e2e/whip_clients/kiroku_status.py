@@ -5,6 +5,7 @@ with PyAV can import it)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import urllib.parse
 import urllib.request
@@ -34,7 +35,11 @@ def user_tracks(url: str) -> dict | None:
     w = parse_whip_url(url)
     if w is None:
         return None
-    with urllib.request.urlopen(w["base"] + "/v1/rooms", timeout=5) as r:
+    # The operator endpoints need server.admin_token (docs/security.md);
+    # the e2e suite puts it in the environment.
+    token = os.environ.get("KIROKU_ADMIN_TOKEN", "")
+    req = urllib.request.Request(w["base"] + "/v1/rooms", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=5) as r:
         rooms = json.load(r)["rooms"]
     for room in rooms:
         if room.get("sdk_app_id") != w["app"] or str(room.get("room_id")) != w["room"]:
