@@ -358,10 +358,15 @@ def test_wrong_secret_key(daemon):
     assert e.code == "AuthFailure.SignatureFailure"
 
 
-def test_unknown_secret_id(daemon):
-    e = Api(daemon, "AKIDunknown", SECRET_KEY).error("DescribeCloudRecording", {"SdkAppId": APP_ID, "TaskId": "abc"})
-    assert e.code == "AuthFailure.SecretIdNotFound"
-    assert "AKIDunknown" in e.message
+def test_unknown_secret_id_is_answered_as_a_wrong_signature(daemon):
+    """Which SecretIds exist is not revealed (docs/security.md): an unknown
+    one gets the very code and message a wrong key gets."""
+    params = {"SdkAppId": APP_ID, "TaskId": "abc"}
+    e = Api(daemon, "AKIDunknown", SECRET_KEY).error("DescribeCloudRecording", params)
+    wrong = Api(daemon, SECRET_ID, "wrong-key").error("DescribeCloudRecording", params)
+    assert e.code == wrong.code == "AuthFailure.SignatureFailure"
+    assert e.message == wrong.message
+    assert "AKIDunknown" not in e.message
 
 
 @pytest.mark.parametrize("skew", [-600, 600])

@@ -80,3 +80,4 @@ def test_only_the_resource_url_or_the_operator_ends_a_session(kiroku):
                5, 0.1, "both sessions gone")
     assert requests.delete(d.url + posted["other"], timeout=5).status_code == 404
     assert "WHIP session ended by the operator" in ANSI.sub("", d.log_text())
+
