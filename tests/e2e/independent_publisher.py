@@ -13,7 +13,11 @@ What it sends:
 - video: a solid `color` picture (`width` x `height`, `fps`) with a small white
   square moving along the top band (so the encoder sees motion; the centre of
   the picture is always the solid colour), H.264 only (the transceiver's codec
-  preferences keep aiortc's H.264 packetization-mode=1 codecs and RTX);
+  preferences keep aiortc's H.264 packetization-mode=1 codecs and RTX).
+  With `pattern="noise"` the whole picture is fresh random noise every
+  frame instead (no colour, no square): libx264 cannot compress it, so the stream runs
+  at the encoder's target bitrate (about 650 kbit/s at 15 fps, measured),
+  for tests that need data volume (a solid picture is about 10 kbit/s);
 - audio: a sine tone at `tone_hz`, amplitude 0.25, 48 kHz mono, 20 ms frames,
   Opus only.
 
@@ -121,17 +125,21 @@ class _ColourVideo(_PacedTrack):
         self._base[:, :] = owner.color
         self._square = max(8, (min(w, h) // 12) // 2 * 2)
         self._step = fractions.Fraction(VIDEO_CLOCK, owner.fps)
+        self._rng = np.random.default_rng(0) if owner.pattern == "noise" else None
 
     async def recv(self) -> av.VideoFrame:
         n = await self._pace()
         every = self._owner.keyframe_interval
         if every and n and n % max(1, round(every * self._owner.fps)) == 0 and self._owner._force_keyframe:
             self._owner._force_keyframe()
-        img = self._base.copy()
-        s, w = self._square, self._owner.width
-        x = (n * 4) % max(1, w - s)
-        y = max(0, self._owner.height // 16)
-        img[y:y + s, x:x + s] = 255
+        if self._rng is not None:
+            img = self._rng.integers(0, 256, self._base.shape, dtype=np.uint8)
+        else:
+            img = self._base.copy()
+            s, w = self._square, self._owner.width
+            x = (n * 4) % max(1, w - s)
+            y = max(0, self._owner.height // 16)
+            img[y:y + s, x:x + s] = 255
         frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
         frame.pts = int(n * self._step)
         frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
@@ -182,8 +190,10 @@ class Publisher:
 
     def __init__(self, whip_url: str, *, token: str | None = None, color=(255, 0, 0), tone_hz: float = 440.0,
                  width: int = 320, height: int = 240, fps: int = 15, video: bool = True, audio: bool = True,
-                 aux: bool = False, keyframe_interval: float | None = None):
+                 aux: bool = False, keyframe_interval: float | None = None, pattern: str = "solid"):
         assert video or audio, "nothing to publish"
+        assert pattern in ("solid", "noise"), pattern
+        self.pattern = pattern
         if aux:
             u = urlsplit(whip_url)
             if not u.path.rstrip("/").endswith("/aux"):

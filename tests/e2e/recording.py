@@ -82,6 +82,18 @@ def ffprobe(path: Path | str, *extra: str) -> dict:
     return json.loads(out.stdout)
 
 
+def segments_seconds(folder: Path, names: list[str]) -> list[float]:
+    """Each segment's duration as ffprobe measures it (its format duration),
+    not as its playlist's #EXTINF says."""
+    return [float(ffprobe(folder / n)["format"]["duration"]) for n in names]
+
+
+def decoded_video_frames(path: Path) -> int:
+    """Video frames ffprobe decodes from a playlist or file (-count_frames)."""
+    info = ffprobe(path, "-count_frames", "-select_streams", "v:0")
+    return int(info["streams"][0]["nb_read_frames"])
+
+
 def first_pts(path: Path, stream: str) -> float:
     """Presentation time (s) of the first packet of stream `v:0` / `a:0`."""
     out = subprocess.run(

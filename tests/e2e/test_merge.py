@@ -2,14 +2,16 @@
 
 One recording is made for the whole module (a daemon, one RecordMode 1
 task, three publishers at once) and every test merges its own copy of the
-task's folder, since the tool writes its outputs into the folder it reads:
+task's folder, since the tool writes its outputs into the folder it reads.
+The publishers are independent of kiroku (aiortc over WHIP,
+tests/e2e/independent_publisher.py), all 640x360:
 
 - amy publishes 6 s, leaves for 18 s (more than the 15 s that separates
   sections), publishes 6 s, leaves for 4 s (less: the same section),
   publishes 4 s → two sections, about 6 s and 14 s long;
 - ben publishes audio only → an .m4a;
-- cat publishes main (solid red) and aux (moving bars) → aux is told from
-  main by colour.
+- cat publishes main (solid red, with audio) and aux (solid green, video
+  only) → aux is told from main by colour.
 
 amy publishes at 12 fps, not the 15 fps the tool encodes at by default,
 so that ffprobe tells a remux from a re-encode.
@@ -17,7 +19,8 @@ so that ffprobe tells a remux from a re-encode.
 What each test expects is derived from the recording's own segment names
 (UTC17 start) and playlist durations, not from the publishing schedule:
 process start-up and leave detection move the real boundaries by a second
-or so."""
+or so. What was recorded is also judged against what each publisher says
+it published (its wall clock, measured against ffprobe)."""
 
 from __future__ import annotations
 
@@ -33,13 +36,21 @@ from pathlib import Path
 import pytest
 
 from kiroku_e2e import APP_ID, KIROKU_BIN, CallbackReceiver, create_params
-from recording import encode_id, ffprobe, first_pts, parse_playlist, publish, publish_report, task_files
+from recording import encode_id, ffprobe, first_pts, parse_playlist, segments_seconds, task_files
+
+pytest.importorskip("aiortc", reason="pip install -r tests/e2e/requirements.txt (aiortc)")
+from independent_publisher import Publisher, whip_url  # noqa: E402
 
 ROOM = 5301
 SECTION_GAP_S = 15.0
 AMY_FPS = 12
 DEFAULT_FPS = 15
 SIZE = (640, 360)
+# What the publishers send (RGB). amy: kiroku publish's old default blue
+# (its luma, about 90, tells her picture from the merge's black fill).
+AMY_COLOR = (0x20, 0x60, 0xc0)
+CAT_MAIN_COLOR = (0xc0, 0x20, 0x20)
+CAT_AUX_COLOR = (0x20, 0xa0, 0x40)
 
 SEGMENT_RE = re.compile(
     r"(?:ha(?P<ha>[1-3])_)?(?P<app>\d+)_(?P<room>[^_]+)__UserId_s_(?P<user>.+?)__UserId_e_"
@@ -248,6 +259,14 @@ def max_volume_db(path: Path, at: float, seconds: float) -> float:
     return float("-inf") if m[1] == "-inf" else float(m[1])
 
 
+def yuv601(rgb: tuple[int, int, int]) -> dict[str, float]:
+    """An RGB colour in BT.601 limited-range YUV (signalstats' YAVG/UAVG/VAVG)."""
+    r, g, b = rgb
+    return {"YAVG": 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255,
+            "UAVG": 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255,
+            "VAVG": 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255}
+
+
 def concat_playlist(folder: Path, segs: list[Segment], out: Path) -> Path:
     """An ffmpeg concat list of some source segments (to look at the source
     picture of one stream)."""
@@ -273,7 +292,9 @@ class Recording:
     folder: Path
     task_id: str
     segments: list[Segment]
-    reports: dict[str, list[dict]]
+    # name → the user's publications (stopped Publishers), in order; cat's
+    # are main (audio + video) then aux (video).
+    publications: dict[str, list[Publisher]]
     users: dict[str, str]  # name → encoded id
 
     def sections(self, name: str, a: int = 0) -> list[Section]:
@@ -288,34 +309,49 @@ class Recording:
 @pytest.fixture(scope="module")
 def recording(kiroku_module) -> Recording:
     receiver = CallbackReceiver().start()
+    started: list[Publisher] = []
+
+    def start(user: str, **kw) -> Publisher:
+        kw = {"width": SIZE[0], "height": SIZE[1], "fps": DEFAULT_FPS, "keyframe_interval": 2.0, **kw}
+        pub = Publisher(whip_url(d.url, APP_ID, ROOM, user), **kw)
+        started.append(pub)
+        return pub.start(timeout=10)
+
+    def stop(pub: Publisher, seconds: float) -> None:
+        """Stops `pub` `seconds` after its first frame (DELETE)."""
+        time.sleep(max(0.0, pub.started_at + seconds - time.time()))
+        pub.stop()
+        assert pub.delete_status == 200 and "failed" not in pub.states, (pub, pub.delete_status)
+
     try:
         d = kiroku_module("merge", callback_url=receiver.url, recording={"segment_seconds": 2})
         api = d.sdk()
         task_id = api.create(create_params(room=str(ROOM), max_idle=60))
-        amy_args = ("--fps", str(AMY_FPS), "--keyframe-interval", str(AMY_FPS))
-        reports: dict[str, list[dict]] = {"amy": [], "ben": [], "cat": []}
-        ben = publish(d, ROOM, "ben", "--no-video", duration=8)
-        cat = publish(d, ROOM, "cat", "--aux", "--pattern", "solid", "--color", "#c02020", duration=8)
-        try:
-            reports["amy"].append(publish_report(publish(d, ROOM, "amy", *amy_args, duration=6)))
-            time.sleep(18)
-            reports["amy"].append(publish_report(publish(d, ROOM, "amy", *amy_args, duration=6)))
-            time.sleep(4)
-            reports["amy"].append(publish_report(publish(d, ROOM, "amy", *amy_args, duration=4)))
-            reports["ben"].append(publish_report(ben))
-            reports["cat"].append(publish_report(cat))
-        finally:
-            for p in (ben, cat):
-                if p.poll() is None:
-                    p.kill()
+        ben = start("ben", video=False, tone_hz=550)
+        cat = start("cat", color=CAT_MAIN_COLOR, tone_hz=660)
+        cat_aux = start("cat", aux=True, audio=False, color=CAT_AUX_COLOR)
+        # amy: a key frame every second (12 frames).
+        amy_kw = {"fps": AMY_FPS, "keyframe_interval": 1.0, "color": AMY_COLOR, "tone_hz": 440}
+        amy = [start("amy", **amy_kw)]
+        stop(amy[-1], 6)
+        for p in (ben, cat, cat_aux):  # 8 s each, over before amy's pause ends
+            stop(p, 8)
+        time.sleep(max(0.0, amy[-1].stopped_at + 18 - time.time()))
+        amy.append(start("amy", **amy_kw))
+        stop(amy[-1], 6)
+        time.sleep(4)
+        amy.append(start("amy", **amy_kw))
+        stop(amy[-1], 4)
         api.delete(task_id)
-        stop = receiver.wait_event(task_id, 305, 60)
-        assert stop.payload == {"Status": 0}, stop.payload
+        stop_cb = receiver.wait_event(task_id, 305, 60)
+        assert stop_cb.payload == {"Status": 0}, stop_cb.payload
     finally:
+        for p in started:
+            p.stop()
         receiver.stop()
     receiver.assert_no_bad_bodies()
     folder = task_files(d, task_id)
-    return Recording(folder, task_id, read_segments(folder), reports,
+    return Recording(folder, task_id, read_segments(folder), {"amy": amy, "ben": [ben], "cat": [cat, cat_aux]},
                      {u: encode_id(u) for u in ("amy", "ben", "cat")})
 
 
@@ -370,6 +406,35 @@ def test_the_recording_has_the_sections_the_merge_tests_rely_on(recording):
         (sec,) = rec.sections(name)
         assert abs(sec.seconds - 8) < 1.5, (name, sec.seconds)
     assert len(rec.sections("cat", a=2)) == 1
+
+
+def test_each_publication_is_recorded_whole(recording):
+    """Each publication's recorded streams (their segments' durations, by
+    ffprobe) last as long as the publisher says it published (its wall
+    clock from its first frame to its stop)."""
+    rec = recording
+    amy, ben, cat = (rec.publications[u] for u in ("amy", "ben", "cat"))
+    cases = [(pub, "amy", "main", kind) for pub in amy for kind in ("audio", "video")]
+    cases += [(ben[0], "ben", "main", "audio"), (cat[0], "cat", "main", "audio"), (cat[0], "cat", "main", "video"),
+              (cat[1], "cat", "aux", "video")]
+    figures = []
+    for pub, user, media, kind in cases:
+        # A publication's segments are those starting while it published
+        # (their names' UTC17); amy's publications are 4 s apart or more,
+        # so a second's margin before the first frame cannot take another's.
+        segs = sorted((s for s in rec.segments if s.user == rec.users[user] and (s.media, s.kind) == (media, kind)
+                       and pub.started_at - 1.0 <= s.start_ms / 1000 <= pub.stopped_at), key=lambda s: s.start_ms)
+        recorded = sum(segments_seconds(rec.folder, [s.name for s in segs]))
+        figures.append((user, media, kind, len(segs), round(pub.published_seconds, 3), round(recorded, 3)))
+    print("(user, media, kind, segments, published s, recorded s by ffprobe):", figures)
+    assert sum(n for _, _, _, n, _, _ in figures) == len(rec.segments), "every segment in one publication"
+    for user, media, kind, n, published, recorded in figures:
+        # Longer: never by more than the last frame's own duration (1/12 s
+        # of video; 20 ms of Opus in whole 21.3 ms AAC frames) plus
+        # ffprobe's rounding: 0.1 s. Shorter: start-up (the recorder asks
+        # for a key frame, aiortc sends one with its next frame) and what is
+        # in flight at the DELETE; 0.5 s leaves room for a loaded machine.
+        assert n and published - 0.5 <= recorded <= published + 0.1, (user, media, kind, figures)
 
 
 def test_section_mode_writes_one_file_per_section_named_by_its_first_segment(recording, m0):
@@ -463,7 +528,17 @@ def test_a_picks_main_or_aux_video(recording, m0, tmp_path_factory, tmp_path):
     rec = recording
     cat = rec.users["cat"]
     main, aux = source_stats(rec, cat, "main", tmp_path), source_stats(rec, cat, "aux", tmp_path)
-    # Solid red main, bars aux: their average chroma tells them apart.
+    # Each recorded stream shows the colour its publisher sent: BT.601
+    # limited-range YUV of the RGB (what PyAV's conversion makes of it),
+    # within 6 levels: a flat colour's 4:2:0 round trip is within 3
+    # (test_independent_publisher), the publisher's moving white square is
+    # 0.4 % of the picture (under one level) and H.264 adds a little on a
+    # flat area.
+    for got, rgb, what in ((main, CAT_MAIN_COLOR, "cat's main"), (aux, CAT_AUX_COLOR, "cat's aux")):
+        want = yuv601(rgb)
+        print(f"{what}: sent {rgb} = YUV {want}, recorded {got}")
+        assert all(abs(got[k] - want[k]) <= 6 for k in want), (what, got, want)
+    # Red main, green aux: their average chroma tells them apart.
     assert abs(main["VAVG"] - aux["VAVG"]) > 10, (main, aux)
 
     def picked(path: Path) -> str:

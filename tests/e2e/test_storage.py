@@ -3,6 +3,11 @@ server (moto's standalone server, checked with boto3), storage outages and
 daemon crashes between spool and upload, MP4/AAC outputs checked with
 ffprobe, and the built-in VOD store fetched over HTTP with range requests.
 
+Media comes from an independent publisher (aiortc over WHIP,
+tests/e2e/independent_publisher.py), not from `kiroku publish`, the binary
+under test; recorded durations are measured with ffprobe and judged against
+the publisher's own wall clock and frame count.
+
 Outages are made with a TCP relay in front of moto that stops listening
 (connection refused, as when the server is down) and listens again later:
 moto keeps its buckets in memory, so stopping moto itself would also lose
@@ -25,7 +30,11 @@ import boto3  # tests/e2e/requirements.txt
 import pytest
 
 from kiroku_e2e import APP_ID, REPO, create_params, free_port, wait_until
-from recording import UTC17, encode_id, ffprobe, first_pts, parse_playlist, publish, publish_report
+from recording import (UTC17, decoded_video_frames, encode_id, ffprobe, first_pts, parse_playlist,
+                       segments_seconds)
+
+pytest.importorskip("aiortc", reason="pip install -r tests/e2e/requirements.txt (aiortc)")
+from independent_publisher import Publisher, whip_url  # noqa: E402
 
 BUCKET = "recordings"
 REGION = "us-east-1"
@@ -172,13 +181,44 @@ def cloud_storage(prefix: list[str]) -> dict:
                              "SecretKey": "secret", "FileNamePrefix": prefix}}
 
 
-# `kiroku publish` defaults: 15 fps, a key frame every 30 frames.
+# The aiortc publishers here: 15 fps, a key frame forced every 30 frames
+# (2 s, the cadence the segment and MP4-split limits below are judged by),
+# plus one at the start and one per key frame request (PLI) of the recorder.
 PUBLISH_FPS = 15
 GOP_SECONDS = 30 / PUBLISH_FPS
 # A TS segment's own duration (ffprobe) against its #EXTINF: kiroku writes
 # the EXTINF from the same timestamps ffprobe reads, in milliseconds, so they
 # agree within 20 ms: less than one AAC frame (21.3 ms) or video frame (67 ms).
 SEGMENT_DURATION_TOLERANCE = 0.02
+
+
+@pytest.fixture
+def publisher():
+    """`publisher(d, room, user, **kw)`: an aiortc Publisher (15 fps, a key
+    frame every GOP_SECONDS; `kw` as Publisher takes), started (connected)
+    when returned. Every one still publishing is stopped at teardown, so a
+    failed test leaves none sending."""
+    started: list[Publisher] = []
+
+    def start(d, room, user: str, **kw) -> Publisher:
+        kw = {"fps": PUBLISH_FPS, "keyframe_interval": GOP_SECONDS, **kw}
+        pub = Publisher(whip_url(d.url, APP_ID, room, user), **kw)
+        started.append(pub)
+        return pub.start(timeout=10)
+
+    yield start
+    for pub in started:
+        pub.stop()
+
+
+def publish_for(seconds: float, *pubs: Publisher) -> None:
+    """Keeps each publisher on until `seconds` after its own first frame,
+    then stops it (ends its tracks, DELETEs its session)."""
+    for pub in sorted(pubs, key=lambda p: p.started_at):
+        time.sleep(max(0.0, pub.started_at + seconds - time.time()))
+        pub.stop()
+    for pub in pubs:
+        assert pub.delete_status == 200 and "failed" not in pub.states, (pub, pub.delete_status)
 
 
 def decode_clean(path: Path) -> None:
@@ -250,14 +290,14 @@ def read_spool(d) -> list[tuple[str, str, bytes]]:
     return out
 
 
-def test_recording_lands_in_s3_with_callbacks(kiroku, receiver, moto, tmp_path):
+def test_recording_lands_in_s3_with_callbacks(kiroku, receiver, moto, publisher, tmp_path):
     d = kiroku("s3", callback_url=receiver.url, recording={"segment_seconds": 2},
                storage=storage_config(moto.port))
     api = d.sdk()
     room, user = "4101", "alice"
     task = api.create(create_params(room=room, StorageParams=cloud_storage(["p1", "p2"])))
-    pub = publish(d, room, user, duration=6)
-    publish_report(pub)
+    pub = publisher(d, room, user)
+    publish_for(6, pub)
     # Describe lists the playlists while the task runs.
     files = wait_until(lambda: api.describe(task)["StorageFileList"] or None, 10, what="StorageFileList")
     api.delete(task)
@@ -269,6 +309,10 @@ def test_recording_lands_in_s3_with_callbacks(kiroku, receiver, moto, tmp_path):
     base = f"{APP_ID}_{room}__UserId_s_{encode_id(user)}__UserId_e_main"
     assert set(named) == {f"{base}_audio.m3u8", f"{base}_video.m3u8"}, set(named)
     assert {f["FileName"] for f in files} <= set(named)
+    # check_bucket_recording left the objects in tmp_path: the uploaded
+    # recording is all the publisher sent.
+    check_recorded_duration(tmp_path, f"{base}_video.m3u8", pub)
+    check_recorded_duration(tmp_path, f"{base}_audio.m3u8", pub)
     # 304 once per playlist, after its upload; 303 at the start; no 308.
     cbs = receiver.delivered(task)
     types = [c.event_type for c in cbs]
@@ -287,18 +331,18 @@ def test_recording_lands_in_s3_with_callbacks(kiroku, receiver, moto, tmp_path):
     assert re.search(r"spool (opened|: io_uring unavailable)", d.log_text())
 
 
-def test_outage_strands_files_then_uploads_them(kiroku, receiver, moto, tmp_path):
+def test_outage_strands_files_then_uploads_them(kiroku, receiver, moto, publisher, tmp_path):
     relay = Relay(moto.port)
     d = kiroku("outage", callback_url=receiver.url, recording={"segment_seconds": 2},
                storage=storage_config(relay.port, drain_timeout_seconds=2))
     api = d.sdk()
     room, user = "4102", "bob"
     task = api.create(create_params(room=room, StorageParams=cloud_storage([])))
-    pub = publish(d, room, user, duration=10)
+    pub = publisher(d, room, user)
     # The first playlist is uploaded before the outage.
     receiver.wait_event(task, 304, 20)
     relay.cut()
-    report = publish_report(pub)
+    publish_for(10, pub)
     api.delete(task)
     stop = receiver.wait_event(task, 305, 30)
     assert stop.payload == {"Status": 1}, "ended with files stranded"
@@ -318,35 +362,46 @@ def test_outage_strands_files_then_uploads_them(kiroku, receiver, moto, tmp_path
     assert spool_entries(d) == []
     objects = moto.objects(task + "/")
     named = check_bucket_recording(objects, task, tmp_path)
-    total = 0.0
-    for name in named:
-        if name.endswith("_video.m3u8"):
-            (tmp_path / name).write_bytes(objects[f"{task}/{name}"])
-            total = parse_playlist(tmp_path / name).total
-    check_recorded_duration(total, report)
+    base = f"{APP_ID}_{room}__UserId_s_{encode_id(user)}__UserId_e_main"
+    assert set(named) == {f"{base}_audio.m3u8", f"{base}_video.m3u8"}, set(named)
+    # Nothing recorded during the outage was lost: the bucket holds all the
+    # publisher sent (check_bucket_recording left the objects in tmp_path).
+    check_recorded_duration(tmp_path, f"{base}_video.m3u8", pub)
+    check_recorded_duration(tmp_path, f"{base}_audio.m3u8", pub)
     assert not (Path(d.config["data_dir"]) / "targets" / f"{task}.json").exists()
 
 
-def check_recorded_duration(total: float, report: dict) -> None:
-    """The video recorded (`total` s, the playlist's EXTINF sum) is the whole
-    of what the publisher sent.
+def check_recorded_duration(folder: Path, playlist: str, pub: Publisher) -> None:
+    """The stream recorded in `folder/playlist` is the whole of what the
+    aiortc publisher sent, measured with ffprobe (each segment's own
+    duration; for video also the frames ffprobe decodes).
 
-    The publisher's media clock runs `report["seconds"]` of wall-clock time,
-    but it starts before its WHIP session is connected and drops the frames
-    due meanwhile, so what reached kiroku is `video_frames_sent` frames at 15
-    fps. The recording may lack the frames before its first key frame: kiroku
-    asks for one (PLI) as the stream arrives and the publisher answers at
-    once, so that is a round trip on loopback, not a GOP (measured: one
-    frame); 0.5 s leaves room for a loaded machine. It can never hold more than was sent (one frame of
-    rounding). And the connection itself may take at most 1.5 s of the
-    publisher's wall-clock time, so that a slow start cannot hide a loss."""
-    sent = report["video_frames_sent"] / PUBLISH_FPS
-    assert sent >= report["seconds"] - 1.5, f"publisher connected late: sent {sent:.2f} s of {report}"
-    assert sent - 0.5 <= total <= sent + 1 / PUBLISH_FPS, \
-        f"recorded {total:.2f} s of video; the publisher sent {sent:.2f} s ({report})"
+    `published` is the publisher's wall clock from its first frame (produced
+    once ICE and DTLS are up: a slow connection cannot hide a loss) to its
+    stop(); `frames_sent` the video frames it handed to its encoder.
+    - Longer: never by more than the last frame's own duration (1/15 s of
+      video; 20 ms of Opus in whole 21.3 ms AAC frames) plus ffprobe's
+      rounding: 0.1 s. H.264 is passed through, so never one frame more than
+      were sent.
+    - Shorter: the recording may lack the frames before its first key frame
+      (the recorder subscribes and asks for one, PLI, and aiortc answers
+      with its next frame: measured 0 or 1 frame) and what is in flight at
+      the DELETE; 0.5 s (7 frames) leaves room for a loaded machine."""
+    pl = parse_playlist(folder / playlist)
+    assert pl.ended and pl.segments, pl.text
+    durations = segments_seconds(folder, [n for _, n, _ in pl.segments])
+    recorded, published = sum(durations), pub.published_seconds
+    figures = (playlist, f"recorded {recorded:.3f} s (segments {[round(x, 3) for x in durations]}, "
+               f"EXTINF sum {pl.total:.3f})", f"published {published:.3f} s", f"frames sent {pub.frames_sent}")
+    if playlist.endswith("_video.m3u8"):
+        frames = decoded_video_frames(folder / playlist)
+        figures += (f"frames recorded {frames}",)
+        assert pub.frames_sent - 0.5 * PUBLISH_FPS <= frames <= pub.frames_sent, figures
+    print("recorded vs published:", figures)
+    assert published - 0.5 <= recorded <= published + 0.1, figures
 
 
-def test_kill9_between_spool_and_upload_loses_nothing(kiroku, receiver, moto, tmp_path):
+def test_kill9_between_spool_and_upload_loses_nothing(kiroku, receiver, moto, publisher, tmp_path):
     relay = Relay(moto.port)
     d = kiroku("crash", callback_url=receiver.url, recording={"segment_seconds": 2},
                storage=storage_config(relay.port))
@@ -354,9 +409,9 @@ def test_kill9_between_spool_and_upload_loses_nothing(kiroku, receiver, moto, tm
     room, user = "4103", "carol"
     relay.cut()
     task = api.create(create_params(room=room, StorageParams=cloud_storage(["c"])))
-    pub = publish(d, room, user, duration=8)
+    pub = publisher(d, room, user)
     wait_until(lambda: len(spool_entries(d)) >= 4, 20, 0.2, "segments spooled while the storage is down")
-    publish_report(pub)
+    publish_for(8, pub)
     d.kill9()
     # What the daemon had made durable when it died: every one of these must
     # reach the bucket, byte for byte (a playlist rewritten later may grow).
@@ -410,7 +465,7 @@ def test_kill9_between_spool_and_upload_loses_nothing(kiroku, receiver, moto, tm
     assert len(all_segments) == len(set(all_segments))
 
 
-def test_full_spool_fails_only_its_task(kiroku, receiver, moto, tmp_path):
+def test_full_spool_fails_only_its_task(kiroku, receiver, moto, publisher, tmp_path):
     relay = Relay(moto.port)
     relay.cut()
     d = kiroku("full", callback_url=receiver.url, recording={"segment_seconds": 1},
@@ -418,7 +473,11 @@ def test_full_spool_fails_only_its_task(kiroku, receiver, moto, tmp_path):
     api = d.sdk()
     full_task = api.create(create_params(room="4104", StorageParams=cloud_storage([])))
     local_task = api.create(create_params(room="4105"))
-    pubs = [publish(d, "4104", "dave", duration=25), publish(d, "4105", "erin", duration=12)]
+    # dave's picture is noise, which the encoder cannot compress (about
+    # 650 kbit/s; a solid picture would take minutes to fill 1 MB); he
+    # publishes until the end of the test. erin publishes 12 s.
+    dave = publisher(d, "4104", "dave", pattern="noise")
+    erin = publisher(d, "4105", "erin")
     # The outage itself gives one 308 (ConnectError); the full spool another.
     err = wait_until(lambda: next((c for c in receiver.delivered(full_task) if c.event_type == 308
                                    and c.payload["Code"] == "LocalStorageFull"), None),
@@ -429,14 +488,17 @@ def test_full_spool_fails_only_its_task(kiroku, receiver, moto, tmp_path):
     assert d.metric("kiroku_spool_full_total") >= 1
     assert re.search(r"storage full: the task stops", d.log_text())
     # The other task records on, to the end.
-    publish_report(pubs[1])
+    publish_for(12, erin)
     api.delete(local_task)
     assert receiver.wait_event(local_task, 305, 30).payload == {"Status": 0}
     folder = Path(d.config["data_dir"]) / "storage" / local_task
-    pl = parse_playlist(folder / f"{APP_ID}_4105__UserId_s_{encode_id('erin')}__UserId_e_main_video.m3u8")
+    base = f"{APP_ID}_4105__UserId_s_{encode_id('erin')}__UserId_e_main"
+    pl = parse_playlist(folder / f"{base}_video.m3u8")
     assert pl.ended and pl.total > 9, pl.total
+    check_recorded_duration(folder, f"{base}_video.m3u8", erin)
+    check_recorded_duration(folder, f"{base}_audio.m3u8", erin)
     assert 308 not in [c.event_type for c in receiver.delivered(local_task)]
-    pubs[0].kill()
+    dave.stop()
     relay.restore()
 
 
@@ -488,7 +550,22 @@ def av_start_offset(path: Path) -> float:
     return starts["audio"] - starts["video"]
 
 
-def test_hls_mp4_in_s3_split_at_max_media_file_duration(kiroku, receiver, moto, tmp_path):
+def check_mp4_against_publisher(path: Path, pub: Publisher) -> None:
+    """The MP4's video track is all the aiortc publisher sent, measured with
+    ffprobe, with check_recorded_duration's tolerances and reasons (the
+    track's duration counts its last frame's, as a segment's does): at most
+    0.5 s of start-up missing, never more than published + 0.1 s, and never
+    one frame more than were sent."""
+    duration = video_duration(path)
+    frames = decoded_video_frames(path)
+    figures = (path.name, f"video {duration:.3f} s, {frames} frames",
+               f"published {pub.published_seconds:.3f} s, {pub.frames_sent} frames")
+    print("MP4 vs published:", figures)
+    assert pub.published_seconds - 0.5 <= duration <= pub.published_seconds + 0.1, figures
+    assert pub.frames_sent - 0.5 * PUBLISH_FPS <= frames <= pub.frames_sent, figures
+
+
+def test_hls_mp4_in_s3_split_at_max_media_file_duration(kiroku, receiver, moto, publisher, tmp_path):
     d = kiroku("mp4s3", callback_url=receiver.url, recording={"segment_seconds": 4},
                storage=storage_config(moto.port))
     api = d.sdk()
@@ -496,8 +573,8 @@ def test_hls_mp4_in_s3_split_at_max_media_file_duration(kiroku, receiver, moto, 
     params = create_params(room=room, StorageParams=cloud_storage(["m"]))
     params["RecordParams"].update(OutputFormat=1, MaxMediaFileDuration=1, AvMerge=0)
     task = api.create(params)
-    pub = publish(d, room, user, duration=75)
-    report = publish_report(pub, timeout=150)
+    pub = publisher(d, room, user)
+    publish_for(75, pub)
     api.delete(task)
     mp4_stop = receiver.wait_event(task, 310, 90)
     base = f"{APP_ID}_{room}__UserId_s_{encode_id(user)}__UserId_e_main"
@@ -511,7 +588,7 @@ def test_hls_mp4_in_s3_split_at_max_media_file_duration(kiroku, receiver, moto, 
     for name in named:
         (tmp_path / name).write_bytes(objects[f"m/{task}/{name}"])
     video_total = parse_playlist(tmp_path / f"{base}_video.m3u8").total
-    check_recorded_duration(video_total, report)
+    check_recorded_duration(tmp_path, f"{base}_video.m3u8", pub)
     parts = []
     for i in (1, 2):
         key = f"m/{task}/{base}_{i}.mp4"
@@ -550,7 +627,7 @@ def test_hls_mp4_in_s3_split_at_max_media_file_duration(kiroku, receiver, moto, 
     assert not (Path(d.config["data_dir"]) / "staging" / "m" / task).exists()
 
 
-def test_mp4_and_aac_only_outputs_on_local_storage(kiroku, receiver, tmp_path):
+def test_mp4_and_aac_only_outputs_on_local_storage(kiroku, receiver, publisher, tmp_path):
     d = kiroku("mp4local", callback_url=receiver.url, recording={"segment_seconds": 2})
     api = d.sdk()
     mp4_params = create_params(room="4111")
@@ -559,9 +636,9 @@ def test_mp4_and_aac_only_outputs_on_local_storage(kiroku, receiver, tmp_path):
     aac_params = create_params(room="4112")
     aac_params["RecordParams"].update(OutputFormat=4, StreamType=1)
     aac_task = api.create(aac_params)
-    pubs = [publish(d, "4111", "gina", duration=8), publish(d, "4112", "hugo", duration=8)]
-    for p in pubs:
-        publish_report(p)
+    gina = publisher(d, "4111", "gina")
+    hugo = publisher(d, "4112", "hugo")
+    publish_for(8, gina, hugo)
     # No HLS is an output: Describe lists nothing.
     assert api.describe(mp4_task)["StorageFileList"] == []
     api.delete(mp4_task)
@@ -572,6 +649,7 @@ def test_mp4_and_aac_only_outputs_on_local_storage(kiroku, receiver, tmp_path):
     folder = Path(d.config["data_dir"]) / "storage" / mp4_task
     assert sorted(p.name for p in folder.iterdir()) == [name], "only the MP4, no HLS"
     check_mp4(folder / name, ["aac", "h264"], 8.0, 1.5)
+    check_mp4_against_publisher(folder / name, gina)
     # The publisher starts audio and video together; what the recording
     # shows of that is checked against its HLS in the S3 test.
     assert abs(av_start_offset(folder / name)) < 0.2
@@ -583,19 +661,25 @@ def test_mp4_and_aac_only_outputs_on_local_storage(kiroku, receiver, tmp_path):
     info = ffprobe(aac_folder / aac_name)
     assert [s["codec_name"] for s in info["streams"]] == ["aac"], info
     assert abs(float(info["format"]["duration"]) - 8.0) < 1.5, info["format"]
+    # ffprobe's ADTS duration is estimated from the bitrate: measure the
+    # audio by its packets instead, 1024 samples each. Against what hugo
+    # published, with check_recorded_duration's tolerances (its audio case).
+    counted = ffprobe(aac_folder / aac_name, "-count_packets")["streams"][0]
+    audio = int(counted["nb_read_packets"]) * 1024 / int(counted["sample_rate"])
+    assert hugo.published_seconds - 0.5 <= audio <= hugo.published_seconds + 0.1, \
+        (audio, hugo.published_seconds, counted)
     assert not (Path(d.config["data_dir"]) / "staging" / mp4_task).exists()
 
 
-def test_vod_store_serves_the_mp4_with_ranges_and_expires_it(kiroku, receiver, tmp_path):
+def test_vod_store_serves_the_mp4_with_ranges_and_expires_it(kiroku, receiver, publisher, tmp_path):
     import requests
     d = kiroku("vod", callback_url=receiver.url, recording={"segment_seconds": 2})
     api = d.sdk()
     room = "4113"
     params = create_params(room=room, StorageParams={"CloudVod": {"TencentVod": {"ExpireTime": 20}}})
     task = api.create(params)
-    pubs = [publish(d, room, "ivan", duration=7), publish(d, room, "judy", duration=7)]
-    for p in pubs:
-        publish_report(p)
+    pubs = {u: publisher(d, room, u) for u in ("ivan", "judy")}
+    publish_for(7, *pubs.values())
     assert api.describe(task)["StorageFileList"] == [], "VOD tasks list no files"
     api.delete(task)
     stop = receiver.wait_event(task, 312, 60)
@@ -623,6 +707,7 @@ def test_vod_store_serves_the_mp4_with_ranges_and_expires_it(kiroku, receiver, t
         local = tmp_path / f"{p['FileId']}.mp4"
         local.write_bytes(whole.content)
         check_mp4(local, ["aac", "h264"], 7.0, 1.5)
+        check_mp4_against_publisher(local, pubs[p["UserId"]])
         # ffprobe reads it over HTTP (seeking with range requests).
         over_http = ffprobe(p["VideoUrl"])
         assert sorted(s["codec_name"] for s in over_http["streams"]) == ["aac", "h264"]
@@ -634,9 +719,14 @@ def test_vod_store_serves_the_mp4_with_ranges_and_expires_it(kiroku, receiver, t
                    "expired VOD file gone")
 
 
-def test_mixed_task_gives_one_vod_file(kiroku, receiver, tmp_path):
+def test_mixed_task_gives_one_vod_file(kiroku, receiver, publisher, tmp_path):
     import requests
-    d = kiroku("vodmix", callback_url=receiver.url, recording={"segment_seconds": 2, "mix_latency_ms": 500})
+    # The default mix latency (3 s): it covers the timeline's wait for the
+    # aiortc publishers' sender reports (aiortc sends one every 0.5-1.5 s).
+    # With 500 ms the mixed output lost the first 0.5-1.2 s of media
+    # (measured: the file starts that long after the first publisher's first
+    # frame), which the wall-clock check below would not allow.
+    d = kiroku("vodmix", callback_url=receiver.url, recording={"segment_seconds": 2, "mix_latency_ms": 3000})
     api = d.sdk()
     room = "4114"
     params = create_params(room=room, mode=2, StorageParams={"CloudVod": {"TencentVod": {}}})
@@ -645,10 +735,10 @@ def test_mixed_task_gives_one_vod_file(kiroku, receiver, tmp_path):
         "AudioParams": {"SampleRate": 1, "Channel": 2, "BitRate": 64000},
     }
     task = api.create(params)
-    pubs = [publish(d, room, "kate", duration=8), publish(d, room, "liam", duration=8)]
-    for p in pubs:
-        publish_report(p)
+    pubs = [publisher(d, room, "kate"), publisher(d, room, "liam")]
+    publish_for(8, *pubs)
     api.delete(task)
+    deleted_at = time.time()
     assert receiver.wait_event(task, 312, 60).payload == {"Status": 0}
     commits = [c.payload for c in receiver.delivered(task) if c.event_type == 311]
     assert len(commits) == 1, commits
@@ -659,3 +749,15 @@ def test_mixed_task_gives_one_vod_file(kiroku, receiver, tmp_path):
     info = check_mp4(local, ["aac", "h264"], 8.0, 2.0)
     video = next(s for s in info["streams"] if s["codec_type"] == "video")
     assert (video["width"], video["height"]) == (320, 240), video
+    # The mix runs on a fixed clock from the first media it places (the
+    # first publisher's first frame) to the Delete, which renders what is
+    # buffered without waiting for the latency (test_independent_publisher's
+    # mixed test). The output is in whole frames (1/15 s) and the Delete is
+    # processed before `deleted_at` by its round trip; 0.3 s allows a loaded
+    # machine. The file's duration may also count up to one AAC frame past
+    # the video: within that too.
+    wall = deleted_at - min(p.started_at for p in pubs)
+    got = float(info["format"]["duration"])
+    print(f"mixed VOD: {got:.3f} s (video {video_duration(local):.3f} s), wall {wall:.3f} s, "
+          f"publishers {[(round(p.published_seconds, 3), p.frames_sent) for p in pubs]}")
+    assert abs(got - wall) <= 0.3, (got, wall)
