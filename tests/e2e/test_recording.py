@@ -166,7 +166,15 @@ def test_two_publishers_aux_and_a_browser_are_recorded_exactly_as_the_spec_names
             kinds.append(("aux", "video", "h264", seconds))
         for media, kind, codec, secs in kinds:
             base = single_base(room, user, media, kind)
-            expected[base] = check_stream(folder, base, codec, secs)
+            try:
+                expected[base] = check_stream(folder, base, codec, secs)
+            except AssertionError as e:
+                # Name the timeline's view (re-anchors, refused reports) and
+                # the first segment, to tell a lost first GOP from a squeeze.
+                events = {labels.get("event"): v for labels, v in
+                          metric_samples(recd.metrics_text(), "kiroku_recorder_clock_events_total") if v}
+                first = parse_playlist(folder / f"{base}.m3u8").segments[:2]
+                raise AssertionError(f"{e}; timeline events {events}; first segments {first}") from e
     for base, codec in ((single_base(room, "browser_1", "main", "audio"), "aac"),
                         (single_base(room, "browser_1", "main", "video"), "h264")):
         pl = parse_playlist(folder / f"{base}.m3u8")
