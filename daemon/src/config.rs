@@ -176,10 +176,6 @@ pub struct ServerConfig {
 pub struct Secret(String);
 
 impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
     /// Whether `candidate` is this secret, in time that does not depend on
     /// where they differ.
     pub fn matches(&self, candidate: &str) -> bool {

@@ -56,9 +56,10 @@ pub const CONFIRM_US: i64 = 5_500_000;
 pub const SR_WAIT_US: i64 = 2_000_000;
 /// Drift between RTP time and sender reports that triggers a re-anchor.
 pub const REANCHOR_US: i64 = 20_000;
-/// The largest drift, as a share of the time since the anchor, that a
-/// re-anchor accepts (a real clock is off by parts per million; a step of
-/// the sender's wall clock can be large but is rare).
+/// The largest drift from the track's first mapping (its origin), as a
+/// share of the RTP time since, that a re-anchor accepts (a real clock is
+/// off by parts per million; a stall or a step of the sender's wall clock
+/// can be large but is rare).
 pub const MAX_REPORT_RATE_ERROR: f64 = 0.25;
 /// A report whose mapping differs from the first by more than this is a
 /// new report (a repeat of the same report maps identically).
