@@ -8,6 +8,7 @@
 //! Values are JSON: easy to inspect and to migrate, and tiny next to media.
 //! All calls block on disk; async callers go through `spawn_blocking`.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -27,6 +28,11 @@ pub enum StoreError {
     Corrupt {
         key: String,
         source: serde_json::Error,
+    },
+    #[error("state store file {path}")]
+    File {
+        path: String,
+        source: std::io::Error,
     },
 }
 
@@ -75,6 +81,20 @@ pub struct StateStore {
 
 impl StateStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        // Tasks carry customer S3 keys and UserSigs: the file is created
+        // 0600 before redb opens it (redb takes no mode), and made 0600 if
+        // an older version left it looser.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .and_then(|_| crate::output::durable::make_private(path))
+            .map_err(|source| StoreError::File {
+                path: path.display().to_string(),
+                source,
+            })?;
         let db = Database::create(path).map_err(db_err)?;
         let txn = db.begin_write().map_err(db_err)?;
         {

@@ -3,7 +3,10 @@ the operator endpoints and who may end a publisher's session."""
 
 from __future__ import annotations
 
+import os
 import re
+import stat
+from pathlib import Path
 
 import requests
 
@@ -81,3 +84,22 @@ def test_only_the_resource_url_or_the_operator_ends_a_session(kiroku):
     assert requests.delete(d.url + posted["other"], timeout=5).status_code == 404
     assert "WHIP session ended by the operator" in ANSI.sub("", d.log_text())
 
+
+
+def test_state_spool_and_targets_are_private_whatever_the_umask(kiroku):
+    """Started with umask 000, kiroku still keeps what holds customer keys
+    and unpublished media to itself: state.redb 0600, spool/ and targets/
+    0700 (docs/security.md, "What is kept at rest")."""
+    old = os.umask(0)
+    try:
+        d = kiroku("umask0")
+    finally:
+        os.umask(old)
+    data = Path(d.config["data_dir"])
+
+    def mode(p: Path) -> int:
+        return stat.S_IMODE(p.stat().st_mode)
+
+    assert mode(data / "state.redb") == 0o600, oct(mode(data / "state.redb"))
+    for sub in ("spool", "targets"):
+        assert mode(data / sub) == 0o700, (sub, oct(mode(data / sub)))

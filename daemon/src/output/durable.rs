@@ -6,22 +6,60 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
+/// Who may read a file kiroku writes (docs/security.md, "What is kept at
+/// rest").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// `0600`, whatever the umask: the state store, upload targets and the
+    /// spool hold customer keys and unpublished media.
+    Private,
+    /// `0666` less the umask: recordings the operator serves or collects.
+    Shared,
+}
+
+impl Access {
+    fn mode(self) -> u32 {
+        match self {
+            Access::Private => 0o600,
+            Access::Shared => 0o666,
+        }
+    }
+}
+
 /// Creates (or truncates) `path` for writing.
-pub fn create(path: &Path) -> io::Result<File> {
+pub fn create(path: &Path, access: Access) -> io::Result<File> {
     OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
+        .mode(access.mode())
         .open(path)
 }
 
 /// Creates (or truncates) `path`, writes `data` and fdatasyncs it.
-pub fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
-    let mut f = create(path)?;
+pub fn write_synced(path: &Path, data: &[u8], access: Access) -> io::Result<()> {
+    let mut f = create(path, access)?;
     f.write_all(data)?;
     f.sync_data()
+}
+
+/// Creates `dir` (and missing parents) for kiroku alone: `0700`, also when
+/// it exists already with a looser mode (an older version, another umask).
+pub fn private_dir(dir: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Makes an existing file `0600` (one created by a library that takes no
+/// mode, or by an older version).
+pub fn make_private(path: &Path) -> io::Result<()> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
 /// fsyncs a directory, making the renames and unlinks in it durable.
@@ -32,8 +70,8 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Replaces `path` with `data` atomically and durably: `tmp` written and
 /// synced, renamed onto `path`, then `path`'s directory synced. `tmp` must
 /// be in the same directory. On failure `tmp` is removed (best effort).
-pub fn replace(tmp: &Path, path: &Path, data: &[u8]) -> io::Result<()> {
-    let result = write_synced(tmp, data).and_then(|()| std::fs::rename(tmp, path));
+pub fn replace(tmp: &Path, path: &Path, data: &[u8], access: Access) -> io::Result<()> {
+    let result = write_synced(tmp, data, access).and_then(|()| std::fs::rename(tmp, path));
     if result.is_err() {
         let _ = std::fs::remove_file(tmp);
     }
@@ -51,12 +89,52 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("dir");
         let (tmp, fin) = (dir.join("a.tmp"), dir.join("a"));
-        replace(&tmp, &fin, b"one").expect("first");
-        replace(&tmp, &fin, b"two").expect("second");
+        replace(&tmp, &fin, b"one", Access::Shared).expect("first");
+        replace(&tmp, &fin, b"two", Access::Shared).expect("second");
         assert_eq!(std::fs::read(&fin).expect("read"), b"two");
         assert!(!tmp.exists());
         let missing = dir.join("no-such-dir").join("b");
-        assert!(replace(&missing.with_extension("tmp"), &missing, b"x").is_err());
+        assert!(replace(
+            &missing.with_extension("tmp"),
+            &missing,
+            b"x",
+            Access::Shared
+        )
+        .is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).expect("stat").permissions().mode() & 0o777
+    }
+
+    /// Private files and directories get no group or other bits, whatever
+    /// the umask lets through (the test process's umask leaves at least
+    /// 0644/0755, so a forgotten mode shows).
+    #[test]
+    fn private_files_and_directories_are_the_owners_alone() {
+        let dir = std::env::temp_dir().join(format!("kiroku-durable-mode-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let private = dir.join("spool");
+        private_dir(&private).expect("private dir");
+        assert_eq!(mode(&private), 0o700);
+        // An existing, looser directory is tightened.
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        private_dir(&private).expect("again");
+        assert_eq!(mode(&private), 0o700);
+        let (tmp, fin) = (private.join("k.tmp"), private.join("k"));
+        replace(&tmp, &fin, b"secret", Access::Private).expect("private file");
+        assert_eq!(mode(&fin), 0o600);
+        let shared = dir.join("s");
+        write_synced(&shared, b"media", Access::Shared).expect("shared file");
+        assert_ne!(
+            mode(&shared) & 0o044,
+            0,
+            "shared files keep the umask's read bits"
+        );
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        make_private(&shared).expect("make private");
+        assert_eq!(mode(&shared), 0o600);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -45,7 +45,7 @@ impl Store for LocalStore {
         ));
         // Synced, renamed and the directory synced: a file reported by 304
         // or Describe survives a power loss.
-        durable::replace(&tmp, &path, data).map_err(io)
+        durable::replace(&tmp, &path, data, durable::Access::Shared).map_err(io)
     }
 }
 

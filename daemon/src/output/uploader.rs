@@ -228,10 +228,12 @@ impl UploadService {
             }
         }
         let targets_dir = dir.join("targets");
-        std::fs::create_dir_all(&targets_dir).map_err(|source| UploadServiceError::Io {
-            what: "creating",
-            path: targets_dir.clone(),
-            source,
+        crate::output::durable::private_dir(&targets_dir).map_err(|source| {
+            UploadServiceError::Io {
+                what: "creating",
+                path: targets_dir.clone(),
+                source,
+            }
         })?;
         let backoff = Backoff {
             base_ms: config.retry_base.as_millis() as u64,
@@ -396,14 +398,8 @@ impl Shared {
         let path = self.target_path(&record.task_id);
         let tmp = path.with_extension("json.tmp");
         let data = serde_json::to_vec(record).map_err(std::io::Error::other)?;
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&data)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(&self.targets_dir)?.sync_all()
+        // Targets carry customer S3 keys: kiroku's eyes only.
+        crate::output::durable::replace(&tmp, &path, &data, crate::output::durable::Access::Private)
     }
 
     /// An ended task with nothing left: its target goes; 305 Status 2 if

@@ -38,7 +38,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -303,7 +303,7 @@ impl Spool {
     /// half-written files), then starts the chosen backend.
     pub fn open_with(dir: impl Into<PathBuf>, opts: SpoolOptions) -> Result<Spool, SpoolError> {
         let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        durable::private_dir(&dir).map_err(io_err(&dir))?;
         let dir_handle = File::open(&dir).map_err(io_err(&dir))?;
         let (state, next_id, recovery) = recover(&dir)?;
         let shared = Arc::new(Shared {
@@ -559,13 +559,9 @@ impl Spool {
             path: tmp.clone(),
             source: io::Error::other(e),
         })?;
-        (|| {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&json)?;
-            f.sync_data()?;
-            fs::rename(&tmp, &fin)
-        })()
-        .map_err(io_err(&fin))?;
+        durable::write_synced(&tmp, &json, durable::Access::Private)
+            .and_then(|()| fs::rename(&tmp, &fin))
+            .map_err(io_err(&fin))?;
         let mut st = self.shared.lock();
         match st.index.get_mut(&id) {
             Some(m) => {
@@ -609,7 +605,7 @@ fn to_entry(id: EntryId, m: &Meta) -> Entry {
 /// The plain backend: temporary file, write, fdatasync, rename, directory
 /// fsync, on the caller's thread.
 fn write_plain(shared: &Shared, tmp: &Path, fin: &Path, buf: &[u8]) -> Result<(), SpoolError> {
-    let r = durable::write_synced(tmp, buf);
+    let r = durable::write_synced(tmp, buf, durable::Access::Private);
     if let Err(e) = r {
         let _ = fs::remove_file(tmp);
         return Err(SpoolError::Io {

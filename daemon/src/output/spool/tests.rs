@@ -1,6 +1,6 @@
 //! Spool tests: both backends, crash recovery, capacity and disk-full.
 
-use std::io::BufRead;
+use std::io::{BufRead, Write};
 use std::sync::atomic::AtomicUsize;
 
 use super::*;

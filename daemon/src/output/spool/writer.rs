@@ -74,7 +74,7 @@ pub(super) struct Pipeline<'a> {
 impl Pipeline<'_> {
     /// Opens the request's temporary file and hands it to the ring.
     pub(super) fn start(&mut self, r: Request) {
-        let file = match durable::create(&r.tmp) {
+        let file = match durable::create(&r.tmp, durable::Access::Private) {
             Ok(f) => f,
             Err(e) => return fail(&r, e),
         };
@@ -299,5 +299,5 @@ pub(super) fn redo_plain(tmp: &Path, buf: &[u8]) -> io::Result<()> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    durable::write_synced(tmp, buf)
+    durable::write_synced(tmp, buf, durable::Access::Private)
 }
