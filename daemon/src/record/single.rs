@@ -1683,4 +1683,130 @@ mod tests {
         );
         assert!(stores(&actions, "").is_empty(), "no key frame: no cut");
     }
+
+    /// A store whose puts wait until it is opened: the recorder thread
+    /// stalls on its first file as on a loaded box.
+    struct GatedStore {
+        open: std::sync::Mutex<bool>,
+        opened: std::sync::Condvar,
+        files: std::sync::Mutex<Vec<(String, Vec<u8>)>>,
+    }
+
+    impl crate::output::Store for GatedStore {
+        fn put(&self, key: &str, data: &[u8]) -> Result<(), crate::output::StoreError> {
+            let mut open = crate::sync::lock(&self.open);
+            while !*open {
+                open = self.opened.wait(open).unwrap_or_else(|p| p.into_inner());
+            }
+            crate::sync::lock(&self.files).push((key.to_owned(), data.to_vec()));
+            Ok(())
+        }
+    }
+
+    /// Frames the room delivered before the user left are recorded even
+    /// when the recorder is far behind: 60 s of video queue up while the
+    /// recorder thread is stuck on its first file, the user leaves, and
+    /// every frame still ends up in the playlist (it used to lose all but
+    /// 256 of what was queued when it noticed the user had left).
+    #[test]
+    fn a_recorder_behind_the_room_records_every_frame_of_a_user_who_left() {
+        use crate::record::worker::{
+            spawn, CoreSetup, RecorderEvent, RecorderMetrics, RecorderSetup,
+        };
+        use crate::room::{DropReason, Registry, RoomKey, RoomObserver, Track};
+
+        struct NoObserver;
+        impl RoomObserver for NoObserver {
+            fn frame_dropped(&self, _r: DropReason) {}
+            fn keyframe_wanted(&self, _s: &str, _k: TrackKind) {}
+        }
+
+        let registry = Arc::new(Registry::new(Arc::new(NoObserver)));
+        let key = RoomKey {
+            sdk_app_id: 1_400_123_456,
+            room: RoomId::Int(12345),
+        };
+        let store = Arc::new(GatedStore {
+            open: std::sync::Mutex::new(false),
+            opened: std::sync::Condvar::new(),
+            files: std::sync::Mutex::new(Vec::new()),
+        });
+        let (events_tx, mut events) = tokio::sync::mpsc::channel(64);
+        let track = Arc::new(Track::new(TrackKind::MainVideo, Codec::H264, "s1"));
+        registry.add_session(&key, USER, "s1", false, vec![track.clone()]);
+        let _recorder = spawn(RecorderSetup {
+            task_id: "task-1".into(),
+            core: CoreSetup::Single(Settings {
+                naming: naming(),
+                segment: SegmenterConfig {
+                    target: Duration::from_secs(4),
+                    keyframe_grace: Duration::from_secs(2),
+                },
+                stream_type: StreamType::AudioVideo,
+                media: MediaSelection::Main,
+                av_merge: false,
+                epoch_us: EPOCH_US,
+            }),
+            subscription: Subscription::default(),
+            room: key.clone(),
+            registry: registry.clone(),
+            store: store.clone(),
+            metrics: RecorderMetrics::register(&crate::metrics::Metrics::new()),
+            events: events_tx,
+        })
+        .expect("recorder thread");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while track.status(Instant::now()).subscribers == 0 {
+            assert!(Instant::now() < deadline, "the recorder never subscribed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let session = Session::at_second(0, 0);
+        let frames = 60 * 15;
+        for n in 0..frames {
+            track.deliver(&session.video(n), registry.observer());
+        }
+        assert_eq!(track.status(Instant::now()).dropped_for_subscribers, 0);
+        registry.remove_session(&key, USER, "s1");
+        // Let the recorder see the room change while it is still stuck.
+        std::thread::sleep(Duration::from_millis(200));
+        *crate::sync::lock(&store.open) = true;
+        store.opened.notify_all();
+        // The user's files close when the recorder ends its subscription
+        // (ENDLIST), before any Stop, which would drain the queue anyway.
+        let ended = || {
+            crate::sync::lock(&store.files)
+                .iter()
+                .rev()
+                .find(|(k, _)| k.ends_with("main_video.m3u8"))
+                .is_some_and(|(_, d)| d.ends_with(b"#EXT-X-ENDLIST\n"))
+        };
+        while !ended() {
+            assert!(Instant::now() < deadline, "the user's playlist never ended");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(_recorder); // Stop
+        loop {
+            match events.blocking_recv() {
+                Some(RecorderEvent::Finished { .. }) | None => break,
+                Some(_) => {}
+            }
+        }
+        let files = crate::sync::lock(&store.files);
+        let playlist = files
+            .iter()
+            .rev()
+            .find(|(k, _)| k.ends_with("main_video.m3u8"))
+            .map(|(_, d)| String::from_utf8_lossy(d).into_owned())
+            .expect("a video playlist");
+        let total: f64 = playlist
+            .lines()
+            .filter_map(|l| l.strip_prefix("#EXTINF:"))
+            .filter_map(|l| l.trim_end_matches(',').parse::<f64>().ok())
+            .sum();
+        assert!(playlist.contains("#EXT-X-ENDLIST"), "{playlist}");
+        assert!(
+            (total - 60.0).abs() < 0.07,
+            "recorded {total} s of 60 s:\n{playlist}"
+        );
+    }
 }

@@ -416,6 +416,14 @@ fn run(setup: RecorderSetup, control: mpsc::Receiver<RecorderControl>) {
         let version = watch.version.load(Ordering::Acquire);
         if force || seen_version != Some(version) {
             seen_version = Some(version);
+            // Frames queued before the room changed were delivered while
+            // their tracks still published: record them before the change
+            // can end their subscriptions. (A recorder running behind — a
+            // loaded box — lost the last seconds of every user who left.)
+            while let Ok(d) = rx.try_recv() {
+                let actions = core.on_frame(d);
+                w.execute(actions);
+            }
             let offered = w.snapshot(&room);
             let actions = core.reconcile(&offered);
             w.execute(actions);
