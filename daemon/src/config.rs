@@ -69,6 +69,10 @@ struct RawServer {
     shutdown_grace_seconds: Option<u64>,
     signed_services: Option<Vec<String>>,
     admin_token: Option<String>,
+    max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
+    header_timeout_seconds: Option<u64>,
+    body_timeout_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -168,6 +172,22 @@ pub struct ServerConfig {
     /// The operator credential for the status and admin endpoints
     /// (`/v1/*`, `Authorization: Bearer <token>`); docs/security.md.
     pub admin_token: Option<Secret>,
+    /// The HTTP edge (docs/security.md, "Connections").
+    pub connections: ConnectionLimits,
+}
+
+/// Bounds on the HTTP listener's clients.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Open connections at once, over all clients.
+    pub max: usize,
+    /// Open connections at once from one client address.
+    pub per_address: usize,
+    /// How long a client may take to send a request's headers (also the
+    /// idle time allowed between requests on a kept-alive connection).
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request's body.
+    pub body_timeout: Duration,
 }
 
 /// A secret from the configuration: compared in constant time, never
@@ -611,6 +631,32 @@ impl Config {
             }
             None => None,
         };
+        let connections = ConnectionLimits {
+            max: raw.server.max_connections.unwrap_or(4096),
+            per_address: raw.server.max_connections_per_address.unwrap_or(256),
+            header_timeout: Duration::from_secs(raw.server.header_timeout_seconds.unwrap_or(10)),
+            body_timeout: Duration::from_secs(raw.server.body_timeout_seconds.unwrap_or(30)),
+        };
+        if connections.max == 0 || connections.per_address == 0 {
+            return Err(invalid(
+                "server.max_connections",
+                "max_connections and max_connections_per_address must be at least 1",
+            ));
+        }
+        if connections.per_address > connections.max {
+            return Err(invalid(
+                "server.max_connections_per_address",
+                "must not exceed server.max_connections",
+            ));
+        }
+        if !(1..=3600).contains(&connections.header_timeout.as_secs())
+            || !(1..=3600).contains(&connections.body_timeout.as_secs())
+        {
+            return Err(invalid(
+                "server.header_timeout_seconds",
+                "header_timeout_seconds and body_timeout_seconds must be between 1 and 3600",
+            ));
+        }
         let admin_token = match raw.server.admin_token {
             Some(token) => {
                 check_secret("server.admin_token", &token)?;
@@ -832,6 +878,7 @@ impl Config {
                 shutdown_grace,
                 signed_services,
                 admin_token,
+                connections,
             },
             limits: Limits {
                 max_tasks,

@@ -19,7 +19,8 @@
 //! - [`record`]: the single-stream and mixed recorders and their threads.
 //! - [`task`]: the orchestrator (task table, runners, end-of-task work).
 //! - [`api`]: the Tencent-compatible REST API; [`ingest`]: WHIP sessions
-//!   on str0m; [`server`]: the daemon's wiring.
+//!   on str0m; [`http_edge`]: the HTTP listener's connection limits and
+//!   timeouts; [`server`]: the daemon's wiring.
 
 pub mod api;
 pub mod auth;
@@ -27,6 +28,7 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod hls;
+pub mod http_edge;
 pub mod ingest;
 pub mod media;
 pub mod merge;

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 
 use crate::api::http::{self as api_http, ApiState};
 use crate::config::Config;
+use crate::http_edge::{self, EdgeMetrics};
 use crate::ingest::whip::{self, WhipState};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
@@ -201,6 +202,7 @@ pub async fn run(
     tracing::info!(path = %store_path.display(), tasks = records.len(), callbacks_pending = backlog.len(), "state store opened");
 
     let metrics = Metrics::new();
+    let edge_metrics = EdgeMetrics::register(&metrics);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (outbox, outbox_worker) = deliver::start(
         store.clone(),
@@ -289,15 +291,21 @@ pub async fn run(
 
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let grace = config.server.shutdown_grace;
-    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutdown requested: draining in-flight requests");
-        systemd::stopping();
-        let _ = drain_tx.send(());
-    });
-    let serve = tokio::spawn(async move { serve.await });
+    let serve = http_edge::serve(
+        listener,
+        app,
+        config.server.connections,
+        edge_metrics,
+        async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: draining in-flight requests");
+            systemd::stopping();
+            let _ = drain_tx.send(());
+        },
+    );
+    let serve = tokio::spawn(serve);
     let result = tokio::select! {
-        r = serve => r.map_err(|e| ServerError::Http(std::io::Error::other(e)))?.map_err(ServerError::Http),
+        r = serve => r.map_err(|e| ServerError::Http(std::io::Error::other(e))),
         _ = async {
             let _ = drain_rx.await;
             tokio::time::sleep(grace).await;

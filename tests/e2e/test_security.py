@@ -3,14 +3,19 @@ the operator endpoints and who may end a publisher's session."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import re
+import socket
 import stat
+import time
 from pathlib import Path
 
 import requests
 
-from kiroku_e2e import ADMIN_HEADERS, ADMIN_TOKEN, wait_until
+from kiroku_e2e import (ADMIN_HEADERS, ADMIN_TOKEN, API_VERSION, APP_ID, SECRET_ID, SECRET_KEY, metric_samples,
+                        signed_headers, wait_until)
 from test_whip import post_offer
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -103,3 +108,87 @@ def test_state_spool_and_targets_are_private_whatever_the_umask(kiroku):
     assert mode(data / "state.redb") == 0o600, oct(mode(data / "state.redb"))
     for sub in ("spool", "targets"):
         assert mode(data / sub) == 0o700, (sub, oct(mode(data / sub)))
+
+
+def _slow_client(port: int) -> socket.socket:
+    """A slowloris: connects and sends half a request's headers, then waits."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(b"POST / HTTP/1.1\r\nHost: kiroku\r\nContent-Type: application/json\r\n")
+    return s
+
+
+def _closed(s: socket.socket, within: float) -> bool:
+    """Whether the server closed `s` (EOF or reset) within `within` s."""
+    s.settimeout(within)
+    try:
+        return s.recv(4096) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        return False
+
+
+def _metric_from_elsewhere(d, name: str, labels: dict | None = None) -> float:
+    """A metric read from 127.0.0.2 (127.0.0.1 is at its connection cap)."""
+    conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=5, source_address=("127.0.0.2", 0))
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    values = [v for lbl, v in metric_samples(text, name) if all(lbl.get(k) == x for k, x in (labels or {}).items())]
+    assert values, f"{name} {labels} is not exported"
+    return sum(values)
+
+
+def test_slow_and_flooding_clients_are_bounded(kiroku):
+    """300 half-sent requests from one address: beyond the per-address cap
+    they are closed at once (counted), the rest are cut at the header
+    timeout, and meanwhile a client at another address gets its signed
+    API answer within 2 s. A body sent too slowly is cut as well."""
+    d = kiroku("edge", server={"max_connections_per_address": 50, "header_timeout_seconds": 3,
+                               "body_timeout_seconds": 3})
+    started = time.monotonic()
+    slow = [_slow_client(d.port) for _ in range(300)]
+    # The suite's own keep-alive connections from 127.0.0.1 (the start-up
+    # probe) may hold a place or two of the 50.
+    closed_at_once = [_closed(s, 0.05) for s in slow]
+    refused = sum(closed_at_once)
+    assert 250 <= refused <= 252, f"{refused} closed at once; 250 were over the cap"
+    assert not any(closed_at_once[:48]), "a connection within the cap was closed"
+    assert _metric_from_elsewhere(d, "kiroku_http_connections_refused_total", {"reason": "per_address"}) == refused
+
+    body = json.dumps({"SdkAppId": APP_ID, "TaskId": "0" * 32}).encode()
+    headers = signed_headers(d.host, "DescribeCloudRecording", body, int(time.time()), SECRET_ID, SECRET_KEY,
+                             "application/json", API_VERSION)
+    t0 = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=5, source_address=("127.0.0.2", 0))
+    conn.request("POST", "/", body=body, headers=headers)
+    answer = json.loads(conn.getresponse().read())
+    conn.close()
+    assert time.monotonic() - t0 < 2.0
+    assert answer["Response"]["Error"]["Code"] == "InvalidParameter.TaskId" or "RequestId" in answer["Response"]
+
+    # The held ones are cut at the header timeout (3 s), well within 30 s.
+    held = [s for s, gone in zip(slow, closed_at_once) if not gone]
+    assert all(_closed(s, max(0.1, started + 30 - time.monotonic())) for s in held)
+    cut_after = time.monotonic() - started
+    assert cut_after < 30, cut_after
+    for s in slow:
+        s.close()
+    # Released: what stays open is this scrape and the suite's own
+    # keep-alive connections (at most two).
+    wait_until(lambda: _metric_from_elsewhere(d, "kiroku_http_connections") <= 3, 5, 0.1, "connections released")
+
+    # A body that trickles: its headers arrive, its body never completes.
+    s = socket.create_connection(("127.0.0.1", d.port), timeout=5)
+    s.sendall(b"POST / HTTP/1.1\r\nHost: kiroku\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+    t0 = time.monotonic()
+    s.settimeout(10)
+    reply = b""
+    try:
+        while chunk := s.recv(4096):
+            reply += chunk
+    except (ConnectionResetError, socket.timeout):
+        pass
+    s.close()
+    assert time.monotonic() - t0 < 8, "the trickling body was not cut"
+    print(f"slowloris: {refused} refused at once, {len(held)} cut after {cut_after:.1f} s; trickling body answered {reply[:60]!r}")
