@@ -90,6 +90,43 @@ impl Drop for AddressSlot {
     }
 }
 
+/// Why a request body was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// Declared (Content-Length) or found larger than the limit.
+    #[error("the request body is larger than {0} bytes")]
+    TooLarge(usize),
+    /// The client stopped sending (`server.body_timeout_seconds`) or left.
+    #[error("the request body could not be read: {0}")]
+    Unreadable(String),
+}
+
+/// Reads a request body of at most `limit` bytes. A body declared larger
+/// (Content-Length) is refused before a byte of it is read; one without a
+/// length (chunked) is read up to the limit.
+pub async fn read_body(
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<axum::body::Bytes, BodyError> {
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge(limit));
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let over = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if over {
+            BodyError::TooLarge(limit)
+        } else {
+            BodyError::Unreadable(e.to_string())
+        }
+    })
+}
+
 /// Serves `app` on `listener` until `shutdown` completes; then waits for
 /// the open connections to finish their requests and close.
 pub async fn serve(

@@ -192,3 +192,50 @@ def test_slow_and_flooding_clients_are_bounded(kiroku):
     s.close()
     assert time.monotonic() - t0 < 8, "the trickling body was not cut"
     print(f"slowloris: {refused} refused at once, {len(held)} cut after {cut_after:.1f} s; trickling body answered {reply[:60]!r}")
+
+
+def _raw_exchange(port: int, head: bytes, body: bytes = b"", wait: float = 5) -> tuple[bytes, float]:
+    """Sends `head` + `body` and reads until the server answers and closes
+    (or `wait` passes); the reply and how long it took."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=wait)
+    t0 = time.monotonic()
+    s.sendall(head + body)
+    reply = b""
+    try:
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}") and b"application/json" in reply:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+            if b"\r\n\r\n" in reply and b"application/json" not in reply.split(b"\r\n\r\n")[0]:
+                break
+    except (ConnectionResetError, socket.timeout):
+        pass
+    s.close()
+    return reply, time.monotonic() - t0
+
+
+def test_huge_bodies_are_refused_before_they_are_read(kiroku):
+    """A 100 MB body declared by Content-Length is refused at once, before
+    any of it is sent (the API with RequestSizeLimitExceeded, WHIP with
+    413); a chunked body with no length is cut at the limit."""
+    d = kiroku("bodies")
+    api_head = (f"POST / HTTP/1.1\r\nHost: {d.host}\r\nContent-Type: application/json\r\n"
+                f"X-TC-Action: DescribeCloudRecording\r\nContent-Length: {100 * 1024 * 1024}\r\n\r\n").encode()
+    reply, took = _raw_exchange(d.port, api_head)
+    assert b"RequestSizeLimitExceeded" in reply, reply[:400]
+    assert took < 2, took
+
+    whip_head = (f"POST /whip/{APP_ID}/8820/huge HTTP/1.1\r\nHost: {d.host}\r\nContent-Type: application/sdp\r\n"
+                 f"Content-Length: {100 * 1024 * 1024}\r\n\r\n").encode()
+    reply, took = _raw_exchange(d.port, whip_head)
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert took < 2, took
+
+    # Chunked, no length: read up to server.max_body_bytes (1 MiB here), then refused.
+    chunk = b"x" * 65536
+    chunked = b"".join(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" for _ in range(24))
+    head = (f"POST / HTTP/1.1\r\nHost: {d.host}\r\nContent-Type: application/json\r\n"
+            f"X-TC-Action: DescribeCloudRecording\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+    reply, _ = _raw_exchange(d.port, head, chunked)
+    assert b"RequestSizeLimitExceeded" in reply, reply[:400]

@@ -21,6 +21,7 @@ use super::ratelimit::RateLimiter;
 use super::{model, tc3, validate, Action, API_VERSION};
 use crate::auth::usersig;
 use crate::config::Config;
+use crate::http_edge::BodyError;
 use crate::metrics::Metrics;
 use crate::task::manager::Manager;
 
@@ -134,12 +135,15 @@ async fn dispatch(
         ));
     }
     let limit = api.config.server.max_body_bytes;
-    let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            codes::REQUEST_SIZE_LIMIT,
-            format!("the request body is larger than {limit} bytes (server.max_body_bytes)"),
-        )
-    })?;
+    let body = crate::http_edge::read_body(&parts.headers, body, limit)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge(_) => ApiError::new(
+                codes::REQUEST_SIZE_LIMIT,
+                format!("{e} (server.max_body_bytes)"),
+            ),
+            BodyError::Unreadable(_) => ApiError::new(codes::UNSUPPORTED_PROTOCOL, e.to_string()),
+        })?;
     let content_type = header_text(&parts.headers, header::CONTENT_TYPE);
     if !content_type
         .trim_start()

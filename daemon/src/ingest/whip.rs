@@ -53,6 +53,8 @@ pub fn router(state: Arc<WhipState>) -> Router {
             "/whip/{app}/{room}/{user}/aux",
             post(publish_stream::<true>).options(options),
         )
+        // Trickle fragments (PATCH) are small too.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_OFFER_BYTES))
         .with_state(state)
 }
 
@@ -111,8 +113,18 @@ async fn publish_stream<const AUX: bool>(
     Path((app, room, user)): Path<(String, String, String)>,
     Query(q): Query<PublishQuery>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
+    let body = match crate::http_edge::read_body(&headers, body, MAX_OFFER_BYTES).await {
+        Ok(b) => b,
+        Err(e @ crate::http_edge::BodyError::TooLarge(_)) => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("{e}: a WHIP offer is SDP text"),
+            )
+        }
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+    };
     match publish_inner(&s, &app, &room, &user, q, AUX, &headers, &body) {
         Ok(r) => {
             s.ingest.metrics.sessions_created.inc();
@@ -198,12 +210,6 @@ fn publish_inner(
         return Err((
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("Content-Type {content_type:?}: a WHIP offer is application/sdp"),
-        ));
-    }
-    if body.len() > MAX_OFFER_BYTES {
-        return Err((
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the offer is larger than {MAX_OFFER_BYTES} bytes"),
         ));
     }
     let sdp = std::str::from_utf8(body).map_err(|_| bad("the offer is not UTF-8 text".into()))?;
