@@ -55,6 +55,8 @@ struct RawConfig {
     #[serde(default)]
     storage: RawStorage,
     #[serde(default)]
+    fetch: RawFetch,
+    #[serde(default)]
     credentials: Vec<RawCredential>,
     #[serde(default)]
     apps: Vec<RawApp>,
@@ -73,6 +75,12 @@ struct RawServer {
     max_connections_per_address: Option<usize>,
     header_timeout_seconds: Option<u64>,
     body_timeout_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFetch {
+    allow: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -153,6 +161,9 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub recording: RecordingConfig,
     pub storage: StorageConfig,
+    /// Outbound fetches of layout images (docs/security.md, "Outbound
+    /// fetches").
+    pub fetch: FetchConfig,
     /// TC3-HMAC-SHA256 API keys. Empty = open dev mode (loopback only).
     pub credentials: Vec<Credential>,
     /// Known applications. Empty in dev mode = any SdkAppId is accepted.
@@ -174,6 +185,13 @@ pub struct ServerConfig {
     pub admin_token: Option<Secret>,
     /// The HTTP edge (docs/security.md, "Connections").
     pub connections: ConnectionLimits,
+}
+
+/// Which otherwise-refused addresses layout images may be fetched from.
+#[derive(Debug, Clone, Default)]
+pub struct FetchConfig {
+    /// Networks allowed although loopback, private, link-local etc.
+    pub allow: Vec<ipnet::IpNet>,
 }
 
 /// Bounds on the HTTP listener's clients.
@@ -859,6 +877,22 @@ impl Config {
             }
         };
         let storage = storage_config(raw.storage)?;
+        let mut fetch = FetchConfig::default();
+        for (i, net) in raw.fetch.allow.unwrap_or_default().iter().enumerate() {
+            // A bare address is a one-address network.
+            let parsed = net
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| net.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(n) => fetch.allow.push(n),
+                Err(_) => {
+                    return Err(invalid(
+                        format!("fetch.allow[{i}]"),
+                        format!("`{net}` is not a network (e.g. \"10.0.0.0/8\") or an address"),
+                    ))
+                }
+            }
+        }
         let recording = RecordingConfig {
             segment: Duration::from_secs_f64(segment_seconds),
             keyframe_grace: Duration::from_secs_f64(grace_seconds),
@@ -868,6 +902,7 @@ impl Config {
         Ok(Config {
             recording,
             storage,
+            fetch,
             data_dir: raw
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),

@@ -170,6 +170,9 @@ def base_config(data_dir: Path, port: int, callback_url: str | None = None, dev_
     # WebRTC ingest is always built in and binds a UDP socket (default
     # <listen ip>:8443): every daemon of the suite gets its own free port.
     cfg["ingest"] = {"udp_listen": f"127.0.0.1:{free_udp_port()}"}
+    # The suite serves layout images from loopback, which kiroku refuses
+    # unless allowed (docs/security.md, "Outbound fetches").
+    cfg["fetch"] = {"allow": ["127.0.0.0/8"]}
     return cfg
 
 

@@ -221,7 +221,8 @@ def test_nine_grid_with_watermarks_mixed_audio_and_a_broken_image(request, compo
         ]}))
     pubs = start_publishers(mixd, room, duration=12)
     failed = mix_receiver.wait_event(task_id, 309, 20)
-    assert failed.payload == {"Url": broken}, failed.payload
+    assert set(failed.payload) == {"Url", "Reason"} and failed.payload["Url"] == broken, failed.payload
+    assert failed.payload["Reason"], failed.payload
     mix_receiver.wait_event(task_id, 304, 30)
     described = api.describe(task_id)
     assert described["Status"] == "InProgress", described

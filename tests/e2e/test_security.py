@@ -4,11 +4,13 @@ the operator endpoints and who may end a publisher's session."""
 from __future__ import annotations
 
 import http.client
+import http.server
 import json
 import os
 import re
 import socket
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -239,3 +241,76 @@ def test_huge_bodies_are_refused_before_they_are_read(kiroku):
             f"X-TC-Action: DescribeCloudRecording\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
     reply, _ = _raw_exchange(d.port, head, chunked)
     assert b"RequestSizeLimitExceeded" in reply, reply[:400]
+
+
+class _CountingImages:
+    """An HTTP server on `host` counting requests; `/to/<url>` redirects."""
+
+    def __init__(self, host: str):
+        hits = self.hits = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                hits.append(self.path)
+                if self.path.startswith("/to/"):
+                    self.send_response(302)
+                    self.send_header("Location", self.path[len("/to/"):])
+                    self.end_headers()
+                    return
+                self.send_response(404)
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
+        self.url = f"http://{host}:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_image_urls_to_internal_addresses_are_never_fetched(kiroku):
+    """Watermark URLs naming loopback (literally, by a host name that
+    resolves there) or redirecting there are refused: the internal server is
+    never contacted and each URL raises callback 309 with the reason. Only
+    127.0.0.3 is allowed here (fetch.allow), so `localhost` (127.0.0.1, ::1)
+    is refused by the resolver and the redirect to 127.0.0.2 at its hop."""
+    from kiroku_e2e import CallbackReceiver
+    from test_mixed import mixed_params
+
+    receiver = CallbackReceiver().start()
+    internal = _CountingImages("127.0.0.2")
+    allowed = _CountingImages("127.0.0.3")
+    try:
+        cfg = kiroku.config("ssrf", callback_url=receiver.url)
+        cfg["fetch"] = {"allow": ["127.0.0.3/32"]}
+        d = kiroku("ssrf", config=cfg)
+        port = internal.server.server_address[1]
+        urls = {
+            "literal": f"{internal.url}/a.png",
+            "by name": f"http://localhost:{port}/b.png",
+            "metadata": "http://169.254.169.254/latest/meta-data/x.png",
+            "redirect": f"{allowed.url}/to/{internal.url}/c.png",
+        }
+        marks = [{"WaterMarkType": 0, "WaterMarkImage": {"WaterMarkUrl": u, "Top": 0, "Left": 0,
+                                                          "Width": 16, "Height": 16}} for u in urls.values()]
+        task_id = d.sdk().create(mixed_params(8830, {"MixLayoutMode": 3, "WaterMarkList": marks}))
+        wait_until(lambda: len([c for c in receiver.delivered(task_id) if c.event_type == 309]) == len(urls),
+                   20, 0.1, "a 309 for every refused image")
+        reasons = {c.payload["Url"]: c.payload["Reason"] for c in receiver.delivered(task_id) if c.event_type == 309}
+        assert set(reasons) == set(urls.values()), reasons
+        assert "127.0.0.2 is loopback" in reasons[urls["literal"]], reasons
+        # 127.0.0.1 is also the box's own listener, which the reason names.
+        by_name = reasons[urls["by name"]]
+        assert "localhost refused" in by_name and ("loopback" in by_name or "listens on" in by_name), reasons
+        assert "link-local" in reasons[urls["metadata"]], reasons
+        assert "redirect refused" in reasons[urls["redirect"]] and "127.0.0.2" in reasons[urls["redirect"]], reasons
+        assert internal.hits == [], internal.hits
+        assert allowed.hits == [f"/to/{internal.url}/c.png"], allowed.hits
+        d.sdk().delete(task_id)
+    finally:
+        internal.close()
+        allowed.close()
+        receiver.stop()

@@ -2,8 +2,13 @@
 //!
 //! Policy of [`fetch_image`]:
 //!
-//! - **Schemes.** Only `http` and `https` URLs are fetched. Redirects follow
-//!   the policy of the `reqwest::Client` the caller passes in.
+//! - **Schemes.** Only `http` and `https` URLs are fetched.
+//! - **Addresses.** Every address connected to passes the
+//!   [`AddressPolicy`]: a host name is resolved by the client's own
+//!   resolver, which hands reqwest only allowed addresses (so the address
+//!   checked is the address connected to: no DNS rebinding); a literal IP is
+//!   checked before the request. The same holds for every redirect hop (at
+//!   most [`MAX_REDIRECTS`]).
 //! - **Time.** The whole download (connecting, the response head and the
 //!   body) must finish within [`FetchLimits::timeout`], 10 s by default.
 //! - **Size.** The body may be at most [`FetchLimits::max_bytes`] long,
@@ -18,9 +23,89 @@
 //! Each way a download fails is its own [`FetchError`] variant, whose message
 //! is fit for logs and for the failure callback (309).
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::address_policy::AddressPolicy;
 use super::overlay::{describe_start, ImageFormat};
+
+/// Redirect hops followed at most.
+pub const MAX_REDIRECTS: usize = 5;
+
+/// An HTTP client for layout images that connects only where the
+/// [`AddressPolicy`] allows.
+#[derive(Clone)]
+pub struct ImageClient {
+    http: reqwest::Client,
+    policy: Arc<AddressPolicy>,
+}
+
+impl ImageClient {
+    pub fn new(policy: AddressPolicy) -> Self {
+        let policy = Arc::new(policy);
+        let redirects = policy.clone();
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("kiroku/", env!("CARGO_PKG_VERSION")))
+            .no_proxy()
+            .dns_resolver(Arc::new(PolicyResolver {
+                policy: policy.clone(),
+            }))
+            .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                if attempt.previous().len() >= MAX_REDIRECTS {
+                    return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+                }
+                match literal_ip(attempt.url()).map(|ip| redirects.check(ip)) {
+                    Some(Err(why)) => attempt.error(format!("redirect refused: {why}")),
+                    _ => attempt.follow(),
+                }
+            }))
+            .build()
+            .unwrap_or_default();
+        Self { http, policy }
+    }
+}
+
+/// The URL's host when it is an IP literal (reqwest resolves nothing then).
+fn literal_ip(url: &reqwest::Url) -> Option<std::net::IpAddr> {
+    let host = url.host_str()?;
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
+}
+
+/// Resolves with the system resolver and keeps only allowed addresses.
+struct PolicyResolver {
+    policy: Arc<AddressPolicy>,
+}
+
+impl reqwest::dns::Resolve for PolicyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let mut refusal = None;
+            let allowed: Vec<SocketAddr> = found
+                .into_iter()
+                .filter(|a| match policy.check(a.ip()) {
+                    Ok(()) => true,
+                    Err(why) => {
+                        refusal.get_or_insert(why);
+                        false
+                    }
+                })
+                .collect();
+            if allowed.is_empty() {
+                let why = refusal.unwrap_or_else(|| "no address".to_owned());
+                return Err(format!("{host} refused: {why}").into());
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
 
 /// Longest signature [`ImageFormat::sniff`] looks at.
 const SNIFF_LEN: usize = 8;
@@ -59,6 +144,8 @@ pub enum FetchError {
     BodyTooLarge { limit: u64 },
     #[error("body is not a PNG or JPEG image: it {start}")]
     NotAnImage { start: String },
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 impl FetchError {
@@ -80,7 +167,7 @@ impl FetchError {
 /// Downloads the PNG or JPEG image at `url`; see the module docs for what is
 /// refused.
 pub async fn fetch_image(
-    client: &reqwest::Client,
+    client: &ImageClient,
     url: &str,
     limits: &FetchLimits,
 ) -> Result<Vec<u8>, FetchError> {
@@ -88,9 +175,15 @@ pub async fn fetch_image(
     if !matches!(url.scheme(), "http" | "https") {
         return Err(FetchError::UnsupportedScheme(url.scheme().to_owned()));
     }
-    tokio::time::timeout(limits.timeout, download(client, url, limits.max_bytes))
-        .await
-        .map_err(|_| FetchError::Timeout(limits.timeout))?
+    if let Some(ip) = literal_ip(&url) {
+        client.policy.check(ip).map_err(FetchError::Refused)?;
+    }
+    tokio::time::timeout(
+        limits.timeout,
+        download(&client.http, url, limits.max_bytes),
+    )
+    .await
+    .map_err(|_| FetchError::Timeout(limits.timeout))?
 }
 
 async fn download(
@@ -234,11 +327,13 @@ mod tests {
         out
     }
 
-    fn client() -> reqwest::Client {
-        reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("client")
+    /// The test servers listen on loopback: allowed here, as an operator
+    /// would allow their image servers' network.
+    fn client() -> ImageClient {
+        ImageClient::new(AddressPolicy::new(
+            vec!["127.0.0.0/8".parse().expect("net")],
+            Vec::new(),
+        ))
     }
 
     fn tiny_png() -> Vec<u8> {

@@ -2,6 +2,7 @@
 //! picture and one sound (layout geometry, audio mixing, watermarks and
 //! images).
 
+pub mod address_policy;
 pub mod audio;
 pub mod fetch;
 pub mod layout;

@@ -120,8 +120,13 @@ pub fn file_slice(
 
 /// 309: an image of the mixed layout (watermark, background,
 /// placeholder) could not be downloaded; the recording goes on without it.
-pub fn download_image_error(url: &str) -> (EventType, Value) {
-    (EventType::DownloadImageError, json!({ "Url": url }))
+pub fn download_image_error(url: &str, reason: &str) -> (EventType, Value) {
+    // `Url` is Tencent's field; `Reason` is kiroku's (why: a refused
+    // address, a status, a timeout), which Tencent's receivers ignore.
+    (
+        EventType::DownloadImageError,
+        json!({ "Url": url, "Reason": reason }),
+    )
 }
 
 /// 308: the storage service refused or failed an upload; `Code` and

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::manager::Manager;
 use crate::domain::params::{MixLayout, Watermark};
-use crate::mix::fetch::{fetch_image, FetchLimits};
+use crate::mix::fetch::{fetch_image, FetchLimits, ImageClient};
 use crate::mix::overlay::{decode_image, ImageLimits};
 use crate::notify::event;
 use crate::record::mixed::Images;
@@ -17,12 +17,12 @@ use crate::record::worker::{RecorderControl, RecorderHandle};
 /// per task; a failure is logged, counted and reported by callback 309,
 /// and the recording goes on without that image.
 pub(super) struct ImageFetcher {
-    http: reqwest::Client,
+    http: ImageClient,
     tried: std::collections::HashSet<String>,
 }
 
 impl ImageFetcher {
-    pub(super) fn new(http: reqwest::Client) -> Self {
+    pub(super) fn new(http: ImageClient) -> Self {
         Self {
             http,
             tried: Default::default(),
@@ -65,8 +65,12 @@ impl ImageFetcher {
                     Err(error) => {
                         tracing::warn!(task_id = %task_id, url, error, "layout image could not be downloaded; recording goes on without it");
                         mgr.inner.recorders.metrics().image_failures.inc();
-                        mgr.task_event(&task_id, |_| {}, Some(event::download_image_error(&url)))
-                            .await;
+                        mgr.task_event(
+                            &task_id,
+                            |_| {},
+                            Some(event::download_image_error(&url, &error)),
+                        )
+                        .await;
                     }
                 }
             }

@@ -27,6 +27,8 @@
 //! carry the spec's `ha<n>_` prefix (n = restarts, at most 3), so nothing
 //! written before is overwritten; callback 306 says so.
 
+use crate::mix::address_policy::AddressPolicy;
+use crate::mix::fetch::ImageClient;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,7 +99,8 @@ pub(super) struct Inner {
     pub(super) uploads: UploadService,
     pub(super) vod: Arc<VodStore>,
     /// For layout images.
-    pub(super) http: reqwest::Client,
+    /// Layout images, only from addresses `[fetch]` allows.
+    pub(super) http: ImageClient,
     pub(super) state: Mutex<State>,
 }
 
@@ -138,10 +141,13 @@ impl Manager {
         );
         let storage = Arc::new(LocalStore::new(config.data_dir.join("storage")));
         let staging = Arc::new(LocalStore::new(config.data_dir.join("staging")));
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("kiroku/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
+        // The box's own listeners are never image servers (unless allowed).
+        let own: Vec<std::net::IpAddr> = std::iter::once(config.server.listen.ip())
+            .chain(std::iter::once(config.ingest.udp_listen.ip()))
+            .chain(config.ingest.advertised_addresses.iter().copied())
+            .filter(|ip| !ip.is_unspecified())
+            .collect();
+        let http = ImageClient::new(AddressPolicy::new(config.fetch.allow.clone(), own));
         let mgr = Manager {
             inner: Arc::new(Inner {
                 config,
