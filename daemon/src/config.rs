@@ -139,6 +139,7 @@ struct RawStorage {
 struct RawCredential {
     secret_id: String,
     secret_key: String,
+    apps: Option<Vec<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,6 +149,7 @@ struct RawApp {
     user_sig_key: Option<String>,
     callback_url: Option<String>,
     callback_key: Option<String>,
+    max_tasks: Option<usize>,
 }
 
 /// The validated configuration.
@@ -455,6 +457,14 @@ pub struct LogConfig {
 pub struct Credential {
     pub secret_id: String,
     pub secret_key: String,
+    /// The SdkAppIds this key may act for; `None`: every configured app.
+    pub apps: Option<Vec<u32>>,
+}
+
+impl Credential {
+    pub fn may_act_for(&self, sdk_app_id: u32) -> bool {
+        self.apps.as_ref().is_none_or(|a| a.contains(&sdk_app_id))
+    }
 }
 
 impl std::fmt::Debug for Credential {
@@ -462,6 +472,7 @@ impl std::fmt::Debug for Credential {
         f.debug_struct("Credential")
             .field("secret_id", &self.secret_id)
             .field("secret_key", &"<redacted>")
+            .field("apps", &self.apps)
             .finish()
     }
 }
@@ -471,6 +482,8 @@ pub struct AppConfig {
     pub sdk_app_id: u32,
     pub user_sig_key: Option<String>,
     pub callback: Option<CallbackTarget>,
+    /// Live tasks of this app at once, beside `limits.max_tasks`.
+    pub max_tasks: Option<usize>,
 }
 
 impl std::fmt::Debug for AppConfig {
@@ -482,6 +495,7 @@ impl std::fmt::Debug for AppConfig {
                 &self.user_sig_key.as_ref().map(|_| "<redacted>"),
             )
             .field("callback", &self.callback.as_ref().map(|c| &c.url))
+            .field("max_tasks", &self.max_tasks)
             .finish()
     }
 }
@@ -734,9 +748,16 @@ impl Config {
                     format!("`{}` appears twice", c.secret_id),
                 ));
             }
+            if c.apps.as_ref().is_some_and(Vec::is_empty) {
+                return Err(invalid(
+                    format!("credentials[{i}].apps"),
+                    "must name at least one SdkAppId (leave it out for every app)",
+                ));
+            }
             credentials.push(Credential {
                 secret_id: c.secret_id,
                 secret_key: c.secret_key,
+                apps: c.apps,
             });
         }
 
@@ -786,11 +807,31 @@ impl Config {
                     ))
                 }
             };
+            if a.max_tasks == Some(0) {
+                return Err(invalid(
+                    format!("apps[{i}].max_tasks"),
+                    "must be at least 1 (leave it out for limits.max_tasks alone)",
+                ));
+            }
             apps.push(AppConfig {
                 sdk_app_id: a.sdk_app_id,
                 user_sig_key: a.user_sig_key,
                 callback,
+                max_tasks: a.max_tasks,
             });
+        }
+        for (i, c) in credentials.iter().enumerate() {
+            if let Some(unknown) = c
+                .apps
+                .iter()
+                .flatten()
+                .find(|id| !apps.iter().any(|a| a.sdk_app_id == **id))
+            {
+                return Err(invalid(
+                    format!("credentials[{i}].apps"),
+                    format!("{unknown} is not a configured [[apps]] sdk_app_id"),
+                ));
+            }
         }
 
         if credentials.is_empty() && !listen.ip().is_loopback() {
@@ -973,6 +1014,22 @@ mod tests {
         assert!(!c.dev_mode());
         assert_eq!(c.apps.len(), 1);
         assert!(c.server.admin_token.is_some());
+    }
+
+    #[test]
+    fn credentials_bind_to_configured_apps_and_apps_take_quotas() {
+        let base = "[[apps]]\nsdk_app_id = 7\nmax_tasks = 2\n[[apps]]\nsdk_app_id = 8\n\
+                    [[credentials]]\nsecret_id = \"a\"\nsecret_key = \"0123456789abcdef\"\n";
+        let c = Config::parse(&format!("{base}apps = [7]")).expect("bound to app 7");
+        assert!(c.credentials[0].may_act_for(7));
+        assert!(!c.credentials[0].may_act_for(8));
+        assert_eq!(c.app(7).and_then(|a| a.max_tasks), Some(2));
+        assert_eq!(c.app(8).and_then(|a| a.max_tasks), None);
+        let unbound = Config::parse(base).expect("every app");
+        assert!(unbound.credentials[0].may_act_for(8));
+        assert!(err(&format!("{base}apps = [9]")).contains("9 is not a configured"));
+        assert!(err(&format!("{base}apps = []")).contains("credentials[0].apps"));
+        assert!(err("[[apps]]\nsdk_app_id = 7\nmax_tasks = 0").contains("apps[0].max_tasks"));
     }
 
     #[test]

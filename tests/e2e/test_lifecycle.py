@@ -197,6 +197,14 @@ def test_omitted_storage_params_are_accepted(api):
     api.delete(task)
 
 
+def test_private_map_key_is_refused_clearly_not_ignored(api):
+    """Room permission keys are not enforced by the appliance: a Create that
+    carries one is refused with a message that says so (docs/api.md)."""
+    e = api.error("CreateCloudRecording", create_params(room="20006", PrivateMapKey="pmk"))
+    assert e.code == "InvalidParameterValue", e
+    assert "PrivateMapKey" in e.message and "not supported" in e.message, e.message
+
+
 def test_create_accepts_every_record_param_and_option_at_once(api):
     """Acceptance only: Create takes every RecordParams field and option
     together (each at a legal value) and the task runs. Describe has no field
@@ -205,7 +213,7 @@ def test_create_accepts_every_record_param_and_option_at_once(api):
     MaxMediaFileDuration in test_storage (the MP4 split), MaxIdleTime in
     test_persistence_callbacks (idle stop), SubscribeStreamUserIds in
     test_recording (subscriptions)."""
-    params = create_params(room="20005", ResourceExpiredHour=6, PrivateMapKey="pmk")
+    params = create_params(room="20005", ResourceExpiredHour=6)
     params["RecordParams"] = {
         "RecordMode": 1, "MaxIdleTime": 86400, "StreamType": 1, "OutputFormat": 4, "AvMerge": 1,
         "MaxMediaFileDuration": 1440, "MediaId": 2, "FillType": 0, "SubscribeAbility": 1,

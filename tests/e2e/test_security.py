@@ -314,3 +314,38 @@ def test_image_urls_to_internal_addresses_are_never_fetched(kiroku):
         internal.close()
         allowed.close()
         receiver.stop()
+
+
+def test_credentials_bound_to_apps_and_per_app_quotas(kiroku):
+    """A key bound to app A cannot act for app B (not even Describe); app B's
+    task quota stops B alone while A keeps creating."""
+    from kiroku_e2e import APP_ID2, create_params
+
+    other_id, other_key = "AKIDtenantBkeyForE2E00001", "tenant-b-secret-key-0002"
+    cfg = kiroku.config("tenants")
+    cfg["credentials"] = [{"secret_id": SECRET_ID, "secret_key": SECRET_KEY, "apps": [APP_ID]},
+                          {"secret_id": other_id, "secret_key": other_key, "apps": [APP_ID2]}]
+    for app in cfg["apps"]:
+        if app["sdk_app_id"] == APP_ID2:
+            app["max_tasks"] = 1
+    d = kiroku("tenants", config=cfg)
+    a, b = d.sdk(), d.sdk(secret_id=other_id, secret_key=other_key)
+
+    b_task = b.create(create_params(app=APP_ID2, room="8840"))
+    e = a.error("CreateCloudRecording", create_params(app=APP_ID2, room="8841"))
+    assert e.code == "AuthFailure.UnauthorizedOperation", e
+    assert str(APP_ID2) in e.message and "credentials.apps" in e.message, e.message
+    e = a.error("DescribeCloudRecording", {"SdkAppId": APP_ID2, "TaskId": b_task})
+    assert e.code == "AuthFailure.UnauthorizedOperation", e
+    e = a.error("DeleteCloudRecording", {"SdkAppId": APP_ID2, "TaskId": b_task})
+    assert e.code == "AuthFailure.UnauthorizedOperation", e
+    assert b.describe(b_task, app=APP_ID2)["TaskId"] == b_task
+
+    # B is at its quota of 1; A is not limited by it.
+    e = b.error("CreateCloudRecording", create_params(app=APP_ID2, room="8842"))
+    assert e.code == "FailedOperation.RestrictedConcurrency", e
+    assert "apps.max_tasks = 1" in e.message, e.message
+    a_task = a.create(create_params(app=APP_ID, room="8843"))
+    assert d.metric("kiroku_tasks_refused_total", {"reason": "app_max_tasks"}) == 1
+    a.delete(a_task)
+    b.delete(b_task, app=APP_ID2)

@@ -51,7 +51,9 @@ impl From<crate::task::error::TaskError> for ApiError {
     fn from(e: crate::task::error::TaskError) -> Self {
         use crate::task::error::TaskError;
         let code = match &e {
-            TaskError::Concurrency { .. } => codes::RESTRICTED_CONCURRENCY,
+            TaskError::Concurrency { .. } | TaskError::AppConcurrency { .. } => {
+                codes::RESTRICTED_CONCURRENCY
+            }
             TaskError::NotFound { .. } | TaskError::Expired { .. } | TaskError::Exiting { .. } => {
                 codes::TASK_NOT_EXIST
             }

@@ -159,13 +159,14 @@ async fn dispatch(
         ));
     }
     if !api.config.dev_mode() {
-        authenticate(
+        let secret_id = authenticate(
             api,
             &parts.headers,
             parts.uri.path(),
             parts.uri.query().unwrap_or(""),
             &body,
         )?;
+        authorize(api, &secret_id, &body)?;
     }
     let action = action.ok_or_else(|| {
         let given = header_text(&parts.headers, "x-tc-action");
@@ -192,13 +193,39 @@ async fn dispatch(
     }
 }
 
+/// A credential bound to some apps (`credentials.apps`) acts only for
+/// them. The body's SdkAppId is read here, before validation; a body
+/// without a usable one is left to validation to name.
+fn authorize(api: &ApiState, secret_id: &str, body: &[u8]) -> Result<(), ApiError> {
+    let Some(credential) = api
+        .config
+        .credentials
+        .iter()
+        .find(|c| c.secret_id == secret_id)
+    else {
+        return Ok(());
+    };
+    let app = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("SdkAppId").and_then(Value::as_u64))
+        .and_then(|v| u32::try_from(v).ok());
+    match app {
+        Some(app) if !credential.may_act_for(app) => Err(ApiError::new(
+            "AuthFailure.UnauthorizedOperation",
+            format!("the SecretId {secret_id} may not act for SdkAppId {app} (credentials.apps)"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Checks the request's signature; the SecretId that signed it.
 fn authenticate(
     api: &ApiState,
     headers: &HeaderMap,
     path: &str,
     query: &str,
     body: &[u8],
-) -> Result<(), ApiError> {
+) -> Result<String, ApiError> {
     let auth_err = |e: tc3::AuthError| ApiError::new(e.code(), e.to_string());
     let value = headers
         .get(header::AUTHORIZATION)
@@ -254,7 +281,8 @@ fn authenticate(
             .find(|c| c.secret_id == id)
             .map(|c| c.secret_key.clone())
     })
-    .map_err(auth_err)
+    .map_err(auth_err)?;
+    Ok(auth.secret_id)
 }
 
 /// JSON → raw request, with errors that name the offending field.

@@ -935,6 +935,16 @@ pub fn create(req: raw::CreateCloudRecordingRequest) -> R<RecordingSpec> {
     let resource_expired_hours =
         int("ResourceExpiredHour", req.resource_expired_hour, 72, 6, 720)? as u32;
     let private_map_key = text("PrivateMapKey", req.private_map_key, 4096)?;
+    // Room permission keys are TRTC's "advanced permission control", which
+    // this appliance does not enforce on publishers: refusing the key says
+    // so, where accepting it would pretend to check it.
+    if private_map_key.is_some() {
+        return Err(ApiError::new(
+            codes::INVALID_VALUE,
+            "`PrivateMapKey` is not supported: this appliance does not enforce TRTC room permissions \
+             (publishers are checked by UserSig, apps.user_sig_key); leave it out",
+        ));
+    }
     Ok(RecordingSpec {
         sdk_app_id,
         room,

@@ -6,6 +6,12 @@
 pub enum TaskError {
     #[error("this appliance already runs {running} recording tasks (limits.max_tasks = {limit}); stop one or raise the limit")]
     Concurrency { running: usize, limit: usize },
+    #[error("SdkAppId {sdk_app_id} already runs {running} recording tasks (its apps.max_tasks = {limit}); stop one or raise the limit")]
+    AppConcurrency {
+        sdk_app_id: u32,
+        running: usize,
+        limit: usize,
+    },
     #[error(
         "task {task_id} does not exist for SdkAppId {sdk_app_id} (never created, or already ended)"
     )]

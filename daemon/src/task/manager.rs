@@ -346,6 +346,30 @@ impl Manager {
                 limit: self.inner.config.limits.max_tasks,
             });
         }
+        let app_limit = self
+            .inner
+            .config
+            .app(spec.sdk_app_id)
+            .and_then(|a| a.max_tasks);
+        if let Some(limit) = app_limit {
+            let running = st
+                .tasks
+                .values()
+                .filter(|l| l.record.spec.sdk_app_id == spec.sdk_app_id)
+                .count();
+            if running + 1 - usize::from(displaced.is_some()) > limit {
+                self.inner
+                    .metrics
+                    .tasks_refused
+                    .with_label_values(&["app_max_tasks"])
+                    .inc();
+                return Err(TaskError::AppConcurrency {
+                    sdk_app_id: spec.sdk_app_id,
+                    running,
+                    limit,
+                });
+            }
+        }
         if let Some(old) = displaced {
             self.stop_locked(&mut st, &old, LeaveCode::SameUserIdEntered)
                 .await?;
