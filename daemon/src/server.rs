@@ -159,6 +159,39 @@ async fn end_session(
     StatusCode::NO_CONTENT.into_response()
 }
 
+/// Whether a `Host` header names this machine's loopback (`localhost`,
+/// `127.x.y.z`, `[::1]`, with or without a port).
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+async fn loopback_host_only(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if is_loopback_host(host) {
+        next.run(req).await
+    } else {
+        (
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "Host {host:?} is not this machine's loopback: an open dev-mode box answers only \
+                 requests addressed to localhost or 127.0.0.1 (configure [[credentials]] to serve others)\n"
+            ),
+        )
+            .into_response()
+    }
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -283,6 +316,14 @@ pub async fn run(
         })))
         .merge(operator_router(config.clone(), ingest.clone()))
         .merge(vod_http::router(vod));
+    // An open dev-mode box trusts whoever reaches its loopback listener; a
+    // web page can reach it too, by DNS rebinding a name of its own to
+    // 127.0.0.1. Its requests then carry that name as Host: refuse them.
+    let app = if config.dev_mode() {
+        app.layer(axum::middleware::from_fn(loopback_host_only))
+    } else {
+        app
+    };
 
     let addr = listener.local_addr().map_err(ServerError::Http)?;
     tracing::info!(%addr, public_url = %config.server.public_url, "listening");
@@ -346,6 +387,35 @@ async fn heartbeat(manager: Manager, mut stop: tokio::sync::watch::Receiver<bool
                 systemd::status(&format!("{} tasks", manager.live_count().await));
             }
             _ = stop.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn only_loopback_hosts_pass_in_dev_mode() {
+        for ok in [
+            "127.0.0.1:8080",
+            "localhost",
+            "LOCALHOST:1",
+            "127.8.0.1",
+            "[::1]:8080",
+            "[::1]",
+        ] {
+            assert!(is_loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example:8080",
+            "192.168.1.5:8080",
+            "",
+            "localhost.evil.example",
+            "[::2]:80",
+            "127.0.0.1.nip.io",
+        ] {
+            assert!(!is_loopback_host(bad), "{bad}");
         }
     }
 }

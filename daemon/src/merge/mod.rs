@@ -196,11 +196,22 @@ pub fn run(options: &MergeOptions, progress: &mut dyn Progress) -> Result<MergeR
     Ok(report)
 }
 
-/// `<dir>/.<name>.part`, synced, renamed into place.
+/// `<dir>/.<name>.part`, synced, renamed into place. The output folder may
+/// be shared: whatever stands at the temporary name (a link planted to a
+/// file of kiroku's user) is removed, not followed, and the file is
+/// created exclusively (`O_EXCL`, which refuses to follow a link that
+/// appears in between).
 fn write_atomically(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(format!(".{name}.part"));
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
         std::fs::rename(&tmp, dir.join(name))
@@ -209,4 +220,26 @@ fn write_atomically(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> 
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A link planted at the temporary name is replaced, not written
+    /// through: the file it points at is untouched.
+    #[test]
+    fn a_planted_link_at_the_temporary_name_is_not_followed() {
+        let dir = std::env::temp_dir().join(format!("kiroku-merge-part-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"precious").expect("victim");
+        std::os::unix::fs::symlink(&victim, dir.join(".out.mp4.part")).expect("link");
+        write_atomically(&dir, "out.mp4", b"merged").expect("write");
+        assert_eq!(std::fs::read(&victim).expect("read"), b"precious");
+        assert_eq!(std::fs::read(dir.join("out.mp4")).expect("read"), b"merged");
+        assert!(!dir.join(".out.mp4.part").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
