@@ -96,6 +96,7 @@ struct RawCallbacks {
     retry_for_seconds: Option<u64>,
     timeout_seconds: Option<u64>,
     max_in_flight: Option<usize>,
+    allow_http: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -242,6 +243,21 @@ const PLACEHOLDER_SECRETS: &[&str] = &[
     "change-me-three",
     "change-me-to-a-long-random-string",
 ];
+
+/// Whether an `http://` URL's host is this machine's loopback.
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
 
 /// Refuses a secret that is short or a known placeholder.
 fn check_secret(key: &str, value: &str) -> Result<(), ConfigError> {
@@ -716,6 +732,7 @@ impl Config {
             return Err(invalid("callbacks.timeout_seconds", "must be 1..=120"));
         }
         let max_in_flight = raw.callbacks.max_in_flight.unwrap_or(16);
+        let callbacks_allow_http = raw.callbacks.allow_http.unwrap_or(false);
         if max_in_flight == 0 {
             return Err(invalid("callbacks.max_in_flight", "must be at least 1"));
         }
@@ -789,6 +806,19 @@ impl Config {
                         return Err(invalid(
                             format!("apps[{i}].callback_url"),
                             format!("`{url}` must start with http:// or https://"),
+                        ));
+                    }
+                    // Callbacks carry task ids, file names and user ids,
+                    // and their signature can be replayed: plain HTTP off
+                    // the box is an explicit choice, as for storage.s3.
+                    if url.starts_with("http://") && !callbacks_allow_http && !is_loopback_url(&url)
+                    {
+                        return Err(invalid(
+                            format!("apps[{i}].callback_url"),
+                            format!(
+                                "`{url}` is plain HTTP to another host: use https://, or set \
+                                 callbacks.allow_http = true to permit it"
+                            ),
                         ));
                     }
                     check_secret(&format!("apps[{i}].callback_key"), &key)?;
@@ -1030,6 +1060,36 @@ mod tests {
         assert!(err(&format!("{base}apps = [9]")).contains("9 is not a configured"));
         assert!(err(&format!("{base}apps = []")).contains("credentials[0].apps"));
         assert!(err("[[apps]]\nsdk_app_id = 7\nmax_tasks = 0").contains("apps[0].max_tasks"));
+    }
+
+    #[test]
+    fn plain_http_callbacks_off_the_box_need_an_opt_in() {
+        let app = |url: &str| {
+            format!("[[apps]]\nsdk_app_id = 7\ncallback_url = \"{url}\"\ncallback_key = \"0123456789abcdef\"\n")
+        };
+        for local in [
+            "http://127.0.0.1:9000/cb",
+            "http://localhost/cb",
+            "http://[::1]:80/x",
+        ] {
+            Config::parse(&app(local)).unwrap_or_else(|e| panic!("{local}: {e}"));
+        }
+        Config::parse(&app("https://cb.example/x")).expect("https");
+        let e = err(&app("http://cb.example/x"));
+        assert!(
+            e.contains("apps[0].callback_url") && e.contains("allow_http"),
+            "{e}"
+        );
+        let e = err(&app("http://127.0.0.1@cb.example/x"));
+        assert!(
+            e.contains("allow_http"),
+            "userinfo does not make a host loopback: {e}"
+        );
+        Config::parse(&format!(
+            "{}[callbacks]\nallow_http = true\n",
+            app("http://cb.example/x")
+        ))
+        .expect("opted in");
     }
 
     #[test]

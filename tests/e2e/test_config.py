@@ -186,3 +186,16 @@ def test_json_log_format(kiroku):
     records = [json.loads(ln) for ln in lines]
     assert any(r.get("fields", {}).get("message") == "listening" for r in records), records[:3]
     assert all("level" in r and "timestamp" in r for r in records)
+
+
+def test_plain_http_callbacks_off_the_box_need_an_opt_in(tmp_path):
+    """Callbacks over plain HTTP to another host are refused unless
+    callbacks.allow_http says so (loopback receivers need no opt-in)."""
+    cfg = base_config(tmp_path / "data", free_port(), callback_url="http://callbacks.example/recording")
+    p = tmp_path / "k.toml"
+    p.write_text(to_toml(cfg))
+    r = run("check-config", p)
+    assert r.returncode == 2 and "apps[0].callback_url" in r.stderr and "allow_http" in r.stderr, r.stderr
+    cfg["callbacks"]["allow_http"] = True
+    p.write_text(to_toml(cfg))
+    assert run("check-config", p).returncode == 0
