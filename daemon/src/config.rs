@@ -248,7 +248,13 @@ const PLACEHOLDER_SECRETS: &[&str] = &[
 fn is_loopback_url(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    is_loopback_host(authority.rsplit_once('@').map_or(authority, |(_, h)| h))
+}
+
+/// Whether a host (as in a `Host` header or a URL's authority, with or
+/// without a port) names this machine's loopback: `localhost`,
+/// `127.x.y.z`, `[::1]`.
+pub fn is_loopback_host(host: &str) -> bool {
     let name = match host.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(""),
         None => host.rsplit_once(':').map_or(host, |(h, _)| h),

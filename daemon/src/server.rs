@@ -159,26 +159,13 @@ async fn end_session(
     StatusCode::NO_CONTENT.into_response()
 }
 
-/// Whether a `Host` header names this machine's loopback (`localhost`,
-/// `127.x.y.z`, `[::1]`, with or without a port).
-fn is_loopback_host(host: &str) -> bool {
-    let name = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
-    };
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 async fn loopback_host_only(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let host = req
         .headers()
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if is_loopback_host(host) {
+    if crate::config::is_loopback_host(host) {
         next.run(req).await
     } else {
         (
@@ -393,7 +380,7 @@ async fn heartbeat(manager: Manager, mut stop: tokio::sync::watch::Receiver<bool
 
 #[cfg(test)]
 mod tests {
-    use super::is_loopback_host;
+    use crate::config::is_loopback_host;
 
     #[test]
     fn only_loopback_hosts_pass_in_dev_mode() {
