@@ -9,7 +9,10 @@
 //!
 //! Clock: the output runs on a fixed clock of `VideoParams.Fps` on the
 //! task's server timeline ([`super::timeline`]), starting at the first
-//! media. Output frame `k` stands for time `T_k = start + k/fps`; it is
+//! media: the earliest media placed before the first frame is rendered (a
+//! user whose frames the timeline still holds for sender reports may have
+//! begun before a user placed at once; the start moves back for them until
+//! `start + latency`). Output frame `k` stands for time `T_k = start + k/fps`; it is
 //! rendered once the wall clock passes `T_k + latency`, so frames that
 //! arrive late (network, the timeline's wait for sender reports) still
 //! make their tick. For each tick every input's frames up to `T_k` are
@@ -59,6 +62,10 @@ use crate::room::{Codec, MediaFrame, TrackKind};
 pub const STALE_US: i64 = 2_000_000;
 /// Further behind real time than this, video ticks are skipped.
 pub const MAX_BEHIND_US: i64 = 1_000_000;
+/// Opus packets held before the output's start is fixed, at most (about
+/// 80 s of 20 ms packets over all users; the start is fixed within the
+/// latency of the first media).
+const MAX_EARLY_AUDIO: usize = 4096;
 /// Frames waiting for their tick per video, at most (about 20 s at 30 fps);
 /// beyond that the input restarts at its next key frame.
 const MAX_QUEUED_FRAMES: usize = 600;
@@ -197,9 +204,12 @@ pub struct MixedRecorder {
     participants: Vec<String>,
     lingering: Vec<Lingering>,
     videos: HashMap<(String, Media), VideoInput>,
-    /// Created at the first media, so that the mixed audio starts with the
-    /// video; until then (and for video-only tasks) `None`.
+    /// Created when the start is fixed, so that the mixed audio starts with
+    /// the video; until then (and for video-only tasks) `None`.
     mixer: Option<AudioMixer>,
+    /// Audio placed before the start is fixed, for the mixer (at most
+    /// [`MAX_EARLY_AUDIO`] packets).
+    early_audio: Vec<(u64, i64, Arc<[u8]>)>,
     has_audio: bool,
     /// PTS of the mixer's timeline start (the first media) less BASE_90K.
     audio_offset_90k: u64,
@@ -208,7 +218,12 @@ pub struct MixedRecorder {
     stream: HlsStream,
     canvas: Vec<Picture>,
     scene: Vec<Scene>,
+    /// Server time of output frame 0: the earliest media placed before the
+    /// first frame is rendered (a user placed later by the timeline, still
+    /// waiting for sender reports, may have begun before the user placed
+    /// first); fixed from then on.
     start_us: Option<i64>,
+    start_fixed: bool,
     next_tick: u64,
     force_keyframe: bool,
     next_tag: u64,
@@ -279,6 +294,7 @@ impl MixedRecorder {
             lingering: Vec::new(),
             videos: HashMap::new(),
             mixer: None,
+            early_audio: Vec::new(),
             has_audio,
             audio_offset_90k: 0,
             encoder: if has_video { encoder } else { None },
@@ -291,6 +307,7 @@ impl MixedRecorder {
                 layers: Vec::new(),
             }],
             start_us: None,
+            start_fixed: false,
             next_tick: 0,
             force_keyframe: false,
             next_tag: 1,
@@ -496,8 +513,12 @@ impl MixedRecorder {
                     v.tag = None;
                 }
             }
-        } else if let Some(m) = self.mixer.as_mut() {
-            m.end_input(tag);
+        } else {
+            // The mixer must hold the input's audio before it ends.
+            self.fix_start();
+            if let Some(m) = self.mixer.as_mut() {
+                m.end_input(tag);
+            }
         }
         if !self.subs.values().any(|s| s.user_id == sub.user_id) {
             self.users.remove(&sub.user_id);
@@ -537,9 +558,11 @@ impl MixedRecorder {
             let first = self.placed.iter().map(|(t, _)| *t).min().unwrap_or(last);
             sub.first_placed = Some(sub.first_placed.map_or(first, |f| f.min(first)));
         }
-        if self.start_us.is_none() {
-            if let Some(start) = self.placed.first().map(|(t, _)| *t) {
-                self.start(start);
+        if !self.start_fixed {
+            if let Some(earliest) = self.placed.iter().map(|(t, _)| *t).min() {
+                if self.start_us.is_none_or(|s| earliest < s) {
+                    self.start_us = Some(self.start_on_grid(earliest));
+                }
             }
         }
         if kind.is_video() {
@@ -560,17 +583,40 @@ impl MixedRecorder {
                     m.push_opus(tag, t, &f.data);
                 }
             }
+        } else if self.has_audio && !self.start_fixed {
+            for (t, f) in self.placed.drain(..) {
+                if f.codec != Codec::Opus {
+                    continue;
+                }
+                if self.early_audio.len() < MAX_EARLY_AUDIO {
+                    self.early_audio.push((tag, t, f.data));
+                } else {
+                    self.mix_stats.frames_dropped += 1;
+                }
+            }
         }
         self.placed.clear();
     }
 
-    /// The output starts at the first media, at server time `first`.
-    fn start(&mut self, first: i64) {
-        // Rounded up to the epoch's 100 µs grid (9 ticks at 90 kHz), so
-        // that with tick times rounded up every frame's PTS is exact.
+    /// Server time `first` rounded up to the epoch's 100 µs grid (9 ticks
+    /// at 90 kHz), so that with tick times rounded up every frame's PTS is
+    /// exact.
+    fn start_on_grid(&self, first: i64) -> i64 {
         let epoch = self.settings.epoch_us;
-        let start = epoch + (first - epoch + 99).div_euclid(100) * 100;
-        self.start_us = Some(start);
+        epoch + (first - epoch + 99).div_euclid(100) * 100
+    }
+
+    /// Fixes the output's start (the first frame is about to be rendered,
+    /// or a track ends): the audio mixer starts there and takes the audio
+    /// placed so far.
+    fn fix_start(&mut self) {
+        if self.start_fixed {
+            return;
+        }
+        let Some(start) = self.start_us else {
+            return;
+        };
+        self.start_fixed = true;
         if self.has_audio {
             match AudioMixer::new(self.settings.transcode.audio, start) {
                 Ok(m) => self.mixer = Some(m),
@@ -581,6 +627,12 @@ impl MixedRecorder {
             }
             self.audio_offset_90k =
                 ((start - self.settings.epoch_us).max(0) as i128 * 9 / 100) as u64;
+        }
+        let early = std::mem::take(&mut self.early_audio);
+        if let Some(m) = self.mixer.as_mut() {
+            for (tag, t, data) in early {
+                m.push_opus(tag, t, &data);
+            }
         }
     }
 
@@ -613,6 +665,7 @@ impl MixedRecorder {
             if t > until_us {
                 break;
             }
+            self.fix_start();
             if catch_up && until_us - t > MAX_BEHIND_US {
                 // Catch up: skip to the newest due tick.
                 let fps = i64::from(self.settings.transcode.video.fps.max(1));
@@ -912,6 +965,7 @@ impl MixedRecorder {
         for &tag in &tags {
             self.flush_clock(tag);
         }
+        self.fix_start();
         let last_media = self
             .videos
             .values()
@@ -1820,6 +1874,73 @@ mod tests {
         let n = sim.actions.len();
         sim.tick(T0 + 60_000_000);
         assert_eq!(sim.actions.len(), n);
+    }
+
+    #[test]
+    fn the_output_starts_at_the_earliest_media_even_when_a_later_user_is_placed_first() {
+        // Alice publishes from T0 with no sender report: the timeline holds
+        // her media for its 2 s wait, then places it at its arrival. Bob
+        // joins 0.5 s later and his reports confirm his mapping at once, so
+        // his media is placed first. The output must still start at T0
+        // (a CI run lost the first publisher's first 0.44 s this way).
+        let mut sim = Sim::new(
+            StreamType::AudioVideo,
+            FillType::LastFrame,
+            MixLayout::default(),
+        );
+        let offered = [&both("alice")[..], &[("bob", TrackKind::MainVideo)]].concat();
+        let tags = sim.offer(&offered);
+        let tag = |u: &str, k| tags[&(u.to_owned(), k)];
+        let (alice_audio, alice_video) = (
+            tag("alice", TrackKind::Audio),
+            tag("alice", TrackKind::MainVideo),
+        );
+        let bob = tag("bob", TrackKind::MainVideo);
+        let (mut red, mut blue, mut mic) = (camera(RED), camera(BLUE), microphone());
+        let mut first_start = None;
+        for s in 0..step(6_000_000) {
+            let now = T0 + s as i64 * STEP_US;
+            let f = audio_frame(&mut mic, s);
+            sim.frame(alice_audio, f);
+            let n = s / 5;
+            if s % 5 == 0 {
+                let f = video_frame(&mut red, n);
+                sim.frame(alice_video, f);
+                if n >= 5 {
+                    // From the third frame on, a second report (1 ms apart:
+                    // within the re-anchor threshold) confirms the first.
+                    let mut f = video_frame(&mut blue, n);
+                    let error = if n >= 7 { 1_000 } else { 0 };
+                    f.ntp_time = Some(at(T0 + n as i64 * FRAME_US + error));
+                    sim.frame(bob, f);
+                }
+            }
+            if first_start.is_none() {
+                first_start = sim.rec.start_pts();
+            }
+            sim.tick(now);
+        }
+        sim.finish(T0 + 6_000_000);
+        // Bob was placed first (the case under test).
+        assert_eq!(first_start.map(time_of), Some(T0 + 500_000));
+        let start = sim.rec.start_pts().expect("started");
+        assert_eq!(time_of(start), T0);
+        let pts = video_pts(&sim.actions);
+        assert_eq!(pts.first(), Some(&start));
+        assert_eq!(pts.len(), 61, "T0 to the end (6 s), both included");
+        assert_eq!(sim.rec.mix_stats.ticks_skipped, 0);
+        let audio: Vec<u64> = all_pes(&sim.actions)
+            .into_iter()
+            .filter(|(pid, _, _)| *pid == PID_AUDIO)
+            .map(|(_, pts, _)| pts)
+            .collect();
+        assert!(
+            audio[0] + 1_921 >= start && audio[0] <= start,
+            "first AAC frame at {} µs",
+            time_of(audio[0]) - T0
+        );
+        // Alice's audio from T0 on is in the mix: about 6 s of AAC frames.
+        assert!(audio.len() >= 280, "{} AAC frames", audio.len());
     }
 
     #[test]
