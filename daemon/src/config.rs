@@ -75,6 +75,9 @@ struct RawServer {
     max_connections_per_address: Option<usize>,
     header_timeout_seconds: Option<u64>,
     body_timeout_seconds: Option<u64>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -188,6 +191,19 @@ pub struct ServerConfig {
     pub admin_token: Option<Secret>,
     /// The HTTP edge (docs/security.md, "Connections").
     pub connections: ConnectionLimits,
+    /// TLS on the listener (PEM files, reloaded on SIGHUP); `None`: plain
+    /// HTTP.
+    pub tls: Option<TlsFiles>,
+    /// A second, plain-HTTP listener for `/metrics` and `/healthz`; when
+    /// set, the main listener no longer serves `/metrics`.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// The listener's certificate chain and private key, both PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Which otherwise-refused addresses layout images may be fetched from.
@@ -642,6 +658,16 @@ impl Config {
                 format!("`{listen_text}` is not an IP:port address (e.g. 127.0.0.1:8080)"),
             )
         })?;
+        let tls = match (raw.server.tls_cert, raw.server.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(invalid(
+                    "server.tls_cert",
+                    "tls_cert and tls_key go together: give both (TLS) or neither (plain HTTP)",
+                ))
+            }
+        };
         let public_url = match raw.server.public_url {
             Some(url) => {
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -650,9 +676,34 @@ impl Config {
                         format!("`{url}` must start with http:// or https://"),
                     ));
                 }
+                if tls.is_some() && url.starts_with("http://") {
+                    return Err(invalid(
+                        "server.public_url",
+                        format!("`{url}`: the listener serves TLS (server.tls_cert), so its public URL starts with https://"),
+                    ));
+                }
                 url.trim_end_matches('/').to_owned()
             }
+            None if tls.is_some() => format!("https://{listen}"),
             None => format!("http://{listen}"),
+        };
+        let metrics_listen = match raw.server.metrics_listen {
+            Some(text) => {
+                let addr: SocketAddr = text.parse().map_err(|_| {
+                    invalid(
+                        "server.metrics_listen",
+                        format!("`{text}` is not an IP:port address (e.g. 127.0.0.1:9464)"),
+                    )
+                })?;
+                if addr == listen {
+                    return Err(invalid(
+                        "server.metrics_listen",
+                        "must differ from server.listen (leave it out to serve /metrics there)",
+                    ));
+                }
+                Some(addr)
+            }
+            None => None,
         };
         let max_body_bytes = raw.server.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
         if !(1024..=64 * 1024 * 1024).contains(&max_body_bytes) {
@@ -991,6 +1042,8 @@ impl Config {
                 signed_services,
                 admin_token,
                 connections,
+                tls,
+                metrics_listen,
             },
             limits: Limits {
                 max_tasks,
@@ -1110,6 +1163,41 @@ mod tests {
         assert!(!token.matches("0123456789abcdeF"));
         assert!(!token.matches("0123456789abcdef0"));
         assert_eq!(format!("{token:?}"), "<redacted>");
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_an_https_public_url() {
+        let both =
+            Config::parse("[server]\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"").expect("valid");
+        assert_eq!(
+            both.server.tls,
+            Some(TlsFiles {
+                cert: "/c.pem".into(),
+                key: "/k.pem".into()
+            })
+        );
+        assert_eq!(both.server.public_url, "https://127.0.0.1:8080");
+        assert!(err("[server]\ntls_cert = \"/c.pem\"").contains("tls_key"));
+        assert!(err("[server]\ntls_key = \"/k.pem\"").contains("tls_cert"));
+        let e =
+            err("[server]\ntls_cert = \"/c\"\ntls_key = \"/k\"\npublic_url = \"http://box:8080\"");
+        assert!(e.contains("https://"), "{e}");
+        assert!(Config::parse("[server]\npublic_url = \"http://box:8080\"").is_ok());
+    }
+
+    #[test]
+    fn metrics_listen_is_an_address_of_its_own() {
+        let c = Config::parse("[server]\nmetrics_listen = \"127.0.0.1:9464\"").expect("valid");
+        assert_eq!(
+            c.server.metrics_listen.map(|a| a.to_string()),
+            Some("127.0.0.1:9464".to_owned())
+        );
+        assert!(err("[server]\nmetrics_listen = \"localhost:9\"").contains("server.metrics_listen"));
+        assert!(err("[server]\nmetrics_listen = \"127.0.0.1:8080\"").contains("must differ"));
+        assert_eq!(
+            Config::parse("").expect("empty").server.metrics_listen,
+            None
+        );
     }
 
     #[test]

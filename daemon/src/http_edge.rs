@@ -12,6 +12,10 @@
 //! - a body-read timeout per request (tower-http), so a body sent a byte a
 //!   minute cannot hold a connection either.
 //!
+//! - with TLS ([`crate::tls`]), a handshake bounded by the header-read
+//!   timeout, done on the connection's own task (a client that stalls in
+//!   its handshake holds only its own slot).
+//!
 //! Shutdown: stop accepting, then let in-flight connections finish (the
 //! caller bounds that by `server.shutdown_grace_seconds`).
 
@@ -31,6 +35,7 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::config::ConnectionLimits;
 use crate::metrics::{self, Metrics};
+use crate::tls::TlsServer;
 
 #[derive(Clone)]
 pub struct EdgeMetrics {
@@ -127,13 +132,15 @@ pub async fn read_body(
     })
 }
 
-/// Serves `app` on `listener` until `shutdown` completes; then waits for
-/// the open connections to finish their requests and close.
+/// Serves `app` on `listener` (over TLS when `tls` is given) until
+/// `shutdown` completes; then waits for the open connections to finish
+/// their requests and close.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
     metrics: EdgeMetrics,
+    tls: Option<Arc<TlsServer>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let app = app.layer(RequestBodyTimeoutLayer::new(limits.body_timeout));
@@ -167,14 +174,35 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn =
-            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-        let conn = graceful.watch(conn);
         let gauge = metrics.open.clone();
         gauge.inc();
+        let (http, service, watcher) = (
+            http.clone(),
+            TowerToHyperService::new(app.clone()),
+            graceful.watcher(),
+        );
+        let tls = tls.as_ref().map(|t| (t.acceptor(), t.clone()));
+        let handshake_timeout = limits.header_timeout;
         tokio::spawn(async move {
             // Errors are clients going away or timing out: nothing to report.
-            let _ = conn.await;
+            match tls {
+                None => {
+                    let _ = watcher
+                        .watch(http.serve_connection(TokioIo::new(stream), service))
+                        .await;
+                }
+                Some((acceptor, server)) => {
+                    // The handshake is bounded like a request's headers.
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = watcher
+                                .watch(http.serve_connection(TokioIo::new(stream), service))
+                                .await;
+                        }
+                        Ok(Err(_)) | Err(_) => server.handshake_failures.inc(),
+                    }
+                }
+            }
             gauge.dec();
             drop(slot);
             drop(permit);

@@ -44,3 +44,4 @@ pub mod state_store;
 pub mod sync;
 pub mod systemd;
 pub mod task;
+pub mod tls;

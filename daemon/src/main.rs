@@ -406,8 +406,15 @@ fn main() -> ExitCode {
         },
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
+                // The certificate and key are read as the daemon would.
+                if let Some(files) = &c.server.tls {
+                    if let Err(e) = kiroku::tls::load(files) {
+                        eprintln!("invalid configuration: server.tls_cert: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
                 println!(
-                    "{}: valid ({} mode, listen {}, data_dir {}, {} app(s))",
+                    "{}: valid ({} mode, listen {} ({}), data_dir {}, {} app(s))",
                     file.display(),
                     if c.dev_mode() {
                         "open dev"
@@ -415,6 +422,11 @@ fn main() -> ExitCode {
                         "authenticated"
                     },
                     c.server.listen,
+                    if c.server.tls.is_some() {
+                        "TLS"
+                    } else {
+                        "plain HTTP"
+                    },
                     c.data_dir.display(),
                     c.apps.len()
                 );

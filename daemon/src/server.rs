@@ -40,6 +40,13 @@ pub enum ServerError {
     Store(#[from] crate::state_store::StoreError),
     #[error("HTTP server: {0}")]
     Http(std::io::Error),
+    #[error("TLS (server.tls_cert, server.tls_key): {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("cannot bind the metrics listener {addr} (server.metrics_listen)")]
+    MetricsListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot bind the WebRTC UDP socket {addr} (ingest.udp_listen)")]
     Udp {
         addr: std::net::SocketAddr,
@@ -48,24 +55,31 @@ pub enum ServerError {
 }
 
 struct Shared {
-    api: Arc<ApiState>,
     metrics: Metrics,
 }
 
+/// The API (`/`) and `/healthz`, and `/metrics` unless it has a listener
+/// of its own (`server.metrics_listen`).
 pub fn router(api: Arc<ApiState>, metrics: Metrics) -> Router {
-    let shared = Arc::new(Shared {
-        api: api.clone(),
-        metrics,
-    });
+    let separate_metrics = api.config.server.metrics_listen.is_some();
+    let probes = if separate_metrics {
+        Router::new().route("/healthz", get(healthz))
+    } else {
+        probes_router(metrics)
+    };
+    probes.merge(
+        Router::new()
+            .route("/", any(api_http::handle))
+            .with_state(api),
+    )
+}
+
+/// `/healthz` and `/metrics`: what the metrics listener serves.
+fn probes_router(metrics: Metrics) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
-        .with_state(shared)
-        .merge(
-            Router::new()
-                .route("/", any(api_http::handle))
-                .with_state(api),
-        )
+        .with_state(Arc::new(Shared { metrics }))
 }
 
 struct Operator {
@@ -184,7 +198,6 @@ async fn healthz() -> &'static str {
 }
 
 async fn metrics_text(State(s): State<Arc<Shared>>) -> Response {
-    let _ = &s.api;
     (
         StatusCode::OK,
         [(
@@ -223,6 +236,19 @@ pub async fn run(
 
     let metrics = Metrics::new();
     let edge_metrics = EdgeMetrics::register(&metrics);
+    // Before anything starts: a bad certificate stops the daemon here.
+    let tls = match &config.server.tls {
+        Some(files) => Some(crate::tls::TlsServer::open(files.clone(), &metrics)?),
+        None => None,
+    };
+    let metrics_listener = match config.server.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::MetricsListen { addr, source })?,
+        ),
+        None => None,
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (outbox, outbox_worker) = deliver::start(
         store.clone(),
@@ -296,7 +322,7 @@ pub async fn run(
         metrics.clone(),
     ));
 
-    let app = router(api, metrics)
+    let app = router(api, metrics.clone())
         .merge(whip::router(Arc::new(WhipState {
             config: config.clone(),
             ingest: ingest.clone(),
@@ -313,7 +339,23 @@ pub async fn run(
     };
 
     let addr = listener.local_addr().map_err(ServerError::Http)?;
-    tracing::info!(%addr, public_url = %config.server.public_url, "listening");
+    tracing::info!(%addr, public_url = %config.server.public_url, tls = tls.is_some(), "listening");
+    let reloader = tokio::spawn(reload_on_hangup(tls.clone()));
+    // /metrics and /healthz on their own plain listener, under the same
+    // connection limits; it stops with the process.
+    let metrics_server = metrics_listener.map(|l| {
+        if let Ok(a) = l.local_addr() {
+            tracing::info!(addr = %a, "metrics listening");
+        }
+        tokio::spawn(http_edge::serve(
+            l,
+            probes_router(metrics.clone()),
+            config.server.connections,
+            edge_metrics.clone(),
+            None,
+            std::future::pending(),
+        ))
+    });
     systemd::ready(&format!("{} tasks", manager.live_count().await));
     let heartbeat = tokio::spawn(heartbeat(manager.clone(), stop_rx));
 
@@ -324,6 +366,7 @@ pub async fn run(
         app,
         config.server.connections,
         edge_metrics,
+        tls,
         async move {
             shutdown.await;
             tracing::info!("shutdown requested: draining in-flight requests");
@@ -352,11 +395,40 @@ pub async fn run(
         .ok();
     heartbeat.abort();
     expiry.abort();
+    reloader.abort();
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
     // Let every store handle go before returning so the database closes.
     drop(manager);
     drop(store);
     tracing::info!("stopped");
     result
+}
+
+/// SIGHUP reloads the TLS certificate and key (docs/security.md). Without
+/// TLS it is logged and otherwise ignored: the signal's default action
+/// would end the daemon and every recording with it.
+async fn reload_on_hangup(tls: Option<Arc<crate::tls::TlsServer>>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: certificates reload only on restart");
+            return;
+        }
+    };
+    while hangup.recv().await.is_some() {
+        match &tls {
+            None => tracing::info!("SIGHUP received: nothing to reload (no server.tls_cert)"),
+            Some(t) => match t.reload() {
+                Ok(()) => tracing::info!("SIGHUP received: TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP received: TLS certificate NOT reloaded; the one in use stays")
+                }
+            },
+        }
+    }
 }
 
 async fn heartbeat(manager: Manager, mut stop: tokio::sync::watch::Receiver<bool>) {
