@@ -24,6 +24,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -31,6 +32,7 @@ use hyper_util::service::TowerToHyperService;
 use prometheus::{IntCounterVec, IntGauge};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tower::ServiceExt;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::config::ConnectionLimits;
@@ -106,6 +108,14 @@ pub enum BodyError {
     Unreadable(String),
 }
 
+/// The client address of a request served by [`serve`] (unspecified for a
+/// request that did not come through it, e.g. a router driven in tests).
+pub fn client_ip(extensions: &axum::http::Extensions) -> IpAddr {
+    extensions
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), |c| c.0.ip())
+}
+
 /// Reads a request body of at most `limit` bytes. A body declared larger
 /// (Content-Length) is refused before a byte of it is read; one without a
 /// length (chunked) is read up to the limit.
@@ -176,9 +186,17 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let gauge = metrics.open.clone();
         gauge.inc();
+        // Handlers see the client's address (rate limits, signature
+        // binding) as axum's ConnectInfo.
+        let service = app.clone().map_request(
+            move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req
+            },
+        );
         let (http, service, watcher) = (
             http.clone(),
-            TowerToHyperService::new(app.clone()),
+            TowerToHyperService::new(service),
             graceful.watcher(),
         );
         let tls = tls.as_ref().map(|t| (t.acceptor(), t.clone()));

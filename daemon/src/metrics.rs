@@ -24,6 +24,7 @@ pub struct Metrics {
     pub callbacks_given_up: IntCounter,
     pub callbacks_pending: IntGauge,
     pub store_errors: IntCounter,
+    pub replays_refused: IntCounter,
 }
 
 /// A counter registered in `r` (metric definitions are constants: a
@@ -158,6 +159,11 @@ impl Metrics {
                 &r,
                 "kiroku_store_errors_total",
                 "Failed state-store operations",
+            ),
+            replays_refused: counter(
+                &r,
+                "kiroku_api_replays_refused_total",
+                "Signed API requests refused: the signature was already used for another action from another address",
             ),
             registry: r,
         }

@@ -363,3 +363,110 @@ def test_credentials_bound_to_apps_and_per_app_quotas(kiroku):
     assert d.metric("kiroku_tasks_refused_total", {"reason": "app_max_tasks"}) == 1
     a.delete(a_task)
     b.delete(b_task, app=APP_ID2)
+
+
+class _CapturingProxy:
+    """A TCP relay in front of the daemon that keeps every byte clients
+    send: what an eavesdropper on a plain-HTTP network sees."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.sent: list[bytearray] = []  # per connection, as it arrives
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
+        captured = bytearray()
+        self.sent.append(captured)
+        pair = [client, upstream]
+        try:
+            while True:
+                readable, _, _ = select.select(pair, [], [], 10)
+                if not readable:
+                    return
+                for s in readable:
+                    data = s.recv(65536)
+                    if not data:
+                        return
+                    if s is client:
+                        captured += data
+                        upstream.sendall(data)
+                    else:
+                        client.sendall(data)
+        finally:
+            client.close()
+            upstream.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _replay(port: int, request: bytes, source: str, action: str | None = None) -> dict:
+    """Sends captured request bytes again from `source`, with X-TC-Action
+    swapped when `action` is given; the JSON answer."""
+    if action is not None:
+        request = re.sub(rb"(?im)^X-TC-Action: *[A-Za-z]+", f"X-TC-Action: {action}".encode(), request)
+    head, _, body = request.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    method, path, _ = lines[0].split(" ", 2)
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
+    conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+    for k, v in headers.items():
+        conn.putheader(k, v)
+    conn.endheaders(body)
+    answer = json.loads(conn.getresponse().read())
+    conn.close()
+    return answer
+
+
+def test_a_captured_signature_is_refused_for_another_action(kiroku):
+    """Tencent's SDK signs the body and Host but not X-TC-Action: a signed
+    Describe captured on the wire carries the same body a Delete of the
+    task would. Resent from another address as a Delete it is refused and
+    the task lives on; resent as the same Describe it is answered (the SDK
+    itself repeats identical requests within a second)."""
+    from tencentcloud.common import credential
+    from tencentcloud.trtc.v20190722 import models, trtc_client
+    from kiroku_e2e import create_params, sdk_profile
+
+    d = kiroku("replay")
+    api = d.sdk()
+    task = api.create(create_params(room="7101"))
+    proxy = _CapturingProxy(d.port)
+    try:
+        client = trtc_client.TrtcClient(credential.Credential(SECRET_ID, SECRET_KEY), "ap-shanghai",
+                                        sdk_profile(proxy.port))
+        req = models.DescribeCloudRecordingRequest()
+        req.from_json_string(json.dumps({"SdkAppId": APP_ID, "TaskId": task}))
+        assert client.DescribeCloudRecording(req).TaskId == task
+    finally:
+        proxy.close()
+    assert len(proxy.sent) == 1
+    captured = bytes(proxy.sent[0])
+    assert b"X-TC-Action: DescribeCloudRecording" in captured, captured[:400]
+
+    # The same Describe again, from elsewhere: answered.
+    again = _replay(d.port, captured, "127.0.0.2")["Response"]
+    assert again.get("TaskId") == task, again
+    # As a Delete, from elsewhere: refused, and the task is still there.
+    forged = _replay(d.port, captured, "127.0.0.3", "DeleteCloudRecording")["Response"]
+    assert forged["Error"]["Code"] == "AuthFailure.SignatureFailure", forged
+    assert "replayed for another action" in forged["Error"]["Message"], forged
+    assert api.describe(task)["Status"] in ("Idle", "InProgress"), "the forged Delete stopped the task"
+    assert _metric_from_elsewhere(d, "kiroku_api_replays_refused_total") == 1
+    # A correctly signed Delete of its own ends the task.
+    api.delete(task)
+    api.wait_gone(task)

@@ -18,6 +18,7 @@ use serde_json::{json, Map, Value};
 
 use super::error::{codes, ApiError};
 use super::ratelimit::RateLimiter;
+use super::replay::SignatureBindings;
 use super::{model, tc3, validate, Action, API_VERSION};
 use crate::auth::usersig;
 use crate::config::Config;
@@ -30,6 +31,7 @@ pub struct ApiState {
     pub manager: Manager,
     pub metrics: Metrics,
     pub limiter: Mutex<RateLimiter>,
+    pub signatures: Mutex<SignatureBindings>,
 }
 
 impl ApiState {
@@ -40,6 +42,7 @@ impl ApiState {
             manager,
             metrics,
             limiter,
+            signatures: Mutex::new(SignatureBindings::new()),
         }
     }
 }
@@ -158,16 +161,19 @@ async fn dispatch(
             ),
         ));
     }
-    if !api.config.dev_mode() {
-        let secret_id = authenticate(
+    let signed = if api.config.dev_mode() {
+        None
+    } else {
+        let signed = authenticate(
             api,
             &parts.headers,
             parts.uri.path(),
             parts.uri.query().unwrap_or(""),
             &body,
         )?;
-        authorize(api, &secret_id, &body)?;
-    }
+        authorize(api, &signed.secret_id, &body)?;
+        Some(signed)
+    };
     let action = action.ok_or_else(|| {
         let given = header_text(&parts.headers, "x-tc-action");
         ApiError::new(
@@ -178,6 +184,22 @@ async fn dispatch(
             ),
         )
     })?;
+    if let Some(signed) = signed {
+        let client = crate::http_edge::client_ip(&parts.extensions);
+        let valid_until = signed.timestamp.saturating_add(tc3::MAX_CLOCK_SKEW_SECONDS);
+        let admitted = crate::sync::lock(&api.signatures).admit(
+            &signed.signature,
+            action,
+            client,
+            valid_until,
+            unix_secs_signed(),
+        );
+        if let Err(e) = admitted {
+            api.metrics.replays_refused.inc();
+            tracing::warn!(%client, action = action.name(), first = e.first, "signed request replayed for another action: refused");
+            return Err(ApiError::new("AuthFailure.SignatureFailure", e.to_string()));
+        }
+    }
     let version = header_text(&parts.headers, "x-tc-version");
     if version != API_VERSION {
         return Err(ApiError::new(
@@ -218,14 +240,21 @@ fn authorize(api: &ApiState, secret_id: &str, body: &[u8]) -> Result<(), ApiErro
     }
 }
 
-/// Checks the request's signature; the SecretId that signed it.
+/// A request whose signature verified.
+struct Signed {
+    secret_id: String,
+    signature: String,
+    timestamp: i64,
+}
+
+/// Checks the request's signature.
 fn authenticate(
     api: &ApiState,
     headers: &HeaderMap,
     path: &str,
     query: &str,
     body: &[u8],
-) -> Result<String, ApiError> {
+) -> Result<Signed, ApiError> {
     let auth_err = |e: tc3::AuthError| ApiError::new(e.code(), e.to_string());
     let value = headers
         .get(header::AUTHORIZATION)
@@ -282,7 +311,11 @@ fn authenticate(
             .map(|c| c.secret_key.clone())
     })
     .map_err(auth_err)?;
-    Ok(auth.secret_id)
+    Ok(Signed {
+        secret_id: auth.secret_id,
+        signature: auth.signature,
+        timestamp,
+    })
 }
 
 /// JSON → raw request, with errors that name the offending field.
