@@ -114,6 +114,10 @@ struct RawLog {
 struct RawIngest {
     udp_listen: Option<String>,
     advertised_addresses: Option<Vec<String>>,
+    offers_per_minute_per_address: Option<u32>,
+    offers_per_minute_per_app: Option<u32>,
+    offers_per_minute_per_room: Option<u32>,
+    max_pending_sessions: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -323,6 +327,32 @@ pub struct IngestConfig {
     pub udp_listen: SocketAddr,
     /// Empty: advertise `udp_listen` itself.
     pub advertised_addresses: Vec<std::net::IpAddr>,
+    /// WHIP offers accepted per minute (docs/security.md, "WHIP offers").
+    pub offer_limits: OfferLimits,
+}
+
+/// How many WHIP offers are taken: each rate is a bucket of a minute's
+/// worth that refills continuously; over it an offer gets 429 with
+/// `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OfferLimits {
+    pub per_address: u32,
+    pub per_app: u32,
+    pub per_room: u32,
+    /// Sessions whose peer has not connected yet, at most (each for at most
+    /// the engine's 30 s connect timeout); over it an offer gets 503.
+    pub max_pending: usize,
+}
+
+impl Default for OfferLimits {
+    fn default() -> Self {
+        Self {
+            per_address: 60,
+            per_app: 1200,
+            per_room: 120,
+            max_pending: 256,
+        }
+    }
 }
 
 /// How recordings are cut into HLS segments.
@@ -963,6 +993,43 @@ impl Config {
             }
             advertised_addresses.push(ip);
         }
+        let defaults = OfferLimits::default();
+        let offer_limits = OfferLimits {
+            per_address: raw
+                .ingest
+                .offers_per_minute_per_address
+                .unwrap_or(defaults.per_address),
+            per_app: raw
+                .ingest
+                .offers_per_minute_per_app
+                .unwrap_or(defaults.per_app),
+            per_room: raw
+                .ingest
+                .offers_per_minute_per_room
+                .unwrap_or(defaults.per_room),
+            max_pending: raw
+                .ingest
+                .max_pending_sessions
+                .unwrap_or(defaults.max_pending),
+        };
+        for (key, v) in [
+            ("offers_per_minute_per_address", offer_limits.per_address),
+            ("offers_per_minute_per_app", offer_limits.per_app),
+            ("offers_per_minute_per_room", offer_limits.per_room),
+        ] {
+            if !(1..=1_000_000).contains(&v) {
+                return Err(invalid(
+                    format!("ingest.{key}"),
+                    "must be between 1 and 1000000",
+                ));
+            }
+        }
+        if !(1..=100_000).contains(&offer_limits.max_pending) {
+            return Err(invalid(
+                "ingest.max_pending_sessions",
+                "must be between 1 and 100000",
+            ));
+        }
         if udp_listen.ip().is_unspecified() && advertised_addresses.is_empty() {
             return Err(invalid(
                 "ingest.advertised_addresses",
@@ -1058,6 +1125,7 @@ impl Config {
             ingest: IngestConfig {
                 udp_listen,
                 advertised_addresses,
+                offer_limits,
             },
             credentials,
             apps,

@@ -37,6 +37,7 @@ pub mod mix;
 pub mod notify;
 pub mod output;
 pub mod publish;
+pub mod ratelimit;
 pub mod record;
 pub mod room;
 pub mod server;

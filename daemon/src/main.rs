@@ -409,7 +409,7 @@ fn main() -> ExitCode {
                 // The certificate and key are read as the daemon would.
                 if let Some(files) = &c.server.tls {
                     if let Err(e) = kiroku::tls::load(files) {
-                        eprintln!("invalid configuration: server.tls_cert: {e}");
+                        eprintln!("invalid configuration: server.tls_cert / server.tls_key: {e}");
                         return ExitCode::from(2);
                     }
                 }

@@ -40,7 +40,7 @@ pub enum ServerError {
     Store(#[from] crate::state_store::StoreError),
     #[error("HTTP server: {0}")]
     Http(std::io::Error),
-    #[error("TLS (server.tls_cert, server.tls_key): {0}")]
+    #[error("TLS (server.tls_cert / server.tls_key): {0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error("cannot bind the metrics listener {addr} (server.metrics_listen)")]
     MetricsListen {
@@ -218,6 +218,14 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    // First: the signal's default action would end the daemon, and a bad
+    // certificate should stop it before anything is opened.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    let metrics = Metrics::new();
+    let tls = match &config.server.tls {
+        Some(files) => Some(crate::tls::TlsServer::open(files.clone(), &metrics)?),
+        None => None,
+    };
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
         path: config.data_dir.display().to_string(),
         source,
@@ -234,13 +242,7 @@ pub async fn run(
     let backlog = store.load_outbox()?;
     tracing::info!(path = %store_path.display(), tasks = records.len(), callbacks_pending = backlog.len(), "state store opened");
 
-    let metrics = Metrics::new();
     let edge_metrics = EdgeMetrics::register(&metrics);
-    // Before anything starts: a bad certificate stops the daemon here.
-    let tls = match &config.server.tls {
-        Some(files) => Some(crate::tls::TlsServer::open(files.clone(), &metrics)?),
-        None => None,
-    };
     let metrics_listener = match config.server.metrics_listen {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -323,10 +325,10 @@ pub async fn run(
     ));
 
     let app = router(api, metrics.clone())
-        .merge(whip::router(Arc::new(WhipState {
-            config: config.clone(),
-            ingest: ingest.clone(),
-        })))
+        .merge(whip::router(Arc::new(WhipState::new(
+            config.clone(),
+            ingest.clone(),
+        ))))
         .merge(operator_router(config.clone(), ingest.clone()))
         .merge(vod_http::router(vod));
     // An open dev-mode box trusts whoever reaches its loopback listener; a
@@ -340,7 +342,7 @@ pub async fn run(
 
     let addr = listener.local_addr().map_err(ServerError::Http)?;
     tracing::info!(%addr, public_url = %config.server.public_url, tls = tls.is_some(), "listening");
-    let reloader = tokio::spawn(reload_on_hangup(tls.clone()));
+    let reloader = tokio::spawn(reload_on_hangup(hangup, tls.clone()));
     // /metrics and /healthz on their own plain listener, under the same
     // connection limits; it stops with the process.
     let metrics_server = metrics_listener.map(|l| {
@@ -409,9 +411,11 @@ pub async fn run(
 /// SIGHUP reloads the TLS certificate and key (docs/security.md). Without
 /// TLS it is logged and otherwise ignored: the signal's default action
 /// would end the daemon and every recording with it.
-async fn reload_on_hangup(tls: Option<Arc<crate::tls::TlsServer>>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangup = match signal(SignalKind::hangup()) {
+async fn reload_on_hangup(
+    hangup: std::io::Result<tokio::signal::unix::Signal>,
+    tls: Option<Arc<crate::tls::TlsServer>>,
+) {
+    let mut hangup = match hangup {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "cannot listen for SIGHUP: certificates reload only on restart");

@@ -1,8 +1,8 @@
 //! TLS on the HTTP listener (docs/security.md, "TLS"): the certificate
 //! chain and private key named by `server.tls_cert` / `server.tls_key`.
 //!
-//! The pair is loaded at start (a bad pair stops the daemon before it
-//! listens) and again on SIGHUP, so that an operator (or certbot's deploy
+//! The pair is loaded at start (a bad pair stops the daemon before it opens
+//! its state or serves a request) and again on SIGHUP, so that an operator (or certbot's deploy
 //! hook) renews a certificate without dropping a recording. A pair that
 //! does not load on SIGHUP leaves the one in use serving: a reload never
 //! takes the listener down. New connections get the new pair; open ones
@@ -115,7 +115,7 @@ impl TlsServer {
             handshake_failures: metrics::counter(
                 r,
                 "kiroku_tls_handshake_failures_total",
-                "TLS handshakes that failed or timed out",
+                "TLS handshakes that did not complete: timed out (server.header_timeout_seconds), refused by the client (e.g. an untrusted certificate) or not TLS at all",
             ),
         }))
     }

@@ -97,10 +97,10 @@ class DaemonFactory:
         return deep_merge(cfg, overrides)
 
     def __call__(self, name: str = "kiroku", *, start: bool = True, env: dict | None = None,
-                 config: dict | None = None, **kw) -> Daemon:
+                 config: dict | None = None, ca: str | Path | None = None, **kw) -> Daemon:
         if config is None:
             config = self.config(name, **kw)
-        d = Daemon(self.root / name, config, name=name, env=env)
+        d = Daemon(self.root / name, config, name=name, env=env, ca=ca)
         self.daemons.append(d)
         if start:
             d.start()
@@ -128,8 +128,10 @@ class DaemonFactory:
 def kiroku(tmp_path):
     """Factory: `kiroku(name, callback_url=..., limits={...}, ...)` → a started Daemon.
 
-    Keyword arguments other than name/start/env/config/callback_url/dev_mode/
-    port/data_dir are merged into the default config (kiroku_e2e.base_config).
+    Keyword arguments other than name/start/env/config/ca/callback_url/dev_mode/
+    port/data_dir are merged into the default config (kiroku_e2e.base_config);
+    `ca` is the CA file a TLS daemon's certificate (server.tls_cert) is
+    verified with (kiroku_e2e.Daemon).
     At teardown every daemon still running gets SIGTERM and must exit 0 within
     10 s, and no daemon log may contain "panicked".
     """

@@ -190,7 +190,8 @@ class Publisher:
 
     def __init__(self, whip_url: str, *, token: str | None = None, color=(255, 0, 0), tone_hz: float = 440.0,
                  width: int = 320, height: int = 240, fps: int = 15, video: bool = True, audio: bool = True,
-                 aux: bool = False, keyframe_interval: float | None = None, pattern: str = "solid"):
+                 aux: bool = False, keyframe_interval: float | None = None, pattern: str = "solid",
+                 verify: bool | str = True):
         assert video or audio, "nothing to publish"
         assert pattern in ("solid", "noise"), pattern
         self.pattern = pattern
@@ -200,6 +201,8 @@ class Publisher:
                 whip_url = urlunsplit(u._replace(path=u.path.rstrip("/") + "/aux"))
         self.url = whip_url
         self.token = token
+        # requests' verify= for an https:// WHIP URL: a CA file, or the default.
+        self.verify = verify
         self.color = tuple(int(c) for c in color)
         self.tone_hz = float(tone_hz)
         self.width, self.height, self.fps = int(width), int(height), int(fps)
@@ -359,7 +362,7 @@ class Publisher:
         headers = {"Content-Type": "application/sdp"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        r = requests.post(self.url, data=self.offer_sdp.encode(), headers=headers,
+        r = requests.post(self.url, data=self.offer_sdp.encode(), headers=headers, verify=self.verify,
                           timeout=max(1.0, deadline - time.monotonic()))
         if r.status_code != 201:
             self._close_quietly()
@@ -409,7 +412,7 @@ class Publisher:
             self.stopped_at = time.time()
         if delete and self.session_url and self.delete_status is None:
             try:
-                self.delete_status = requests.delete(self.session_url, timeout=10).status_code
+                self.delete_status = requests.delete(self.session_url, timeout=10, verify=self.verify).status_code
             except requests.RequestException as e:
                 log.warning("DELETE %s: %s", self.session_url, e)
                 self.delete_status = -1

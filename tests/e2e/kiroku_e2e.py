@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -195,10 +196,17 @@ class Daemon:
 
     `start()` / `stop()` / `kill()` may be called repeatedly: a restart keeps
     the config file, the port and `data_dir`.
+
+    With `server.tls_cert` in the config the listener speaks TLS: `url` is
+    https://, and the suite's own clients (the readiness check, `metrics_text`,
+    `sdk()`, `raw()`) verify its certificate against `ca`, the CA file that
+    signed it.
     """
 
-    def __init__(self, workdir: Path, config: dict, name: str = "kiroku", env: dict | None = None):
+    def __init__(self, workdir: Path, config: dict, name: str = "kiroku", env: dict | None = None,
+                 ca: str | Path | None = None):
         self.workdir = Path(workdir)
+        self.ca = str(ca) if ca is not None else None
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.config = config
@@ -212,8 +220,23 @@ class Daemon:
 
     # -- process control --------------------------------------------------
     @property
+    def tls(self) -> bool:
+        return bool(self.config["server"].get("tls_cert"))
+
+    @property
+    def verify(self) -> str | bool:
+        """`requests`' verify= for this daemon: its CA file, else the default."""
+        return self.ca if self.ca is not None else True
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Where /metrics is served: `server.metrics_listen` (plain HTTP) when set."""
+        separate = self.config["server"].get("metrics_listen")
+        return f"http://{separate}" if separate else self.url
 
     @property
     def host(self) -> str:
@@ -247,18 +270,21 @@ class Daemon:
 
     def wait_healthy(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
+        last: object = None
         while True:
             rc = self.proc.poll() if self.proc else None
             if rc is not None:
                 raise AssertionError(f"kiroku exited with {rc} before answering /healthz\n{self.log_tail()}")
             try:
-                r = requests.get(self.url + "/healthz", timeout=1)
+                r = requests.get(self.url + "/healthz", timeout=1, verify=self.verify)
                 if r.status_code == 200 and r.text.strip() == "ok":
                     return
-            except requests.RequestException:
-                pass
+                last = (r.status_code, r.text[:200])
+            except requests.RequestException as e:
+                last = e
             if time.monotonic() >= deadline:
-                raise AssertionError(f"kiroku did not answer /healthz within {timeout} s\n{self.log_tail()}")
+                raise AssertionError(f"kiroku did not answer {self.url}/healthz within {timeout} s "
+                                     f"(last: {last!r})\n{self.log_tail()}")
             time.sleep(0.05)
 
     @property
@@ -301,8 +327,8 @@ class Daemon:
         return f"--- {self.log_path} (last {lines} lines) ---\n" + "\n".join(text[-lines:])
 
     def metrics_text(self) -> str:
-        r = requests.get(self.url + "/metrics", timeout=5)
-        assert r.status_code == 200
+        r = requests.get(self.metrics_url + "/metrics", timeout=5, verify=self.verify)
+        assert r.status_code == 200, (self.metrics_url, r.status_code, r.text[:300])
         return r.text
 
     def metric(self, name: str, labels: dict | None = None, *, default: Any = NO_DEFAULT) -> float:
@@ -402,8 +428,12 @@ def metric_baseline(text: str, name: str, labels: dict | None = None) -> float:
 # SDK client
 # --------------------------------------------------------------------------
 
-def sdk_profile(port: int) -> ClientProfile:
-    hp = HttpProfile(endpoint=f"127.0.0.1:{port}", protocol="http")
+def sdk_profile(port: int, tls_ca: str | None = None) -> ClientProfile:
+    """Plain HTTP; with `tls_ca`, HTTPS verified against that CA file."""
+    if tls_ca is None:
+        hp = HttpProfile(endpoint=f"127.0.0.1:{port}", protocol="http")
+    else:
+        hp = HttpProfile(endpoint=f"127.0.0.1:{port}", protocol="https", certification=tls_ca)
     hp.reqTimeout = 15
     return ClientProfile(httpProfile=hp)
 
@@ -416,7 +446,9 @@ class Api:
     def __init__(self, daemon: Daemon, secret_id: str, secret_key: str):
         self.daemon = daemon
         self.cred = credential.Credential(secret_id, secret_key)
-        self.client = trtc_client.TrtcClient(self.cred, "ap-shanghai", sdk_profile(daemon.port))
+        assert daemon.ca or not daemon.tls, "a TLS daemon's SDK client needs its CA file (kiroku(..., ca=...))"
+        self.tls_ca = daemon.ca if daemon.tls else None
+        self.client = trtc_client.TrtcClient(self.cred, "ap-shanghai", sdk_profile(daemon.port, self.tls_ca))
 
     def call(self, action: str, params: dict) -> dict:
         assert action in self.ACTIONS
@@ -435,7 +467,8 @@ class Api:
 
     def common(self, version: str = API_VERSION) -> CommonClient:
         """The SDK's generic client: sends any dict, unknown fields included."""
-        return CommonClient("trtc", version, self.cred, "ap-shanghai", profile=sdk_profile(self.daemon.port))
+        return CommonClient("trtc", version, self.cred, "ap-shanghai",
+                            profile=sdk_profile(self.daemon.port, self.tls_ca))
 
     # Shorthands --------------------------------------------------------------
     def create(self, params: dict | None = None, **kw) -> str:
@@ -607,7 +640,11 @@ def raw_request(daemon: Daemon, action: str | None, body: bytes | str | dict, *,
     h.update(headers or {})
     for name in drop:
         h.pop(name, None)
-    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=timeout)
+    if daemon.tls:
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            "127.0.0.1", daemon.port, timeout=timeout, context=ssl.create_default_context(cafile=daemon.ca))
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=timeout)
     try:
         conn.putrequest(method, "/", skip_host=True, skip_accept_encoding=True)
         for k, v in h.items():

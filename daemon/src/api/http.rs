@@ -17,26 +17,26 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 
 use super::error::{codes, ApiError};
-use super::ratelimit::RateLimiter;
 use super::replay::SignatureBindings;
 use super::{model, tc3, validate, Action, API_VERSION};
 use crate::auth::usersig;
 use crate::config::Config;
 use crate::http_edge::BodyError;
 use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
 use crate::task::manager::Manager;
 
 pub struct ApiState {
     pub config: Arc<Config>,
     pub manager: Manager,
     pub metrics: Metrics,
-    pub limiter: Mutex<RateLimiter>,
+    pub limiter: Mutex<RateLimiter<(u32, &'static str)>>,
     pub signatures: Mutex<SignatureBindings>,
 }
 
 impl ApiState {
     pub fn new(config: Arc<Config>, manager: Manager, metrics: Metrics) -> Self {
-        let limiter = Mutex::new(RateLimiter::new(config.limits.api_rate_per_second));
+        let limiter = Mutex::new(RateLimiter::per_second(config.limits.api_rate_per_second));
         Self {
             config,
             manager,
@@ -391,14 +391,9 @@ fn check_app(
 }
 
 fn rate_limit(api: &ApiState, sdk_app_id: u32, action: Action) -> Result<(), ApiError> {
-    let granted = match api.limiter.lock() {
-        Ok(mut l) => l.try_acquire(sdk_app_id, action.name(), Instant::now()),
-        Err(poisoned) => {
-            poisoned
-                .into_inner()
-                .try_acquire(sdk_app_id, action.name(), Instant::now())
-        }
-    };
+    let granted = crate::sync::lock(&api.limiter)
+        .try_acquire((sdk_app_id, action.name()), Instant::now())
+        .is_ok();
     if granted {
         Ok(())
     } else {

@@ -1,14 +1,13 @@
 //! The Tencent-compatible REST API (`POST /`, `X-TC-Action` routing).
 //!
 //! `tc3` (signature), `model` (wire shapes), `validate` (wire → domain),
-//! `error` (codes), `ratelimit`, `replay` (signature → action binding) are
-//! pure; `http` is the axum edge that ties
+//! `error` (codes), `replay` (signature → action binding) are pure, as is
+//! the crate's `ratelimit`; `http` is the axum edge that ties
 //! them to the task manager.
 
 pub mod error;
 pub mod http;
 pub mod model;
-pub mod ratelimit;
 pub mod replay;
 pub mod tc3;
 pub mod validate;

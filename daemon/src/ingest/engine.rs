@@ -29,7 +29,7 @@ use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc, RtcError};
 
-use super::router::{PeerId, Router};
+use super::router::{PeerId, Router, Unrouted};
 use super::{IngestMetrics, SessionTable};
 use crate::media::{h264, rtp_time};
 use crate::room::{Codec, MediaFrame, Registry, RoomKey, SessionNetStats, Track, TrackKind};
@@ -44,6 +44,8 @@ pub struct NewPeer {
     pub session_id: String,
     pub rtc: Rtc,
     pub local_ufrag: String,
+    /// The local ICE password (keys the router's STUN integrity check).
+    pub local_pass: String,
     pub key: RoomKey,
     pub user_id: String,
     pub aux: bool,
@@ -245,7 +247,7 @@ impl IngestCore {
             tracing::info!(user_id = %p.user_id, "the same user published again: replacing the old session");
             self.remove(old, "replaced");
         }
-        self.router.add_peer(id, &p.local_ufrag);
+        self.router.add_peer(id, &p.local_ufrag, &p.local_pass);
         self.by_session.insert(p.session_id.clone(), id);
         self.by_slot.insert(slot, id);
         self.peers.insert(
@@ -308,9 +310,16 @@ impl IngestCore {
     pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
         self.metrics.packets.inc();
         self.metrics.bytes.inc_by(data.len() as u64);
-        let Some(id) = self.router.route(source, data) else {
-            self.metrics.unroutable.inc();
-            return;
+        let id = match self.router.route(source, data) {
+            Ok(id) => id,
+            Err(Unrouted::Unknown) => {
+                self.metrics.unroutable.inc();
+                return;
+            }
+            Err(Unrouted::Forged) => {
+                self.metrics.stun_forged.inc();
+                return;
+            }
         };
         let Ok(contents) = data.try_into() else {
             self.metrics.malformed.inc();
@@ -418,6 +427,7 @@ impl IngestCore {
         match event {
             Event::Connected => {
                 peer.connected = true;
+                self.sessions.mark_connected(&peer.session_id);
                 let tracks: Vec<Arc<Track>> =
                     peer.tracks.values().map(|t| t.track.clone()).collect();
                 self.registry.add_session(

@@ -44,21 +44,23 @@ pub fn random_token(len: usize) -> String {
 
 /// Builds the server side of a session: an ICE-lite `Rtc` that takes H.264
 /// and Opus only, with host candidates at `candidates`, answering `sdp`.
-/// Returns the `Rtc`, its local ICE ufrag (the routing key) and the answer.
+/// Returns the `Rtc`, its local ICE credentials (the ufrag is the routing
+/// key, the password keys the router's STUN integrity check) and the
+/// answer.
 pub fn accept_offer(
     sdp: &str,
     candidates: &[SocketAddr],
     now: std::time::Instant,
-) -> Result<(str0m::Rtc, String, String), AcceptError> {
+) -> Result<(str0m::Rtc, str0m::IceCreds, String), AcceptError> {
     let parsed = str0m::change::SdpOffer::from_sdp_string(sdp)
         .map_err(|e| AcceptError::Sdp(e.to_string()))?;
-    let ufrag = random_token(16);
+    let creds = str0m::IceCreds {
+        ufrag: random_token(16),
+        pass: random_token(32),
+    };
     let mut rtc = str0m::RtcConfig::new()
         .set_ice_lite(true)
-        .set_local_ice_credentials(str0m::IceCreds {
-            ufrag: ufrag.clone(),
-            pass: random_token(32),
-        })
+        .set_local_ice_credentials(creds.clone())
         .clear_codecs()
         .enable_h264(true)
         .enable_opus(true, false)
@@ -73,7 +75,7 @@ pub fn accept_offer(
         .sdp_api()
         .accept_offer(parsed)
         .map_err(|e| AcceptError::Unanswerable(e.to_string()))?;
-    Ok((rtc, ufrag, answer.to_sdp_string()))
+    Ok((rtc, creds, answer.to_sdp_string()))
 }
 
 /// Ingest counters, registered in the daemon's registry.
@@ -83,6 +85,7 @@ pub struct IngestMetrics {
     pub packets: IntCounter,
     pub bytes: IntCounter,
     pub unroutable: IntCounter,
+    pub stun_forged: IntCounter,
     pub malformed: IntCounter,
     pub socket_errors: IntCounter,
     pub frames: IntCounterVec,
@@ -94,6 +97,7 @@ pub struct IngestMetrics {
     pub plis: IntCounter,
     pub sessions_created: IntCounter,
     pub sessions_refused: IntCounterVec,
+    pub offers_limited: IntCounterVec,
     pub sessions_connected: IntCounter,
     pub sessions_ended: IntCounterVec,
     pub rooms: IntGauge,
@@ -122,6 +126,10 @@ impl IngestMetrics {
             unroutable: c(
                 "kiroku_ingest_unroutable_packets_total",
                 "Datagrams that matched no peer",
+            ),
+            stun_forged: c(
+                "kiroku_ingest_stun_forged_total",
+                "STUN requests naming a peer whose MESSAGE-INTEGRITY did not verify (dropped)",
             ),
             malformed: c(
                 "kiroku_ingest_malformed_packets_total",
@@ -167,6 +175,11 @@ impl IngestMetrics {
                 "WHIP offers refused, by HTTP status",
                 &["status"],
             ),
+            offers_limited: cv(
+                "kiroku_whip_offers_limited_total",
+                "WHIP offers refused by a limit: per client address, app or room (429), or too many unconnected sessions (503)",
+                &["limit"],
+            ),
             sessions_connected: c(
                 "kiroku_whip_sessions_connected_total",
                 "WHIP sessions whose ICE/DTLS connected",
@@ -196,7 +209,14 @@ struct Sessions {
     by_slot: HashMap<(RoomKey, String, bool), String>,
     /// WHIP resource token → session id.
     by_resource: HashMap<String, String>,
+    /// Sessions whose peer has not connected yet.
+    pending: std::collections::HashSet<String>,
 }
+
+/// The engine holds as many unconnected sessions as it may
+/// (`ingest.max_pending_sessions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyPending(pub usize);
 
 #[derive(Clone)]
 pub struct SessionEntry {
@@ -235,15 +255,46 @@ impl SessionTable {
     /// Adds a session; returns the id of the session it replaces, if any.
     pub fn insert(&self, id: String, e: SessionEntry) -> Option<String> {
         let mut t = self.lock();
+        Self::insert_locked(&mut t, id, e)
+    }
+
+    /// Adds an unconnected session unless `max_pending` are already
+    /// waiting to connect (checked and added under one lock).
+    pub fn insert_pending(
+        &self,
+        id: String,
+        e: SessionEntry,
+        max_pending: usize,
+    ) -> Result<Option<String>, TooManyPending> {
+        let mut t = self.lock();
+        if t.pending.len() >= max_pending {
+            return Err(TooManyPending(t.pending.len()));
+        }
+        t.pending.insert(id.clone());
+        Ok(Self::insert_locked(&mut t, id, e))
+    }
+
+    fn insert_locked(t: &mut Sessions, id: String, e: SessionEntry) -> Option<String> {
         let replaced = t.by_slot.insert(e.slot(), id.clone());
         if let Some(old) = &replaced {
             if let Some(gone) = t.by_id.remove(old) {
                 t.by_resource.remove(&gone.resource);
             }
+            t.pending.remove(old);
         }
         t.by_resource.insert(e.resource.clone(), id.clone());
         t.by_id.insert(id, e);
         replaced
+    }
+
+    /// The session's peer connected: it no longer counts as pending.
+    pub fn mark_connected(&self, id: &str) {
+        self.lock().pending.remove(id);
+    }
+
+    /// Sessions waiting for their peer to connect.
+    pub fn pending(&self) -> usize {
+        self.lock().pending.len()
     }
 
     pub fn get(&self, id: &str) -> Option<SessionEntry> {
@@ -259,6 +310,7 @@ impl SessionTable {
 
     pub fn remove(&self, id: &str) -> Option<SessionEntry> {
         let mut t = self.lock();
+        t.pending.remove(id);
         let e = t.by_id.remove(id)?;
         t.by_resource.remove(&e.resource);
         let slot = e.slot();

@@ -153,7 +153,7 @@ fn run_session(loss_every: u64, video_stops_at: Duration) -> SessionOutcome {
     let (offer, pending) = api.apply().expect("an offer");
     let offer_sdp = offer.to_sdp_string();
     super::offer::check(&offer_sdp, false).expect("str0m's offer passes the WHIP check");
-    let (server_rtc, ufrag, answer) =
+    let (server_rtc, creds, answer) =
         accept_offer(&offer_sdp, &[server_addr], t0).expect("answered");
     rtc.sdp_api()
         .accept_answer(
@@ -171,7 +171,8 @@ fn run_session(loss_every: u64, video_stops_at: Duration) -> SessionOutcome {
         Command::AddPeer(Box::new(NewPeer {
             session_id: "s1".into(),
             rtc: server_rtc,
-            local_ufrag: ufrag,
+            local_ufrag: creds.ufrag,
+            local_pass: creds.pass,
             key: key.clone(),
             user_id: "alice".into(),
             aux: false,

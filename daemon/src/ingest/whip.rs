@@ -16,8 +16,9 @@
 //! `Authorization: Bearer <UserSig>` for the UserId in the path, checked
 //! with the app's `user_sig_key` (apps without one are open).
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
@@ -29,7 +30,8 @@ use axum::Router;
 use super::{offer, random_token, Command, Ingest, NewPeer, SessionEntry};
 use crate::api::validate;
 use crate::auth::usersig;
-use crate::config::Config;
+use crate::config::{Config, OfferLimits};
+use crate::ratelimit::RateLimiter;
 use crate::room::RoomKey;
 
 const MAX_OFFER_BYTES: usize = 64 * 1024;
@@ -37,6 +39,42 @@ const MAX_OFFER_BYTES: usize = 64 * 1024;
 pub struct WhipState {
     pub config: Arc<Config>,
     pub ingest: Arc<Ingest>,
+    pub offers: Mutex<OfferGate>,
+}
+
+impl WhipState {
+    pub fn new(config: Arc<Config>, ingest: Arc<Ingest>) -> Self {
+        let offers = Mutex::new(OfferGate::new(config.ingest.offer_limits));
+        Self {
+            config,
+            ingest,
+            offers,
+        }
+    }
+}
+
+/// The offer rate limits (docs/security.md, "WHIP offers"): per client
+/// address before anything is parsed, per app and per room once the
+/// publisher is authenticated (so that strangers cannot spend a room's
+/// budget where the app checks UserSigs).
+pub struct OfferGate {
+    per_address: RateLimiter<IpAddr>,
+    per_app: RateLimiter<u32>,
+    per_room: RateLimiter<RoomKey>,
+}
+
+impl OfferGate {
+    pub fn new(l: OfferLimits) -> Self {
+        // A minute's worth of burst, refilled continuously.
+        fn per_minute<K: std::hash::Hash + Eq>(n: u32) -> RateLimiter<K> {
+            RateLimiter::new(f64::from(n) / 60.0, f64::from(n))
+        }
+        Self {
+            per_address: per_minute(l.per_address),
+            per_app: per_minute(l.per_app),
+            per_room: per_minute(l.per_room),
+        }
+    }
 }
 
 pub fn router(state: Arc<WhipState>) -> Router {
@@ -112,9 +150,19 @@ async fn publish_stream<const AUX: bool>(
     State(s): State<Arc<WhipState>>,
     Path((app, room, user)): Path<(String, String, String)>,
     Query(q): Query<PublishQuery>,
+    extensions: axum::http::Extensions,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // Before a byte of the offer is read or parsed.
+    let client = crate::http_edge::client_ip(&extensions);
+    let limits = s.config.ingest.offer_limits;
+    let over = crate::sync::lock(&s.offers)
+        .per_address
+        .try_acquire(client, Instant::now());
+    if let Err(wait) = over {
+        return refused(&s, WhipError::too_many("address", limits.per_address, wait));
+    }
     let body = match crate::http_edge::read_body(&headers, body, MAX_OFFER_BYTES).await {
         Ok(b) => b,
         Err(e @ crate::http_edge::BodyError::TooLarge(_)) => {
@@ -130,19 +178,77 @@ async fn publish_stream<const AUX: bool>(
             s.ingest.metrics.sessions_created.inc();
             r
         }
-        Err((status, msg)) => {
-            s.ingest
-                .metrics
-                .sessions_refused
-                .with_label_values(&[status.as_str()])
-                .inc();
-            tracing::debug!(status = status.as_u16(), %msg, "WHIP offer refused");
-            text(status, msg)
+        Err(e) => refused(&s, e),
+    }
+}
+
+fn refused(s: &WhipState, e: WhipError) -> Response {
+    let m = &s.ingest.metrics;
+    m.sessions_refused
+        .with_label_values(&[e.status.as_str()])
+        .inc();
+    if !e.reason.is_empty() {
+        m.offers_limited.with_label_values(&[e.reason]).inc();
+    }
+    tracing::debug!(status = e.status.as_u16(), msg = %e.message, "WHIP offer refused");
+    e.response()
+}
+
+/// Why an offer was refused: a status and a message, and for 429 when to
+/// come back.
+struct WhipError {
+    status: StatusCode,
+    message: String,
+    retry_after: Option<Duration>,
+    /// The metric's reason label (the status unless more precise).
+    reason: &'static str,
+}
+
+impl From<(StatusCode, String)> for WhipError {
+    fn from((status, message): (StatusCode, String)) -> Self {
+        Self {
+            status,
+            message,
+            retry_after: None,
+            reason: "",
         }
     }
 }
 
-type WhipError = (StatusCode, String);
+impl WhipError {
+    fn too_many(what: &'static str, limit: u32, retry_after: Duration) -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: format!(
+                "more than {limit} WHIP offers a minute {} (ingest.offers_per_minute_{}); retry later",
+                match what {
+                    "address" => "from this address",
+                    "app" => "for this app",
+                    _ => "for this room",
+                },
+                match what {
+                    "address" => "per_address",
+                    "app" => "per_app",
+                    _ => "per_room",
+                }
+            ),
+            retry_after: Some(retry_after),
+            reason: what,
+        }
+    }
+
+    fn response(&self) -> Response {
+        let mut r = text(self.status, self.message.clone());
+        if let Some(wait) = self.retry_after {
+            // Whole seconds, rounded up (RFC 9110 delay-seconds).
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        r
+    }
+}
 
 #[allow(clippy::too_many_arguments)]
 fn publish_inner(
@@ -166,7 +272,8 @@ fn publish_inner(
         return Err((
             StatusCode::NOT_FOUND,
             format!("SdkAppId {sdk_app_id} is not configured on this appliance"),
-        ));
+        )
+            .into());
     }
     let room_type = match q.room_type.as_deref() {
         None | Some("integer") | Some("int") => 1,
@@ -174,7 +281,8 @@ fn publish_inner(
         Some(other) => {
             return Err(bad(format!(
                 "roomType={other:?}: use \"integer\" (default) or \"string\""
-            )))
+            ))
+            .into())
         }
     };
     let room = validate::room_id(Some(room.to_owned()), Some(room_type)).map_err(|e| {
@@ -201,6 +309,20 @@ fn publish_inner(
             .map_err(|e| (StatusCode::UNAUTHORIZED, e.to_string()))?;
     }
 
+    // The app's and the room's budgets, once the publisher is who it says.
+    let key = RoomKey { sdk_app_id, room };
+    {
+        let limits = s.config.ingest.offer_limits;
+        let now = Instant::now();
+        let mut gate = crate::sync::lock(&s.offers);
+        if let Err(wait) = gate.per_app.try_acquire(sdk_app_id, now) {
+            return Err(WhipError::too_many("app", limits.per_app, wait));
+        }
+        if let Err(wait) = gate.per_room.try_acquire(key.clone(), now) {
+            return Err(WhipError::too_many("room", limits.per_room, wait));
+        }
+    }
+
     let content_type = header_text(headers, header::CONTENT_TYPE);
     if !content_type
         .trim()
@@ -210,14 +332,15 @@ fn publish_inner(
         return Err((
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("Content-Type {content_type:?}: a WHIP offer is application/sdp"),
-        ));
+        )
+            .into());
     }
     let sdp = std::str::from_utf8(body).map_err(|_| bad("the offer is not UTF-8 text".into()))?;
     offer::check(sdp, aux).map_err(|e| match e {
         offer::OfferError::Malformed(m) => bad(format!("the body is not an SDP offer: {m}")),
         offer::OfferError::Unusable(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
     })?;
-    let (rtc, ufrag, answer) = super::accept_offer(sdp, &s.ingest.candidates, Instant::now())
+    let (rtc, creds, answer) = super::accept_offer(sdp, &s.ingest.candidates, Instant::now())
         .map_err(|e| match e {
             super::AcceptError::Sdp(m) => bad(format!("the body is not an SDP offer: {m}")),
             super::AcceptError::Unanswerable(m) => (
@@ -230,22 +353,35 @@ fn publish_inner(
     // The resource URL is the publisher's capability to end or patch its
     // session: a separate 190-bit secret, never logged (the session id is).
     let resource = random_token(32);
-    let key = RoomKey { sdk_app_id, room };
     let etag = format!("\"{}\"", random_token(12));
-    s.ingest.sessions.insert(
-        session_id.clone(),
-        SessionEntry {
-            key: key.clone(),
-            user_id: user.to_owned(),
-            aux,
-            etag: etag.clone(),
-            resource: resource.clone(),
-        },
-    );
+    let max_pending = s.config.ingest.offer_limits.max_pending;
+    s.ingest
+        .sessions
+        .insert_pending(
+            session_id.clone(),
+            SessionEntry {
+                key: key.clone(),
+                user_id: user.to_owned(),
+                aux,
+                etag: etag.clone(),
+                resource: resource.clone(),
+            },
+            max_pending,
+        )
+        .map_err(|full| WhipError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!(
+                "{} sessions are waiting to connect (ingest.max_pending_sessions {max_pending}); retry shortly",
+                full.0
+            ),
+            retry_after: Some(Duration::from_secs(5)),
+            reason: "pending",
+        })?;
     let peer = NewPeer {
         session_id: session_id.clone(),
         rtc,
-        local_ufrag: ufrag,
+        local_ufrag: creds.ufrag,
+        local_pass: creds.pass,
         key,
         user_id: user.to_owned(),
         aux,
@@ -258,8 +394,9 @@ fn publish_inner(
         s.ingest.sessions.remove(&session_id);
         return Err((
             StatusCode::SERVICE_UNAVAILABLE,
-            "the media engine is overloaded; retry shortly".into(),
-        ));
+            "the media engine is overloaded; retry shortly".to_owned(),
+        )
+            .into());
     }
     tracing::info!(%session_id, sdk_app_id, user_id = user, aux, "WHIP session created");
     let location = format!("/whip/session/{resource}");
