@@ -115,7 +115,13 @@ fn kiroku_run(
     rt.block_on(async {
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
         tokio::spawn(async move { while rx.recv().await.is_some() {} });
-        let uploads = UploadService::open(&dir, &config.storage, &Metrics::new(), tx)?;
+        let uploads = UploadService::open(
+            &dir,
+            &config.storage,
+            &Metrics::new(),
+            tx,
+            std::sync::Arc::new(kiroku::sealing::Sealer::none()),
+        )?;
         let task = format!("bench{round}");
         let storage = CloudStorage {
             vendor: Vendor::AwsS3,

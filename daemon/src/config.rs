@@ -60,6 +60,15 @@ struct RawConfig {
     credentials: Vec<RawCredential>,
     #[serde(default)]
     apps: Vec<RawApp>,
+    #[serde(default)]
+    secrets: RawSecrets,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSecrets {
+    key_file: Option<PathBuf>,
+    previous_key_files: Option<Vec<PathBuf>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -178,6 +187,15 @@ pub struct Config {
     pub credentials: Vec<Credential>,
     /// Known applications. Empty in dev mode = any SdkAppId is accepted.
     pub apps: Vec<AppConfig>,
+    /// Keys that seal secrets at rest (docs/security.md).
+    pub secrets: SecretsConfig,
+}
+
+/// `[secrets]`: the key files of [`crate::sealing`]; none: plain (0600).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecretsConfig {
+    pub key_file: Option<PathBuf>,
+    pub previous_key_files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -1072,6 +1090,16 @@ impl Config {
             }
         };
         let storage = storage_config(raw.storage)?;
+        let secrets = SecretsConfig {
+            key_file: raw.secrets.key_file,
+            previous_key_files: raw.secrets.previous_key_files.unwrap_or_default(),
+        };
+        if secrets.key_file.is_none() && !secrets.previous_key_files.is_empty() {
+            return Err(invalid(
+                "secrets.previous_key_files",
+                "needs secrets.key_file (the key new values are sealed with)",
+            ));
+        }
         let mut fetch = FetchConfig::default();
         for (i, net) in raw.fetch.allow.unwrap_or_default().iter().enumerate() {
             // A bare address is a one-address network.
@@ -1129,6 +1157,7 @@ impl Config {
             },
             credentials,
             apps,
+            secrets,
         })
     }
 }

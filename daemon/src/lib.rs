@@ -40,6 +40,7 @@ pub mod publish;
 pub mod ratelimit;
 pub mod record;
 pub mod room;
+pub mod sealing;
 pub mod server;
 pub mod state_store;
 pub mod sync;

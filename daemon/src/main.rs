@@ -413,8 +413,12 @@ fn main() -> ExitCode {
                         return ExitCode::from(2);
                     }
                 }
+                if let Err(e) = kiroku::server::sealer_for(&c.secrets) {
+                    eprintln!("invalid configuration: [secrets]: {e}");
+                    return ExitCode::from(2);
+                }
                 println!(
-                    "{}: valid ({} mode, listen {} ({}), data_dir {}, {} app(s))",
+                    "{}: valid ({} mode, listen {} ({}), data_dir {}, {} app(s), secrets at rest {})",
                     file.display(),
                     if c.dev_mode() {
                         "open dev"
@@ -428,7 +432,12 @@ fn main() -> ExitCode {
                         "plain HTTP"
                     },
                     c.data_dir.display(),
-                    c.apps.len()
+                    c.apps.len(),
+                    if c.secrets.key_file.is_some() {
+                        "sealed"
+                    } else {
+                        "plain (0600)"
+                    }
                 );
                 ExitCode::SUCCESS
             }

@@ -40,6 +40,8 @@ pub enum ServerError {
     Store(#[from] crate::state_store::StoreError),
     #[error("HTTP server: {0}")]
     Http(std::io::Error),
+    #[error("[secrets]: {0}")]
+    Secrets(#[from] crate::sealing::SealError),
     #[error("TLS (server.tls_cert / server.tls_key): {0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error("cannot bind the metrics listener {addr} (server.metrics_listen)")]
@@ -226,6 +228,7 @@ pub async fn run(
         Some(files) => Some(crate::tls::TlsServer::open(files.clone(), &metrics)?),
         None => None,
     };
+    let sealer = Arc::new(sealer_for(&config.secrets)?);
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
         path: config.data_dir.display().to_string(),
         source,
@@ -233,7 +236,8 @@ pub async fn run(
     let store_path = config.data_dir.join("state.redb");
     let store = {
         let path = store_path.clone();
-        tokio::task::spawn_blocking(move || StateStore::open(&path))
+        let sealer = sealer.clone();
+        tokio::task::spawn_blocking(move || StateStore::open(&path, sealer))
             .await
             .map_err(|e| ServerError::Http(std::io::Error::other(e)))??
     };
@@ -276,14 +280,20 @@ pub async fn run(
         source: std::io::Error::other(e.to_string()),
     })?);
     let (notices_tx, notices) = tokio::sync::mpsc::channel(1024);
-    let uploads = UploadService::open(&config.data_dir, &config.storage, &metrics, notices_tx)
-        .map_err(|e| ServerError::DataDir {
-            path: config.data_dir.join("spool").display().to_string(),
-            source: std::io::Error::other(match std::error::Error::source(&e) {
-                Some(cause) => format!("{e}: {cause}"),
-                None => e.to_string(),
-            }),
-        })?;
+    let uploads = UploadService::open(
+        &config.data_dir,
+        &config.storage,
+        &metrics,
+        notices_tx,
+        sealer.clone(),
+    )
+    .map_err(|e| ServerError::DataDir {
+        path: config.data_dir.join("spool").display().to_string(),
+        source: std::io::Error::other(match std::error::Error::source(&e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        }),
+    })?;
     let manager = Manager::start(
         config.clone(),
         store.clone(),
@@ -406,6 +416,16 @@ pub async fn run(
     drop(store);
     tracing::info!("stopped");
     result
+}
+
+/// The sealer of `[secrets]`: its key files are read (and judged) at start.
+pub fn sealer_for(
+    secrets: &crate::config::SecretsConfig,
+) -> Result<crate::sealing::Sealer, crate::sealing::SealError> {
+    match &secrets.key_file {
+        Some(key) => crate::sealing::Sealer::from_files(key, &secrets.previous_key_files),
+        None => Ok(crate::sealing::Sealer::none()),
+    }
 }
 
 /// SIGHUP reloads the TLS certificate and key (docs/security.md). Without

@@ -6,6 +6,10 @@
 //! still runs. Every commit is durable (fsync) before the caller answers.
 //!
 //! Values are JSON: easy to inspect and to migrate, and tiny next to media.
+//! Task records carry customer S3 keys and the bot's UserSig: with a
+//! `[secrets] key_file` they are sealed ([`crate::sealing`]); records
+//! sealed with a previous key, or written plain before a key existed, are
+//! sealed anew when the store is loaded. The outbox holds no secrets.
 //! All calls block on disk; async callers go through `spawn_blocking`.
 
 use std::os::unix::fs::OpenOptionsExt;
@@ -15,6 +19,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::task::TaskRecord;
+use crate::sealing::{SealError, Sealer};
 
 const TASKS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tasks");
 const OUTBOX: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("outbox");
@@ -29,6 +34,8 @@ pub enum StoreError {
         key: String,
         source: serde_json::Error,
     },
+    #[error("state store: record {key}: {source}")]
+    Sealed { key: String, source: SealError },
     #[error("state store file {path}")]
     File {
         path: String,
@@ -77,10 +84,15 @@ pub struct Change<'a> {
 
 pub struct StateStore {
     db: Database,
+    sealer: std::sync::Arc<Sealer>,
+}
+
+fn task_context(task_id: &str) -> String {
+    format!("task:{task_id}")
 }
 
 impl StateStore {
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    pub fn open(path: &Path, sealer: std::sync::Arc<Sealer>) -> Result<Self, StoreError> {
         // Tasks carry customer S3 keys and UserSigs: the file is created
         // 0600 before redb opens it (redb takes no mode), and made 0600 if
         // an older version left it looser.
@@ -102,20 +114,65 @@ impl StateStore {
             txn.open_table(OUTBOX).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
-        Ok(Self { db })
+        Ok(Self { db, sealer })
     }
 
-    pub fn load_tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(TASKS).map_err(db_err)?;
-        let mut out = Vec::new();
-        for item in table.iter().map_err(db_err)? {
-            let (k, v) = item.map_err(db_err)?;
-            let rec = serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
-                key: k.value().to_owned(),
+    fn seal_task(&self, rec: &TaskRecord) -> Result<Vec<u8>, StoreError> {
+        let json = serde_json::to_vec(rec).map_err(|source| StoreError::Corrupt {
+            key: rec.task_id.clone(),
+            source,
+        })?;
+        self.sealer
+            .seal(&task_context(&rec.task_id), &json)
+            .map_err(|source| StoreError::Sealed {
+                key: rec.task_id.clone(),
                 source,
-            })?;
-            out.push(rec);
+            })
+    }
+
+    /// Every task; records not sealed with the current key are sealed
+    /// with it now (key rotation, or a key configured since).
+    pub fn load_tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
+        let mut out = Vec::new();
+        let mut stale = Vec::new();
+        {
+            let txn = self.db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(TASKS).map_err(db_err)?;
+            for item in table.iter().map_err(db_err)? {
+                let (k, v) = item.map_err(db_err)?;
+                let key = k.value().to_owned();
+                let opened =
+                    self.sealer
+                        .open(&task_context(&key), v.value())
+                        .map_err(|source| StoreError::Sealed {
+                            key: key.clone(),
+                            source,
+                        })?;
+                let rec: TaskRecord = serde_json::from_slice(&opened.plain)
+                    .map_err(|source| StoreError::Corrupt { key, source })?;
+                if opened.stale {
+                    stale.push(out.len());
+                }
+                out.push(rec);
+            }
+        }
+        if !stale.is_empty() {
+            let txn = self.db.begin_write().map_err(db_err)?;
+            {
+                let mut tasks = txn.open_table(TASKS).map_err(db_err)?;
+                for &i in &stale {
+                    let rec = &out[i];
+                    let bytes = self.seal_task(rec)?;
+                    tasks
+                        .insert(rec.task_id.as_str(), bytes.as_slice())
+                        .map_err(db_err)?;
+                }
+            }
+            txn.commit().map_err(db_err)?;
+            tracing::info!(
+                records = stale.len(),
+                "task records sealed with the current key"
+            );
         }
         Ok(out)
     }
@@ -143,10 +200,7 @@ impl StateStore {
         {
             let mut tasks = txn.open_table(TASKS).map_err(db_err)?;
             if let Some(rec) = change.put_task {
-                let bytes = serde_json::to_vec(rec).map_err(|source| StoreError::Corrupt {
-                    key: rec.task_id.clone(),
-                    source,
-                })?;
+                let bytes = self.seal_task(rec)?;
                 tasks
                     .insert(rec.task_id.as_str(), bytes.as_slice())
                     .map_err(db_err)?;
@@ -230,10 +284,11 @@ mod tests {
     use crate::api::{model, validate};
     use crate::domain::params::RecordingSpec;
     use crate::domain::task::TaskState;
+    use std::sync::Arc;
 
     fn spec() -> RecordingSpec {
         let raw: model::CreateCloudRecordingRequest = serde_json::from_value(serde_json::json!({
-            "SdkAppId": 1, "RoomId": "5", "UserId": "bot", "UserSig": "s",
+            "SdkAppId": 1, "RoomId": "5", "UserId": "bot", "UserSig": "bot-user-sig-0123456789",
             "RecordParams": {"RecordMode": 2}, "MixLayoutParams": {"MixLayoutMode": 1}
         }))
         .expect("shape");
@@ -267,7 +322,7 @@ mod tests {
             restarts: 0,
         };
         {
-            let store = StateStore::open(&path).expect("open");
+            let store = StateStore::open(&path, Arc::new(Sealer::none())).expect("open");
             let q = store
                 .apply(Change {
                     put_task: Some(&rec),
@@ -278,7 +333,7 @@ mod tests {
             assert_eq!(q.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
             store.outbox_retry(1, 3, 999).expect("retry");
         }
-        let store = StateStore::open(&path).expect("reopen");
+        let store = StateStore::open(&path, Arc::new(Sealer::none())).expect("reopen");
         assert_eq!(store.load_tasks().expect("load"), vec![rec.clone()]);
         let ob = store.load_outbox().expect("outbox");
         assert_eq!(ob.len(), 2);
@@ -302,6 +357,75 @@ mod tests {
             .map(|e| e.seq)
             .collect();
         assert_eq!(seqs, vec![2, 3]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Every byte of the store file, as a copy of it would show them.
+    fn file_has(path: &Path, needle: &[u8]) -> bool {
+        let bytes = std::fs::read(path).expect("store file");
+        bytes.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn with_a_key_secrets_never_reach_the_file_and_rotation_reseals() {
+        let dir = std::env::temp_dir().join(format!("kiroku-store-sealed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("state.redb");
+        let rec = TaskRecord {
+            task_id: "t1".into(),
+            spec: spec(),
+            state: TaskState::Idle,
+            created_ms: 10,
+            files: Vec::new(),
+            restarts: 0,
+        };
+        let secret = b"bot-user-sig-0123456789";
+        let put = |store: &StateStore| {
+            store
+                .apply(Change {
+                    put_task: Some(&rec),
+                    ..Change::default()
+                })
+                .expect("apply");
+        };
+        // Written plain before a key existed (the check below can fail).
+        {
+            let store = StateStore::open(&path, Arc::new(Sealer::none())).expect("open");
+            put(&store);
+        }
+        assert!(file_has(&path, secret));
+        // A key is configured: the next load seals the record.
+        let (k1, k2) = ([1u8; 32], [2u8; 32]);
+        {
+            let store =
+                StateStore::open(&path, Arc::new(Sealer::from_raw(&k1, &[]))).expect("open");
+            assert_eq!(store.load_tasks().expect("load"), vec![rec.clone()]);
+            // A rewrite leaves no plain copy behind either.
+            put(&store);
+            put(&store);
+        }
+        // redb keeps freed pages until they are reused; what is live must
+        // be sealed. Compact so that only live pages remain.
+        {
+            let mut db = Database::create(&path).expect("db");
+            db.compact().expect("compact");
+        }
+        assert!(!file_has(&path, secret), "the UserSig is in the store file");
+        // Rotation: k2 current, k1 previous; loading reseals with k2, after
+        // which k1 is no longer needed.
+        {
+            let store =
+                StateStore::open(&path, Arc::new(Sealer::from_raw(&k2, &[&k1]))).expect("open");
+            assert_eq!(store.load_tasks().expect("load"), vec![rec.clone()]);
+        }
+        let store = StateStore::open(&path, Arc::new(Sealer::from_raw(&k2, &[]))).expect("open");
+        assert_eq!(store.load_tasks().expect("load"), vec![rec.clone()]);
+        drop(store);
+        // Without the key the store says what is missing.
+        let store = StateStore::open(&path, Arc::new(Sealer::none())).expect("open");
+        let e = store.load_tasks().expect_err("sealed");
+        assert!(format!("{e}").contains("key_file"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

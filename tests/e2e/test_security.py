@@ -11,13 +11,15 @@ import re
 import select
 import socket
 import stat
+import subprocess
 import threading
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
-from kiroku_e2e import (ADMIN_HEADERS, ADMIN_TOKEN, API_VERSION, APP_ID, SECRET_ID, SECRET_KEY, metric_samples,
+from kiroku_e2e import (ADMIN_HEADERS, ADMIN_TOKEN, API_VERSION, APP_ID, KIROKU_BIN, SECRET_ID, SECRET_KEY, metric_samples,
                         signed_headers, wait_until)
 from test_whip import post_offer
 
@@ -470,3 +472,87 @@ def test_a_captured_signature_is_refused_for_another_action(kiroku):
     # A correctly signed Delete of its own ends the task.
     api.delete(task)
     api.wait_gone(task)
+
+
+def _key_file(path: Path, mode: int = 0o600) -> Path:
+    import base64
+    path.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    path.chmod(mode)
+    return path
+
+
+def test_customer_keys_and_user_sigs_are_sealed_at_rest_and_keys_rotate(kiroku, tmp_path):
+    """With [secrets] key_file, neither state.redb nor targets/*.json holds a
+    customer's S3 secret key or the bot's UserSig in any form a copy of the
+    disk would show. A rotated key (the old one in previous_key_files)
+    opens what was sealed and the daemon seals it anew at start, after
+    which the old key can go; with no key, or the wrong one, the daemon
+    refuses to start and says which key is missing."""
+    from kiroku_e2e import create_params, to_toml
+
+    key1 = _key_file(tmp_path / "k1.key")
+    secret_key, user_sig = "s3-secret-Zq81mXv0pLk27", "bot-usersig-Yw55nQ1rTe93"
+    cfg = kiroku.config("sealed", secrets={"key_file": str(key1)},
+                        storage={"s3": {"aws_endpoint": "http://127.0.0.1:9", "allow_http": True,
+                                        "path_style": True}})
+    d = kiroku("sealed", config=cfg)
+    api = d.sdk()
+    params = create_params(room="7201")
+    params["UserSig"] = user_sig
+    params["StorageParams"] = {"CloudStorage": {"Vendor": 1, "Region": "us-east-1", "Bucket": "rec",
+                                                "AccessKey": "AKIDsealed", "SecretKey": secret_key,
+                                                "FileNamePrefix": ["p"]}}
+    task = api.create(params)
+    data = Path(d.config["data_dir"])
+    target = data / "targets" / f"{task}.json"
+    wait_until(target.exists, 5, 0.05, "the task's upload target")
+
+    def exposed() -> list[str]:
+        found = []
+        for f in [data / "state.redb", *sorted((data / "targets").iterdir())]:
+            raw = f.read_bytes()
+            for s in (secret_key, user_sig):
+                if s.encode() in raw:
+                    found.append(f"{f.name}: {s}")
+        return found
+
+    assert exposed() == []
+    assert target.read_bytes().startswith(b"KRKS1")
+    key_id_1 = target.read_bytes()[5:13]
+
+    # Rotation: a new key, the old one kept for opening.
+    key2 = _key_file(tmp_path / "k2.key")
+    d.stop()
+    d.config["secrets"] = {"key_file": str(key2), "previous_key_files": [str(key1)]}
+    d.config_path.write_text(to_toml(d.config))
+    d.start()
+    assert api.describe(task)["TaskId"] == task
+    assert target.read_bytes()[5:13] != key_id_1, "the target was not sealed anew"
+    assert exposed() == []
+    # The old key is no longer needed.
+    d.stop()
+    d.config["secrets"] = {"key_file": str(key2)}
+    d.config_path.write_text(to_toml(d.config))
+    d.start()
+    assert api.describe(task)["TaskId"] == task
+
+    # Without the key (or with only the old one) the daemon will not start.
+    d.stop()
+    for secrets, needle in (({}, "key_file"), ({"key_file": str(key1)}, "key id")):
+        d.config["secrets"] = secrets
+        d.config_path.write_text(to_toml(d.config))
+        with pytest.raises(AssertionError) as failed:
+            d.start(timeout=10)
+        assert needle in str(failed.value), str(failed.value)[-2000:]
+
+    # A key file others can read is refused by check-config and serve.
+    loose = _key_file(tmp_path / "loose.key", 0o644)
+    d.config["secrets"] = {"key_file": str(loose)}
+    d.config_path.write_text(to_toml(d.config))
+    r = subprocess.run([KIROKU_BIN, "check-config", str(d.config_path)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "chmod 600" in r.stderr, (r.returncode, r.stderr)
+    # Put back a working key so that the fixture's teardown finds a sane box.
+    d.config["secrets"] = {"key_file": str(key2)}
+    d.config_path.write_text(to_toml(d.config))
+    d.start()

@@ -43,6 +43,7 @@ use crate::clock;
 use crate::config::StorageConfig;
 use crate::domain::params::{CloudStorage, RoomId};
 use crate::metrics::Metrics;
+use crate::sealing::Sealer;
 
 /// Who a task's callbacks are about (kept with the task's target, so that
 /// callbacks can still be sent after the task itself is gone).
@@ -179,6 +180,7 @@ struct Shared {
     config: StorageConfig,
     metrics: UploadMetrics,
     notices: mpsc::Sender<UploadNotice>,
+    sealer: Arc<Sealer>,
 }
 
 /// Cheap to clone; all clones share one spool and queue.
@@ -204,11 +206,13 @@ impl UploadService {
     /// Opens the spool under `dir/spool` and the targets under
     /// `dir/targets`, restores the queue (entries left by a crash are
     /// uploaded again) and starts the upload loop on the current runtime.
+    /// Targets carry customer S3 keys: `sealer` seals them at rest.
     pub fn open(
         dir: &Path,
         config: &StorageConfig,
         metrics: &Metrics,
         notices: mpsc::Sender<UploadNotice>,
+        sealer: Arc<Sealer>,
     ) -> Result<UploadService, UploadServiceError> {
         let spool = Spool::open_with(
             dir.join("spool"),
@@ -248,7 +252,11 @@ impl UploadService {
             }
         }
         let mut tasks = HashMap::new();
-        for record in load_targets(&targets_dir) {
+        let mut stale = Vec::new();
+        for (record, is_stale) in load_targets(&targets_dir, &sealer) {
+            if is_stale {
+                stale.push(record.clone());
+            }
             let uploader = build_uploader(&record.storage, config, &record.task_id);
             tasks.insert(
                 record.task_id.clone(),
@@ -276,7 +284,15 @@ impl UploadService {
             config: config.clone(),
             metrics,
             notices,
+            sealer,
         });
+        // Sealed anew with the current key (rotation, or a key configured
+        // since they were written).
+        for record in &stale {
+            if let Err(e) = shared.persist_target(record) {
+                tracing::warn!(task_id = %record.task_id, error = %e, "could not seal an upload target anew");
+            }
+        }
         shared.update_gauges();
         // Tasks that ended before the restart with nothing left finish now.
         let ended: Vec<String> = lock(&shared.tasks)
@@ -397,7 +413,11 @@ impl Shared {
     fn persist_target(&self, record: &TargetRecord) -> std::io::Result<()> {
         let path = self.target_path(&record.task_id);
         let tmp = path.with_extension("json.tmp");
-        let data = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+        let json = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+        let data = self
+            .sealer
+            .seal(&target_context(&record.task_id), &json)
+            .map_err(std::io::Error::other)?;
         // Targets carry customer S3 keys: kiroku's eyes only.
         crate::output::durable::replace(&tmp, &path, &data, crate::output::durable::Access::Private)
     }
@@ -547,7 +567,12 @@ fn build_uploader(
     }
 }
 
-fn load_targets(dir: &Path) -> Vec<TargetRecord> {
+fn target_context(task_id: &str) -> String {
+    format!("target:{task_id}")
+}
+
+/// The targets on disk, each with whether it is to be sealed anew.
+fn load_targets(dir: &Path, sealer: &Sealer) -> Vec<(TargetRecord, bool)> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return out;
@@ -562,10 +587,23 @@ fn load_targets(dir: &Path) -> Vec<TargetRecord> {
             }
             _ => continue,
         }
+        let task_id = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_owned();
         match std::fs::read(&path)
             .map_err(|e| e.to_string())
-            .and_then(|d| serde_json::from_slice::<TargetRecord>(&d).map_err(|e| e.to_string()))
-        {
+            .and_then(|d| {
+                sealer
+                    .open(&target_context(&task_id), &d)
+                    .map_err(|e| e.to_string())
+            })
+            .and_then(|o| {
+                serde_json::from_slice::<TargetRecord>(&o.plain)
+                    .map(|r| (r, o.stale))
+                    .map_err(|e| e.to_string())
+            }) {
             Ok(r) => out.push(r),
             Err(e) => {
                 tracing::error!(path = %path.display(), error = %e, "unreadable upload target; its task's files stay in the spool")

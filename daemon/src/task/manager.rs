@@ -834,7 +834,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("kiroku-mgr-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("dir");
-        let store = Arc::new(StateStore::open(&dir.join("state.redb")).expect("store"));
+        let store = Arc::new(
+            StateStore::open(
+                &dir.join("state.redb"),
+                Arc::new(crate::sealing::Sealer::none()),
+            )
+            .expect("store"),
+        );
         let metrics = Metrics::new();
         let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut config = Config::embedded_defaults();
@@ -849,8 +855,14 @@ mod tests {
         );
         let rooms = Arc::new(Registry::new(Arc::new(NoObserver)));
         let (notices_tx, notices) = mpsc::channel(16);
-        let uploads = UploadService::open(&dir, &config.storage, &metrics, notices_tx)
-            .expect("upload service");
+        let uploads = UploadService::open(
+            &dir,
+            &config.storage,
+            &metrics,
+            notices_tx,
+            Arc::new(crate::sealing::Sealer::none()),
+        )
+        .expect("upload service");
         let outputs = Outputs {
             uploads,
             notices,
