@@ -55,6 +55,9 @@ def test_unit_file_matches_the_daemon(tmp_path):
     assert "WatchdogSec" in service
     # SIGTERM is the graceful stop the daemon implements.
     assert service.get("KillSignal", "SIGTERM") == "SIGTERM"
+    # Reload is SIGHUP, which re-reads the TLS pair and stops nothing
+    # (test_tls.py): SIGTERM here would end every recording.
+    assert re.fullmatch(r"/bin/kill -HUP \$MAINPID", service.get("ExecReload", "")), service.get("ExecReload")
 
 
 def _recv_all(sock: socket.socket, until: float) -> list[str]:
