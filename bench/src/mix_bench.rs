@@ -24,8 +24,9 @@ use kiroku::hls::naming::Naming;
 use kiroku::hls::segmenter::SegmenterConfig;
 use kiroku::media::h264_codec::OpenH264Encoder;
 use kiroku::publish::source::{AudioConfig, AudioSource, Pattern, Rgb, VideoConfig, VideoSource};
+use kiroku::record::action::Action;
 use kiroku::record::mixed::{MixedRecorder, MixedSettings, StageTimes};
-use kiroku::record::single::{Action, OfferedTrack};
+use kiroku::record::single::OfferedTrack;
 use kiroku::room::{Codec, MediaFrame, TrackKind};
 
 // Only `cpu_seconds` is used here; the rest serves the daemon benchmarks.

@@ -42,6 +42,21 @@ impl<K: Hash + Eq> RateLimiter<K> {
         Self::new(rate, rate)
     }
 
+    /// Whether `key` has a token now, without taking it (so that a caller
+    /// limited by two buckets spends neither unless both have one).
+    pub fn check(&self, key: &K, now: Instant) -> Result<(), Duration> {
+        let Some(b) = self.buckets.get(key) else {
+            return Ok(());
+        };
+        let elapsed = now.saturating_duration_since(b.updated).as_secs_f64();
+        let tokens = (b.tokens + elapsed * self.rate).min(self.burst);
+        if tokens >= 1.0 {
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - tokens) / self.rate))
+        }
+    }
+
     /// Takes one token for `key`; when the caller is over the rate, how
     /// long until a token is there (for `Retry-After`).
     pub fn try_acquire(&mut self, key: K, now: Instant) -> Result<(), Duration> {
@@ -126,6 +141,20 @@ mod tests {
             .expect_err("still over");
         assert_eq!(wait.as_secs_f64().round(), 6.0);
         assert!(rl.try_acquire("a", t + Duration::from_secs(10)).is_ok());
+    }
+
+    #[test]
+    fn a_check_spends_nothing() {
+        let mut rl = RateLimiter::new(1.0, 2.0);
+        let t = Instant::now();
+        assert!(rl.check(&"a", t).is_ok());
+        assert!(rl.try_acquire("a", t).is_ok());
+        assert!(rl.check(&"a", t).is_ok());
+        assert!(rl.check(&"a", t).is_ok());
+        assert!(rl.try_acquire("a", t).is_ok());
+        let wait = rl.check(&"a", t).expect_err("empty");
+        assert_eq!(wait, Duration::from_secs(1));
+        assert!(rl.check(&"a", t + Duration::from_secs(1)).is_ok());
     }
 
     #[test]

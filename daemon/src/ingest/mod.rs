@@ -258,8 +258,36 @@ impl SessionTable {
         Self::insert_locked(&mut t, id, e)
     }
 
-    /// Adds an unconnected session unless `max_pending` are already
-    /// waiting to connect (checked and added under one lock).
+    /// Whether a new unconnected session for `slot` fits under
+    /// `max_pending`: one that replaces the slot's own pending session (a
+    /// publisher posting again) takes no new place.
+    pub fn pending_room(
+        &self,
+        slot: &(RoomKey, String, bool),
+        max_pending: usize,
+    ) -> Result<(), TooManyPending> {
+        Self::room_locked(&self.lock(), slot, max_pending)
+    }
+
+    fn room_locked(
+        t: &Sessions,
+        slot: &(RoomKey, String, bool),
+        max_pending: usize,
+    ) -> Result<(), TooManyPending> {
+        let replaced = t
+            .by_slot
+            .get(slot)
+            .is_some_and(|old| t.pending.contains(old));
+        let after = t.pending.len() + usize::from(!replaced);
+        if after > max_pending {
+            return Err(TooManyPending(t.pending.len()));
+        }
+        Ok(())
+    }
+
+    /// Adds an unconnected session unless it does not fit under
+    /// `max_pending` ([`Self::pending_room`], checked and added under one
+    /// lock).
     pub fn insert_pending(
         &self,
         id: String,
@@ -267,9 +295,7 @@ impl SessionTable {
         max_pending: usize,
     ) -> Result<Option<String>, TooManyPending> {
         let mut t = self.lock();
-        if t.pending.len() >= max_pending {
-            return Err(TooManyPending(t.pending.len()));
-        }
+        Self::room_locked(&t, &e.slot(), max_pending)?;
         t.pending.insert(id.clone());
         Ok(Self::insert_locked(&mut t, id, e))
     }

@@ -403,3 +403,43 @@ fn a_track_whose_rtp_stops_shows_as_muted_while_audio_goes_on() {
         out.audio.len()
     );
 }
+
+#[test]
+fn unconnected_sessions_are_bounded_and_a_publisher_may_post_again() {
+    use super::{SessionEntry, TooManyPending};
+    let table = SessionTable::default();
+    let entry = |user: &str| SessionEntry {
+        key: RoomKey {
+            sdk_app_id: 1,
+            room: RoomId::Int(7),
+        },
+        user_id: user.to_owned(),
+        aux: false,
+        etag: "\"e\"".into(),
+        resource: format!("res-{user}-{}", table.len()),
+    };
+    table
+        .insert_pending("s1".into(), entry("a"), 2)
+        .expect("first");
+    table
+        .insert_pending("s2".into(), entry("b"), 2)
+        .expect("second");
+    assert_eq!(table.pending(), 2);
+    assert_eq!(
+        table.insert_pending("s3".into(), entry("c"), 2),
+        Err(TooManyPending(2))
+    );
+    // "a" posts again: the new session replaces its pending one.
+    assert_eq!(
+        table.insert_pending("s4".into(), entry("a"), 2),
+        Ok(Some("s1".into()))
+    );
+    assert_eq!(table.pending(), 2);
+    // A connected session no longer counts; nor does a removed one.
+    table.mark_connected("s4");
+    table
+        .insert_pending("s5".into(), entry("c"), 2)
+        .expect("room again");
+    table.remove("s2");
+    assert_eq!(table.pending(), 1);
+}

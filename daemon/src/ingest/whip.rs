@@ -182,6 +182,18 @@ async fn publish_stream<const AUX: bool>(
     }
 }
 
+fn too_many_pending(full: super::TooManyPending, max_pending: usize) -> WhipError {
+    WhipError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: format!(
+            "too many sessions waiting to connect ({} of ingest.max_pending_sessions {max_pending}); retry shortly",
+            full.0
+        ),
+        retry_after: Some(Duration::from_secs(5)),
+        reason: "pending",
+    }
+}
+
 fn refused(s: &WhipState, e: WhipError) -> Response {
     let m = &s.ingest.metrics;
     m.sessions_refused
@@ -309,20 +321,7 @@ fn publish_inner(
             .map_err(|e| (StatusCode::UNAUTHORIZED, e.to_string()))?;
     }
 
-    // The app's and the room's budgets, once the publisher is who it says.
     let key = RoomKey { sdk_app_id, room };
-    {
-        let limits = s.config.ingest.offer_limits;
-        let now = Instant::now();
-        let mut gate = crate::sync::lock(&s.offers);
-        if let Err(wait) = gate.per_app.try_acquire(sdk_app_id, now) {
-            return Err(WhipError::too_many("app", limits.per_app, wait));
-        }
-        if let Err(wait) = gate.per_room.try_acquire(key.clone(), now) {
-            return Err(WhipError::too_many("room", limits.per_room, wait));
-        }
-    }
-
     let content_type = header_text(headers, header::CONTENT_TYPE);
     if !content_type
         .trim()
@@ -340,6 +339,30 @@ fn publish_inner(
         offer::OfferError::Malformed(m) => bad(format!("the body is not an SDP offer: {m}")),
         offer::OfferError::Unusable(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
     })?;
+    // The app's and the room's budgets, spent only by an authenticated,
+    // well-formed offer, and only when both have room (a room's refusal
+    // does not spend the app's token); then the pending bound, before the
+    // costly part (a DTLS identity and an ICE agent per offer).
+    {
+        let limits = s.config.ingest.offer_limits;
+        let now = Instant::now();
+        let mut gate = crate::sync::lock(&s.offers);
+        gate.per_app
+            .check(&sdk_app_id, now)
+            .map_err(|wait| WhipError::too_many("app", limits.per_app, wait))?;
+        gate.per_room
+            .try_acquire(key.clone(), now)
+            .map_err(|wait| WhipError::too_many("room", limits.per_room, wait))?;
+        gate.per_app
+            .try_acquire(sdk_app_id, now)
+            .map_err(|wait| WhipError::too_many("app", limits.per_app, wait))?;
+    }
+    let max_pending = s.config.ingest.offer_limits.max_pending;
+    let slot = (key.clone(), user.to_owned(), aux);
+    s.ingest
+        .sessions
+        .pending_room(&slot, max_pending)
+        .map_err(|full| too_many_pending(full, max_pending))?;
     let (rtc, creds, answer) = super::accept_offer(sdp, &s.ingest.candidates, Instant::now())
         .map_err(|e| match e {
             super::AcceptError::Sdp(m) => bad(format!("the body is not an SDP offer: {m}")),
@@ -354,7 +377,6 @@ fn publish_inner(
     // session: a separate 190-bit secret, never logged (the session id is).
     let resource = random_token(32);
     let etag = format!("\"{}\"", random_token(12));
-    let max_pending = s.config.ingest.offer_limits.max_pending;
     s.ingest
         .sessions
         .insert_pending(
@@ -368,15 +390,7 @@ fn publish_inner(
             },
             max_pending,
         )
-        .map_err(|full| WhipError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: format!(
-                "{} sessions are waiting to connect (ingest.max_pending_sessions {max_pending}); retry shortly",
-                full.0
-            ),
-            retry_after: Some(Duration::from_secs(5)),
-            reason: "pending",
-        })?;
+        .map_err(|full| too_many_pending(full, max_pending))?;
     let peer = NewPeer {
         session_id: session_id.clone(),
         rtc,

@@ -53,7 +53,7 @@ use crate::media::h264_codec::PictureDecoder;
 use crate::mix::audio::AudioMixer;
 use crate::mix::layout::{self, Participant, TileContent};
 use crate::mix::overlay;
-use crate::record::single::{Action, FileInfo, Stats};
+use crate::record::action::{Action, FileInfo, Stats};
 use crate::record::subscribe::{media_of, Admission, OfferedTrack, Subscribed};
 use crate::record::timeline::{TrackClock, UserClock};
 use crate::room::{Codec, MediaFrame, TrackKind};
@@ -405,13 +405,7 @@ impl MixedRecorder {
             offered,
             &self.subs,
         );
-        for (user_id, media) in plan.refused {
-            actions.push(Action::StreamRefused { user_id, media });
-        }
-        let started = plan.started;
-        for tag in plan.ended {
-            self.end_sub(tag, &mut actions);
-        }
+        let started = plan.settle(&mut actions, |tag, actions| self.end_sub(tag, actions));
         for t in started {
             let tag = self.next_tag;
             self.next_tag += 1;
@@ -1050,7 +1044,7 @@ mod tests {
     use crate::publish::source::{
         self, AudioConfig, AudioSource, Pattern, VideoConfig, VideoSource,
     };
-    use crate::record::single::FileInfo;
+    use crate::record::action::FileInfo;
     use kiroku_gpu::cpu::CpuCompositor;
     use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

@@ -9,6 +9,8 @@
 //!   composited stream) are pure cores: frames and time in, files and
 //!   events out. `timeline` maps each user's RTP clocks onto the shared
 //!   server timeline; `subscribe` decides which tracks a task records.
+//! - `action` is what both cores hand the worker (actions, file reports,
+//!   counters).
 //! - `worker` is the IO edge: one thread per task, the bounded frame
 //!   channel, store writes, metrics, events to the task runner. `build`
 //!   puts a recorder together from a task record; `compose` hands out
@@ -17,6 +19,7 @@
 //! Out of scope: when a task starts or stops (`task`), where files end up
 //! (`output`), HLS naming and segmenting themselves (`hls`).
 
+pub mod action;
 pub mod build;
 pub mod compose;
 pub mod mixed;

@@ -18,9 +18,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::domain::params::{MediaSelection, StreamType, Subscription};
-use crate::hls::naming::{Media, Naming, TrackType};
+use crate::hls::naming::{Naming, TrackType};
 use crate::hls::segmenter::SegmenterConfig;
 use crate::hls::stream::{HlsStream, Output, StreamId};
+use crate::record::action::{Action, FileInfo, Stats};
 use crate::record::subscribe::{media_of, Admission, Subscribed};
 pub use crate::record::subscribe::{OfferedTrack, MAX_STREAMS};
 use crate::record::timeline::{TrackClock, UserClock};
@@ -35,65 +36,6 @@ pub struct Settings {
     pub av_merge: bool,
     /// Unix µs that PTS [`crate::hls::stream::BASE_90K`] stands for.
     pub epoch_us: i64,
-}
-
-/// A file as Describe and callbacks report it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileInfo {
-    pub user_id: String,
-    pub file_name: String,
-    pub track_type: TrackType,
-    pub begin_ms: u64,
-}
-
-/// What the worker must do, in order.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Action {
-    Subscribe {
-        tag: u64,
-        user_id: String,
-        kind: TrackKind,
-        session_id: String,
-    },
-    Unsubscribe {
-        tag: u64,
-    },
-    /// Store a segment.
-    Store {
-        key: String,
-        data: Vec<u8>,
-    },
-    /// Store (replace) a playlist.
-    StorePlaylist {
-        key: String,
-        text: String,
-        file: FileInfo,
-    },
-    /// A playlist's first segment was cut (callback 307).
-    FileSliced(FileInfo),
-    RequestKeyframe {
-        tag: u64,
-    },
-    /// The first media of the task arrived.
-    MediaStarted,
-    /// A stream over the per-task limit is not recorded.
-    StreamRefused {
-        user_id: String,
-        media: Media,
-    },
-}
-
-/// Counters the worker turns into metrics.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Stats {
-    pub frames: u64,
-    /// Frames of a subscription that had already ended (in flight).
-    pub stray_frames: u64,
-    pub clock_fallbacks: u64,
-    pub reanchors: u64,
-    /// Tracks whose sender reports were refused as impossible.
-    pub reports_refused: u64,
-    pub clock_overflows: u64,
 }
 
 struct Sub {
@@ -177,13 +119,7 @@ impl SingleRecorder {
             offered,
             &self.subs,
         );
-        for (user_id, media) in plan.refused {
-            actions.push(Action::StreamRefused { user_id, media });
-        }
-        let started = plan.started;
-        for tag in plan.ended {
-            self.end_sub(tag, &mut actions);
-        }
+        let started = plan.settle(&mut actions, |tag, actions| self.end_sub(tag, actions));
         // Start the new ones.
         for t in started {
             let tag = self.next_tag;
@@ -375,6 +311,7 @@ impl SingleRecorder {
 mod tests {
     use super::*;
     use crate::domain::params::{RoomId, UserFilter, UserPattern};
+    use crate::hls::naming::Media;
     use crate::hls::stream::tests::{annexb, PPS, SPS_720P};
     use crate::hls::stream::BASE_90K;
     use crate::media::ts::{PID_AUDIO, PID_VIDEO};

@@ -13,6 +13,7 @@ use std::collections::HashSet;
 
 use crate::domain::params::{MediaSelection, StreamType, Subscription};
 use crate::hls::naming::Media;
+use crate::record::action::Action;
 use crate::room::TrackKind;
 
 /// Streams recorded per task at most (spec §2).
@@ -107,6 +108,25 @@ pub struct Plan<'a> {
     pub refused: Vec<(String, Media)>,
     pub ended: Vec<u64>,
     pub started: Vec<&'a OfferedTrack>,
+}
+
+impl<'a> Plan<'a> {
+    /// The part of a reconcile both recorders share: each refusal becomes
+    /// a `StreamRefused` action and each ended subscription is ended by
+    /// `end`, in that order; the tracks to subscribe remain.
+    pub fn settle(
+        self,
+        actions: &mut Vec<Action>,
+        mut end: impl FnMut(u64, &mut Vec<Action>),
+    ) -> Vec<&'a OfferedTrack> {
+        for (user_id, media) in self.refused {
+            actions.push(Action::StreamRefused { user_id, media });
+        }
+        for tag in self.ended {
+            end(tag, actions);
+        }
+        self.started
+    }
 }
 
 impl Admission {

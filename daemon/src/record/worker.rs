@@ -23,8 +23,9 @@ use crate::output::Store;
 use kiroku_gpu::{Compositor, VideoEncoder};
 
 use crate::domain::params::{MixLayout, Subscription};
+use crate::record::action::{Action, FileInfo, Stats};
 use crate::record::mixed::{Images, MixStats, MixedRecorder, MixedSettings};
-use crate::record::single::{Action, FileInfo, OfferedTrack, Settings, SingleRecorder, Stats};
+use crate::record::single::{OfferedTrack, Settings, SingleRecorder};
 use crate::record::timeline::unix_us;
 use crate::room::{Delivery, Registry, RoomKey, Track};
 
