@@ -21,6 +21,14 @@ pub fn anchor() -> (Instant, SystemTime) {
     (Instant::now(), SystemTime::now())
 }
 
+/// Monotonic milliseconds since the first call in this process (for
+/// liveness stamps that must not jump with the wall clock).
+pub fn mono_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
 fn since_epoch() -> Option<std::time::Duration> {
     SystemTime::now().duration_since(UNIX_EPOCH).ok()
 }

@@ -27,6 +27,8 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod faults;
+pub mod health;
 pub mod hls;
 pub mod http_edge;
 pub mod ingest;

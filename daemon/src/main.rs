@@ -381,16 +381,50 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .thread_name("kiroku-io")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async move {
+    // Draining takes at most the HTTP grace, then the recorders' grace
+    // and the compositor's release (5 s); past that plus a margin the
+    // process exits anyway, whatever is still pending (uploads stay in the
+    // spool and resume at the next start).
+    let grace = config.server.shutdown_grace;
+    let deadline = grace
+        .saturating_mul(2)
+        .saturating_add(std::time::Duration::from_secs(15));
+    let result = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .with_context(|| {
                 format!("cannot listen on {} (server.listen)", config.server.listen)
             })?;
-        kiroku::server::run(config, listener, shutdown_signal())
+        let shutdown = async move {
+            shutdown_signal().await;
+            exit_anyway_after(deadline);
+        };
+        kiroku::server::run(config, listener, shutdown)
             .await
             .context("server")
-    })
+    });
+    // Blocking work still running (a stuck disk, a slow upload) must not
+    // hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    result
+}
+
+/// Ends the process `after` from now unless it has ended by then: a
+/// shutdown never hangs on something that does not finish.
+fn exit_anyway_after(after: std::time::Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("shutdown-deadline".into())
+        .spawn(move || {
+            std::thread::sleep(after);
+            tracing::error!(
+                after_s = after.as_secs(),
+                "shutdown did not complete in time: exiting anyway"
+            );
+            std::process::exit(1);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no shutdown deadline thread");
+    }
 }
 
 fn main() -> ExitCode {

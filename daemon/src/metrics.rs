@@ -25,6 +25,7 @@ pub struct Metrics {
     pub callbacks_pending: IntGauge,
     pub store_errors: IntCounter,
     pub replays_refused: IntCounter,
+    pub commit_retries: IntCounter,
 }
 
 /// A counter registered in `r` (metric definitions are constants: a
@@ -159,6 +160,11 @@ impl Metrics {
                 &r,
                 "kiroku_store_errors_total",
                 "Failed state-store operations",
+            ),
+            commit_retries: counter(
+                &r,
+                "kiroku_store_commit_retries_total",
+                "A task's change and its callback retried after the state store refused the commit (nothing is dropped)",
             ),
             replays_refused: counter(
                 &r,

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 
 use crate::api::http::{self as api_http, ApiState};
 use crate::config::Config;
+use crate::health::Health;
 use crate::http_edge::{self, EdgeMetrics};
 use crate::ingest::whip::{self, WhipState};
 use crate::ingest::Ingest;
@@ -56,18 +57,22 @@ pub enum ServerError {
     },
 }
 
-struct Shared {
+struct Probes {
     metrics: Metrics,
+    health: Arc<Health>,
 }
 
 /// The API (`/`) and `/healthz`, and `/metrics` unless it has a listener
 /// of its own (`server.metrics_listen`).
-pub fn router(api: Arc<ApiState>, metrics: Metrics) -> Router {
+pub fn router(api: Arc<ApiState>, metrics: Metrics, health: Arc<Health>) -> Router {
     let separate_metrics = api.config.server.metrics_listen.is_some();
+    let probes = Arc::new(Probes { metrics, health });
     let probes = if separate_metrics {
-        Router::new().route("/healthz", get(healthz))
+        Router::new()
+            .route("/healthz", get(healthz))
+            .with_state(probes)
     } else {
-        probes_router(metrics)
+        probes_router(probes)
     };
     probes.merge(
         Router::new()
@@ -77,11 +82,11 @@ pub fn router(api: Arc<ApiState>, metrics: Metrics) -> Router {
 }
 
 /// `/healthz` and `/metrics`: what the metrics listener serves.
-fn probes_router(metrics: Metrics) -> Router {
+fn probes_router(probes: Arc<Probes>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
-        .with_state(Arc::new(Shared { metrics }))
+        .with_state(probes)
 }
 
 struct Operator {
@@ -92,10 +97,46 @@ struct Operator {
 /// The operator's endpoints (`/v1/*`): status and admin, behind
 /// `server.admin_token` (docs/security.md).
 fn operator_router(config: Arc<Config>, ingest: Arc<Ingest>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/v1/rooms", get(rooms_status))
-        .route("/v1/sessions/{session_id}", delete(end_session))
-        .with_state(Arc::new(Operator { config, ingest }))
+        .route("/v1/sessions/{session_id}", delete(end_session));
+    // Only where the supervision tests asked for it (crate::faults).
+    let router = if crate::faults::enabled() {
+        tracing::warn!(
+            "KIROKU_TEST_FAULTS=1: POST /v1/faults can make media threads panic (tests only)"
+        );
+        router.route("/v1/faults", axum::routing::post(inject_fault))
+    } else {
+        router
+    };
+    router.with_state(Arc::new(Operator { config, ingest }))
+}
+
+/// `POST /v1/faults` (tests only, `KIROKU_TEST_FAULTS=1`):
+/// `{"ingest": true}` or `{"recorder": "<TaskId>"}` arms a panic,
+/// `{"commit_failures": n}` fails the next n state-store commits.
+async fn inject_fault(
+    State(op): State<Arc<Operator>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(refused) = operator_denied(&op.config, &headers) {
+        return refused;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    if v.get("ingest").and_then(serde_json::Value::as_bool) == Some(true) {
+        crate::faults::arm_ingest_panic();
+    } else if let Some(task) = v.get("recorder").and_then(serde_json::Value::as_str) {
+        crate::faults::arm_recorder_panic(task);
+    } else if let Some(n) = v.get("commit_failures").and_then(serde_json::Value::as_u64) {
+        crate::faults::arm_commit_failures(u32::try_from(n).unwrap_or(u32::MAX));
+    } else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "send {\"ingest\": true}, {\"recorder\": \"<TaskId>\"} or {\"commit_failures\": <n>}",
+        );
+    }
+    StatusCode::NO_CONTENT.into_response()
 }
 
 fn json_error(status: StatusCode, message: &str) -> Response {
@@ -195,11 +236,15 @@ async fn loopback_host_only(req: axum::extract::Request, next: axum::middleware:
     }
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// `ok`, or 503 naming every part that is down (docs/operations.md).
+async fn healthz(State(p): State<Arc<Probes>>) -> Response {
+    match p.health.problems() {
+        None => (StatusCode::OK, "ok\n").into_response(),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("down\n{why}\n")).into_response(),
+    }
 }
 
-async fn metrics_text(State(s): State<Arc<Shared>>) -> Response {
+async fn metrics_text(State(s): State<Arc<Probes>>) -> Response {
     (
         StatusCode::OK,
         [(
@@ -224,6 +269,7 @@ pub async fn run(
     // certificate should stop it before anything is opened.
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let metrics = Metrics::new();
+    let health = Arc::new(Health::new());
     let tls = match &config.server.tls {
         Some(files) => Some(crate::tls::TlsServer::open(files.clone(), &metrics)?),
         None => None,
@@ -243,6 +289,17 @@ pub async fn run(
     };
     let store = Arc::new(store);
     let records = store.load_tasks()?;
+    let quarantined = store.quarantined()?;
+    crate::metrics::gauge(
+        metrics.registry(),
+        "kiroku_store_quarantined_records",
+        "Task records that could not be read, set aside in the state store's quarantine table",
+    )
+    .set(i64::try_from(quarantined.len()).unwrap_or(i64::MAX));
+    if !quarantined.is_empty() {
+        tracing::error!(records = quarantined.len(), task_ids = ?quarantined,
+            "task records could not be read and are quarantined; the daemon starts with the rest");
+    }
     let backlog = store.load_outbox()?;
     tracing::info!(path = %store_path.display(), tasks = records.len(), callbacks_pending = backlog.len(), "state store opened");
 
@@ -269,6 +326,7 @@ pub async fn run(
         config.ingest.udp_listen,
         &config.ingest.advertised_addresses,
         &metrics,
+        health.clone(),
     )
     .map_err(|source| ServerError::Udp {
         addr: config.ingest.udp_listen,
@@ -306,6 +364,7 @@ pub async fn run(
             notices,
             vod: vod.clone(),
         },
+        health.clone(),
     )
     .await;
     // ExpireTime: expired VOD files are deleted within 10 s (a scan of
@@ -334,7 +393,7 @@ pub async fn run(
         metrics.clone(),
     ));
 
-    let app = router(api, metrics.clone())
+    let app = router(api, metrics.clone(), health.clone())
         .merge(whip::router(Arc::new(WhipState::new(
             config.clone(),
             ingest.clone(),
@@ -361,7 +420,10 @@ pub async fn run(
         }
         tokio::spawn(http_edge::serve(
             l,
-            probes_router(metrics.clone()),
+            probes_router(Arc::new(Probes {
+                metrics: metrics.clone(),
+                health: health.clone(),
+            })),
             config.server.connections,
             edge_metrics.clone(),
             None,
@@ -369,7 +431,7 @@ pub async fn run(
         ))
     });
     systemd::ready(&format!("{} tasks", manager.live_count().await));
-    let heartbeat = tokio::spawn(heartbeat(manager.clone(), stop_rx));
+    let heartbeat = tokio::spawn(heartbeat(manager.clone(), health.clone(), stop_rx));
 
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let grace = config.server.shutdown_grace;
@@ -455,17 +517,39 @@ async fn reload_on_hangup(
     }
 }
 
-async fn heartbeat(manager: Manager, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// How recently the ingest engine must have made a pass for the watchdog
+/// to be fed (its loop passes every 20 ms; a restart takes about 1 s).
+const ENGINE_STALL_MS: u64 = 5_000;
+
+/// Feeds the systemd watchdog while the media engine makes progress, and
+/// keeps the unit's status line current.
+async fn heartbeat(
+    manager: Manager,
+    health: Arc<Health>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let watchdog = systemd::watchdog_interval();
     let period = watchdog
+        .map(|w| w / 2)
         .unwrap_or(std::time::Duration::from_secs(10))
         .min(std::time::Duration::from_secs(10));
     let mut tick = tokio::time::interval(period);
+    let mut stalled = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if watchdog.is_some() {
+                let alive = health.engine_alive(crate::clock::mono_ms(), ENGINE_STALL_MS);
+                if alive && watchdog.is_some() {
                     systemd::watchdog_ping();
+                }
+                if alive == stalled {
+                    stalled = !alive;
+                    if stalled {
+                        tracing::error!(stall_ms = ENGINE_STALL_MS, "the ingest engine makes no progress: the watchdog is no longer fed");
+                        health.down("ingest engine progress", "no pass for 5 s: the media thread is stuck");
+                    } else {
+                        health.up("ingest engine progress");
+                    }
                 }
                 systemd::status(&format!("{} tasks", manager.live_count().await));
             }

@@ -23,6 +23,9 @@ use crate::sealing::{SealError, Sealer};
 
 const TASKS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tasks");
 const OUTBOX: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("outbox");
+/// Task records that could not be read, kept (not deleted) for an
+/// operator to look at: `kiroku` starts with the rest.
+const QUARANTINE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("quarantine");
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -36,6 +39,8 @@ pub enum StoreError {
     },
     #[error("state store: record {key}: {source}")]
     Sealed { key: String, source: SealError },
+    #[error("state store: a failure injected by a test (KIROKU_TEST_FAULTS)")]
+    Injected,
     #[error("state store file {path}")]
     File {
         path: String,
@@ -112,6 +117,7 @@ impl StateStore {
         {
             txn.open_table(TASKS).map_err(db_err)?;
             txn.open_table(OUTBOX).map_err(db_err)?;
+            txn.open_table(QUARANTINE).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Self { db, sealer })
@@ -131,35 +137,56 @@ impl StateStore {
     }
 
     /// Every task; records not sealed with the current key are sealed
-    /// with it now (key rotation, or a key configured since).
+    /// with it now (key rotation, or a key configured since). A record that
+    /// cannot be read (damaged, not a task) is moved to the quarantine
+    /// table, logged, and the rest load; one sealed with a key this daemon
+    /// lacks stops the load instead (the operator must supply the key).
     pub fn load_tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
         let mut out = Vec::new();
         let mut stale = Vec::new();
+        let mut unreadable: Vec<(String, Vec<u8>)> = Vec::new();
         {
             let txn = self.db.begin_read().map_err(db_err)?;
             let table = txn.open_table(TASKS).map_err(db_err)?;
             for item in table.iter().map_err(db_err)? {
                 let (k, v) = item.map_err(db_err)?;
                 let key = k.value().to_owned();
-                let opened =
-                    self.sealer
-                        .open(&task_context(&key), v.value())
-                        .map_err(|source| StoreError::Sealed {
-                            key: key.clone(),
-                            source,
-                        })?;
-                let rec: TaskRecord = serde_json::from_slice(&opened.plain)
-                    .map_err(|source| StoreError::Corrupt { key, source })?;
-                if opened.stale {
-                    stale.push(out.len());
+                let opened = match self.sealer.open(&task_context(&key), v.value()) {
+                    Ok(o) => o,
+                    Err(source @ (SealError::UnknownKey { .. } | SealError::NoKey { .. })) => {
+                        return Err(StoreError::Sealed { key, source })
+                    }
+                    Err(e) => {
+                        tracing::error!(task_id = %key, error = %e, "unreadable task record quarantined");
+                        unreadable.push((key, v.value().to_vec()));
+                        continue;
+                    }
+                };
+                match serde_json::from_slice::<TaskRecord>(&opened.plain) {
+                    Ok(rec) => {
+                        if opened.stale {
+                            stale.push(out.len());
+                        }
+                        out.push(rec);
+                    }
+                    Err(e) => {
+                        tracing::error!(task_id = %key, error = %e, "unreadable task record quarantined");
+                        unreadable.push((key, v.value().to_vec()));
+                    }
                 }
-                out.push(rec);
             }
         }
-        if !stale.is_empty() {
+        if !stale.is_empty() || !unreadable.is_empty() {
             let txn = self.db.begin_write().map_err(db_err)?;
             {
                 let mut tasks = txn.open_table(TASKS).map_err(db_err)?;
+                let mut quarantine = txn.open_table(QUARANTINE).map_err(db_err)?;
+                for (key, raw) in &unreadable {
+                    quarantine
+                        .insert(key.as_str(), raw.as_slice())
+                        .map_err(db_err)?;
+                    tasks.remove(key.as_str()).map_err(db_err)?;
+                }
                 for &i in &stale {
                     let rec = &out[i];
                     let bytes = self.seal_task(rec)?;
@@ -169,10 +196,24 @@ impl StateStore {
                 }
             }
             txn.commit().map_err(db_err)?;
-            tracing::info!(
-                records = stale.len(),
-                "task records sealed with the current key"
-            );
+            if !stale.is_empty() {
+                tracing::info!(
+                    records = stale.len(),
+                    "task records sealed with the current key"
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// The ids of the quarantined task records.
+    pub fn quarantined(&self) -> Result<Vec<String>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(QUARANTINE).map_err(db_err)?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(db_err)? {
+            let (k, _) = item.map_err(db_err)?;
+            out.push(k.value().to_owned());
         }
         Ok(out)
     }
@@ -195,6 +236,9 @@ impl StateStore {
 
     /// Commits a change; returns the queued callbacks with their seqs.
     pub fn apply(&self, change: Change<'_>) -> Result<Vec<OutboxEntry>, StoreError> {
+        if crate::faults::commit_checkpoint() {
+            return Err(StoreError::Injected);
+        }
         let txn = self.db.begin_write().map_err(db_err)?;
         let mut queued = Vec::with_capacity(change.callbacks.len());
         {
@@ -426,6 +470,45 @@ mod tests {
         let store = StateStore::open(&path, Arc::new(Sealer::none())).expect("open");
         let e = store.load_tasks().expect_err("sealed");
         assert!(format!("{e}").contains("key_file"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_unreadable_record_is_quarantined_and_the_rest_load() {
+        let dir = std::env::temp_dir().join(format!("kiroku-store-q-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("state.redb");
+        let rec = TaskRecord {
+            task_id: "good".into(),
+            spec: spec(),
+            state: TaskState::Idle,
+            created_ms: 10,
+            files: Vec::new(),
+            restarts: 0,
+        };
+        {
+            let store = StateStore::open(&path, Arc::new(Sealer::none())).expect("open");
+            store
+                .apply(Change {
+                    put_task: Some(&rec),
+                    ..Change::default()
+                })
+                .expect("apply");
+            // A record damaged on disk (written around the store's API).
+            let txn = store.db.begin_write().expect("txn");
+            {
+                let mut t = txn.open_table(TASKS).expect("tasks");
+                t.insert("bad", b"{\"task_id\": 3".as_slice())
+                    .expect("insert");
+            }
+            txn.commit().expect("commit");
+        }
+        let store = StateStore::open(&path, Arc::new(Sealer::none())).expect("reopen");
+        assert_eq!(store.load_tasks().expect("starts"), vec![rec.clone()]);
+        assert_eq!(store.quarantined().expect("list"), vec!["bad".to_owned()]);
+        // Once set aside it stays out of the way.
+        assert_eq!(store.load_tasks().expect("again"), vec![rec]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -217,6 +217,9 @@ class Daemon:
         self.extra_env = env or {}
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+        # A test that makes a thread panic on purpose (KIROKU_TEST_FAULTS)
+        # sets this; the teardown then does not count "panicked" in the log.
+        self.expect_panics = False
 
     # -- process control --------------------------------------------------
     @property

@@ -7,7 +7,11 @@
 //! - Once the open segment has reached `target`, the next key frame cuts.
 //! - If it reaches `target + keyframe_grace` with no key frame in sight,
 //!   [`Segmenter::wants_keyframe`] says so, and the recorder asks the
-//!   publisher for one (PLI); the segment runs long until it arrives.
+//!   publisher for one (PLI); the segment runs long until it arrives —
+//!   but not past [`MAX_KEYFRAME_WAIT`] more: a publisher that ignores
+//!   PLIs would grow the open segment (held in memory) for ever, so it is
+//!   ended there ([`Decision::End`]) and the stream resumes at the next key
+//!   frame after a discontinuity.
 //! - A closed segment's duration is the distance from its first frame to
 //!   the first frame of the next; the last segment's is its span plus one
 //!   frame interval (the last frame's own duration).
@@ -16,6 +20,10 @@
 //! times are inputs.
 
 use std::time::{Duration, SystemTime};
+
+/// How long past `target + keyframe_grace` a segment waits for a key frame
+/// before it is ended without one.
+pub const MAX_KEYFRAME_WAIT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone, Copy)]
 pub struct SegmenterConfig {
@@ -47,6 +55,10 @@ pub enum Decision {
         closed_seconds: f64,
         start_wall: SystemTime,
     },
+    /// Close the open segment (`closed_seconds` long) and drop this frame:
+    /// no key frame came for too long; the next segment starts at the next
+    /// key frame, after a discontinuity.
+    End { closed_seconds: f64 },
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +110,11 @@ impl Segmenter {
             }
         }
         let age = pts.saturating_sub(open.start_pts);
+        if !can_start && age >= ticks(self.cfg.target + self.cfg.keyframe_grace + MAX_KEYFRAME_WAIT)
+        {
+            let closed_seconds = self.finish().unwrap_or(0.0);
+            return Decision::End { closed_seconds };
+        }
         if can_start && age >= ticks(self.cfg.target) {
             let closed_seconds = age as f64 / 90_000.0;
             self.open = Some(Open {
@@ -179,6 +196,7 @@ mod tests {
                     opened.push(start_wall);
                 }
                 Decision::Append => {}
+                Decision::End { .. } => panic!("ended at frame {n}"),
             }
         }
         durations.extend(s.finish());
@@ -250,5 +268,44 @@ mod tests {
         let last = s.finish().expect("open");
         assert!((last - 1.0).abs() < 1e-9, "{last}");
         assert_eq!(s.finish(), None);
+    }
+
+    #[test]
+    fn a_segment_without_key_frames_ends_after_the_longest_wait() {
+        let cfg = SegmenterConfig {
+            target: Duration::from_secs(2),
+            keyframe_grace: Duration::from_secs(1),
+        };
+        let mut s = Segmenter::new(cfg);
+        let t = |ms: u64| ms * 90;
+        assert!(matches!(
+            s.on_frame(t(0), wall(0), true),
+            Decision::Open { .. }
+        ));
+        // Only delta frames from here on (a publisher that ignores PLIs).
+        let limit_ms = 3_000 + MAX_KEYFRAME_WAIT.as_millis() as u64;
+        let mut ended = None;
+        for ms in (40..60_000).step_by(40) {
+            match s.on_frame(t(ms), wall(ms), false) {
+                Decision::Append => {}
+                Decision::End { closed_seconds } => {
+                    ended = Some((ms, closed_seconds));
+                    break;
+                }
+                other => panic!("{other:?} at {ms} ms"),
+            }
+        }
+        let (at, seconds) = ended.expect("ended");
+        assert_eq!(at, limit_ms);
+        assert!(
+            (seconds - limit_ms as f64 / 1000.0).abs() < 0.001,
+            "{seconds}"
+        );
+        // Nothing is open: delta frames are dropped until a key frame.
+        assert_eq!(s.on_frame(t(at + 40), wall(at + 40), false), Decision::Drop);
+        assert!(matches!(
+            s.on_frame(t(at + 80), wall(at + 80), true),
+            Decision::Open { .. }
+        ));
     }
 }

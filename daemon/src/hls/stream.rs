@@ -104,7 +104,15 @@ pub struct HlsStream {
     queued_audio: VecDeque<(u64, Vec<u8>)>,
     /// Frames that could not be recorded (corrupt audio); for metrics.
     pub errors: u64,
+    /// Segments ended without a key frame to cut at (too long, or too
+    /// large), and the frames dropped until the next key frame.
+    pub ended_early: u64,
 }
+
+/// The most an open segment (held in memory until it is cut) may hold;
+/// past it the segment is ended at once, as when no key frame comes
+/// ([`crate::hls::segmenter::MAX_KEYFRAME_WAIT`]).
+pub const MAX_SEGMENT_BYTES: usize = 64 * 1024 * 1024;
 
 /// Unix µs → PTS on the task timeline.
 fn pts_of(t_us: i64, epoch_us: i64) -> u64 {
@@ -190,6 +198,7 @@ impl HlsStream {
             queued_video: VecDeque::new(),
             queued_audio: VecDeque::new(),
             errors: 0,
+            ended_early: 0,
         }
     }
 
@@ -343,6 +352,20 @@ impl HlsStream {
             (false, true) => Decision::Drop,
             _ => self.segmenter.on_frame(pts, wall, keyframe),
         };
+        // Too large to hold any longer without a key frame to cut at.
+        let decision = match decision {
+            Decision::Append
+                if self
+                    .open
+                    .as_ref()
+                    .is_some_and(|o| o.buf.len().saturating_add(au.len()) > MAX_SEGMENT_BYTES) =>
+            {
+                Decision::End {
+                    closed_seconds: self.segmenter.finish().unwrap_or(0.0),
+                }
+            }
+            d => d,
+        };
         if !self.apply(decision, out) {
             return;
         }
@@ -443,6 +466,12 @@ impl HlsStream {
                 self.close_segment(closed_seconds, out);
                 self.open_segment(start_wall);
                 true
+            }
+            Decision::End { closed_seconds } => {
+                self.ended_early += 1;
+                self.close_segment(closed_seconds, out);
+                self.discontinuity_next = true;
+                false
             }
         }
     }

@@ -105,22 +105,72 @@ pub struct IngestCore {
     next_id: PeerId,
 }
 
-/// Runs the socket loop until a `Shutdown` command or the channel closes.
-pub fn run(mut core: IngestCore, socket: UdpSocket, commands: Receiver<Command>) {
+/// How long a restarted engine stays down (reported by `/healthz`) before
+/// it serves again: a panic that repeats at once does not spin.
+const RESTART_DELAY: Duration = Duration::from_secs(1);
+
+/// Runs the socket loop until a `Shutdown` command or the channel closes,
+/// supervised: a panic in the core (a bug, or a peer's input that reaches
+/// one) drops every peer — their publishers publish again — and the loop
+/// goes on with a fresh core over the same socket, counted
+/// (`kiroku_ingest_engine_restarts_total`) and reported by `/healthz`
+/// while it lasts.
+pub fn run(
+    mut core: IngestCore,
+    socket: UdpSocket,
+    commands: Receiver<Command>,
+    health: Arc<crate::health::Health>,
+) {
+    const PART: &str = "ingest engine";
+    loop {
+        let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            serve(&mut core, &socket, &commands, &health)
+        }));
+        if pass.is_ok() {
+            return;
+        }
+        core.metrics.engine_restarts.inc();
+        health.down(
+            PART,
+            "restarting after a panic: every publisher must publish again",
+        );
+        tracing::error!("the ingest engine panicked: dropping every peer and starting afresh");
+        // The old core may be half-way through a change: take what it
+        // can still say about its peers out of the room registry and the
+        // session table, then replace it whole.
+        let mut old = core.fresh();
+        std::mem::swap(&mut core, &mut old);
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| old.shutdown())).is_err() {
+            tracing::error!("the panicked ingest engine could not release its peers cleanly");
+        }
+        core.sessions.clear();
+        std::thread::sleep(RESTART_DELAY);
+        health.up(PART);
+    }
+}
+
+fn serve(
+    core: &mut IngestCore,
+    socket: &UdpSocket,
+    commands: &Receiver<Command>,
+    health: &crate::health::Health,
+) {
     let mut buf = vec![0u8; 2048];
     loop {
+        health.engine_progress(crate::clock::mono_ms());
+        crate::faults::ingest_checkpoint();
         loop {
             match commands.try_recv() {
                 Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => {
                     core.shutdown();
-                    send_all(&socket, &mut core);
+                    send_all(socket, core);
                     return;
                 }
                 Ok(cmd) => core.command(cmd, Instant::now()),
                 Err(TryRecvError::Empty) => break,
             }
         }
-        send_all(&socket, &mut core);
+        send_all(socket, core);
         let now = Instant::now();
         let wait = core
             .next_deadline()
@@ -141,7 +191,7 @@ pub fn run(mut core: IngestCore, socket: UdpSocket, commands: Receiver<Command>)
             }
         }
         core.handle_timeouts(Instant::now());
-        send_all(&socket, &mut core);
+        send_all(socket, core);
     }
 }
 
@@ -180,6 +230,17 @@ impl IngestCore {
             deadlines: BTreeSet::new(),
             next_id: 1,
         }
+    }
+
+    /// A new, empty core with this one's configuration and shared parts.
+    fn fresh(&self) -> Self {
+        Self::new(
+            self.candidates.clone(),
+            self.registry.clone(),
+            self.sessions.clone(),
+            self.metrics.clone(),
+            self.epoch,
+        )
     }
 
     /// Datagrams the core wants sent, in order.

@@ -85,6 +85,7 @@ pub struct IngestMetrics {
     pub packets: IntCounter,
     pub bytes: IntCounter,
     pub unroutable: IntCounter,
+    pub engine_restarts: IntCounter,
     pub stun_forged: IntCounter,
     pub malformed: IntCounter,
     pub socket_errors: IntCounter,
@@ -126,6 +127,10 @@ impl IngestMetrics {
             unroutable: c(
                 "kiroku_ingest_unroutable_packets_total",
                 "Datagrams that matched no peer",
+            ),
+            engine_restarts: c(
+                "kiroku_ingest_engine_restarts_total",
+                "Times the ingest engine panicked and was started afresh (every publisher then publishes again)",
             ),
             stun_forged: c(
                 "kiroku_ingest_stun_forged_total",
@@ -350,6 +355,12 @@ impl SessionTable {
         self.lock().by_id.len()
     }
 
+    /// Forgets every session (the engine that held their peers is gone).
+    pub fn clear(&self) {
+        let mut t = self.lock();
+        *t = Sessions::default();
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -417,11 +428,13 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    /// Binds the UDP socket and starts the media thread.
+    /// Binds the UDP socket and starts the media thread (supervised: it
+    /// reports to `health`).
     pub fn start(
         udp_listen: SocketAddr,
         advertised: &[std::net::IpAddr],
         metrics: &Metrics,
+        health: Arc<crate::health::Health>,
     ) -> std::io::Result<Arc<Self>> {
         let socket = UdpSocket::bind(udp_listen)?;
         let udp_addr = socket.local_addr()?;
@@ -450,7 +463,7 @@ impl Ingest {
         );
         let thread = std::thread::Builder::new()
             .name("kiroku-ingest".into())
-            .spawn(move || engine::run(core, socket, rx))?;
+            .spawn(move || engine::run(core, socket, rx, health))?;
         tracing::info!(%udp_addr, candidates = ?candidates, "WebRTC ingest listening");
         Ok(Arc::new(Self {
             commands: tx,

@@ -209,7 +209,8 @@ fn skip_scaling_list(r: &mut BitReader<'_>, size: usize) -> Option<()> {
     let (mut last, mut next) = (8i32, 8i32);
     for _ in 0..size {
         if next != 0 {
-            next = (last + r.se()? + 256) % 256;
+            // delta_scale is the publisher's: any i32 (i64 cannot overflow).
+            next = (i64::from(last) + i64::from(r.se()?)).rem_euclid(256) as i32;
         }
         last = if next == 0 { last } else { next };
     }
@@ -437,5 +438,57 @@ mod tests {
         }
         assert_eq!(nal_units(&[0, 0, 0, 0, 0]).count(), 0);
         assert_eq!(nal_units(&[1, 2, 3]).count(), 0);
+    }
+
+    /// Publisher-controlled SPS fields that once overflowed (a debug build
+    /// panicked): a huge delta_scale in a scaling list, and the issue's
+    /// example. None may panic; each must be refused or parsed.
+    #[test]
+    fn hostile_parameter_sets_never_panic() {
+        let issue_example = [
+            0x67, 0x42, 0x00, 0x1f, 0xdc, 0x00, 0x00, 0x03, 0x00, 0x10, 0x00, 0x00, 0x00, 0x03,
+            0x00, 0xe8,
+        ];
+        let _ = parse_sps(&issue_example);
+        // High profile, scaling matrix present, first list with a
+        // delta_scale of ue 2^32-2 (se -2^31+1): 31 zeros, then 1, then 31
+        // ones... then the rest.
+        let mut bits = String::from("01100111"); // NAL header: SPS
+        bits += &format!("{:08b}{:08b}{:08b}", 100, 0, 40); // profile, flags, level
+        bits += "1"; // sps id 0
+        bits += "010"; // chroma_format_idc 1
+        bits += "1"; // luma 0
+        bits += "1"; // chroma 0
+        bits += "0"; // bypass
+        bits += "1"; // seq_scaling_matrix_present
+        bits += "1"; // list 0 present
+        bits += &"0".repeat(31);
+        bits += "1";
+        bits += &"1".repeat(31); // ue = 2^32 - 1 - 1 + ... (huge)
+        bits += &"1".repeat(64);
+        while bits.len() % 8 != 0 {
+            bits.push('0');
+        }
+        let bytes: Vec<u8> = (0..bits.len() / 8)
+            .map(|i| u8::from_str_radix(&bits[i * 8..i * 8 + 8], 2).expect("bits"))
+            .collect();
+        let _ = parse_sps(&bytes);
+        // And a few hundred thousand random ones (xorshift; deterministic).
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..200_000 {
+            let len = 4 + (next() % 40) as usize;
+            let mut nal: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            nal[0] = 0x67;
+            if next() % 2 == 0 {
+                nal[1] = [66, 77, 100, 110, 122, 244][(next() % 6) as usize];
+            }
+            let _ = parse_sps(&nal);
+        }
     }
 }

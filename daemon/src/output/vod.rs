@@ -195,7 +195,19 @@ impl VodStore {
             else {
                 continue;
             };
-            let Some(e) = self.get(id)? else { continue };
+            let e = match self.get(id) {
+                Ok(Some(e)) => e,
+                Ok(None) => continue,
+                Err(err) => {
+                    // One unreadable record must not stop every other
+                    // file's expiry: set it aside (its MP4 stays) and go on.
+                    let aside = path.with_extension("json.corrupt");
+                    tracing::error!(file_id = id, error = %err, aside = %aside.display(),
+                        "unreadable VOD record set aside; its file no longer expires");
+                    std::fs::rename(&path, &aside).map_err(io(&path))?;
+                    continue;
+                }
+            };
             if e.expire_at_unix_s != 0 && e.expire_at_unix_s <= now_unix_s {
                 // Metadata first: once it is gone the file is gone for readers.
                 std::fs::remove_file(&path).map_err(io(&path))?;
@@ -350,6 +362,29 @@ mod tests {
         assert!(!store.mp4_path(&b.file_id).exists());
         // Never-expiring files stay.
         assert_eq!(store.get(&a.file_id).expect("get"), Some(a));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_unreadable_record_is_set_aside_and_the_rest_expire() {
+        let dir = std::env::temp_dir().join(format!("kiroku-vod-{}", rand::random::<u64>()));
+        let store = VodStore::open(&dir).expect("open");
+        let mut soon = entry();
+        soon.expire_at_unix_s = 2_000;
+        let good = store.commit(b"expires", soon.clone()).expect("commit");
+        soon.cache_file = "broken.mp4".into();
+        let broken = store.commit(b"broken", soon).expect("commit");
+        let meta = dir.join(format!("{}.json", broken.file_id));
+        std::fs::write(&meta, b"{ not json").expect("corrupt it");
+        assert_eq!(
+            store.expire(2_000).expect("expire goes on"),
+            vec![good.file_id.clone()]
+        );
+        assert!(!meta.exists());
+        assert!(dir
+            .join(format!("{}.json.corrupt", broken.file_id))
+            .exists());
+        assert_eq!(store.expire(3_000).expect("again"), Vec::<String>::new());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

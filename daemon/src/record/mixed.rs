@@ -1000,6 +1000,11 @@ impl MixedRecorder {
         self.stream.errors
     }
 
+    /// Segments ended without a key frame (see `hls::segmenter`).
+    pub fn segments_ended_early(&self) -> u64 {
+        self.stream.ended_early
+    }
+
     /// PTS of the first output frame (for tests and logs).
     pub fn start_pts(&self) -> Option<u64> {
         self.start_us.map(|s| {

@@ -305,6 +305,11 @@ impl SingleRecorder {
     pub fn stream_errors(&self) -> u64 {
         self.streams.values().map(|s| s.errors).sum()
     }
+
+    /// Segments ended without a key frame (see `hls::segmenter`).
+    pub fn segments_ended_early(&self) -> u64 {
+        self.streams.values().map(|s| s.ended_early).sum()
+    }
 }
 
 #[cfg(test)]

@@ -161,6 +161,13 @@ impl Core {
         }
     }
 
+    fn segments_ended_early(&self) -> u64 {
+        match self {
+            Core::Single(c) => c.segments_ended_early(),
+            Core::Mixed(c) => c.segments_ended_early(),
+        }
+    }
+
     fn active_streams(&self) -> usize {
         match self {
             Core::Single(c) => c.active_streams(),
@@ -196,6 +203,9 @@ pub struct RecorderMetrics {
     /// are removed when its recorder ends.
     pub mix_stage_seconds: prometheus::CounterVec,
     pub image_failures: IntCounter,
+    pub panics: IntCounter,
+    pub restarts: IntCounter,
+    pub segments_ended_early: IntCounter,
 }
 
 impl RecorderMetrics {
@@ -240,6 +250,18 @@ impl RecorderMetrics {
             bytes: c(
                 "kiroku_recorder_bytes_total",
                 "Bytes of segments and playlists written",
+            ),
+            segments_ended_early: c(
+                "kiroku_recorder_segments_ended_early_total",
+                "HLS segments ended without a key frame to cut at (none for 20 s past the grace, or 64 MiB held); the stream resumes at the next key frame after a discontinuity",
+            ),
+            panics: c(
+                "kiroku_recorder_panics_total",
+                "Recorder threads that panicked (their task's recorder is restarted, at most 3 times)",
+            ),
+            restarts: c(
+                "kiroku_recorder_restarts_total",
+                "Recorders restarted after their thread died (the task goes on under the next ha<n>_ name, callback 306)",
             ),
             write_failures: c(
                 "kiroku_recorder_write_failures_total",
@@ -322,9 +344,17 @@ pub struct RecorderSetup {
 pub fn spawn(setup: RecorderSetup) -> std::io::Result<RecorderHandle> {
     let (control_tx, control_rx) = mpsc::channel();
     let name = format!("rec-{}", &setup.task_id[..setup.task_id.len().min(8)]);
-    let thread = std::thread::Builder::new()
-        .name(name)
-        .spawn(move || run(setup, control_rx))?;
+    let thread = std::thread::Builder::new().name(name).spawn(move || {
+        let (task_id, metrics) = (setup.task_id.clone(), setup.metrics.clone());
+        // A panic ends the thread; its events channel closes with it, which
+        // is how the task's runner learns that it must restart it.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(setup, control_rx)))
+            .is_err()
+        {
+            metrics.panics.inc();
+            tracing::error!(%task_id, "the recorder thread panicked");
+        }
+    })?;
     Ok(RecorderHandle {
         control: control_tx,
         thread: Some(thread),
@@ -347,7 +377,16 @@ struct Worker {
     reported: Stats,
     reported_mix: MixStats,
     reported_errors: u64,
+    reported_ended_early: u64,
     streams: i64,
+}
+
+impl Drop for Worker {
+    /// The gauges are given back however the thread ends (a panic too).
+    fn drop(&mut self) {
+        self.metrics.streams.sub(self.streams);
+        self.metrics.recorders.dec();
+    }
 }
 
 fn run(setup: RecorderSetup, control: mpsc::Receiver<RecorderControl>) {
@@ -399,10 +438,12 @@ fn run(setup: RecorderSetup, control: mpsc::Receiver<RecorderControl>) {
         reported: Stats::default(),
         reported_mix: MixStats::default(),
         reported_errors: 0,
+        reported_ended_early: 0,
         streams: 0,
     };
     let mut seen_version = None;
     'outer: loop {
+        crate::faults::recorder_checkpoint(&w.task_id);
         let mut force = false;
         loop {
             match control.try_recv() {
@@ -458,8 +499,6 @@ fn run(setup: RecorderSetup, control: mpsc::Receiver<RecorderControl>) {
     let actions = core.finish();
     w.execute(actions);
     w.update_stats(&core);
-    w.metrics.streams.sub(w.streams);
-    w.metrics.recorders.dec();
     let stages = core.mix_stats().stages;
     for (stage, _) in stages.seconds() {
         let _ = w
@@ -612,6 +651,11 @@ impl Worker {
             .media_errors
             .inc_by(errors.saturating_sub(self.reported_errors));
         self.reported_errors = errors;
+        let ended = core.segments_ended_early();
+        self.metrics
+            .segments_ended_early
+            .inc_by(ended.saturating_sub(self.reported_ended_early));
+        self.reported_ended_early = ended;
         let streams = core.active_streams() as i64;
         self.metrics.streams.add(streams - self.streams);
         self.streams = streams;

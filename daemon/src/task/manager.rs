@@ -101,6 +101,8 @@ pub(super) struct Inner {
     /// For layout images.
     /// Layout images, only from addresses `[fetch]` allows.
     pub(super) http: ImageClient,
+    /// Where a recorder that is down (restarting) is reported.
+    pub(super) health: Arc<crate::health::Health>,
     pub(super) state: Mutex<State>,
 }
 
@@ -125,6 +127,7 @@ fn new_task_id() -> String {
 
 impl Manager {
     /// Creates the manager and brings back every task the store holds.
+    #[allow(clippy::too_many_arguments)] // the daemon's parts, wired once
     pub async fn start(
         config: Arc<Config>,
         store: Arc<StateStore>,
@@ -133,6 +136,7 @@ impl Manager {
         metrics: Metrics,
         rooms: Arc<Registry>,
         outputs: Outputs,
+        health: Arc<crate::health::Health>,
     ) -> Self {
         let recorders = RecorderFactory::new(
             config.recording,
@@ -161,6 +165,7 @@ impl Manager {
                 uploads: outputs.uploads,
                 vod: outputs.vod,
                 http,
+                health,
                 state: Mutex::new(State::default()),
             }),
         };
@@ -371,7 +376,7 @@ impl Manager {
             }
         }
         if let Some(old) = displaced {
-            self.stop_locked(&mut st, &old, LeaveCode::SameUserIdEntered)
+            self.stop_locked(&mut st, &old, LeaveCode::SameUserIdEntered, None)
                 .await?;
         }
         // Read the clock after any displaced task stopped, so that its 302
@@ -507,13 +512,26 @@ impl Manager {
     pub async fn delete(&self, sdk_app_id: u32, task_id: &str) -> Result<(), TaskError> {
         let mut st = self.inner.state.lock().await;
         self.lookup(&st, sdk_app_id, task_id, clock::unix_ms())?;
-        self.stop_locked(&mut st, task_id, LeaveCode::ApiStop).await
+        self.stop_locked(&mut st, task_id, LeaveCode::ApiStop, None)
+            .await
     }
 
     /// Stops a task for `reason` (idempotent once it is Exited).
     pub(super) async fn stop(&self, task_id: &str, reason: LeaveCode) -> Result<(), TaskError> {
         let mut st = self.inner.state.lock().await;
-        self.stop_locked(&mut st, task_id, reason).await
+        self.stop_locked(&mut st, task_id, reason, None).await
+    }
+
+    /// Stops a task for `reason`, saying why in the 302's `Reason` (a
+    /// kiroku addition: the recorder failed).
+    pub(super) async fn stop_with_reason(
+        &self,
+        task_id: &str,
+        reason: LeaveCode,
+        why: &str,
+    ) -> Result<(), TaskError> {
+        let mut st = self.inner.state.lock().await;
+        self.stop_locked(&mut st, task_id, reason, Some(why)).await
     }
 
     async fn stop_locked(
@@ -521,6 +539,7 @@ impl Manager {
         st: &mut State,
         task_id: &str,
         reason: LeaveCode,
+        why: Option<&str>,
     ) -> Result<(), TaskError> {
         let Some(live) = st.tasks.get(task_id) else {
             return Ok(());
@@ -532,8 +551,12 @@ impl Manager {
         let now = clock::unix_ms();
         let mut record = live.record.clone();
         record.state = next_state;
+        let (ty, mut payload) = event::recorder_stop(reason);
+        if let (Some(why), Some(fields)) = (why, payload.as_object_mut()) {
+            fields.insert("Reason".into(), serde_json::Value::from(why));
+        }
         let callbacks = self
-            .callback(&record, event::recorder_stop(reason), now)
+            .callback(&record, (ty, payload), now)
             .into_iter()
             .collect();
         self.commit(Change {
@@ -558,15 +581,42 @@ impl Manager {
 
     /// Applies `change` to a live task's record and queues `callback`, in
     /// one commit. Nothing happens for a task that is gone.
+    ///
+    /// A commit that fails (a full disk, a failing store) is retried with
+    /// backoff until it succeeds or the task is gone: a callback is never
+    /// dropped. The manager's lock is not held while waiting, so the API
+    /// and other tasks go on; this task's runner waits.
     pub(super) async fn task_event(
         &self,
         task_id: &str,
-        change: impl FnOnce(&mut TaskRecord),
+        change: impl Fn(&mut TaskRecord),
         callback: Option<(EventType, serde_json::Value)>,
     ) {
+        let mut wait = Duration::from_millis(100);
+        let mut failures = 0u32;
+        while self
+            .try_task_event(task_id, &change, callback.clone())
+            .await
+            .is_err()
+        {
+            failures = failures.saturating_add(1);
+            self.inner.metrics.commit_retries.inc();
+            tracing::error!(task_id, failures, retry_in_ms = wait.as_millis() as u64,
+                "a task's change and its callback could not be committed; retrying (nothing is dropped)");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    async fn try_task_event(
+        &self,
+        task_id: &str,
+        change: &impl Fn(&mut TaskRecord),
+        callback: Option<(EventType, serde_json::Value)>,
+    ) -> Result<(), TaskError> {
         let mut st = self.inner.state.lock().await;
         let Some(live) = st.tasks.get(task_id) else {
-            return;
+            return Ok(());
         };
         let mut record = live.record.clone();
         change(&mut record);
@@ -577,21 +627,19 @@ impl Manager {
             .into_iter()
             .collect();
         if !changed && callbacks.is_empty() {
-            return;
+            return Ok(());
         }
-        let result = self
-            .commit(Change {
-                put_task: changed.then_some(&record),
-                callbacks,
-                ..Change::default()
-            })
-            .await;
-        if result.is_ok() {
-            if let Some(live) = st.tasks.get_mut(task_id) {
-                live.record = record;
-            }
-            self.update_gauges(&st);
+        self.commit(Change {
+            put_task: changed.then_some(&record),
+            callbacks,
+            ..Change::default()
+        })
+        .await?;
+        if let Some(live) = st.tasks.get_mut(task_id) {
+            live.record = record;
         }
+        self.update_gauges(&st);
+        Ok(())
     }
 
     pub(super) async fn recorder_event(
@@ -644,7 +692,7 @@ impl Manager {
                     task_id,
                     |r| {
                         if !r.files.iter().any(|x| x.file_name == file.file_name) {
-                            r.files.push(file);
+                            r.files.push(file.clone());
                         }
                     },
                     info,
@@ -876,6 +924,7 @@ mod tests {
             metrics,
             rooms,
             outputs,
+            Arc::new(crate::health::Health::new()),
         )
         .await;
         Fixture { mgr, store, dir }
@@ -969,7 +1018,10 @@ mod tests {
             let mgr = fx.mgr.clone();
             let task_id = task_id.clone();
             let file = file.clone();
-            async move { mgr.task_event(&task_id, |r| r.files.push(file), None).await }
+            async move {
+                mgr.task_event(&task_id, |r| r.files.push(file.clone()), None)
+                    .await
+            }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         drop(held);

@@ -54,6 +54,68 @@ impl Manager {
     }
 }
 
+/// How many times a task's recorder is started again after its thread
+/// died, counting daemon restarts (the `ha<n>_` names go up to 3, as
+/// Tencent's failover does); after that the task ends.
+pub const MAX_RECORDER_RESTARTS: u8 = 3;
+/// How long a dead recorder stays down (reported by `/healthz`) before it
+/// is started again: a panic that repeats at once does not spin.
+const RECORDER_RESTART_DELAY: Duration = Duration::from_secs(1);
+
+impl Manager {
+    /// A task's recorder thread died: start the next one under the next
+    /// `ha<n>_` name, with callback 306 (the task resumed), and the layout
+    /// it must show; `Err` (why) when it has been restarted
+    /// [`MAX_RECORDER_RESTARTS`] times or cannot start.
+    async fn restart_recorder(
+        &self,
+        task_id: &str,
+    ) -> Result<(Recorder, Option<MixLayout>), String> {
+        let restarts = {
+            let st = self.inner.state.lock().await;
+            st.tasks
+                .get(task_id)
+                .map(|l| l.record.restarts)
+                .ok_or("the task is gone")?
+        };
+        if restarts >= MAX_RECORDER_RESTARTS {
+            return Err(format!(
+                "the recorder failed after {restarts} restarts (at most {MAX_RECORDER_RESTARTS})"
+            ));
+        }
+        self.task_event(
+            task_id,
+            |r| r.restarts = r.restarts.saturating_add(1),
+            Some(event::failover(0)),
+        )
+        .await;
+        let record = {
+            let st = self.inner.state.lock().await;
+            st.tasks
+                .get(task_id)
+                .map(|l| l.record.clone())
+                .ok_or("the task is gone")?
+        };
+        if record.restarts <= restarts {
+            return Err("the restart could not be recorded in the state store".to_owned());
+        }
+        let room = RoomKey {
+            sdk_app_id: record.spec.sdk_app_id,
+            room: record.spec.room.clone(),
+        };
+        let recorder = self
+            .recorder_store(&record)
+            .and_then(|store| self.inner.recorders.start(&record, room, store))?;
+        self.inner.recorders.metrics().restarts.inc();
+        tracing::warn!(
+            task_id,
+            restarts = record.restarts,
+            "recorder restarted after its thread died"
+        );
+        Ok((recorder, record.spec.mix.map(|m| m.layout)))
+    }
+}
+
 /// What a task's runner knows from the start.
 pub(super) struct RunnerSetup {
     task_id: String,
@@ -79,7 +141,7 @@ pub(super) async fn run_task(
         storage,
     } = setup;
     let mut images = ImageFetcher::new(mgr.inner.http.clone());
-    let (handle, mut events) = match recorder {
+    let (mut handle, mut events) = match recorder {
         Some(Ok((h, e))) => {
             mgr.task_event(&task_id, |_| {}, Some(event::upload_start(0)))
                 .await;
@@ -153,12 +215,35 @@ pub(super) async fn run_task(
                 }
                 Some(e) => mgr.recorder_event(&task_id, e, &plan, &storage).await,
                 None => {
+                    // The recorder thread died (a panic): what it had not
+                    // yet written is lost; the task goes on with a new one.
                     tracing::error!(task_id = %task_id, "the recorder thread ended unexpectedly");
-                    mgr.inner.recorders.metrics().write_failures.inc();
-                    events = None;
-                    failed_writes = Some(1);
+                    handle = None;
                     if stopping {
+                        failed_writes = Some(1);
                         break;
+                    }
+                    let part = format!("recorder of task {task_id}");
+                    mgr.inner.health.down(&part, "its thread died; restarting");
+                    tokio::time::sleep(RECORDER_RESTART_DELAY).await;
+                    let restarted = mgr.restart_recorder(&task_id).await;
+                    mgr.inner.health.up(&part);
+                    match restarted {
+                        Ok(((h, e), layout)) => {
+                            if let Some(layout) = layout {
+                                images.fetch(&mgr, &task_id, &layout, &h);
+                            }
+                            handle = Some(h);
+                            events = Some(e);
+                        }
+                        Err(why) => {
+                            tracing::error!(task_id = %task_id, error = %why, "the task ends: its recorder cannot go on");
+                            failed_writes = Some(1);
+                            if mgr.stop_with_reason(&task_id, LeaveCode::BotKickedByServer, &why).await.is_err() {
+                                tracing::error!(task_id = %task_id, "the store refused the stop of a task whose recorder failed");
+                            }
+                            break;
+                        }
                     }
                 }
             },
