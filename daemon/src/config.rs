@@ -134,6 +134,7 @@ struct RawIngest {
 struct RawRecording {
     segment_seconds: Option<f64>,
     keyframe_grace_seconds: Option<f64>,
+    max_keyframe_wait_seconds: Option<u64>,
     mix_latency_ms: Option<u64>,
     compositor: Option<String>,
 }
@@ -382,6 +383,9 @@ pub struct RecordingConfig {
     /// How far past the target a segment may run before the publisher is
     /// asked for a key frame.
     pub keyframe_grace: Duration,
+    /// How long past `segment + keyframe_grace` a segment waits for a key
+    /// frame before it is ended without one (a publisher ignoring PLIs).
+    pub max_keyframe_wait: Duration,
     /// How far behind real time mixed-stream output frames are rendered,
     /// so that late media still makes its frame.
     pub mix_latency: Duration,
@@ -1071,6 +1075,13 @@ impl Config {
                 "must be between 0 and 60 seconds",
             ));
         }
+        let max_keyframe_wait_seconds = raw.recording.max_keyframe_wait_seconds.unwrap_or(20);
+        if !(1..=600).contains(&max_keyframe_wait_seconds) {
+            return Err(invalid(
+                "recording.max_keyframe_wait_seconds",
+                "must be between 1 and 600 seconds",
+            ));
+        }
         let mix_latency_ms = raw.recording.mix_latency_ms.unwrap_or(3000);
         if !(100..=10_000).contains(&mix_latency_ms) {
             return Err(invalid(
@@ -1119,6 +1130,7 @@ impl Config {
         let recording = RecordingConfig {
             segment: Duration::from_secs_f64(segment_seconds),
             keyframe_grace: Duration::from_secs_f64(grace_seconds),
+            max_keyframe_wait: Duration::from_secs(max_keyframe_wait_seconds),
             mix_latency: Duration::from_millis(mix_latency_ms),
             compositor,
         };

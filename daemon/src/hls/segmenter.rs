@@ -8,7 +8,7 @@
 //! - If it reaches `target + keyframe_grace` with no key frame in sight,
 //!   [`Segmenter::wants_keyframe`] says so, and the recorder asks the
 //!   publisher for one (PLI); the segment runs long until it arrives —
-//!   but not past [`MAX_KEYFRAME_WAIT`] more: a publisher that ignores
+//!   but not past `max_keyframe_wait` more: a publisher that ignores
 //!   PLIs would grow the open segment (held in memory) for ever, so it is
 //!   ended there ([`Decision::End`]) and the stream resumes at the next key
 //!   frame after a discontinuity.
@@ -21,14 +21,16 @@
 
 use std::time::{Duration, SystemTime};
 
-/// How long past `target + keyframe_grace` a segment waits for a key frame
-/// before it is ended without one.
+/// The default of [`SegmenterConfig::max_keyframe_wait`].
 pub const MAX_KEYFRAME_WAIT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone, Copy)]
 pub struct SegmenterConfig {
     pub target: Duration,
     pub keyframe_grace: Duration,
+    /// How long past `target + keyframe_grace` a segment waits for a key
+    /// frame before it is ended without one (`recording.max_keyframe_wait_seconds`).
+    pub max_keyframe_wait: Duration,
 }
 
 impl Default for SegmenterConfig {
@@ -36,6 +38,7 @@ impl Default for SegmenterConfig {
         Self {
             target: Duration::from_secs(10),
             keyframe_grace: Duration::from_secs(2),
+            max_keyframe_wait: MAX_KEYFRAME_WAIT,
         }
     }
 }
@@ -110,7 +113,8 @@ impl Segmenter {
             }
         }
         let age = pts.saturating_sub(open.start_pts);
-        if !can_start && age >= ticks(self.cfg.target + self.cfg.keyframe_grace + MAX_KEYFRAME_WAIT)
+        if !can_start
+            && age >= ticks(self.cfg.target + self.cfg.keyframe_grace + self.cfg.max_keyframe_wait)
         {
             let closed_seconds = self.finish().unwrap_or(0.0);
             return Decision::End { closed_seconds };
@@ -179,6 +183,7 @@ mod tests {
         let mut s = Segmenter::new(SegmenterConfig {
             target: Duration::from_secs(4),
             keyframe_grace: Duration::from_secs(2),
+            max_keyframe_wait: MAX_KEYFRAME_WAIT,
         });
         // 15 fps, key frame every 30 frames (2 s); the first frame is not a key frame.
         let mut durations = Vec::new();
@@ -220,6 +225,7 @@ mod tests {
         let mut s = Segmenter::new(SegmenterConfig {
             target: Duration::from_secs(4),
             keyframe_grace: Duration::from_secs(1),
+            max_keyframe_wait: MAX_KEYFRAME_WAIT,
         });
         assert_eq!(
             s.on_frame(0, wall(0), true),
@@ -275,6 +281,7 @@ mod tests {
         let cfg = SegmenterConfig {
             target: Duration::from_secs(2),
             keyframe_grace: Duration::from_secs(1),
+            max_keyframe_wait: MAX_KEYFRAME_WAIT,
         };
         let mut s = Segmenter::new(cfg);
         let t = |ms: u64| ms * 90;
@@ -283,7 +290,7 @@ mod tests {
             Decision::Open { .. }
         ));
         // Only delta frames from here on (a publisher that ignores PLIs).
-        let limit_ms = 3_000 + MAX_KEYFRAME_WAIT.as_millis() as u64;
+        let limit_ms = 3_000 + cfg.max_keyframe_wait.as_millis() as u64;
         let mut ended = None;
         for ms in (40..60_000).step_by(40) {
             match s.on_frame(t(ms), wall(ms), false) {

@@ -679,6 +679,7 @@ pub(crate) mod tests {
             SegmenterConfig {
                 target: Duration::from_secs(target_s),
                 keyframe_grace: Duration::from_secs(grace_s),
+                max_keyframe_wait: crate::hls::segmenter::MAX_KEYFRAME_WAIT,
             },
         )
     }

@@ -73,6 +73,7 @@ impl RecorderFactory {
         let segment = SegmenterConfig {
             target: cfg.segment,
             keyframe_grace: cfg.keyframe_grace,
+            max_keyframe_wait: cfg.max_keyframe_wait,
         };
         let epoch_us = i64::try_from(record.created_ms)
             .unwrap_or(0)

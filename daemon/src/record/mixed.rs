@@ -1107,6 +1107,7 @@ mod tests {
             segment: SegmenterConfig {
                 target: Duration::from_secs(2),
                 keyframe_grace: Duration::from_secs(1),
+                max_keyframe_wait: crate::hls::segmenter::MAX_KEYFRAME_WAIT,
             },
             stream_type,
             media: MediaSelection::Main,

@@ -361,6 +361,7 @@ mod tests {
                 segment: SegmenterConfig {
                     target: Duration::from_secs(4),
                     keyframe_grace: Duration::from_secs(2),
+                    max_keyframe_wait: crate::hls::segmenter::MAX_KEYFRAME_WAIT,
                 },
                 stream_type,
                 media,
@@ -1683,6 +1684,7 @@ mod tests {
                 segment: SegmenterConfig {
                     target: Duration::from_secs(4),
                     keyframe_grace: Duration::from_secs(2),
+                    max_keyframe_wait: crate::hls::segmenter::MAX_KEYFRAME_WAIT,
                 },
                 stream_type: StreamType::AudioVideo,
                 media: MediaSelection::Main,
