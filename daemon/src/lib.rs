@@ -28,6 +28,8 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod faults;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod hls;
 pub mod http_edge;
