@@ -11,8 +11,11 @@
 
 use std::time::{Duration, Instant};
 
+/// A target: it takes any bytes.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name its corpus folder and fuzz binary carry.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("whip_offer", whip_offer),
     ("h264", h264),
     ("stun", stun),
@@ -226,7 +229,7 @@ pub fn mutations(seed: &[u8], count: usize, mut state: u64) -> Vec<Vec<u8>> {
 }
 
 /// Runs `target` over `inputs` until `budget` is spent; how many ran.
-pub fn run_for(target: fn(&[u8]), inputs: &[Vec<u8>], budget: Duration) -> usize {
+pub fn run_for(target: Target, inputs: &[Vec<u8>], budget: Duration) -> usize {
     let started = Instant::now();
     let mut n = 0;
     for input in inputs {

@@ -183,7 +183,8 @@ class Publisher:
     Attributes after start(): `connected` (True while the peer connection is
     connected), `session_url`, `answer_sdp`, `offer_sdp`, `started_at` (Unix s
     of the first frame of any track), `frames_sent` / `audio_frames_sent`,
-    `keyframe_requests` (PLI/FIR received), `states` (connectionStates);
+    `keyframe_requests` (PLI/FIR received, answered with a key frame unless
+    `ignore_keyframe_requests`), `states` (connectionStates);
     after stop(): `stopped_at` (Unix s when the tracks ended; no frame is
     produced after it), `published_seconds`, `delete_status`.
     """
@@ -191,7 +192,7 @@ class Publisher:
     def __init__(self, whip_url: str, *, token: str | None = None, color=(255, 0, 0), tone_hz: float = 440.0,
                  width: int = 320, height: int = 240, fps: int = 15, video: bool = True, audio: bool = True,
                  aux: bool = False, keyframe_interval: float | None = None, pattern: str = "solid",
-                 verify: bool | str = True):
+                 verify: bool | str = True, ignore_keyframe_requests: bool = False):
         assert video or audio, "nothing to publish"
         assert pattern in ("solid", "noise"), pattern
         self.pattern = pattern
@@ -211,6 +212,10 @@ class Publisher:
         # (PLI/FIR), as browsers do; else one every this many seconds too.
         self.keyframe_interval = keyframe_interval
         self.keyframe_requests = 0  # PLIs/FIRs received for the video track
+        # True: PLIs/FIRs are still counted but answered with nothing (a
+        # broken or hostile publisher); key frames then come only at the
+        # start, every keyframe_interval, and from send_keyframe().
+        self.ignore_keyframe_requests = ignore_keyframe_requests
         self._force_keyframe = None
         self.offer_sdp: str | None = None
         self.answer_sdp: str | None = None
@@ -250,6 +255,12 @@ class Publisher:
     def published_seconds(self) -> float:
         assert self.started_at is not None and self.stopped_at is not None, "not started and stopped"
         return self.stopped_at - self.started_at
+
+    def send_keyframe(self) -> None:
+        """Makes the next video frame a key frame (as a PLI would), whatever
+        `ignore_keyframe_requests` says."""
+        assert self._loop is not None and self._force_keyframe is not None, "no video being sent"
+        self._loop.call_soon_threadsafe(self._force_keyframe)
 
     # -- the loop thread ----------------------------------------------------
     def _run(self, coro, timeout: float):
@@ -300,7 +311,8 @@ class Publisher:
 
             def requested():
                 self.keyframe_requests += 1
-                force()
+                if not self.ignore_keyframe_requests:
+                    force()
 
             sender._send_keyframe = requested
         offer = await pc.createOffer()
