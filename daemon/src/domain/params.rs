@@ -394,6 +394,32 @@ pub struct MixLayout {
     pub pure_audio_disable_layout: bool,
 }
 
+impl MixLayout {
+    /// Every image URL the layout uses (background, placeholder, tiles'
+    /// sub-backgrounds, image watermarks), each once, in that order.
+    pub fn image_urls(&self) -> Vec<String> {
+        let mut urls: Vec<String> = Vec::new();
+        let mut add = |u: Option<&String>| {
+            if let Some(u) = u {
+                if !urls.contains(u) {
+                    urls.push(u.clone());
+                }
+            }
+        };
+        add(self.background_image.as_ref());
+        add(self.placeholder_image.as_ref());
+        for t in &self.custom {
+            add(t.sub_background_image.as_ref());
+        }
+        for w in &self.watermarks {
+            if let Watermark::Image { url, .. } = w {
+                add(Some(url));
+            }
+        }
+        urls
+    }
+}
+
 impl Default for MixLayout {
     fn default() -> Self {
         Self {

@@ -383,12 +383,24 @@ impl MixedRecorder {
                 )),
             })
             .collect();
+        // Only the new layout's images stay: a caller who keeps changing
+        // image URLs cannot pile decoded pictures up in memory.
+        let wanted = layout.image_urls();
+        self.images.retain(|url, _| wanted.contains(url));
         self.layout = layout;
     }
 
-    /// Images fetched for the layout (added to those already known).
+    /// Images fetched for the layout, kept if the current layout uses them
+    /// (one that arrives after a Modify dropped it is not).
     pub fn add_images(&mut self, images: Images) {
-        self.images.extend(images);
+        let wanted = self.layout.image_urls();
+        self.images
+            .extend(images.into_iter().filter(|(url, _)| wanted.contains(url)));
+    }
+
+    /// Decoded layout images held (for tests and metrics).
+    pub fn image_count(&self) -> usize {
+        self.images.len()
     }
 
     fn canvas_size(&self) -> (u32, u32) {
@@ -1941,6 +1953,46 @@ mod tests {
         );
         // Alice's audio from T0 on is in the mix: about 6 s of AAC frames.
         assert!(audio.len() >= 280, "{} AAC frames", audio.len());
+    }
+
+    #[test]
+    fn only_the_current_layouts_images_are_held() {
+        let mark = |url: &str| Watermark::Image {
+            url: url.to_owned(),
+            rect: ApiRect {
+                top: 0,
+                left: 0,
+                width: 16,
+                height: 16,
+            },
+        };
+        let layout = |urls: &[&str]| MixLayout {
+            watermarks: urls.iter().map(|u| mark(u)).collect(),
+            ..MixLayout::default()
+        };
+        let picture = || Arc::new(Picture::filled(16, 16, yuv(MAGENTA)));
+        let mut sim = Sim::new(
+            StreamType::AudioVideo,
+            FillType::LastFrame,
+            layout(&["http://a/1.png", "http://a/2.png"]),
+        );
+        sim.rec.add_images(Images::from([
+            ("http://a/1.png".to_owned(), picture()),
+            ("http://a/2.png".to_owned(), picture()),
+            ("http://elsewhere/3.png".to_owned(), picture()),
+        ]));
+        assert_eq!(
+            sim.rec.image_count(),
+            2,
+            "an image no layout uses is not kept"
+        );
+        // A Modify that changes the images: the old ones go.
+        for n in 0..50 {
+            let url = format!("http://a/{n}-new.png");
+            sim.rec.set_layout(layout(&[&url]));
+            sim.rec.add_images(Images::from([(url.clone(), picture())]));
+            assert_eq!(sim.rec.image_count(), 1, "after Modify {n}");
+        }
     }
 
     #[test]

@@ -13,8 +13,8 @@ use crate::notify::event;
 use crate::record::mixed::Images;
 use crate::record::worker::{RecorderControl, RecorderHandle};
 
-/// Fetches a mixed task's layout images in the background: each URL once
-/// per task; a failure is logged, counted and reported by callback 309,
+/// Fetches a mixed task's layout images in the background: each URL of
+/// the current layout once; a failure is logged, counted and reported by callback 309,
 /// and the recording goes on without that image.
 pub(super) struct ImageFetcher {
     http: ImageClient,
@@ -36,7 +36,11 @@ impl ImageFetcher {
         layout: &MixLayout,
         recorder: &RecorderHandle,
     ) {
-        let urls: Vec<String> = layout_image_urls(layout)
+        // The recorder keeps only the images of its current layout: a URL
+        // the layout dropped is fetched again if it comes back.
+        let wanted = layout.image_urls();
+        self.tried.retain(|u| wanted.contains(u));
+        let urls: Vec<String> = wanted
             .into_iter()
             .filter(|u| self.tried.insert(u.clone()))
             .collect();
@@ -76,27 +80,4 @@ impl ImageFetcher {
             }
         });
     }
-}
-
-/// Every image URL a layout uses.
-fn layout_image_urls(layout: &MixLayout) -> Vec<String> {
-    let mut urls: Vec<String> = Vec::new();
-    let mut add = |u: &Option<String>| {
-        if let Some(u) = u {
-            if !urls.contains(u) {
-                urls.push(u.clone());
-            }
-        }
-    };
-    add(&layout.background_image);
-    add(&layout.placeholder_image);
-    for t in &layout.custom {
-        add(&t.sub_background_image);
-    }
-    for w in &layout.watermarks {
-        if let Watermark::Image { url, .. } = w {
-            add(&Some(url.clone()));
-        }
-    }
-    urls
 }
