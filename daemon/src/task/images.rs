@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::manager::Manager;
-use crate::domain::params::{MixLayout, Watermark};
+use crate::domain::params::MixLayout;
 use crate::mix::fetch::{fetch_image, FetchLimits, ImageClient};
 use crate::mix::overlay::{decode_image, ImageLimits};
 use crate::notify::event;
