@@ -100,6 +100,7 @@ struct RawFetch {
 struct RawLimits {
     max_tasks: Option<usize>,
     api_rate_per_second: Option<u32>,
+    packing_jobs: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -328,6 +329,8 @@ fn check_secret(key: &str, value: &str) -> Result<(), ConfigError> {
 pub struct Limits {
     pub max_tasks: usize,
     pub api_rate_per_second: u32,
+    /// End-of-task packing jobs (HLS → MP4) at once; the others wait.
+    pub packing_jobs: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -826,6 +829,10 @@ impl Config {
         if max_tasks == 0 {
             return Err(invalid("limits.max_tasks", "must be at least 1"));
         }
+        let packing_jobs = raw.limits.packing_jobs.unwrap_or(2);
+        if !(1..=64).contains(&packing_jobs) {
+            return Err(invalid("limits.packing_jobs", "must be between 1 and 64"));
+        }
         let api_rate_per_second = raw.limits.api_rate_per_second.unwrap_or(DEFAULT_API_RATE);
         if api_rate_per_second == 0 {
             return Err(invalid("limits.api_rate_per_second", "must be at least 1"));
@@ -1155,6 +1162,7 @@ impl Config {
             limits: Limits {
                 max_tasks,
                 api_rate_per_second,
+                packing_jobs,
             },
             callbacks: CallbackConfig {
                 retry_for,

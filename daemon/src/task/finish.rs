@@ -101,6 +101,14 @@ impl Manager {
             Storage::Local => Sink::Store(self.inner.storage.clone()),
             Storage::Cloud(_) => Sink::Store(self.inner.uploads.store(&task_id)),
         };
+        // One place of the packing pool for the whole job: a burst of
+        // ending tasks packs `limits.packing_jobs` at a time (each job
+        // holds a whole output file in memory), the others wait.
+        let waiting = self.inner.packing.available_permits() == 0;
+        if waiting {
+            tracing::info!(task_id = %task_id, "waiting for a packing place (limits.packing_jobs)");
+        }
+        let permit = self.inner.packing.clone().acquire_owned().await.ok();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let dir = source_dir.clone();
         let spawned = std::thread::Builder::new()
@@ -139,6 +147,7 @@ impl Manager {
                     result
                 };
                 let report = convert_folder(&dir, &request, &mut deliver);
+                drop(permit);
                 let _ = tx.send(Packed {
                     report,
                     vod,

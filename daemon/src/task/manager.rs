@@ -103,6 +103,8 @@ pub(super) struct Inner {
     pub(super) http: ImageClient,
     /// Where a recorder that is down (restarting) is reported.
     pub(super) health: Arc<crate::health::Health>,
+    /// Places for end-of-task packing jobs (`limits.packing_jobs`).
+    pub(super) packing: Arc<tokio::sync::Semaphore>,
     pub(super) state: Mutex<State>,
 }
 
@@ -152,6 +154,7 @@ impl Manager {
             .filter(|ip| !ip.is_unspecified())
             .collect();
         let http = ImageClient::new(AddressPolicy::new(config.fetch.allow.clone(), own));
+        let packing = Arc::new(tokio::sync::Semaphore::new(config.limits.packing_jobs));
         let mgr = Manager {
             inner: Arc::new(Inner {
                 config,
@@ -164,6 +167,7 @@ impl Manager {
                 staging,
                 uploads: outputs.uploads,
                 vod: outputs.vod,
+                packing,
                 http,
                 health,
                 state: Mutex::new(State::default()),
