@@ -142,6 +142,18 @@ pub fn run(options: &MergeOptions, progress: &mut dyn Progress) -> Result<MergeR
         ..MergeReport::default()
     };
     for output in &outputs {
+        let gap = output.longest_gap_ms();
+        if output.fills_gaps() && gap > plan::MAX_FILLED_GAP_MS {
+            report.failed.push((
+                output.file_name.clone(),
+                format!(
+                    "a gap of {:.1} h between its recordings is longer than the {} h kiroku merge fills with black and silence: pass -s to drop gaps",
+                    gap as f64 / 3_600_000.0,
+                    plan::MAX_FILLED_GAP_MS / 3_600_000
+                ),
+            ));
+            continue;
+        }
         let user_id =
             crate::hls::naming::decode_id(&output.user).unwrap_or_else(|| output.user.clone());
         progress.start(&output.file_name, &user_id, output.duration_ms);

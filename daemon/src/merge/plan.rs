@@ -111,7 +111,26 @@ pub struct PlannedOutput {
     pub method: Method,
 }
 
+/// The longest gap `kiroku merge` fills with black and silence (6 h): a
+/// longer one (two recordings years apart, by name) would take that long to
+/// encode and that much disk; `-s` drops gaps instead.
+pub const MAX_FILLED_GAP_MS: u64 = 6 * 3600 * 1000;
+
 impl PlannedOutput {
+    /// The longest gap between two sections on the output's timeline.
+    pub fn longest_gap_ms(&self) -> u64 {
+        self.sections
+            .windows(2)
+            .map(|w| {
+                let end = w[0]
+                    .output_offset_ms
+                    .saturating_add(w[0].end_ms.saturating_sub(w[0].start_ms));
+                w[1].output_offset_ms.saturating_sub(end)
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Whether silence (and black) must be inserted between sections.
     pub fn fills_gaps(&self) -> bool {
         self.sections.len() > 1
@@ -333,6 +352,25 @@ mod tests {
             vec![0, 6_000]
         );
         assert_eq!(d.method, Method::Remux { exact: false });
+    }
+
+    #[test]
+    fn the_longest_filled_gap_is_measured_on_the_output_timeline() {
+        let filled = plan(&amy(), &opts(true, false, AvChoice::Main));
+        assert_eq!(filled[0].longest_gap_ms(), 18_000);
+        // Two recordings ten years apart, by their names.
+        let ten_years_s = 10 * 365 * 86_400;
+        let v = vec![
+            seg("u", Media::Main, TrackType::Audio, 0, 2),
+            seg("u", Media::Main, TrackType::Audio, ten_years_s, 2),
+        ];
+        let out = plan(&v, &opts(true, false, AvChoice::Main));
+        assert_eq!(out.len(), 1);
+        assert!(out[0].fills_gaps());
+        assert!(out[0].longest_gap_ms() > MAX_FILLED_GAP_MS);
+        // Dropping gaps leaves none.
+        let out = plan(&v, &opts(true, true, AvChoice::Main));
+        assert_eq!(out[0].longest_gap_ms(), 0);
     }
 
     #[test]
