@@ -179,7 +179,9 @@ pub async fn serve(
             metrics.refused.with_label_values(&["max"]).inc();
             continue;
         };
-        let Some(slot) = PerAddress::take(&per_address, peer.ip(), limits.per_address) else {
+        // IPv6 clients count by their /64 (crate::ratelimit::client_key).
+        let key = crate::ratelimit::client_key(peer.ip());
+        let Some(slot) = PerAddress::take(&per_address, key, limits.per_address) else {
             metrics.refused.with_label_values(&["per_address"]).inc();
             continue;
         };

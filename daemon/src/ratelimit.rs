@@ -9,9 +9,28 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 const PRUNE_ABOVE: usize = 4096;
+
+/// The key a client address is limited by: an IPv4 address as it is
+/// (IPv4-mapped IPv6 too), an IPv6 address by its /64 — one subscriber's
+/// prefix, so that a host with a /64 cannot take a fresh limit for each of
+/// its 2^64 addresses.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut s = v6.segments();
+                s[4..].fill(0);
+                IpAddr::V6(std::net::Ipv6Addr::from(s))
+            }
+        },
+    }
+}
 
 #[derive(Debug)]
 struct Bucket {
@@ -141,6 +160,22 @@ mod tests {
             .expect_err("still over");
         assert_eq!(wait.as_secs_f64().round(), 6.0);
         assert!(rl.try_acquire("a", t + Duration::from_secs(10)).is_ok());
+    }
+
+    #[test]
+    fn ipv6_clients_are_limited_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("v6");
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().expect("v6");
+        let c: IpAddr = "2001:db8:1:3::1".parse().expect("v6");
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().expect("mapped");
+        assert_eq!(
+            client_key(mapped),
+            "192.0.2.7".parse::<IpAddr>().expect("v4")
+        );
+        let v4: IpAddr = "192.0.2.8".parse().expect("v4");
+        assert_eq!(client_key(v4), v4);
     }
 
     #[test]

@@ -531,8 +531,7 @@ async fn heartbeat(
     let watchdog = systemd::watchdog_interval();
     let period = watchdog
         .map(|w| w / 2)
-        .unwrap_or(std::time::Duration::from_secs(10))
-        .min(std::time::Duration::from_secs(10));
+        .unwrap_or(std::time::Duration::from_secs(10));
     let mut tick = tokio::time::interval(period);
     let mut stalled = false;
     loop {
@@ -551,7 +550,12 @@ async fn heartbeat(
                         health.up("ingest engine progress");
                     }
                 }
-                systemd::status(&format!("{} tasks", manager.live_count().await));
+                // The status line needs the manager's lock, which a slow
+                // commit (fsync) holds: it must not delay the next ping.
+                let count = tokio::time::timeout(std::time::Duration::from_secs(1), manager.live_count());
+                if let Ok(n) = count.await {
+                    systemd::status(&format!("{n} tasks"));
+                }
             }
             _ = stop.changed() => return,
         }

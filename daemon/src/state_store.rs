@@ -120,7 +120,16 @@ impl StateStore {
             txn.open_table(QUARANTINE).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
-        Ok(Self { db, sealer })
+        let mut store = Self { db, sealer };
+        // Seal what is not sealed with the current key and set unreadable
+        // records aside now; then compact, so that the pages that held the
+        // plain (or old-key) values are gone from the file, not merely
+        // free: a copy of state.redb must give no secret away.
+        let (_, rewrote) = store.scan()?;
+        if rewrote {
+            store.db.compact().map_err(db_err)?;
+        }
+        Ok(store)
     }
 
     fn seal_task(&self, rec: &TaskRecord) -> Result<Vec<u8>, StoreError> {
@@ -142,6 +151,11 @@ impl StateStore {
     /// table, logged, and the rest load; one sealed with a key this daemon
     /// lacks stops the load instead (the operator must supply the key).
     pub fn load_tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
+        self.scan().map(|(records, _)| records)
+    }
+
+    /// [`Self::load_tasks`], and whether records were rewritten.
+    fn scan(&self) -> Result<(Vec<TaskRecord>, bool), StoreError> {
         let mut out = Vec::new();
         let mut stale = Vec::new();
         let mut unreadable: Vec<(String, Vec<u8>)> = Vec::new();
@@ -182,8 +196,20 @@ impl StateStore {
                 let mut tasks = txn.open_table(TASKS).map_err(db_err)?;
                 let mut quarantine = txn.open_table(QUARANTINE).map_err(db_err)?;
                 for (key, raw) in &unreadable {
+                    // Kept as read, but sealed: a damaged plain record may
+                    // still hold a secret.
+                    let kept = if raw.starts_with(b"KRKS1") {
+                        raw.clone()
+                    } else {
+                        self.sealer
+                            .seal(&format!("quarantine:{key}"), raw)
+                            .map_err(|source| StoreError::Sealed {
+                                key: key.clone(),
+                                source,
+                            })?
+                    };
                     quarantine
-                        .insert(key.as_str(), raw.as_slice())
+                        .insert(key.as_str(), kept.as_slice())
                         .map_err(db_err)?;
                     tasks.remove(key.as_str()).map_err(db_err)?;
                 }
@@ -203,7 +229,8 @@ impl StateStore {
                 );
             }
         }
-        Ok(out)
+        let rewrote = !stale.is_empty() || !unreadable.is_empty();
+        Ok((out, rewrote))
     }
 
     /// The ids of the quarantined task records.
@@ -449,12 +476,8 @@ mod tests {
             put(&store);
             put(&store);
         }
-        // redb keeps freed pages until they are reused; what is live must
-        // be sealed. Compact so that only live pages remain.
-        {
-            let mut db = Database::create(&path).expect("db");
-            db.compact().expect("compact");
-        }
+        // redb keeps freed pages until they are reused: opening with a key
+        // compacted the file after sealing, so no plain copy is left.
         assert!(!file_has(&path, secret), "the UserSig is in the store file");
         // Rotation: k2 current, k1 previous; loading reseals with k2, after
         // which k1 is no longer needed.
@@ -466,10 +489,11 @@ mod tests {
         let store = StateStore::open(&path, Arc::new(Sealer::from_raw(&k2, &[]))).expect("open");
         assert_eq!(store.load_tasks().expect("load"), vec![rec.clone()]);
         drop(store);
-        // Without the key the store says what is missing.
-        let store = StateStore::open(&path, Arc::new(Sealer::none())).expect("open");
-        let e = store.load_tasks().expect_err("sealed");
-        assert!(format!("{e}").contains("key_file"), "{e}");
+        // Without the key the store does not open, and says what is missing.
+        match StateStore::open(&path, Arc::new(Sealer::none())) {
+            Ok(_) => panic!("a sealed store opened without its key"),
+            Err(e) => assert!(format!("{e}").contains("key_file"), "{e}"),
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -212,6 +212,7 @@ class Publisher:
         # (PLI/FIR), as browsers do; else one every this many seconds too.
         self.keyframe_interval = keyframe_interval
         self.keyframe_requests = 0  # PLIs/FIRs received for the video track
+        self.keyframe_request_times: list[float] = []  # Unix s of each
         # True: PLIs/FIRs are still counted but answered with nothing (a
         # broken or hostile publisher); key frames then come only at the
         # start, every keyframe_interval, and from send_keyframe().
@@ -311,6 +312,7 @@ class Publisher:
 
             def requested():
                 self.keyframe_requests += 1
+                self.keyframe_request_times.append(time.time())
                 if not self.ignore_keyframe_requests:
                     force()
 

@@ -366,7 +366,18 @@ impl HlsStream {
             }
             d => d,
         };
+        let dropped = !matches!(
+            decision,
+            Decision::Append | Decision::Open { .. } | Decision::Cut { .. }
+        );
         if !self.apply(decision, out) {
+            // Video dropped while waiting for a key frame (before the first,
+            // or after a segment ended without one): keep asking for one,
+            // as for a segment that runs long — a publisher whose answer to
+            // an earlier request was lost would otherwise stay dark.
+            if dropped && !keyframe {
+                self.request_keyframe(pts, out);
+            }
             return;
         }
         self.last_video_pts = Some(pts);
@@ -382,10 +393,16 @@ impl HlsStream {
             self.muxer
                 .write_video(&mut open.buf, pts, pts, keyframe, au);
         }
-        if self.segmenter.wants_keyframe(pts)
-            && self
-                .last_keyframe_request
-                .is_none_or(|t| pts.saturating_sub(t) >= KEYFRAME_REQUEST_EVERY)
+        if self.segmenter.wants_keyframe(pts) {
+            self.request_keyframe(pts, out);
+        }
+    }
+
+    /// Asks the publisher for a key frame, at most once a second.
+    fn request_keyframe(&mut self, pts: u64, out: &mut Vec<Output>) {
+        if self
+            .last_keyframe_request
+            .is_none_or(|t| pts.saturating_sub(t) >= KEYFRAME_REQUEST_EVERY)
         {
             self.last_keyframe_request = Some(pts);
             out.push(Output::WantKeyframe);

@@ -140,10 +140,15 @@ pub fn run(
         // session table, then replace it whole.
         let mut old = core.fresh();
         std::mem::swap(&mut core, &mut old);
+        // Only the old engine's own sessions go: an offer answered while
+        // it died has its AddPeer still queued for the new one.
+        let held: Vec<String> = old.by_session.keys().cloned().collect();
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| old.shutdown())).is_err() {
             tracing::error!("the panicked ingest engine could not release its peers cleanly");
         }
-        core.sessions.clear();
+        for id in &held {
+            core.sessions.remove(id);
+        }
         std::thread::sleep(RESTART_DELAY);
         health.up(PART);
     }

@@ -355,12 +355,6 @@ impl SessionTable {
         self.lock().by_id.len()
     }
 
-    /// Forgets every session (the engine that held their peers is gone).
-    pub fn clear(&self) {
-        let mut t = self.lock();
-        *t = Sessions::default();
-    }
-
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -86,8 +86,11 @@ pub fn stun_integrity_ok(data: &[u8], password: &[u8]) -> bool {
 #[derive(Debug, Default)]
 pub struct Router {
     by_ufrag: HashMap<String, (PeerId, String)>,
-    by_addr: HashMap<SocketAddr, PeerId>,
+    /// Source address → its peer, and when it last carried a datagram.
+    by_addr: HashMap<SocketAddr, (PeerId, u64)>,
     addrs_of: HashMap<PeerId, Vec<SocketAddr>>,
+    /// Datagrams routed so far: the clock of `by_addr`'s last use.
+    routed: u64,
 }
 
 /// Why a datagram went to no peer (for metrics).
@@ -112,7 +115,7 @@ impl Router {
             self.by_ufrag.remove(local_ufrag);
         }
         for addr in self.addrs_of.remove(&peer).unwrap_or_default() {
-            if self.by_addr.get(&addr) == Some(&peer) {
+            if self.by_addr.get(&addr).map(|a| a.0) == Some(peer) {
                 self.by_addr.remove(&addr);
             }
         }
@@ -120,13 +123,15 @@ impl Router {
 
     /// The peer a datagram from `source` belongs to.
     pub fn route(&mut self, source: SocketAddr, data: &[u8]) -> Result<PeerId, Unrouted> {
+        self.routed = self.routed.wrapping_add(1);
+        let now = self.routed;
         if let Some(ufrag) = stun_local_ufrag(data) {
             let (peer, pass) = self.by_ufrag.get(ufrag).ok_or(Unrouted::Unknown)?;
             let peer = *peer;
             if !stun_integrity_ok(data, pass.as_bytes()) {
                 return Err(Unrouted::Forged);
             }
-            let previous = self.by_addr.insert(source, peer);
+            let previous = self.by_addr.insert(source, (peer, now)).map(|a| a.0);
             if previous != Some(peer) {
                 if let Some(other) = previous {
                     if let Some(list) = self.addrs_of.get_mut(&other) {
@@ -136,15 +141,32 @@ impl Router {
                 let list = self.addrs_of.entry(peer).or_default();
                 list.push(source);
                 if list.len() > MAX_ADDRESSES_PER_PEER {
-                    let oldest = list.remove(0);
-                    if self.by_addr.get(&oldest) == Some(&peer) {
-                        self.by_addr.remove(&oldest);
+                    // The address idle the longest goes (not the oldest):
+                    // requests replayed from other addresses (their
+                    // integrity holds) cannot push out the one the media
+                    // comes from.
+                    let by_addr = &self.by_addr;
+                    let idlest = list
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, a)| by_addr.get(*a).map_or(0, |e| e.1))
+                        .map(|(i, _)| i)
+                        .unwrap_or(0);
+                    let gone = list.remove(idlest);
+                    if self.by_addr.get(&gone).map(|a| a.0) == Some(peer) {
+                        self.by_addr.remove(&gone);
                     }
                 }
             }
             return Ok(peer);
         }
-        self.by_addr.get(&source).copied().ok_or(Unrouted::Unknown)
+        match self.by_addr.get_mut(&source) {
+            Some(entry) => {
+                entry.1 = now;
+                Ok(entry.0)
+            }
+            None => Err(Unrouted::Unknown),
+        }
     }
 
     pub fn peers(&self) -> usize {
@@ -237,10 +259,15 @@ mod tests {
             Err(Unrouted::Unknown)
         );
         assert_eq!(r.addresses(), 0);
-        // A publisher checking from many addresses keeps the newest few.
+        // The media comes from one address; then (validly signed) requests
+        // replayed from 20 others: the peer keeps 8 addresses, the one that
+        // carries media among them.
+        let media = SocketAddr::from(([192, 0, 2, 1], 4999));
+        assert_eq!(r.route(media, &stun("aaaa:x")), Ok(1));
         for port in 0..20u16 {
             let a = SocketAddr::from(([192, 0, 2, 1], 5000 + port));
             assert_eq!(r.route(a, &stun("aaaa:x")), Ok(1));
+            assert_eq!(r.route(media, &[0x80]), Ok(1), "media after replay {port}");
         }
         assert_eq!(r.addresses(), MAX_ADDRESSES_PER_PEER);
         let newest = SocketAddr::from(([192, 0, 2, 1], 5019));

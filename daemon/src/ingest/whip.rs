@@ -155,7 +155,7 @@ async fn publish_stream<const AUX: bool>(
     body: Body,
 ) -> Response {
     // Before a byte of the offer is read or parsed.
-    let client = crate::http_edge::client_ip(&extensions);
+    let client = crate::ratelimit::client_key(crate::http_edge::client_ip(&extensions));
     let limits = s.config.ingest.offer_limits;
     let over = crate::sync::lock(&s.offers)
         .per_address
@@ -339,10 +339,17 @@ fn publish_inner(
         offer::OfferError::Malformed(m) => bad(format!("the body is not an SDP offer: {m}")),
         offer::OfferError::Unusable(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
     })?;
-    // The app's and the room's budgets, spent only by an authenticated,
-    // well-formed offer, and only when both have room (a room's refusal
-    // does not spend the app's token); then the pending bound, before the
-    // costly part (a DTLS identity and an ICE agent per offer).
+    // First the pending bound (an offer refused by it spends no budget),
+    let max_pending = s.config.ingest.offer_limits.max_pending;
+    let slot = (key.clone(), user.to_owned(), aux);
+    s.ingest
+        .sessions
+        .pending_room(&slot, max_pending)
+        .map_err(|full| too_many_pending(full, max_pending))?;
+    // then the app's and the room's budgets, spent only by an
+    // authenticated, well-formed offer and only when both have room (a
+    // room's refusal does not spend the app's token), all before the
+    // costly part: a DTLS identity and an ICE agent per offer.
     {
         let limits = s.config.ingest.offer_limits;
         let now = Instant::now();
@@ -357,12 +364,6 @@ fn publish_inner(
             .try_acquire(sdk_app_id, now)
             .map_err(|wait| WhipError::too_many("app", limits.per_app, wait))?;
     }
-    let max_pending = s.config.ingest.offer_limits.max_pending;
-    let slot = (key.clone(), user.to_owned(), aux);
-    s.ingest
-        .sessions
-        .pending_room(&slot, max_pending)
-        .map_err(|full| too_many_pending(full, max_pending))?;
     let (rtc, creds, answer) = super::accept_offer(sdp, &s.ingest.candidates, Instant::now())
         .map_err(|e| match e {
             super::AcceptError::Sdp(m) => bad(format!("the body is not an SDP offer: {m}")),

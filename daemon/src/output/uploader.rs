@@ -84,6 +84,14 @@ pub struct Drained {
 pub enum UploadServiceError {
     #[error("opening the spool")]
     Spool(#[from] SpoolError),
+    /// An upload target sealed with a key this daemon lacks: its files
+    /// would sit in the spool for ever, so the daemon does not start.
+    #[error("upload target {path}: {source}")]
+    Sealed {
+        path: PathBuf,
+        #[source]
+        source: crate::sealing::SealError,
+    },
     #[error("{what} {path}")]
     Io {
         what: &'static str,
@@ -253,7 +261,7 @@ impl UploadService {
         }
         let mut tasks = HashMap::new();
         let mut stale = Vec::new();
-        for (record, is_stale) in load_targets(&targets_dir, &sealer) {
+        for (record, is_stale) in load_targets(&targets_dir, &sealer)? {
             if is_stale {
                 stale.push(record.clone());
             }
@@ -571,11 +579,15 @@ fn target_context(task_id: &str) -> String {
     format!("target:{task_id}")
 }
 
-/// The targets on disk, each with whether it is to be sealed anew.
-fn load_targets(dir: &Path, sealer: &Sealer) -> Vec<(TargetRecord, bool)> {
+/// The targets on disk, each with whether it is to be sealed anew; one
+/// sealed with a key this daemon lacks is an error (like a task record).
+fn load_targets(
+    dir: &Path,
+    sealer: &Sealer,
+) -> Result<Vec<(TargetRecord, bool)>, UploadServiceError> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
+        return Ok(out);
     };
     for entry in entries.flatten() {
         let path = entry.path();
@@ -592,13 +604,17 @@ fn load_targets(dir: &Path, sealer: &Sealer) -> Vec<(TargetRecord, bool)> {
             .and_then(|s| s.to_str())
             .unwrap_or_default()
             .to_owned();
-        match std::fs::read(&path)
+        let opened = match std::fs::read(&path).map(|d| sealer.open(&target_context(&task_id), &d))
+        {
+            Ok(Err(
+                source @ (crate::sealing::SealError::UnknownKey { .. }
+                | crate::sealing::SealError::NoKey { .. }),
+            )) => return Err(UploadServiceError::Sealed { path, source }),
+            other => other,
+        };
+        match opened
             .map_err(|e| e.to_string())
-            .and_then(|d| {
-                sealer
-                    .open(&target_context(&task_id), &d)
-                    .map_err(|e| e.to_string())
-            })
+            .and_then(|o| o.map_err(|e| e.to_string()))
             .and_then(|o| {
                 serde_json::from_slice::<TargetRecord>(&o.plain)
                     .map(|r| (r, o.stale))
@@ -610,7 +626,7 @@ fn load_targets(dir: &Path, sealer: &Sealer) -> Vec<(TargetRecord, bool)> {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// The upload loop: hands due entries to uploads, sleeps until the next

@@ -386,6 +386,13 @@ impl Drop for Worker {
     fn drop(&mut self) {
         self.metrics.streams.sub(self.streams);
         self.metrics.recorders.dec();
+        // The task's series go with it (a panic too).
+        for (stage, _) in crate::record::mixed::StageTimes::default().seconds() {
+            let _ = self
+                .metrics
+                .mix_stage_seconds
+                .remove_label_values(&[self.task_id.as_str(), stage]);
+        }
     }
 }
 
@@ -500,12 +507,6 @@ fn run(setup: RecorderSetup, control: mpsc::Receiver<RecorderControl>) {
     w.execute(actions);
     w.update_stats(&core);
     let stages = core.mix_stats().stages;
-    for (stage, _) in stages.seconds() {
-        let _ = w
-            .metrics
-            .mix_stage_seconds
-            .remove_label_values(&[w.task_id.as_str(), stage]);
-    }
     tracing::info!(task_id = %w.task_id, failed_writes = w.failed_writes, stages = ?stages, "recorder finished");
     let _ = w.events.blocking_send(RecorderEvent::Finished {
         failed_writes: w.failed_writes,

@@ -71,13 +71,17 @@ impl Manager {
         &self,
         task_id: &str,
     ) -> Result<(Recorder, Option<MixLayout>), String> {
-        let restarts = {
+        let (restarts, state) = {
             let st = self.inner.state.lock().await;
             st.tasks
                 .get(task_id)
-                .map(|l| l.record.restarts)
+                .map(|l| (l.record.restarts, l.record.state))
                 .ok_or("the task is gone")?
         };
+        if matches!(state, TaskState::Exited { .. }) {
+            // Stopped while its recorder was down: nothing to resume.
+            return Err("the task stopped while its recorder was down".to_owned());
+        }
         if restarts >= MAX_RECORDER_RESTARTS {
             return Err(format!(
                 "the recorder failed after {restarts} restarts (at most {MAX_RECORDER_RESTARTS})"
@@ -181,8 +185,10 @@ pub(super) async fn run_task(
                 }
                 Some(Control::Layout(layout)) => {
                     if let Some(h) = &handle {
+                        // The layout first: images that arrive are kept
+                        // only if the recorder's layout uses them.
+                        h.send(RecorderControl::Layout(layout.clone()));
                         images.fetch(&mgr, &task_id, &layout, h);
-                        h.send(RecorderControl::Layout(layout));
                     }
                 }
                 Some(c @ (Control::Stop | Control::Shutdown)) => {
@@ -230,6 +236,8 @@ pub(super) async fn run_task(
                     mgr.inner.health.up(&part);
                     match restarted {
                         Ok(((h, e), layout)) => {
+                            // The new recorder has none of the images.
+                            images = ImageFetcher::new(mgr.inner.http.clone());
                             if let Some(layout) = layout {
                                 images.fetch(&mgr, &task_id, &layout, &h);
                             }
