@@ -766,3 +766,31 @@ def test_mixed_task_gives_one_vod_file(kiroku, receiver, publisher, tmp_path):
     print(f"mixed VOD: {got:.3f} s (video {video_duration(local):.3f} s), media {media:.3f} s, "
           f"to the Delete {wall:.3f} s, publishers {[(round(p.published_seconds, 3), p.frames_sent) for p in pubs]}")
     assert media - 0.3 <= got <= wall + 0.3, (got, media, wall)
+
+
+def test_packing_jobs_wait_for_a_place_in_the_pool(kiroku, receiver, publisher, tmp_path):
+    """limits.packing_jobs = 1: two VOD tasks ending together are packed
+    through a pool of one place — neither is lost or stuck, and both MP4s
+    arrive whole. (Whether the second had to wait depends on how fast the
+    first packed; the log says when it did.)"""
+    import requests
+    d = kiroku("packpool", callback_url=receiver.url, limits={"packing_jobs": 1},
+               recording={"segment_seconds": 2})
+    api = d.sdk()
+    tasks, pubs = [], []
+    for room in ("4201", "4202"):
+        params = create_params(room=room, StorageParams={"CloudVod": {"TencentVod": {}}})
+        tasks.append(api.create(params))
+        pubs.append(publisher(d, room, f"u{room}"))
+    publish_for(4, *pubs)
+    for t in tasks:
+        api.delete(t)
+    for t in tasks:
+        assert receiver.wait_event(t, 312, 60).payload == {"Status": 0}
+    for t, room in zip(tasks, ("4201", "4202")):
+        commits = [c.payload for c in receiver.delivered(t) if c.event_type == 311]
+        assert len(commits) == 1, commits
+        local = tmp_path / f"{t}.mp4"
+        local.write_bytes(requests.get(commits[0]["VideoUrl"], timeout=10).content)
+        assert float(ffprobe(local)["format"]["duration"]) >= 3.0
+    print(f"packing pool of one: the second job waited: {'waiting for a packing place' in d.log_text()}")
