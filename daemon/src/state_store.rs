@@ -378,20 +378,25 @@ mod tests {
         }
     }
 
+    /// An Idle task `task_id` with the test spec.
+    fn idle_record(task_id: &str) -> TaskRecord {
+        TaskRecord {
+            task_id: task_id.into(),
+            spec: spec(),
+            state: TaskState::Idle,
+            created_ms: 10,
+            files: Vec::new(),
+            restarts: 0,
+        }
+    }
+
     #[test]
     fn tasks_and_outbox_survive_reopen() {
         let dir = std::env::temp_dir().join(format!("kiroku-store-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("state.redb");
         let _ = std::fs::remove_file(&path);
-        let rec = TaskRecord {
-            task_id: "t1".into(),
-            spec: spec(),
-            state: TaskState::Idle,
-            created_ms: 10,
-            files: Vec::new(),
-            restarts: 0,
-        };
+        let rec = idle_record("t1");
         {
             let store = StateStore::open(&path, Arc::new(Sealer::none())).expect("open");
             let q = store
@@ -443,14 +448,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("state.redb");
-        let rec = TaskRecord {
-            task_id: "t1".into(),
-            spec: spec(),
-            state: TaskState::Idle,
-            created_ms: 10,
-            files: Vec::new(),
-            restarts: 0,
-        };
+        let rec = idle_record("t1");
         let secret = b"bot-user-sig-0123456789";
         let put = |store: &StateStore| {
             store
@@ -503,14 +501,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("state.redb");
-        let rec = TaskRecord {
-            task_id: "good".into(),
-            spec: spec(),
-            state: TaskState::Idle,
-            created_ms: 10,
-            files: Vec::new(),
-            restarts: 0,
-        };
+        let rec = idle_record("good");
         {
             let store = StateStore::open(&path, Arc::new(Sealer::none())).expect("open");
             store
