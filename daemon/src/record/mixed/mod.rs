@@ -39,11 +39,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kiroku_gpu::{Compositor, EncoderSettings, Layer, Picture, Rect, Scene, VideoEncoder, Yuv};
+use kiroku_gpu::{Compositor, EncoderSettings, Picture, Scene, VideoEncoder, Yuv};
 
 use crate::domain::params::{
-    FillType, MediaId, MediaSelection, MixLayout, MixTranscode, RenderMode, StreamType,
-    Subscription, Watermark,
+    FillType, MediaSelection, MixLayout, MixTranscode, StreamType, Subscription,
 };
 use crate::hls::naming::{Media, Naming, TrackType};
 use crate::hls::segmenter::SegmenterConfig;
@@ -51,12 +50,13 @@ use crate::hls::stream::{HlsStream, Output, BASE_90K};
 use crate::media::aac::AacFrame;
 use crate::media::h264_codec::PictureDecoder;
 use crate::mix::audio::AudioMixer;
-use crate::mix::layout::{self, Participant, TileContent};
-use crate::mix::overlay;
 use crate::record::action::{Action, FileInfo, Stats};
 use crate::record::subscribe::{media_of, Admission, OfferedTrack, Subscribed};
 use crate::record::timeline::{TrackClock, UserClock};
 use crate::room::{Codec, MediaFrame, TrackKind};
+
+mod scene;
+use scene::Mark;
 
 /// A video with no new frame for this long has stopped (FillType applies).
 pub const STALE_US: i64 = 2_000_000;
@@ -184,13 +184,6 @@ struct VideoInput {
     wait_keyframe: bool,
 }
 
-/// The watermarks of the current layout, ready to paint.
-enum Mark {
-    Image { url: String, rect: Rect },
-    Text { picture: Arc<Picture>, rect: Rect },
-    Timestamp(overlay::TimestampRenderer),
-}
-
 pub struct MixedRecorder {
     settings: MixedSettings,
     subscription: Subscription,
@@ -233,18 +226,6 @@ pub struct MixedRecorder {
     aac: Vec<AacFrame>,
     pub stats: Stats,
     pub mix_stats: MixStats,
-}
-
-/// `[0, n)` rounded down to even.
-fn even(v: u32) -> u32 {
-    v & !1
-}
-
-/// A caller's rectangle made even and clipped to the canvas.
-fn canvas_rect(left: u32, top: u32, w: u32, h: u32, cw: u32, ch: u32) -> Rect {
-    let x = even(left.min(cw));
-    let y = even(top.min(ch));
-    Rect::new(x, y, even(w.min(cw - x)), even(h.min(ch - y)))
 }
 
 impl MixedRecorder {
@@ -336,71 +317,6 @@ impl MixedRecorder {
 
     pub fn set_subscription(&mut self, subscription: Subscription) {
         self.subscription = subscription;
-    }
-
-    /// ModifyCloudRecording: the new layout shows from the next output frame.
-    pub fn set_layout(&mut self, layout: MixLayout) {
-        let (cw, ch) = self.canvas_size();
-        self.marks = layout
-            .watermarks
-            .iter()
-            .map(|w| match w {
-                Watermark::Image { url, rect } => Mark::Image {
-                    url: url.clone(),
-                    rect: canvas_rect(rect.left, rect.top, rect.width, rect.height, cw, ch),
-                },
-                Watermark::Text {
-                    rect,
-                    chars,
-                    font_size,
-                    font_color,
-                    background,
-                    ..
-                } => {
-                    let rect = canvas_rect(rect.left, rect.top, rect.width, rect.height, cw, ch);
-                    let picture = overlay::render_text(
-                        chars,
-                        *font_size,
-                        *font_color,
-                        *background,
-                        rect.w,
-                        rect.h,
-                    );
-                    Mark::Text {
-                        picture: Arc::new(picture),
-                        rect,
-                    }
-                }
-                Watermark::Timestamp {
-                    pos,
-                    utc_offset_hours,
-                    ..
-                } => Mark::Timestamp(overlay::TimestampRenderer::new(
-                    *pos,
-                    *utc_offset_hours,
-                    cw,
-                    ch,
-                )),
-            })
-            .collect();
-        // Only the new layout's images stay: a caller who keeps changing
-        // image URLs cannot pile decoded pictures up in memory.
-        let wanted = layout.image_urls();
-        self.images.retain(|url, _| wanted.contains(url));
-        self.layout = layout;
-    }
-
-    /// Images fetched for the layout, kept if the current layout uses them
-    /// (one that arrives after a Modify dropped it is not).
-    pub fn add_images(&mut self, images: Images) {
-        let wanted = self.layout.image_urls();
-        self.images
-            .extend(images.into_iter().filter(|(url, _)| wanted.contains(url)));
-    }
-
-    /// Decoded layout images held (for tests and metrics).
-    pub fn image_count(&self) -> usize {
-        self.images.len()
     }
 
     fn canvas_size(&self) -> (u32, u32) {
@@ -750,144 +666,6 @@ impl MixedRecorder {
 
     /// The picture a tile shows for a user's video at time `t`, if any,
     /// and whether the tile is painted black instead (FillType 1).
-    fn video_picture(&self, user_id: &str, media: MediaId, t: i64) -> (Option<Arc<Picture>>, bool) {
-        let media = match media {
-            MediaId::Main => Media::Main,
-            MediaId::Aux => Media::Aux,
-        };
-        let Some(v) = self.videos.get(&(user_id.to_owned(), media)) else {
-            return (None, false);
-        };
-        let Some(p) = v.decoder.latest() else {
-            return (None, false);
-        };
-        // A video whose subscription ended is shown while it lingers.
-        let stale = v.shown_at.is_none_or(|s| t - s > STALE_US);
-        match (stale, self.settings.fill) {
-            (true, FillType::Black) => (None, true),
-            _ => (Some(p.clone()), false),
-        }
-    }
-
-    fn build_scene(&mut self, t: i64) {
-        let (cw, ch) = self.canvas_size();
-        let mut layers = std::mem::take(&mut self.scene[0].layers);
-        layers.clear();
-        let bg = self.layout.background_color.to_yuv601();
-        layers.push(Layer::Fill {
-            dst: Rect::new(0, 0, cw, ch),
-            color: bg,
-        });
-        let full = Rect::new(0, 0, cw, ch);
-        if let Some(img) = self.image(self.layout.background_image.as_deref()) {
-            push_fitted(
-                &mut layers,
-                img,
-                full,
-                self.layout.background_render_mode,
-                255,
-            );
-        }
-        self.lingering.retain(|l| l.until >= t);
-        // Decoders of videos that ended and are shown no more go.
-        let lingering = &self.lingering;
-        self.videos.retain(|(user_id, media), v| {
-            v.tag.is_some()
-                || !v.queue.is_empty()
-                || lingering
-                    .iter()
-                    .any(|l| &l.user_id == user_id && media_of(l.kind) == *media)
-        });
-        let participants: Vec<Participant<'_>> = self
-            .participants
-            .iter()
-            .filter(|u| {
-                self.subs
-                    .values()
-                    .any(|s| &s.user_id == *u && s.shown_at(t))
-                    || self.lingering.iter().any(|l| &l.user_id == *u)
-            })
-            .map(|u| Participant {
-                user_id: u,
-                main_video: self.has_video(u, TrackKind::MainVideo, t),
-                aux_video: self.has_video(u, TrackKind::AuxVideo, t),
-            })
-            .collect();
-        let tiles = layout::place(cw, ch, &self.layout, &participants);
-        for tile in &tiles {
-            if tile.rect.w == 0 || tile.rect.h == 0 {
-                continue;
-            }
-            let sub_bg = self.image(tile.sub_background_image.as_deref());
-            if let Some(img) = sub_bg.clone() {
-                push_fitted(&mut layers, img, tile.rect, RenderMode::Crop, tile.opacity);
-            }
-            let (picture, black) = match &tile.content {
-                TileContent::Video { user_id, media } => self.video_picture(user_id, *media, t),
-                TileContent::Empty { .. } => (None, false),
-            };
-            match picture {
-                Some(p) => {
-                    if tile.render_mode == RenderMode::Letterbox && sub_bg.is_none() {
-                        layers.push(Layer::Fill {
-                            dst: tile.rect,
-                            color: Yuv::BLACK,
-                        });
-                    }
-                    push_fitted(&mut layers, p, tile.rect, tile.render_mode, tile.opacity);
-                }
-                None if black => layers.push(Layer::Fill {
-                    dst: tile.rect,
-                    color: Yuv::BLACK,
-                }),
-                None => {
-                    let placeholder = if self.layout.placeholder {
-                        self.image(self.layout.placeholder_image.as_deref())
-                    } else {
-                        None
-                    };
-                    if let Some(img) = placeholder {
-                        push_fitted(&mut layers, img, tile.rect, RenderMode::Crop, tile.opacity);
-                    }
-                }
-            }
-        }
-        let wall_ms = t / 1000;
-        for i in 0..self.marks.len() {
-            match &mut self.marks[i] {
-                Mark::Image { url, rect } => {
-                    let rect = *rect;
-                    if let Some(img) = self.images.get(url.as_str()).cloned() {
-                        push_fitted(&mut layers, img, rect, RenderMode::Stretch, 255);
-                    }
-                }
-                Mark::Text { picture, rect } => push_fitted(
-                    &mut layers,
-                    picture.clone(),
-                    *rect,
-                    RenderMode::Stretch,
-                    255,
-                ),
-                Mark::Timestamp(r) => layers.push(r.layer(wall_ms)),
-            }
-        }
-        self.scene[0].layers = layers;
-    }
-
-    fn has_video(&self, user_id: &str, kind: TrackKind, t: i64) -> bool {
-        self.subs
-            .values()
-            .any(|s| s.user_id == user_id && s.kind == kind && s.shown_at(t))
-            || self
-                .lingering
-                .iter()
-                .any(|l| l.user_id == user_id && l.kind == kind)
-    }
-
-    fn image(&self, url: Option<&str>) -> Option<Arc<Picture>> {
-        url.and_then(|u| self.images.get(u)).cloned()
-    }
-
     fn encode_tick(&mut self, t: i64) {
         let now = self.settings.stopwatch;
         let t0 = now();
@@ -1025,26 +803,6 @@ impl MixedRecorder {
     }
 }
 
-/// Adds `picture` fitted into `tile` by `mode`.
-fn push_fitted(
-    layers: &mut Vec<Layer>,
-    picture: Arc<Picture>,
-    tile: Rect,
-    mode: RenderMode,
-    opacity: u8,
-) {
-    let f = layout::fit(picture.width, picture.height, tile, mode);
-    if f.is_empty() || opacity == 0 {
-        return;
-    }
-    layers.push(Layer::Picture {
-        source: picture,
-        crop: f.crop,
-        dst: f.dst,
-        opacity,
-    });
-}
-
 #[cfg(test)]
 mod tests {
     //! The recorder driven without IO: synthetic publishers (real H.264 and
@@ -1054,7 +812,8 @@ mod tests {
 
     use super::*;
     use crate::domain::params::{
-        AudioParams, CustomTile, LayoutMode, Rect as ApiRect, Rgb, RoomId, VideoParams,
+        AudioParams, CustomTile, LayoutMode, MediaId, Rect as ApiRect, RenderMode, Rgb, RoomId,
+        VideoParams, Watermark,
     };
     use crate::media::h264_codec::OpenH264Encoder;
     use crate::media::ts::{PID_AUDIO, PID_VIDEO};
