@@ -171,10 +171,18 @@ def test_two_publishers_aux_and_a_browser_are_recorded_exactly_as_the_spec_names
             except AssertionError as e:
                 # Name the timeline's view (re-anchors, refused reports) and
                 # the first segment, to tell a lost first GOP from a squeeze.
+                text = recd.metrics_text()
                 events = {labels.get("event"): v for labels, v in
-                          metric_samples(recd.metrics_text(), "kiroku_recorder_clock_events_total") if v}
+                          metric_samples(text, "kiroku_recorder_clock_events_total") if v}
                 first = parse_playlist(folder / f"{base}.m3u8").segments[:2]
-                raise AssertionError(f"{e}; timeline events {events}; first segments {first}") from e
+                # Key frame requests along the way (a lost first GOP is a
+                # request that did not reach the publisher, or came late).
+                requests = {name: sum(v for _, v in metric_samples(text, name)) for name in (
+                    "kiroku_recorder_keyframe_requests_total", "kiroku_ingest_keyframe_requests_total",
+                    "kiroku_ingest_keyframe_requests_deferred_total")}
+                answered = {u: r.get("keyframe_requests") for u, r in reports.items()}
+                raise AssertionError(f"{e}; timeline events {events}; first segments {first}; "
+                                     f"key frame requests {requests}, seen by the publishers {answered}") from e
     for base, codec in ((single_base(room, "browser_1", "main", "audio"), "aac"),
                         (single_base(room, "browser_1", "main", "video"), "h264")):
         pl = parse_playlist(folder / f"{base}.m3u8")
