@@ -127,7 +127,14 @@ struct TrackState {
     height: u32,
     /// Frame arrival times over the last second or so, for the rate.
     recent: std::collections::VecDeque<Instant>,
+    /// When a key frame was last asked of the publisher.
+    keyframe_asked: Option<Instant>,
 }
+
+/// A subscriber still waiting for its first key frame asks again after
+/// this long: a request (PLI) can be lost on the way, and waiting for the
+/// publisher's own next key frame loses seconds of a new recording.
+const KEYFRAME_ASK_AGAIN: Duration = Duration::from_millis(500);
 
 impl Track {
     pub fn new(kind: TrackKind, codec: Codec, session_id: &str) -> Self {
@@ -190,6 +197,7 @@ impl Track {
             awaiting_keyframe: video,
         });
         if video {
+            lock(&self.state).keyframe_asked = Some(Instant::now());
             observer.keyframe_wanted(&self.session_id, self.kind);
         }
     }
@@ -239,10 +247,12 @@ impl Track {
         }
         let video = self.kind.is_video();
         let mut want_keyframe = false;
+        let mut still_waiting = false;
         let mut subs = lock(&self.subscribers);
         subs.retain_mut(|s| {
             if video && s.awaiting_keyframe {
                 if !frame.keyframe {
+                    still_waiting = true;
                     self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                     observer.frame_dropped(DropReason::VideoOverflow);
                     return true;
@@ -282,7 +292,15 @@ impl Track {
             }
         });
         drop(subs);
-        if want_keyframe {
+        let ask = want_keyframe || {
+            let st = lock(&self.state);
+            still_waiting
+                && st.keyframe_asked.is_none_or(|t| {
+                    frame.received_at.saturating_duration_since(t) >= KEYFRAME_ASK_AGAIN
+                })
+        };
+        if ask {
+            lock(&self.state).keyframe_asked = Some(frame.received_at);
             observer.keyframe_wanted(&self.session_id, self.kind);
         }
     }
@@ -757,6 +775,36 @@ mod tests {
         assert_eq!(got, vec![6, 7], "delivery resumes at the key frame");
         assert_eq!(obs.drops.load(Ordering::Relaxed), 4);
         assert_eq!(track.stats.dropped.load(Ordering::Relaxed), 4);
+    }
+
+    #[test]
+    fn a_subscriber_waiting_for_its_first_key_frame_asks_again() {
+        // The request made at subscribing is lost (a PLI on a lossy path):
+        // the publisher's own next key frame may be seconds away.
+        let obs = Counting::default();
+        let track = Track::new(TrackKind::MainVideo, Codec::H264, "s1");
+        let rx = track.subscribe(64, &obs);
+        let t0 = Instant::now();
+        let at = |ms: u64, key: bool, n: u64| {
+            let mut f = frame(key, n);
+            f.received_at = t0 + Duration::from_millis(ms);
+            f
+        };
+        for (i, ms) in (0..1_100).step_by(67).enumerate() {
+            track.deliver(&at(ms, false, i as u64), &obs);
+        }
+        // Asked at subscribing, then once per half second of waiting.
+        assert_eq!(obs.keyframe_requests.load(Ordering::Relaxed), 3);
+        track.deliver(&at(1_150, true, 99), &obs);
+        for (i, ms) in (1_200..3_000).step_by(67).enumerate() {
+            track.deliver(&at(ms, false, i as u64), &obs);
+        }
+        assert_eq!(
+            obs.keyframe_requests.load(Ordering::Relaxed),
+            3,
+            "no more once the key frame came"
+        );
+        assert_eq!(rx.try_iter().next().map(|f| f.data[0]), Some(99));
     }
 
     #[test]
