@@ -292,13 +292,13 @@ impl Track {
             }
         });
         drop(subs);
-        let ask = want_keyframe || {
-            let st = lock(&self.state);
-            still_waiting
-                && st.keyframe_asked.is_none_or(|t| {
+        // The state is locked again only while a subscriber waits (not on
+        // every frame).
+        let ask = want_keyframe
+            || (still_waiting
+                && lock(&self.state).keyframe_asked.is_none_or(|t| {
                     frame.received_at.saturating_duration_since(t) >= KEYFRAME_ASK_AGAIN
-                })
-        };
+                }));
         if ask {
             lock(&self.state).keyframe_asked = Some(frame.received_at);
             observer.keyframe_wanted(&self.session_id, self.kind);
