@@ -4,6 +4,7 @@
 //! vocabulary.
 
 use crate::hls::naming::{Media, TrackType};
+use crate::record::timeline::ClockNotes;
 use crate::room::TrackKind;
 
 /// A file as Describe and callbacks report it.
@@ -63,4 +64,29 @@ pub struct Stats {
     /// Tracks whose sender reports were refused as impossible.
     pub reports_refused: u64,
     pub clock_overflows: u64,
+}
+
+impl Stats {
+    /// Counts a frame for a subscription (`known`) or a stray one (its
+    /// subscription already ended); the task's first frame starts its
+    /// media.
+    pub fn arrived(&mut self, known: bool, media_started: &mut bool, actions: &mut Vec<Action>) {
+        if !known {
+            self.stray_frames += 1;
+            return;
+        }
+        self.frames += 1;
+        if !*media_started {
+            *media_started = true;
+            actions.push(Action::MediaStarted);
+        }
+    }
+
+    /// Counts what placing one frame on the timeline noted.
+    pub fn count_clock(&mut self, notes: ClockNotes) {
+        self.clock_fallbacks += u64::from(notes.arrival_fallback);
+        self.reanchors += u64::from(notes.reanchored);
+        self.reports_refused += u64::from(notes.reports_refused);
+        self.clock_overflows += notes.overflowed as u64;
+    }
 }

@@ -173,15 +173,12 @@ impl SingleRecorder {
     /// A frame of subscription `tag`.
     pub fn on_frame(&mut self, tag: u64, frame: MediaFrame) -> Vec<Action> {
         let mut actions = Vec::new();
+        let known = self.subs.contains_key(&tag);
+        self.stats
+            .arrived(known, &mut self.media_started, &mut actions);
         let Some(sub) = self.subs.get_mut(&tag) else {
-            self.stats.stray_frames += 1;
             return actions;
         };
-        self.stats.frames += 1;
-        if !self.media_started {
-            self.media_started = true;
-            actions.push(Action::MediaStarted);
-        }
         if !self.users.contains_key(&sub.user_id) {
             self.users.insert(sub.user_id.clone(), UserClock::default());
         }
@@ -189,10 +186,7 @@ impl SingleRecorder {
             return actions;
         };
         let notes = sub.clock.push(frame, user, &mut self.placed);
-        self.stats.clock_fallbacks += u64::from(notes.arrival_fallback);
-        self.stats.reanchors += u64::from(notes.reanchored);
-        self.stats.reports_refused += u64::from(notes.reports_refused);
-        self.stats.clock_overflows += notes.overflowed as u64;
+        self.stats.count_clock(notes);
         let stream = Arc::clone(&sub.stream);
         self.place(tag, &stream, &mut actions);
         actions
