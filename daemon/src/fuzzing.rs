@@ -76,16 +76,27 @@ pub fn ts_demux(data: &[u8]) {
 /// TS segments packed into MP4: whatever comes out must be a sequence of
 /// well-formed top-level boxes starting with `ftyp`.
 pub fn mp4_pack(data: &[u8]) {
-    use crate::media::mp4::{Container, Mp4Packer, SplitLimits};
+    use crate::media::mp4::{Container, Mp4Packer, PackOutput, SplitLimits};
     let mut packer = Mp4Packer::new(SplitLimits::default(), Container::Mp4);
     // Two "segments": the data cut in two, the second after a discontinuity.
     let cut = data.len() / 2;
-    let mut files = packer.push_segment(&data[..cut], false);
-    files.extend(packer.push_segment(&data[cut..], true));
-    files.extend(packer.finish().files);
-    for f in &files {
-        check_boxes(&f.data);
+    let mut outputs = packer.push_segment(&data[..cut], false);
+    outputs.extend(packer.push_segment(&data[cut..], true));
+    outputs.extend(packer.finish().outputs);
+    // Streamed: each file's payload comes before its header, and adds up.
+    let mut payload = Vec::new();
+    for output in outputs {
+        match output {
+            PackOutput::Payload(mut bytes) => payload.append(&mut bytes),
+            PackOutput::Closed(closed) => {
+                assert_eq!(closed.payload_len, payload.len() as u64);
+                let mut file = closed.header;
+                file.append(&mut payload);
+                check_boxes(&file);
+            }
+        }
     }
+    assert!(payload.is_empty(), "payload without a file");
 }
 
 /// Top-level MP4 boxes: sizes that add up to the file, `ftyp` first.

@@ -1,4 +1,6 @@
-//! Making one planned merge output: segments in, MP4/M4A bytes out.
+//! Making one planned merge output: segments in, an MP4/M4A file out (its
+//! header in memory, its payload spilled to a scratch file as it is
+//! packed, so a long output is never held in memory).
 //!
 //! Every method ends in the project's MP4 packer (`media/mp4/`:
 //! faststart, key-frame-aligned, damaged data skipped):
@@ -27,9 +29,10 @@ use kiroku_gpu::{
 use super::plan::{Method, PlannedOutput, SegmentFile};
 use crate::media::h264;
 use crate::media::h264_codec::{OpenH264Encoder, PictureDecoder};
-use crate::media::mp4::{adts_payload_info, Container, Mp4Packer, PackedFile, SplitLimits};
+use crate::media::mp4::{adts_payload_info, Container, Mp4Packer, PackOutput, SplitLimits};
 use crate::media::ts::TsMuxer;
 use crate::media::ts_demux::{demux_segment, TsUnit};
+use crate::output::spill::{Spill, SpilledFile};
 
 const WRAP: u64 = 1 << 33;
 /// Output timestamps start here (1 s), so a sample slightly ahead of its
@@ -53,20 +56,28 @@ pub enum BuildError {
     Codec(String),
     #[error("the AAC encoder: {0}")]
     Aac(String),
+    #[error("spilling the output's payload to {path}: {source}")]
+    Spill {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// One finished output.
 #[derive(Debug)]
 pub struct Built {
-    pub data: Vec<u8>,
+    /// Header and spilled payload (removed when this is dropped).
+    pub file: SpilledFile,
     pub duration_ms: u64,
     pub warnings: Vec<String>,
 }
 
-/// Makes `output` from the segment files in `dir`. `progress` hears the
-/// output milliseconds done so far.
+/// Makes `output` from the segment files in `dir`, spilling its payload
+/// into `scratch`. `progress` hears the output milliseconds done so far.
 pub fn build(
     dir: &Path,
+    scratch: &Path,
     segments: &[SegmentFile],
     output: &PlannedOutput,
     video: &VideoSettings,
@@ -82,8 +93,14 @@ pub fn build(
         max_duration_ms: u64::MAX / 1000,
         max_bytes: u64::MAX / 2,
     };
+    let spill_error = |source| BuildError::Spill {
+        path: scratch.display().to_string(),
+        source,
+    };
     let mut b = Builder {
         packer: Mp4Packer::new(limits, container),
+        spill: Spill::new(scratch, "merge").map_err(spill_error)?,
+        spill_failed: None,
         files: Vec::new(),
         warnings: Vec::new(),
         mux: TsMuxer::new(output.video, true),
@@ -99,7 +116,8 @@ pub fn build(
                     let seg = &segments[p.index];
                     if let Some(data) = b.read(dir, seg) {
                         let errors = b.packer.stats().errors;
-                        b.files.extend(b.packer.push_segment(&data, false));
+                        let outputs = b.packer.push_segment(&data, false);
+                        b.spill(outputs);
                         let damaged = b.packer.stats().errors - errors;
                         if damaged > 0 {
                             b.warnings.push(format!(
@@ -118,8 +136,11 @@ pub fn build(
             b.retimed(dir, segments, output, Some(enc), progress)?;
         }
     }
-    let finished = b.packer.finish();
-    b.files.extend(finished.files);
+    let finished = std::mem::replace(&mut b.packer, Mp4Packer::new(limits, container)).finish();
+    b.spill(finished.outputs);
+    if let Some(e) = b.spill_failed.take() {
+        return Err(spill_error(e));
+    }
     if finished.stats.errors > 0 && b.warnings.is_empty() {
         b.warnings.push(format!(
             "{} damaged part(s) of segments skipped (first: {})",
@@ -138,12 +159,9 @@ pub fn build(
     };
     // Limits are out of reach: never more than one file.
     debug_assert!(files.is_empty());
-    let PackedFile {
-        data, duration_ms, ..
-    } = file;
     Ok(Built {
-        data,
-        duration_ms,
+        duration_ms: file.facts.duration_ms,
+        file,
         warnings: b.warnings,
     })
 }
@@ -157,7 +175,10 @@ impl SegmentFile {
 
 struct Builder {
     packer: Mp4Packer,
-    files: Vec<PackedFile>,
+    spill: Spill,
+    /// The first spill error: the output is lost, the rest is skipped.
+    spill_failed: Option<std::io::Error>,
+    files: Vec<SpilledFile>,
     warnings: Vec<String>,
     mux: TsMuxer,
     /// TS written since the last push to the packer.
@@ -186,7 +207,18 @@ impl Builder {
             return;
         }
         let chunk = std::mem::take(&mut self.ts);
-        self.files.extend(self.packer.push_segment(&chunk, false));
+        let outputs = self.packer.push_segment(&chunk, false);
+        self.spill(outputs);
+    }
+
+    fn spill(&mut self, outputs: Vec<PackOutput>) {
+        if self.spill_failed.is_some() {
+            return;
+        }
+        match self.spill.take(outputs) {
+            Ok(files) => self.files.extend(files),
+            Err(e) => self.spill_failed = Some(e),
+        }
     }
 
     fn retimed(

@@ -15,8 +15,9 @@ pub mod build;
 pub mod plan;
 pub mod scan;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use crate::output::Content;
 
 pub use build::VideoSettings;
 pub use plan::AvChoice;
@@ -141,6 +142,10 @@ pub fn run(options: &MergeOptions, progress: &mut dyn Progress) -> Result<MergeR
         warnings: scanned.warnings,
         ..MergeReport::default()
     };
+    let scratch = Scratch::create(&options.dir).map_err(|source| MergeError::Folder {
+        path: options.dir.clone(),
+        source,
+    })?;
     for output in &outputs {
         let gap = output.longest_gap_ms();
         if output.fills_gaps() && gap > plan::MAX_FILLED_GAP_MS {
@@ -159,6 +164,7 @@ pub fn run(options: &MergeOptions, progress: &mut dyn Progress) -> Result<MergeR
         progress.start(&output.file_name, &user_id, output.duration_ms);
         let built = build::build(
             &options.dir,
+            &scratch.0,
             &scanned.segments,
             output,
             &video,
@@ -177,7 +183,7 @@ pub fn run(options: &MergeOptions, progress: &mut dyn Progress) -> Result<MergeR
         for w in &built.warnings {
             report.warnings.push(format!("{}: {w}", output.file_name));
         }
-        if let Err(e) = write_atomically(&options.dir, &output.file_name, &built.data) {
+        if let Err(e) = write_atomically(&options.dir, &output.file_name, built.file.content()) {
             report
                 .failed
                 .push((output.file_name.clone(), format!("writing: {e}")));
@@ -208,12 +214,33 @@ pub fn run(options: &MergeOptions, progress: &mut dyn Progress) -> Result<MergeR
     Ok(report)
 }
 
+/// A folder of our own inside the output folder (so that spilled payloads
+/// are on the same disk as the outputs), removed with what is in it when
+/// the merge ends. Created exclusively under a random name: the output
+/// folder may be shared, and a link planted there is never followed.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn create(dir: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        let path = dir.join(format!(".kiroku-merge-{:016x}", rand::random::<u64>()));
+        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// `<dir>/.<name>.part`, synced, renamed into place. The output folder may
 /// be shared: whatever stands at the temporary name (a link planted to a
 /// file of kiroku's user) is removed, not followed, and the file is
 /// created exclusively (`O_EXCL`, which refuses to follow a link that
 /// appears in between).
-fn write_atomically(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
+fn write_atomically(dir: &Path, name: &str, content: Content<'_>) -> std::io::Result<()> {
     let tmp = dir.join(format!(".{name}.part"));
     match std::fs::remove_file(&tmp) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
@@ -224,7 +251,7 @@ fn write_atomically(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> 
             .write(true)
             .create_new(true)
             .open(&tmp)?;
-        f.write_all(data)?;
+        content.write_to(&mut f)?;
         f.sync_all()?;
         std::fs::rename(&tmp, dir.join(name))
     })();
@@ -248,7 +275,7 @@ mod tests {
         let victim = dir.join("victim");
         std::fs::write(&victim, b"precious").expect("victim");
         std::os::unix::fs::symlink(&victim, dir.join(".out.mp4.part")).expect("link");
-        write_atomically(&dir, "out.mp4", b"merged").expect("write");
+        write_atomically(&dir, "out.mp4", Content::bytes(b"merged")).expect("write");
         assert_eq!(std::fs::read(&victim).expect("read"), b"precious");
         assert_eq!(std::fs::read(dir.join("out.mp4")).expect("read"), b"merged");
         assert!(!dir.join(".out.mp4.part").exists());

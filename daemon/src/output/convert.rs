@@ -53,21 +53,26 @@
 //!   is skipped; a segment missing from the folder or unreadable is
 //!   skipped; damaged TS is the packer's (counted in `pack_errors`). Each
 //!   is a line in [`ConvertReport::failed`].
-//! - **Memory.** One segment is read at a time; a file goes to the sink
-//!   as soon as the packer closes it (at most the split size, 2 GB).
+//! - **Memory.** One segment is read at a time; the packer's payload is
+//!   spilled to a scratch file as it comes ([`crate::output::spill`],
+//!   in [`ConvertRequest::scratch`]) and a file goes to the sink as its
+//!   header and that scratch file as soon as the packer closes it, so a
+//!   job holds a few MB and one key-frame interval, whatever the file's
+//!   size (up to the split size, 2 GB).
 //!
 //! [`ConvertReport::status`] is callback 310's `Status`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::domain::params::RoomId;
 use crate::hls::naming::{
     decode_id, parse_user_stream, segment_start_ms, Media, Naming, TrackType,
 };
 use crate::hls::playlist::Playlist;
-use crate::media::mp4::{Container, Mp4Packer, PackedFile, SplitLimits};
+use crate::media::mp4::{Container, Mp4Packer, SplitLimits};
+use crate::output::spill::{Spill, SpilledFile};
 
 /// Problem lines kept in a report; the rest are only counted.
 const MAX_PROBLEMS: usize = 64;
@@ -91,6 +96,8 @@ pub struct ConvertRequest {
     pub mixed: bool,
     pub sdk_app_id: u32,
     pub room: RoomId,
+    /// Where payloads are spilled while packing (`data_dir/packing`).
+    pub scratch: PathBuf,
 }
 
 impl ConvertRequest {
@@ -312,11 +319,13 @@ pub fn plan(request: &ConvertRequest, files: &[String], playlists: &[PlaylistFil
 }
 
 /// A finished output file, handed to the sink as soon as it is closed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct ConvertedFile {
     /// File name, no folder.
     pub name: String,
-    pub data: Vec<u8>,
+    /// The bytes: header in memory, payload in a scratch file (removed
+    /// when this is dropped); `file.content()` is what a store writes.
+    pub file: SpilledFile,
     /// Decoded; empty for mixed.
     pub user_id: String,
     /// `MediaId` (mixed: main).
@@ -491,7 +500,7 @@ pub fn convert_folder(
     }
     for job in &plan.jobs {
         report.jobs += 1;
-        let made = run_job(dir, job, &naming, request.limits, sink, &mut report);
+        let made = run_job(dir, job, &naming, request, sink, &mut report);
         if made == 0 {
             report.empty_jobs += 1;
             let who = if job.mixed {
@@ -525,41 +534,65 @@ fn run_job(
     dir: &Path,
     job: &Job,
     naming: &Naming,
-    limits: SplitLimits,
+    request: &ConvertRequest,
     sink: &mut dyn FnMut(ConvertedFile) -> Result<(), String>,
     report: &mut ConvertReport,
 ) -> u64 {
-    let mut packer = Mp4Packer::new(limits, job.container);
+    let name = job.output_name(naming, 0);
+    let stem = format!("{:08x}", rand::random::<u32>());
+    let mut spill = match Spill::new(&request.scratch, &stem) {
+        Ok(s) => s,
+        Err(e) => {
+            report.problem(format!(
+                "{name}: cannot spill to {}: {e}",
+                request.scratch.display()
+            ));
+            return 0;
+        }
+    };
+    let mut packer = Mp4Packer::new(request.limits, job.container);
     let first_ms = job.segments.iter().find_map(|s| s.start_ms);
     let mut made = 0;
-    let mut deliver = |packed: PackedFile, report: &mut ConvertReport| {
+    let mut deliver = |spilled: SpilledFile, report: &mut ConvertReport| {
         made += 1;
-        let track_type = match (packed.has_video, packed.has_audio) {
+        let facts = &spilled.facts;
+        let track_type = match (facts.has_video, facts.has_audio) {
             (true, true) => TrackType::AudioVideo,
             (true, false) => TrackType::Video,
             (false, _) => TrackType::Audio,
         };
         let file = ConvertedFile {
-            name: job.output_name(naming, packed.index),
+            name: job.output_name(naming, facts.index),
             user_id: job.user_id.clone(),
             media: job.media,
             track_type,
-            index: packed.index,
-            duration_ms: packed.duration_ms,
-            start_unix_ms: first_ms.map(|t| t + packed.start_ms),
-            data: packed.data,
+            index: facts.index,
+            duration_ms: facts.duration_ms,
+            start_unix_ms: first_ms.map(|t| t + facts.start_ms),
+            file: spilled,
         };
-        let (name, size, duration_ms) = (file.name.clone(), file.data.len(), file.duration_ms);
+        let size = file.file.len().unwrap_or(0);
+        let (name, duration_ms) = (file.name.clone(), file.duration_ms);
         match sink(file) {
             Ok(()) => report.files.push(DeliveredFile {
                 name,
-                size: size as u64,
+                size,
                 duration_ms,
             }),
             Err(e) => {
                 report.problem(format!("{name} not delivered: {e}"));
                 report.undelivered.push(name);
             }
+        }
+    };
+    let mut spill_failed = None;
+    let mut spilled = |outputs, report: &mut ConvertReport| {
+        if spill_failed.is_some() {
+            return;
+        }
+        match spill.take(outputs) {
+            Ok(files) => files.into_iter().for_each(|f| deliver(f, report)),
+            Err(e) => spill_failed = Some(e),
         }
     };
     for s in &job.segments {
@@ -573,13 +606,16 @@ fn run_job(
         };
         report.segments += 1;
         // No discontinuity flag: one timeline per task (module doc).
-        for packed in packer.push_segment(&data, false) {
-            deliver(packed, report);
-        }
+        spilled(packer.push_segment(&data, false), report);
     }
     let done = packer.finish();
-    for packed in done.files {
-        deliver(packed, report);
+    spilled(done.outputs, report);
+    if let Some(e) = spill_failed {
+        report.problem(format!(
+            "{name}: spilling to {} failed: {e}",
+            request.scratch.display()
+        ));
+        report.undelivered.push(name.clone());
     }
     report.pack_errors += done.stats.errors;
     if done.stats.errors > 0 {
@@ -590,7 +626,6 @@ fn run_job(
             .take(4)
             .map(|e| e.to_string())
             .collect();
-        let name = job.output_name(naming, 0);
         report.problem(format!(
             "{name}: {} damaged part(s) skipped ({}; segments numbered in push order)",
             done.stats.errors,
@@ -606,6 +641,7 @@ mod tests {
     use crate::hls::playlist::Segment;
     use crate::hls::stream::BASE_90K;
     use crate::media::aac::OpusToAac;
+    use crate::media::mp4::PackedFile;
     use crate::media::ts::TsMuxer;
     use crate::publish::source::{AudioConfig, AudioSource, VideoConfig, VideoSource};
     use std::path::PathBuf;
@@ -630,7 +666,14 @@ mod tests {
             mixed,
             sdk_app_id: SDK,
             room: RoomId::Int(7),
+            scratch: std::env::temp_dir()
+                .join(format!("kiroku-convert-{}-scratch", std::process::id())),
         }
+    }
+
+    /// A converted file's bytes.
+    fn data(f: &ConvertedFile) -> Vec<u8> {
+        f.file.content().to_vec().expect("the converted file")
     }
 
     // ---- media: 12 s of real H.264 (key frame every 2 s) and AAC on the
@@ -842,15 +885,13 @@ mod tests {
     /// the MP4 must come out when audio and video stay aligned.
     fn reference(parts: &[Part], limits: SplitLimits, container: Container) -> Vec<PackedFile> {
         let (_, segments) = build(true, true, parts, 3, &|_| String::new());
-        let mut packer = Mp4Packer::new(limits, container);
-        let mut files = Vec::new();
-        for s in &segments {
-            files.extend(packer.push_segment(s, false));
-        }
-        let done = packer.finish();
+        let done = crate::media::mp4::pack(
+            segments.iter().map(|s| (s.as_slice(), false)),
+            limits,
+            container,
+        );
         assert_eq!(done.stats.errors, 0, "{:?}", done.stats.first_errors);
-        files.extend(done.files);
-        files
+        done.files
     }
 
     fn names(files: &[ConvertedFile]) -> Vec<&str> {
@@ -1116,7 +1157,7 @@ mod tests {
         assert_eq!(expected.len(), 1);
         assert_eq!(alice.duration_ms, expected[0].duration_ms);
         assert!(
-            alice.data == expected[0].data,
+            data(alice) == expected[0].data,
             "the MP4 differs from the merged stream's"
         );
         assert!(
@@ -1126,12 +1167,12 @@ mod tests {
         );
         let bob = &files[1];
         assert_eq!(bob.track_type, TrackType::Audio);
-        assert_eq!(&bob.data[8..12], b"M4A ");
+        assert_eq!(&data(bob)[8..12], b"M4A ");
         assert_eq!(
             report.files.iter().map(|f| f.size).collect::<Vec<_>>(),
             files
                 .iter()
-                .map(|f| f.data.len() as u64)
+                .map(|f| data(f).len() as u64)
                 .collect::<Vec<_>>()
         );
         assert_eq!(report.segments, written as u64);
@@ -1168,7 +1209,7 @@ mod tests {
             ]
         );
         let expected = reference(&[(0, 12, false)], SplitLimits::default(), Container::Mp4);
-        assert!(files[0].data == expected[0].data);
+        assert!(data(&files[0]) == expected[0].data);
         assert_eq!(files[1].track_type, TrackType::Video);
         assert_eq!(files[1].media, Media::Aux);
         assert!(
@@ -1197,7 +1238,7 @@ mod tests {
             ("", Media::Main)
         );
         let expected = reference(&[(0, 12, false)], SplitLimits::default(), Container::Mp4);
-        assert!(files[0].data == expected[0].data);
+        assert!(data(&files[0]) == expected[0].data);
     }
 
     /// The ADTS frames of the media in `parts`, back to back.
@@ -1243,9 +1284,9 @@ mod tests {
             ]
         );
         assert!(files.iter().all(|f| f.track_type == TrackType::Audio));
-        assert!(files[0].data == adts(&[(0, 4, false), (8, 10, true), (10, 12, false)]));
+        assert!(data(&files[0]) == adts(&[(0, 4, false), (8, 10, true), (10, 12, false)]));
         assert!(
-            files[1].data == adts(&[(0, 6, false)]),
+            data(&files[1]) == adts(&[(0, 6, false)]),
             "audio of an A/V stream"
         );
         // Mixed: <SdkAppId>_<RoomId>.aac.
@@ -1254,7 +1295,7 @@ mod tests {
         let (files, report) = dir.convert(&request(ConvertFormat::Aac, true));
         assert_eq!(report.status(), 0, "{report}");
         assert_eq!(names(&files), ["1400000001_7.aac"]);
-        assert!(files[0].data == adts(&[(0, 3, false)]));
+        assert!(data(&files[0]) == adts(&[(0, 3, false)]));
     }
 
     #[test]
@@ -1277,7 +1318,7 @@ mod tests {
         assert_eq!(names(&files), want);
         for (f, e) in files.iter().zip(&expected) {
             assert_eq!(f.index, e.index);
-            assert!(f.data == e.data);
+            assert!(data(f) == e.data);
             assert!(f.duration_ms <= 5_000);
         }
     }

@@ -39,10 +39,75 @@ pub fn create(path: &Path, access: Access) -> io::Result<File> {
         .open(path)
 }
 
+/// What a file is made of: bytes in memory, optionally followed by the
+/// whole of another file. A packed MP4 is its header (made last) and the
+/// payload the packer spilled to disk as it went, so a 2 GB file is
+/// written without ever being held in memory.
+#[derive(Debug, Clone, Copy)]
+pub struct Content<'a> {
+    pub head: &'a [u8],
+    pub tail: Option<&'a Path>,
+}
+
+impl<'a> Content<'a> {
+    pub fn bytes(data: &'a [u8]) -> Self {
+        Self {
+            head: data,
+            tail: None,
+        }
+    }
+
+    /// `head` then the contents of `tail`.
+    pub fn spilled(head: &'a [u8], tail: &'a Path) -> Self {
+        Self {
+            head,
+            tail: Some(tail),
+        }
+    }
+
+    /// The whole length (the tail's size as it is now).
+    pub fn len(&self) -> io::Result<u64> {
+        let tail = match self.tail {
+            Some(p) => std::fs::metadata(p)?.len(),
+            None => 0,
+        };
+        Ok(self.head.len() as u64 + tail)
+    }
+
+    pub fn is_empty(&self) -> io::Result<bool> {
+        self.len().map(|n| n == 0)
+    }
+
+    /// Writes the whole content to `out`: the tail is copied by the kernel
+    /// where it can (`copy_file_range`), in bounded pieces otherwise.
+    pub fn write_to(&self, out: &mut File) -> io::Result<()> {
+        out.write_all(self.head)?;
+        if let Some(tail) = self.tail {
+            let mut src = File::open(tail)?;
+            io::copy(&mut src, out)?;
+        }
+        Ok(())
+    }
+
+    /// The whole content in memory (small objects, tests).
+    pub fn to_vec(&self) -> io::Result<Vec<u8>> {
+        let mut all = self.head.to_vec();
+        if let Some(tail) = self.tail {
+            all.extend_from_slice(&std::fs::read(tail)?);
+        }
+        Ok(all)
+    }
+}
+
 /// Creates (or truncates) `path`, writes `data` and fdatasyncs it.
 pub fn write_synced(path: &Path, data: &[u8], access: Access) -> io::Result<()> {
+    write_content_synced(path, Content::bytes(data), access)
+}
+
+/// Creates (or truncates) `path`, writes `content` and fdatasyncs it.
+pub fn write_content_synced(path: &Path, content: Content<'_>, access: Access) -> io::Result<()> {
     let mut f = create(path, access)?;
-    f.write_all(data)?;
+    content.write_to(&mut f)?;
     f.sync_data()
 }
 
@@ -71,7 +136,18 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// synced, renamed onto `path`, then `path`'s directory synced. `tmp` must
 /// be in the same directory. On failure `tmp` is removed (best effort).
 pub fn replace(tmp: &Path, path: &Path, data: &[u8], access: Access) -> io::Result<()> {
-    let result = write_synced(tmp, data, access).and_then(|()| std::fs::rename(tmp, path));
+    replace_content(tmp, path, Content::bytes(data), access)
+}
+
+/// [`replace`] with [`Content`].
+pub fn replace_content(
+    tmp: &Path,
+    path: &Path,
+    content: Content<'_>,
+    access: Access,
+) -> io::Result<()> {
+    let result =
+        write_content_synced(tmp, content, access).and_then(|()| std::fs::rename(tmp, path));
     if result.is_err() {
         let _ = std::fs::remove_file(tmp);
     }
@@ -93,6 +169,12 @@ mod tests {
         replace(&tmp, &fin, b"two", Access::Shared).expect("second");
         assert_eq!(std::fs::read(&fin).expect("read"), b"two");
         assert!(!tmp.exists());
+        let spilled = dir.join("payload");
+        std::fs::write(&spilled, b" and three").expect("payload");
+        let content = Content::spilled(b"two", &spilled);
+        assert_eq!(content.len().expect("len"), 13);
+        replace_content(&tmp, &fin, content, Access::Shared).expect("spilled");
+        assert_eq!(std::fs::read(&fin).expect("read"), b"two and three");
         let missing = dir.join("no-such-dir").join("b");
         assert!(replace(
             &missing.with_extension("tmp"),

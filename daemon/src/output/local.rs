@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use super::{check_key, durable, Store, StoreError};
+use super::{check_key, durable, Content, Store, StoreError};
 
 pub struct LocalStore {
     root: PathBuf,
@@ -23,7 +23,7 @@ impl LocalStore {
 }
 
 impl Store for LocalStore {
-    fn put(&self, key: &str, data: &[u8]) -> Result<(), StoreError> {
+    fn put_content(&self, key: &str, content: Content<'_>) -> Result<(), StoreError> {
         let path = self.path_of(key)?;
         let io = |source: std::io::Error| {
             // ENOSPC, EDQUOT: the task cannot go on (it fails loudly).
@@ -45,7 +45,7 @@ impl Store for LocalStore {
         ));
         // Synced, renamed and the directory synced: a file reported by 304
         // or Describe survives a power loss.
-        durable::replace(&tmp, &path, data, durable::Access::Shared).map_err(io)
+        durable::replace_content(&tmp, &path, content, durable::Access::Shared).map_err(io)
     }
 }
 

@@ -12,6 +12,7 @@ pub mod durable;
 pub mod local;
 pub mod queue;
 pub mod s3;
+pub mod spill;
 pub mod spool;
 pub mod uploader;
 mod uring;
@@ -19,6 +20,8 @@ pub mod vod;
 pub mod vod_http;
 
 use std::path::PathBuf;
+
+pub use durable::Content;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -41,8 +44,14 @@ pub enum StoreError {
 /// A destination for recorded files. Writes are whole-object and atomic:
 /// a reader sees the old object or the new one, never a partial file.
 pub trait Store: Send + Sync {
+    /// Writes (or replaces) an object made of `content` (bytes, or bytes
+    /// and a file's contents: a long MP4 is never held in memory).
+    fn put_content(&self, key: &str, content: Content<'_>) -> Result<(), StoreError>;
+
     /// Writes (or replaces) an object.
-    fn put(&self, key: &str, data: &[u8]) -> Result<(), StoreError>;
+    fn put(&self, key: &str, data: &[u8]) -> Result<(), StoreError> {
+        self.put_content(key, Content::bytes(data))
+    }
 }
 
 /// Writes every object to several stores (a task's storage and the
@@ -59,9 +68,9 @@ impl TeeStore {
 }
 
 impl Store for TeeStore {
-    fn put(&self, key: &str, data: &[u8]) -> Result<(), StoreError> {
+    fn put_content(&self, key: &str, content: Content<'_>) -> Result<(), StoreError> {
         for s in &self.stores {
-            s.put(key, data)?;
+            s.put_content(key, content)?;
         }
         Ok(())
     }

@@ -38,7 +38,7 @@ use tokio::sync::{mpsc, Notify};
 use super::queue::{Backoff, Entry, EntryId, Failed, Kind, UploadQueue};
 use super::s3::{S3Target, S3Uploader, TargetError, UploadError};
 use super::spool::{Spool, SpoolError, SpoolOptions};
-use super::{Store, StoreError};
+use super::{Content, Store, StoreError};
 use crate::clock;
 use crate::config::StorageConfig;
 use crate::domain::params::{CloudStorage, RoomId};
@@ -696,8 +696,8 @@ struct SpoolStore {
 }
 
 impl Store for SpoolStore {
-    fn put(&self, key: &str, data: &[u8]) -> Result<(), StoreError> {
-        let id = match self.shared.spool.put(&self.task_id, key, data) {
+    fn put_content(&self, key: &str, content: Content<'_>) -> Result<(), StoreError> {
+        let id = match self.shared.spool.put_content(&self.task_id, key, content) {
             Ok(id) => id,
             Err(e) if e.is_full() => {
                 self.shared.metrics.spool_full.inc();
@@ -705,12 +705,9 @@ impl Store for SpoolStore {
             }
             Err(e) => return Err(StoreError::Spool(e)),
         };
-        let pushed = lock(&self.shared.queue).push(Entry::new(
-            id,
-            self.task_id.as_str(),
-            key,
-            data.len() as u64,
-        ));
+        let size = self.shared.spool.get(id).map_or(0, |e| e.size);
+        let pushed =
+            lock(&self.shared.queue).push(Entry::new(id, self.task_id.as_str(), key, size));
         for old in pushed.superseded {
             if let Err(e) = self.shared.spool.remove(old) {
                 tracing::warn!(entry = old, error = %e, "removing a superseded spool entry");

@@ -17,10 +17,11 @@
 //!   (`bytes=a-b`, `bytes=a-`, `bytes=-n`); several ranges are answered with
 //!   the whole file (allowed by the RFC), an unsatisfiable one with 416.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use super::Content;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -96,10 +97,10 @@ fn derived_file_id(task_id: &str, cache_file: &str) -> String {
     file_id_from(u64::from_be_bytes(first))
 }
 
-fn write_atomic(path: &Path, data: &[u8]) -> Result<(), VodError> {
+fn write_atomic(path: &Path, content: Content<'_>) -> Result<(), VodError> {
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(data).map_err(io(&tmp))?;
+    content.write_to(&mut f).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))
 }
@@ -131,7 +132,16 @@ impl VodStore {
     /// Stores one MP4; returns its entry (with its FileId). The same
     /// task's same file committed again keeps its FileId (see
     /// [`derived_file_id`]); another file never takes an existing one.
-    pub fn commit(&self, mp4: &[u8], mut entry: VodEntry) -> Result<VodEntry, VodError> {
+    pub fn commit(&self, mp4: &[u8], entry: VodEntry) -> Result<VodEntry, VodError> {
+        self.commit_content(Content::bytes(mp4), entry)
+    }
+
+    /// [`VodStore::commit`] of an MP4 made of bytes and a spilled payload.
+    pub fn commit_content(
+        &self,
+        mp4: Content<'_>,
+        mut entry: VodEntry,
+    ) -> Result<VodEntry, VodError> {
         let derived = derived_file_id(&entry.task_id, &entry.cache_file);
         let same_file = |id: &str| {
             self.get(id)
@@ -151,13 +161,14 @@ impl VodStore {
             }
         };
         entry.file_id = file_id.clone();
-        entry.size = mp4.len() as u64;
-        write_atomic(&self.mp4_path(&file_id), mp4)?;
+        let mp4_path = self.mp4_path(&file_id);
+        write_atomic(&mp4_path, mp4)?;
+        entry.size = std::fs::metadata(&mp4_path).map_err(io(&mp4_path))?.len();
         let meta = serde_json::to_vec_pretty(&entry).map_err(|source| VodError::Metadata {
             path: self.meta_path(&file_id).display().to_string(),
             source,
         })?;
-        write_atomic(&self.meta_path(&file_id), &meta)?;
+        write_atomic(&self.meta_path(&file_id), Content::bytes(&meta))?;
         let dir = std::fs::File::open(&self.dir).map_err(io(&self.dir))?;
         dir.sync_all().map_err(io(&self.dir))?;
         Ok(entry)

@@ -1630,12 +1630,22 @@ mod tests {
     }
 
     impl crate::output::Store for GatedStore {
-        fn put(&self, key: &str, data: &[u8]) -> Result<(), crate::output::StoreError> {
+        fn put_content(
+            &self,
+            key: &str,
+            content: crate::output::Content<'_>,
+        ) -> Result<(), crate::output::StoreError> {
             let mut open = crate::sync::lock(&self.open);
             while !*open {
                 open = self.opened.wait(open).unwrap_or_else(|p| p.into_inner());
             }
-            crate::sync::lock(&self.files).push((key.to_owned(), data.to_vec()));
+            let data = content
+                .to_vec()
+                .map_err(|source| crate::output::StoreError::Io {
+                    path: key.into(),
+                    source,
+                })?;
+            crate::sync::lock(&self.files).push((key.to_owned(), data));
             Ok(())
         }
     }

@@ -91,6 +91,7 @@ impl Manager {
             mixed: spec.record.mode == RecordMode::Mixed,
             sdk_app_id: spec.sdk_app_id,
             room: spec.room.clone(),
+            scratch: self.inner.config.data_dir.join("packing"),
         };
         enum Sink {
             Store(Arc<dyn crate::output::Store>),
@@ -103,7 +104,8 @@ impl Manager {
         };
         // One place of the packing pool for the whole job: a burst of
         // ending tasks packs `limits.packing_jobs` at a time (each job
-        // holds a whole output file in memory), the others wait.
+        // reads and writes a whole recording: they would only compete
+        // for the disk), the others wait.
         let waiting = self.inner.packing.available_permits() == 0;
         if waiting {
             tracing::info!(task_id = %task_id, "waiting for a packing place (limits.packing_jobs)");
@@ -119,7 +121,7 @@ impl Manager {
                 let mut deliver = |f: ConvertedFile| -> Result<(), String> {
                     let result = match &sink {
                         Sink::Store(store) => store
-                            .put(&format!("{folder}/{}", f.name), &f.data)
+                            .put_content(&format!("{folder}/{}", f.name), f.file.content())
                             .map_err(|e| format!("{e}")),
                         Sink::Vod(store, keep_s) => {
                             let now = clock::unix_secs();
@@ -135,7 +137,7 @@ impl Manager {
                                 expire_at_unix_s: if *keep_s == 0 { 0 } else { now + keep_s },
                             };
                             store
-                                .commit(&f.data, entry)
+                                .commit_content(f.file.content(), entry)
                                 .map(|e| vod.push(e))
                                 .map_err(|e| e.to_string())
                         }

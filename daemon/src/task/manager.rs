@@ -155,6 +155,12 @@ impl Manager {
             .collect();
         let http = ImageClient::new(AddressPolicy::new(config.fetch.allow.clone(), own));
         let packing = Arc::new(tokio::sync::Semaphore::new(config.limits.packing_jobs));
+        // Payloads a packing job was spilling when the daemon stopped: only
+        // ever copies (the job runs again from the recording).
+        let scratch = config.data_dir.join("packing");
+        if let Err(e) = crate::output::spill::clear(&scratch) {
+            tracing::warn!(dir = %scratch.display(), error = %e, "clearing the packing scratch folder");
+        }
         let mgr = Manager {
             inner: Arc::new(Inner {
                 config,

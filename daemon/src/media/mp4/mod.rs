@@ -46,17 +46,23 @@
 //! - **Faststart.** `ftyp`, `moov`, `mdat`: chunk offsets are computed
 //!   after sizing `moov`; `co64` replaces `stco` past 4 GiB. Chunks hold
 //!   at most 1 s (or 1 MiB) of one track, interleaved.
-//! - **Memory.** A file is built in memory (at most the size limit) and
-//!   handed out as soon as it is closed; besides, one key-frame interval
-//!   and the samples of the newest segment are held.
+//! - **Memory.** Payload is handed out chunk by chunk as it is packed
+//!   ([`PackOutput::Payload`], at most 1 s or 1 MiB of one track each);
+//!   only the sample tables stay (about 20 bytes a sample), and the
+//!   header comes last ([`PackOutput::Closed`]): a faststart file is its
+//!   header followed by the payload handed out before it. Besides, one
+//!   key-frame interval and the samples of the newest segment are held.
+//!   Whoever writes the payload to disk as it comes packs a 2 GB file in
+//!   a few MB ([`Assembler`] puts files together in memory instead, for
+//!   tests and small outputs).
 //!
 //! Layout: `config` (sample descriptions), `split` (file limits), `tables`
 //! (one file's sample tables and payload), `boxes` (the box writers); the
 //! TS input is read by `media::ts_demux`.
 //!
-//! API: [`Mp4Packer`] streams (`push_segment` returns the files it
-//! closed, `finish` the rest and [`PackStats`]); [`pack`] and [`pack_aac`]
-//! take a whole recording.
+//! API: [`Mp4Packer`] streams (`push_segment` returns the payload and
+//! files it produced, `finish` the rest and [`PackStats`]); [`pack`] and
+//! [`pack_aac`] take a whole recording and return whole files.
 //!
 //! Boxes are written here (`boxes`, ~280 lines) rather than with a crate:
 //! we need exact faststart sizing, `co64`, several sample descriptions and
@@ -161,7 +167,44 @@ pub enum Container {
     Adts,
 }
 
-/// One finished output file.
+/// What one finished output file is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileFacts {
+    /// 0 when the recording fits one file (named without `_<Index>`,
+    /// spec §3a); 1, 2, ... when it was split.
+    pub index: u32,
+    /// Where the file starts: ms after the recording's first sample.
+    pub start_ms: u64,
+    /// Media duration (the longest track, from the file's start).
+    pub duration_ms: u64,
+    pub has_video: bool,
+    pub has_audio: bool,
+    pub video_frames: u64,
+    pub audio_frames: u64,
+}
+
+/// What the packer produces, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PackOutput {
+    /// The next bytes of the open file's payload (the `mdat` contents; for
+    /// ADTS the file itself).
+    Payload(Vec<u8>),
+    /// The open file is complete: its header, then every payload handed
+    /// out since the previous `Closed`, make the file.
+    Closed(ClosedFile),
+}
+
+/// A file the packer closed; its payload went out before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosedFile {
+    /// `ftyp`, `moov` and the `mdat` header (empty for ADTS).
+    pub header: Vec<u8>,
+    /// The payload's length, to check what was written.
+    pub payload_len: u64,
+    pub facts: FileFacts,
+}
+
+/// One finished output file, whole in memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackedFile {
     /// 0 when the recording fits one file (named without `_<Index>`,
@@ -179,10 +222,53 @@ pub struct PackedFile {
     pub audio_frames: u64,
 }
 
-/// The end of packing: the last files and what happened on the way.
+/// Puts the packer's output together in memory: whole files, for tests,
+/// fuzzing and callers whose files are small.
+#[derive(Debug, Default)]
+pub struct Assembler {
+    payload: Vec<u8>,
+}
+
+impl Assembler {
+    /// The files `outputs` completed.
+    pub fn files(&mut self, outputs: Vec<PackOutput>) -> Vec<PackedFile> {
+        let mut files = Vec::new();
+        for output in outputs {
+            match output {
+                PackOutput::Payload(mut bytes) => self.payload.append(&mut bytes),
+                PackOutput::Closed(closed) => {
+                    let mut data = closed.header;
+                    data.append(&mut self.payload);
+                    let f = closed.facts;
+                    files.push(PackedFile {
+                        index: f.index,
+                        data,
+                        start_ms: f.start_ms,
+                        duration_ms: f.duration_ms,
+                        has_video: f.has_video,
+                        has_audio: f.has_audio,
+                        video_frames: f.video_frames,
+                        audio_frames: f.audio_frames,
+                    });
+                }
+            }
+        }
+        files
+    }
+}
+
+/// A whole recording packed in memory: its files and what happened on
+/// the way.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finished {
     pub files: Vec<PackedFile>,
+    pub stats: PackStats,
+}
+
+/// The end of streaming: the last outputs and what happened on the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishedOutputs {
+    pub outputs: Vec<PackOutput>,
     pub stats: PackStats,
 }
 
@@ -244,12 +330,13 @@ pub fn pack<'a>(
     container: Container,
 ) -> Finished {
     let mut packer = Mp4Packer::new(limits, container);
+    let mut assembler = Assembler::default();
     let mut files = Vec::new();
     for (ts, discontinuity) in segments {
-        files.extend(packer.push_segment(ts, discontinuity));
+        files.extend(assembler.files(packer.push_segment(ts, discontinuity)));
     }
-    let mut last = packer.finish();
-    files.append(&mut last.files);
+    let last = packer.finish();
+    files.extend(assembler.files(last.outputs));
     Finished {
         files,
         stats: last.stats,
@@ -316,8 +403,8 @@ impl Mp4Packer {
     }
 
     /// One TS segment; `discontinuity` as `#EXT-X-DISCONTINUITY` before it
-    /// in the playlist. Returns the files this closed.
-    pub fn push_segment(&mut self, ts: &[u8], discontinuity: bool) -> Vec<PackedFile> {
+    /// in the playlist. Returns the payload packed and the files closed.
+    pub fn push_segment(&mut self, ts: &[u8], discontinuity: bool) -> Vec<PackOutput> {
         let segment = self.stats.segments;
         self.stats.segments += 1;
         let want_video = self.container == Container::Mp4;
@@ -367,13 +454,13 @@ impl Mp4Packer {
     }
 
     /// Ends the input: packs what is held and closes the last file.
-    pub fn finish(mut self) -> Finished {
-        let mut files = Vec::new();
-        self.release(true, &mut files);
+    pub fn finish(mut self) -> FinishedOutputs {
+        let mut outputs = Vec::new();
+        self.release(true, &mut outputs);
         self.split
-            .finish(&self.configs, &mut self.stats, &mut files);
-        Finished {
-            files,
+            .finish(&self.configs, &mut self.stats, &mut outputs);
+        FinishedOutputs {
+            outputs,
             stats: self.stats,
         }
     }
@@ -534,7 +621,7 @@ impl Mp4Packer {
 
     /// Hands queued samples to the splitter in DTS order: those before the
     /// horizon, or all.
-    fn release(&mut self, all: bool, out: &mut Vec<PackedFile>) {
+    fn release(&mut self, all: bool, out: &mut Vec<PackOutput>) {
         loop {
             let v = self.queues[0].front().map(|s| s.dts);
             let a = self.queues[1].front().map(|s| s.dts);

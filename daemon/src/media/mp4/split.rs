@@ -50,7 +50,7 @@ impl Splitter {
         s: Sample,
         cfg: &Configs,
         stats: &mut PackStats,
-        out: &mut Vec<PackedFile>,
+        out: &mut Vec<PackOutput>,
     ) {
         self.origin.get_or_insert(s.dts);
         let end = match s.kind {
@@ -96,7 +96,7 @@ impl Splitter {
                     self.close(Some(self.group_start), cfg, out);
                 }
             }
-            self.append_group(cfg, stats);
+            self.append_group(cfg, stats, out);
             self.group_continues = true;
         }
     }
@@ -109,7 +109,7 @@ impl Splitter {
         t: u64,
         cfg: &Configs,
         stats: &mut PackStats,
-        out: &mut Vec<PackedFile>,
+        out: &mut Vec<PackOutput>,
     ) {
         if self.group.is_empty() {
             return;
@@ -123,11 +123,16 @@ impl Splitter {
         if too_big && !self.group_continues {
             self.close(Some(self.group_start), cfg, out);
         }
-        self.append_group(cfg, stats);
+        self.append_group(cfg, stats, out);
         self.group_continues = false;
     }
 
-    pub(super) fn append_group(&mut self, cfg: &Configs, stats: &mut PackStats) {
+    pub(super) fn append_group(
+        &mut self,
+        cfg: &Configs,
+        stats: &mut PackStats,
+        out: &mut Vec<PackOutput>,
+    ) {
         let file = self
             .file
             .get_or_insert_with(|| FileBuilder::new(self.container, self.group_start));
@@ -135,25 +140,25 @@ impl Splitter {
             file.start = self.group_start;
         }
         for s in self.group.drain(..) {
-            file.add(s, cfg, stats, self.segment);
+            file.add(s, cfg, stats, self.segment, out);
         }
         self.group_bytes = 0;
     }
 
-    pub(super) fn close(&mut self, end: Option<u64>, cfg: &Configs, out: &mut Vec<PackedFile>) {
+    pub(super) fn close(&mut self, end: Option<u64>, cfg: &Configs, out: &mut Vec<PackOutput>) {
         let Some(file) = self.file.take().filter(|f| !f.is_empty()) else {
             return;
         };
         self.emitted += 1;
         let origin = self.origin.unwrap_or(file.start);
-        out.push(file.finish(self.emitted, end, origin, cfg, self.co64_above));
+        file.finish(self.emitted, end, origin, cfg, self.co64_above, out);
     }
 
     pub(super) fn finish(
         &mut self,
         cfg: &Configs,
         stats: &mut PackStats,
-        out: &mut Vec<PackedFile>,
+        out: &mut Vec<PackOutput>,
     ) {
         self.commit(self.group_end, cfg, stats, out);
         let Some(file) = self.file.take().filter(|f| !f.is_empty()) else {
@@ -166,6 +171,6 @@ impl Splitter {
         };
         self.emitted += 1;
         let origin = self.origin.unwrap_or(file.start);
-        out.push(file.finish(index, None, origin, cfg, self.co64_above));
+        file.finish(index, None, origin, cfg, self.co64_above, out);
     }
 }

@@ -1,6 +1,8 @@
 //! One file being built: per-track sample tables (sizes, durations,
-//! composition offsets, sync samples, chunks) and the payload, laid out
-//! faststart (`ftyp`, `moov`, `mdat`) when the file closes.
+//! composition offsets, sync samples, chunks). The payload is not kept:
+//! each chunk goes out as [`PackOutput::Payload`] when it is complete, and
+//! the header (`ftyp`, `moov`, `mdat` header: faststart) comes with
+//! [`PackOutput::Closed`] when the file closes.
 
 use super::*;
 
@@ -91,16 +93,19 @@ impl TrackBuilder {
         }
     }
 
-    pub(super) fn flush_chunk(&mut self, payload: &mut Vec<u8>) {
+    /// Hands the open chunk out; `payload_len` is what the file's payload
+    /// held before it.
+    pub(super) fn flush_chunk(&mut self, payload_len: &mut u64, out: &mut Vec<PackOutput>) {
         if self.open_samples == 0 {
             return;
         }
         self.chunks.push(Chunk {
-            offset: payload.len() as u64,
+            offset: *payload_len,
             samples: self.open_samples,
             desc: self.open_desc,
         });
-        payload.append(&mut self.open);
+        *payload_len += self.open.len() as u64;
+        out.push(PackOutput::Payload(std::mem::take(&mut self.open)));
         self.open_samples = 0;
     }
 
@@ -123,7 +128,8 @@ impl TrackBuilder {
 pub(super) struct FileBuilder {
     pub(super) container: Container,
     pub(super) start: u64,
-    pub(super) payload: Vec<u8>,
+    /// Bytes handed out as [`PackOutput::Payload`] so far.
+    pub(super) payload_len: u64,
     pub(super) tracks: [TrackBuilder; 2],
 }
 
@@ -132,7 +138,7 @@ impl FileBuilder {
         Self {
             container,
             start,
-            payload: Vec::new(),
+            payload_len: 0,
             tracks: [
                 TrackBuilder::new(Kind::Video),
                 TrackBuilder::new(Kind::Audio),
@@ -146,7 +152,7 @@ impl FileBuilder {
 
     /// The file's size if it were closed now, at most.
     pub(super) fn size_bound(&self) -> u64 {
-        let mut n = FIXED_HEADER_BYTES + self.payload.len() as u64;
+        let mut n = FIXED_HEADER_BYTES + self.payload_len;
         for t in &self.tracks {
             n += t.open.len() as u64
                 + TABLE_BYTES_PER_SAMPLE * u64::from(t.count())
@@ -155,7 +161,14 @@ impl FileBuilder {
         n
     }
 
-    pub(super) fn add(&mut self, s: Sample, cfg: &Configs, stats: &mut PackStats, segment: u64) {
+    pub(super) fn add(
+        &mut self,
+        s: Sample,
+        cfg: &Configs,
+        stats: &mut PackStats,
+        segment: u64,
+        out: &mut Vec<PackOutput>,
+    ) {
         if s.dts < self.start {
             stats.error(PackError::Late {
                 segment,
@@ -217,7 +230,7 @@ impl FileBuilder {
                 || s.dts - t.open_start >= CHUNK_SPAN
                 || t.open.len() >= CHUNK_BYTES)
         {
-            t.flush_chunk(&mut self.payload);
+            t.flush_chunk(&mut self.payload_len, out);
         }
         if t.open_samples == 0 {
             t.open_start = s.dts;
@@ -261,11 +274,12 @@ impl FileBuilder {
         origin: u64,
         cfg: &Configs,
         co64_above: u64,
-    ) -> PackedFile {
+        out: &mut Vec<PackOutput>,
+    ) {
         let mut timings = Vec::new();
         let mut end_ticks = 0u64;
         for t in &mut self.tracks {
-            t.flush_chunk(&mut self.payload);
+            t.flush_chunk(&mut self.payload_len, out);
             if t.sizes.is_empty() {
                 continue;
             }
@@ -284,24 +298,24 @@ impl FileBuilder {
         let [video, audio] = &self.tracks;
         let (has_video, has_audio) = (!video.sizes.is_empty(), !audio.sizes.is_empty());
         let (video_frames, audio_frames) = (video.sizes.len() as u64, audio.sizes.len() as u64);
-        let data = if self.container == Container::Adts {
-            self.payload
+        let header = if self.container == Container::Adts {
+            Vec::new()
         } else {
-            let header = self.header(cfg, &timings, co64_above);
-            let mut data = self.payload;
-            data.splice(0..0, header);
-            data
+            self.header(cfg, &timings, co64_above)
         };
-        PackedFile {
-            index,
-            data,
-            start_ms: (self.start.saturating_sub(origin) + 45) / 90,
-            duration_ms: (end_ticks + 45) / 90,
-            has_video,
-            has_audio,
-            video_frames,
-            audio_frames,
-        }
+        out.push(PackOutput::Closed(ClosedFile {
+            header,
+            payload_len: self.payload_len,
+            facts: FileFacts {
+                index,
+                start_ms: (self.start.saturating_sub(origin) + 45) / 90,
+                duration_ms: (end_ticks + 45) / 90,
+                has_video,
+                has_audio,
+                video_frames,
+                audio_frames,
+            },
+        }));
     }
 
     /// `ftyp`, `moov` and the `mdat` header, with chunk offsets pointing
@@ -319,7 +333,7 @@ impl FileBuilder {
             }
             _ => b.extend_from_slice(b"isom\0\0\x02\0isomiso2avc1mp41"),
         });
-        let payload = self.payload.len() as u64;
+        let payload = self.payload_len;
         let mdat_header: u64 = if payload + 8 > u64::from(u32::MAX) {
             16
         } else {

@@ -942,12 +942,13 @@ fn timestamps_wrap_and_co64_offsets() {
         ..Spec::default()
     });
     let mut packer = Mp4Packer::new(SplitLimits::default(), Container::Mp4).with_co64_above(0);
+    let mut assembler = Assembler::default();
     let mut files = Vec::new();
     for (s, d) in input.pushes() {
-        files.extend(packer.push_segment(s, d));
+        files.extend(assembler.files(packer.push_segment(s, d)));
     }
     let done = packer.finish();
-    files.extend(done.files);
+    files.extend(assembler.files(done.outputs));
     assert_eq!(done.stats.errors, 0, "{:?}", done.stats.first_errors);
     assert_eq!(files.len(), 1);
     let f = &files[0];

@@ -5,15 +5,23 @@
 
 use super::*;
 
+#[cfg(test)]
 pub(super) fn encode(task: &str, key: &str, data: &[u8]) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(FIXED_HEADER + task.len() + key.len() + data.len());
+    let mut buf = encode_header(task, key, data.len() as u64, data.len());
+    buf.extend_from_slice(data);
+    buf
+}
+
+/// The header of an entry whose payload is `data_len` bytes (names at
+/// most [`MAX_NAME`], so the lengths fit), with room for `reserve` more.
+pub(super) fn encode_header(task: &str, key: &str, data_len: u64, reserve: usize) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(FIXED_HEADER + task.len() + key.len() + reserve);
     buf.extend_from_slice(MAGIC);
     buf.extend_from_slice(&(task.len() as u32).to_le_bytes());
     buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    buf.extend_from_slice(&data_len.to_le_bytes());
     buf.extend_from_slice(task.as_bytes());
     buf.extend_from_slice(key.as_bytes());
-    buf.extend_from_slice(data);
     buf
 }
 

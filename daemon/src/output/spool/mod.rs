@@ -411,12 +411,31 @@ impl Spool {
 
     /// Spools `data` as object `key` of `task_id`; durable when it returns.
     pub fn put(&self, task_id: &str, key: &str, data: &[u8]) -> Result<EntryId, SpoolError> {
+        self.put_content(task_id, key, durable::Content::bytes(data))
+    }
+
+    /// [`Spool::put`] of bytes and a file's contents (a packed MP4 whose
+    /// payload was spilled to disk): written on the caller's thread with
+    /// plain writes, the tail copied by the kernel, never all in memory.
+    pub fn put_content(
+        &self,
+        task_id: &str,
+        key: &str,
+        content: durable::Content<'_>,
+    ) -> Result<EntryId, SpoolError> {
         check_key(key).map_err(|_| SpoolError::BadKey(key.to_owned()))?;
         if task_id.len() > MAX_NAME || key.len() > MAX_NAME {
             return Err(SpoolError::NameTooLong);
         }
-        let buf = encode(task_id, key, data);
-        let file_len = buf.len() as u64;
+        let data_len = match content.tail {
+            None => content.head.len() as u64,
+            Some(tail) => content.len().map_err(|source| SpoolError::Io {
+                path: tail.to_owned(),
+                source,
+            })?,
+        };
+        let header = encode_header(task_id, key, data_len, 0);
+        let file_len = header.len() as u64 + data_len;
         {
             let mut st = self.shared.lock();
             let used = st.used;
@@ -434,9 +453,20 @@ impl Spool {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let tmp = self.shared.path(id, "tmp");
         let fin = self.shared.path(id, "ent");
-        let written = match &self.writer {
-            Some(w) => w.write(tmp, fin, buf),
-            None => write_plain(&self.shared, &tmp, &fin, &buf),
+        let written = match (&self.writer, content.tail) {
+            (Some(w), None) => {
+                let mut buf = header;
+                buf.extend_from_slice(content.head);
+                w.write(tmp, fin, buf)
+            }
+            (None, None) => {
+                let mut buf = header;
+                buf.extend_from_slice(content.head);
+                write_plain(&self.shared, &tmp, &fin, &buf)
+            }
+            (_, Some(tail)) => {
+                write_plain_content(&self.shared, &tmp, &fin, &header, content, tail, data_len)
+            }
         };
         let mut st = self.shared.lock();
         match written {
@@ -446,7 +476,7 @@ impl Spool {
                     Meta {
                         task: task_id.to_owned(),
                         key: key.to_owned(),
-                        data_len: data.len() as u64,
+                        data_len,
                         file_len,
                         retry: RetryState::default(),
                     },
@@ -607,6 +637,43 @@ fn to_entry(id: EntryId, m: &Meta) -> Entry {
 fn write_plain(shared: &Shared, tmp: &Path, fin: &Path, buf: &[u8]) -> Result<(), SpoolError> {
     let r = durable::write_synced(tmp, buf, durable::Access::Private);
     if let Err(e) = r {
+        let _ = fs::remove_file(tmp);
+        return Err(SpoolError::Io {
+            path: tmp.to_owned(),
+            source: e,
+        });
+    }
+    commit(shared, &[(tmp, fin)])
+        .pop()
+        .unwrap_or(Err(SpoolError::WriterGone))
+}
+
+/// The plain backend for an entry whose payload is bytes and a file:
+/// header, head and the file copied in, fdatasync, rename, directory
+/// fsync. The file must still be `data_len` long when copied.
+fn write_plain_content(
+    shared: &Shared,
+    tmp: &Path,
+    fin: &Path,
+    header: &[u8],
+    content: durable::Content<'_>,
+    tail: &Path,
+    data_len: u64,
+) -> Result<(), SpoolError> {
+    let written = durable::create(tmp, durable::Access::Private).and_then(|mut f| {
+        use std::io::Write;
+        f.write_all(header)?;
+        content.write_to(&mut f)?;
+        let len = f.metadata()?.len();
+        if len != header.len() as u64 + data_len {
+            return Err(io::Error::other(format!(
+                "{} changed while it was spooled",
+                tail.display()
+            )));
+        }
+        f.sync_data()
+    });
+    if let Err(e) = written {
         let _ = fs::remove_file(tmp);
         return Err(SpoolError::Io {
             path: tmp.to_owned(),

@@ -61,6 +61,41 @@ fn payload(n: usize, len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 31 + n * 7) as u8).collect()
 }
 
+/// A packed MP4 is spooled as its header and its spilled payload; the
+/// entry is the same as the whole file put at once, and survives a reopen.
+#[test]
+fn bytes_and_a_file_spool_as_one_entry() {
+    for b in backends() {
+        let d = TempDir::new("content");
+        let tail = d.0.with_extension("payload");
+        std::fs::write(&tail, payload(2, 300_000)).expect("payload");
+        let s = open(&d.0, 1 << 20, b);
+        let id = s
+            .put_content(
+                "t1",
+                "p/t1/a.mp4",
+                durable::Content::spilled(b"head", &tail),
+            )
+            .expect("put");
+        let mut whole = b"head".to_vec();
+        whole.extend_from_slice(&payload(2, 300_000));
+        assert_eq!(s.read(id).expect("read"), whole);
+        assert_eq!(s.get(id).expect("entry").size, whole.len() as u64);
+        // Too big for what is left: refused before anything is written.
+        let big = s.put_content(
+            "t1",
+            "p/t1/b.mp4",
+            durable::Content::spilled(&[0; 800_000], &tail),
+        );
+        assert!(matches!(big, Err(SpoolError::Full { .. })), "{big:?}");
+        drop(s);
+        let s = open(&d.0, 1 << 20, b);
+        assert_eq!(s.read(id).expect("read after reopen"), whole);
+        assert_eq!(names(&d.0).len(), 1, "{:?}", names(&d.0));
+        let _ = std::fs::remove_file(&tail);
+    }
+}
+
 #[test]
 fn put_read_remove_round_trip() {
     for b in backends() {
