@@ -11,9 +11,16 @@
 //! sealed with a previous key, or written plain before a key existed, are
 //! sealed anew when the store is loaded. The outbox holds no secrets.
 //! All calls block on disk; async callers go through `spawn_blocking`.
+//!
+//! A write that fails on I/O (a full disk) poisons redb's handle: every
+//! later transaction fails with `PreviousIo` until the file is opened
+//! again. The store therefore closes and reopens the file after such an
+//! error (redb recovers to the last commit), so the callers' retries
+//! succeed once the disk has room again, without a restart.
 
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -41,6 +48,10 @@ pub enum StoreError {
     Sealed { key: String, source: SealError },
     #[error("state store: a failure injected by a test (KIROKU_TEST_FAULTS)")]
     Injected,
+    #[error("state store {path}: closed after an I/O error")]
+    Closed { path: String },
+    #[error("state store {path}: closed after an I/O error and not open again yet: {source}")]
+    Reopen { path: String, source: redb::Error },
     #[error("state store file {path}")]
     File {
         path: String,
@@ -50,6 +61,16 @@ pub enum StoreError {
 
 fn db_err(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Db(e.into())
+}
+
+impl StoreError {
+    /// An I/O error under redb: its handle is unusable until reopened.
+    fn poisons_the_handle(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Db(redb::Error::Io(_) | redb::Error::PreviousIo)
+        )
+    }
 }
 
 /// A callback waiting in the outbox.
@@ -88,7 +109,9 @@ pub struct Change<'a> {
 }
 
 pub struct StateStore {
-    db: Database,
+    path: PathBuf,
+    /// `None` after an I/O error until the file could be opened again.
+    db: RwLock<Option<Database>>,
     sealer: std::sync::Arc<Sealer>,
 }
 
@@ -120,16 +143,75 @@ impl StateStore {
             txn.open_table(QUARANTINE).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
-        let mut store = Self { db, sealer };
+        let store = Self {
+            path: path.to_owned(),
+            db: RwLock::new(Some(db)),
+            sealer,
+        };
         // Seal what is not sealed with the current key and set unreadable
         // records aside now; then compact, so that the pages that held the
         // plain (or old-key) values are gone from the file, not merely
         // free: a copy of state.redb must give no secret away.
         let (_, rewrote) = store.scan()?;
         if rewrote {
-            store.db.compact().map_err(db_err)?;
+            let mut db = store.db.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(db) = db.as_mut() {
+                db.compact().map_err(db_err)?;
+            }
         }
         Ok(store)
+    }
+
+    /// Runs `op` on the open database; after an I/O error closes the file
+    /// and opens it again, so the next call finds a usable handle.
+    fn with_db<T>(
+        &self,
+        op: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if self.read_db().is_none() {
+            self.reopen()?;
+        }
+        let result = {
+            let guard = self.read_db();
+            match guard.as_ref() {
+                Some(db) => op(db),
+                None => {
+                    return Err(StoreError::Closed {
+                        path: self.path.display().to_string(),
+                    })
+                }
+            }
+        };
+        if let Err(e) = &result {
+            if e.poisons_the_handle() {
+                tracing::warn!(error = %e, "state store I/O error: reopening the file");
+                let mut guard = self.db.write().unwrap_or_else(|p| p.into_inner());
+                *guard = None;
+                drop(guard);
+                if let Err(e) = self.reopen() {
+                    tracing::error!(error = %e, "the state store could not be opened again yet");
+                }
+            }
+        }
+        result
+    }
+
+    fn read_db(&self) -> std::sync::RwLockReadGuard<'_, Option<Database>> {
+        self.db.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Opens the file again if it is closed.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut guard = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            let db = Database::create(&self.path).map_err(|source| StoreError::Reopen {
+                path: self.path.display().to_string(),
+                source: source.into(),
+            })?;
+            tracing::info!(path = %self.path.display(), "state store open again");
+            *guard = Some(db);
+        }
+        Ok(())
     }
 
     fn seal_task(&self, rec: &TaskRecord) -> Result<Vec<u8>, StoreError> {
@@ -156,11 +238,15 @@ impl StateStore {
 
     /// [`Self::load_tasks`], and whether records were rewritten.
     fn scan(&self) -> Result<(Vec<TaskRecord>, bool), StoreError> {
+        self.with_db(|db| self.scan_in(db))
+    }
+
+    fn scan_in(&self, db: &Database) -> Result<(Vec<TaskRecord>, bool), StoreError> {
         let mut out = Vec::new();
         let mut stale = Vec::new();
         let mut unreadable: Vec<(String, Vec<u8>)> = Vec::new();
         {
-            let txn = self.db.begin_read().map_err(db_err)?;
+            let txn = db.begin_read().map_err(db_err)?;
             let table = txn.open_table(TASKS).map_err(db_err)?;
             for item in table.iter().map_err(db_err)? {
                 let (k, v) = item.map_err(db_err)?;
@@ -191,7 +277,7 @@ impl StateStore {
             }
         }
         if !stale.is_empty() || !unreadable.is_empty() {
-            let txn = self.db.begin_write().map_err(db_err)?;
+            let txn = db.begin_write().map_err(db_err)?;
             {
                 let mut tasks = txn.open_table(TASKS).map_err(db_err)?;
                 let mut quarantine = txn.open_table(QUARANTINE).map_err(db_err)?;
@@ -235,78 +321,86 @@ impl StateStore {
 
     /// The ids of the quarantined task records.
     pub fn quarantined(&self) -> Result<Vec<String>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(QUARANTINE).map_err(db_err)?;
-        let mut out = Vec::new();
-        for item in table.iter().map_err(db_err)? {
-            let (k, _) = item.map_err(db_err)?;
-            out.push(k.value().to_owned());
-        }
-        Ok(out)
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(QUARANTINE).map_err(db_err)?;
+            let mut out = Vec::new();
+            for item in table.iter().map_err(db_err)? {
+                let (k, _) = item.map_err(db_err)?;
+                out.push(k.value().to_owned());
+            }
+            Ok(out)
+        })
     }
 
     /// The outbox in seq order.
     pub fn load_outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(OUTBOX).map_err(db_err)?;
-        let mut out = Vec::new();
-        for item in table.iter().map_err(db_err)? {
-            let (k, v) = item.map_err(db_err)?;
-            let e = serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
-                key: format!("outbox/{}", k.value()),
-                source,
-            })?;
-            out.push(e);
-        }
-        Ok(out)
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(OUTBOX).map_err(db_err)?;
+            let mut out = Vec::new();
+            for item in table.iter().map_err(db_err)? {
+                let (k, v) = item.map_err(db_err)?;
+                let e =
+                    serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
+                        key: format!("outbox/{}", k.value()),
+                        source,
+                    })?;
+                out.push(e);
+            }
+            Ok(out)
+        })
     }
 
     /// Commits a change; returns the queued callbacks with their seqs.
     pub fn apply(&self, change: Change<'_>) -> Result<Vec<OutboxEntry>, StoreError> {
-        if crate::faults::commit_checkpoint() {
-            return Err(StoreError::Injected);
-        }
-        let txn = self.db.begin_write().map_err(db_err)?;
-        let mut queued = Vec::with_capacity(change.callbacks.len());
-        {
-            let mut tasks = txn.open_table(TASKS).map_err(db_err)?;
-            if let Some(rec) = change.put_task {
-                let bytes = self.seal_task(rec)?;
-                tasks
-                    .insert(rec.task_id.as_str(), bytes.as_slice())
-                    .map_err(db_err)?;
+        self.with_db(|db| {
+            if crate::faults::commit_checkpoint() {
+                return Err(StoreError::Injected);
             }
-            if let Some(id) = change.remove_task {
-                tasks.remove(id).map_err(db_err)?;
-            }
-            let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
-            let first_seq = match outbox.last().map_err(db_err)? {
-                Some((k, _)) => k.value() + 1,
-                None => 1,
-            };
-            for (next_seq, cb) in (first_seq..).zip(change.callbacks) {
-                let entry = OutboxEntry {
-                    seq: next_seq,
-                    task_id: cb.task_id,
-                    sdk_app_id: cb.sdk_app_id,
-                    event_type: cb.event_type,
-                    url: cb.url,
-                    body: cb.body,
-                    sign: cb.sign,
-                    created_ms: cb.created_ms,
-                    attempts: 0,
-                    next_attempt_ms: cb.created_ms,
+            let txn = db.begin_write().map_err(db_err)?;
+            let mut queued = Vec::with_capacity(change.callbacks.len());
+            {
+                let mut tasks = txn.open_table(TASKS).map_err(db_err)?;
+                if let Some(rec) = change.put_task {
+                    let bytes = self.seal_task(rec)?;
+                    tasks
+                        .insert(rec.task_id.as_str(), bytes.as_slice())
+                        .map_err(db_err)?;
+                }
+                if let Some(id) = change.remove_task {
+                    tasks.remove(id).map_err(db_err)?;
+                }
+                let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
+                let first_seq = match outbox.last().map_err(db_err)? {
+                    Some((k, _)) => k.value() + 1,
+                    None => 1,
                 };
-                let bytes = serde_json::to_vec(&entry).map_err(|source| StoreError::Corrupt {
-                    key: format!("outbox/{next_seq}"),
-                    source,
-                })?;
-                outbox.insert(next_seq, bytes.as_slice()).map_err(db_err)?;
-                queued.push(entry);
+                for (next_seq, cb) in (first_seq..).zip(change.callbacks) {
+                    let entry = OutboxEntry {
+                        seq: next_seq,
+                        task_id: cb.task_id,
+                        sdk_app_id: cb.sdk_app_id,
+                        event_type: cb.event_type,
+                        url: cb.url,
+                        body: cb.body,
+                        sign: cb.sign,
+                        created_ms: cb.created_ms,
+                        attempts: 0,
+                        next_attempt_ms: cb.created_ms,
+                    };
+                    let bytes =
+                        serde_json::to_vec(&entry).map_err(|source| StoreError::Corrupt {
+                            key: format!("outbox/{next_seq}"),
+                            source,
+                        })?;
+                    outbox.insert(next_seq, bytes.as_slice()).map_err(db_err)?;
+                    queued.push(entry);
+                }
             }
-        }
-        txn.commit().map_err(db_err)?;
-        Ok(queued)
+            txn.commit().map_err(db_err)?;
+            Ok(queued)
+        })
     }
 
     /// Records a failed attempt.
@@ -316,36 +410,40 @@ impl StateStore {
         attempts: u32,
         next_attempt_ms: u64,
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
-            let current = outbox.get(seq).map_err(db_err)?.map(|v| v.value().to_vec());
-            if let Some(bytes) = current {
-                let mut e: OutboxEntry =
-                    serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
+        self.with_db(|db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
+                let current = outbox.get(seq).map_err(db_err)?.map(|v| v.value().to_vec());
+                if let Some(bytes) = current {
+                    let mut e: OutboxEntry =
+                        serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
+                            key: format!("outbox/{seq}"),
+                            source,
+                        })?;
+                    e.attempts = attempts;
+                    e.next_attempt_ms = next_attempt_ms;
+                    let bytes = serde_json::to_vec(&e).map_err(|source| StoreError::Corrupt {
                         key: format!("outbox/{seq}"),
                         source,
                     })?;
-                e.attempts = attempts;
-                e.next_attempt_ms = next_attempt_ms;
-                let bytes = serde_json::to_vec(&e).map_err(|source| StoreError::Corrupt {
-                    key: format!("outbox/{seq}"),
-                    source,
-                })?;
-                outbox.insert(seq, bytes.as_slice()).map_err(db_err)?;
+                    outbox.insert(seq, bytes.as_slice()).map_err(db_err)?;
+                }
             }
-        }
-        txn.commit().map_err(db_err)
+            txn.commit().map_err(db_err)
+        })
     }
 
     /// Removes a delivered or given-up callback.
     pub fn outbox_remove(&self, seq: u64) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
-            outbox.remove(seq).map_err(db_err)?;
-        }
-        txn.commit().map_err(db_err)
+        self.with_db(|db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
+                outbox.remove(seq).map_err(db_err)?;
+            }
+            txn.commit().map_err(db_err)
+        })
     }
 }
 
@@ -511,13 +609,17 @@ mod tests {
                 })
                 .expect("apply");
             // A record damaged on disk (written around the store's API).
-            let txn = store.db.begin_write().expect("txn");
-            {
-                let mut t = txn.open_table(TASKS).expect("tasks");
-                t.insert("bad", b"{\"task_id\": 3".as_slice())
-                    .expect("insert");
-            }
-            txn.commit().expect("commit");
+            store
+                .with_db(|db| {
+                    let txn = db.begin_write().map_err(db_err)?;
+                    {
+                        let mut t = txn.open_table(TASKS).map_err(db_err)?;
+                        t.insert("bad", b"{\"task_id\": 3".as_slice())
+                            .map_err(db_err)?;
+                    }
+                    txn.commit().map_err(db_err)
+                })
+                .expect("a damaged record written");
         }
         let store = StateStore::open(&path, Arc::new(Sealer::none())).expect("reopen");
         assert_eq!(store.load_tasks().expect("starts"), vec![rec.clone()]);

@@ -97,10 +97,11 @@ class DaemonFactory:
         return deep_merge(cfg, overrides)
 
     def __call__(self, name: str = "kiroku", *, start: bool = True, env: dict | None = None,
-                 config: dict | None = None, ca: str | Path | None = None, **kw) -> Daemon:
+                 config: dict | None = None, ca: str | Path | None = None,
+                 wrapper: list[str] | None = None, **kw) -> Daemon:
         if config is None:
             config = self.config(name, **kw)
-        d = Daemon(self.root / name, config, name=name, env=env, ca=ca)
+        d = Daemon(self.root / name, config, name=name, env=env, ca=ca, wrapper=wrapper)
         self.daemons.append(d)
         if start:
             d.start()

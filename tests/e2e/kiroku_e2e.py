@@ -204,8 +204,11 @@ class Daemon:
     """
 
     def __init__(self, workdir: Path, config: dict, name: str = "kiroku", env: dict | None = None,
-                 ca: str | Path | None = None):
+                 ca: str | Path | None = None, wrapper: list[str] | None = None):
         self.workdir = Path(workdir)
+        # Arguments in front of `kiroku serve ...` (a program that sets
+        # something up and execs the rest, so the pid stays the daemon's).
+        self.wrapper = list(wrapper or [])
         self.ca = str(ca) if ca is not None else None
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -262,7 +265,7 @@ class Daemon:
             log.write(f"\n===== start #{self.starts} at {time.time():.3f} =====\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                [KIROKU_BIN, "serve", "--config", str(self.config_path)],
+                [*self.wrapper, KIROKU_BIN, "serve", "--config", str(self.config_path)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self._env(),
             )
         if self not in ACTIVE_DAEMONS:

@@ -8,6 +8,7 @@ daemon runs with KIROKU_TEST_FAULTS=1 (daemon/src/faults.rs)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import signal
 import socket
 import threading
@@ -192,6 +193,90 @@ def test_refused_commits_lose_no_callback(kiroku, receiver):
     assert metric(d, "kiroku_store_errors_total") >= 5
 
 
+def full_disk_wrapper(data_dir) -> list[str]:
+    """`kiroku serve` with `data_dir` on a small tmpfs of its own: a mount
+    namespace (`unshare -rm`, unprivileged) the test reaches through
+    /proc/<pid>/root."""
+    return ["unshare", "-rm", "sh", "-c",
+            'mount -t tmpfs -o size=24m,mode=0700 kiroku-full "$0" && exec "$@"', str(data_dir)]
+
+
+def fill(path) -> int:
+    """Writes `path` until the disk is full; returns the bytes written."""
+    written = 0
+    chunk = b"\0" * (1 << 20)
+    with open(path, "wb", buffering=0) as f:
+        while True:
+            try:
+                n = f.write(chunk if written < (1 << 30) else chunk[:4096])
+            except OSError as e:
+                assert e.errno == 28, e  # ENOSPC
+                break
+            if not n:
+                break
+            written += n
+    # Also the last bytes a 1 MiB write could not place.
+    with open(path, "ab", buffering=0) as f:
+        while True:
+            try:
+                f.write(b"\0" * 512)
+            except OSError:
+                return written
+            written += 512
+
+
+def test_a_full_disk_under_the_state_store_loses_no_callback(kiroku, receiver, tmp_path):
+    """A real full disk under `data_dir` (a 24 MB tmpfs filled to the last
+    byte while a task records): the segment write fails, so the task must
+    stop (308 LocalStorageFull, then 302), but the state store cannot
+    commit either. The commits are counted and retried while the daemon
+    keeps answering; once space is freed the stop goes through by itself
+    and every callback arrives, in order. (redb refused every commit after
+    one I/O error until the file was opened again: callbacks waited for a
+    restart.)"""
+    data = tmp_path / "full-data"
+    data.mkdir()
+    d = kiroku("full", callback_url=receiver.url, data_dir=data, wrapper=full_disk_wrapper(data))
+    mounts = Path(f"/proc/{d.proc.pid}/mounts").read_text()
+    assert f" {data} tmpfs " in mounts, mounts
+    inside = Path(f"/proc/{d.proc.pid}/root") / str(data).lstrip("/")
+    api = d.sdk()
+    room = 9505
+    task = api.create(create_params(room=str(room), max_idle=60))
+    pub = Publisher(whip_url(d.url, APP_ID, room, "full"), fps=FPS).start(timeout=15)
+    filler = inside / "filler"
+    try:
+        receiver.wait_event(task, 307, 20)
+        filled = fill(filler)
+        assert filled > 1 << 20, filled
+        # Recording on: segments, playlists and state cannot be written.
+        wait_until(lambda: metric(d, "kiroku_store_errors_total") >= 1
+                   or metric(d, "kiroku_recorder_write_failures_total") >= 1, 20, 0.2,
+                   "a write refused by the full disk, counted")
+        r = requests.get(d.url + "/healthz", timeout=5)
+        assert r.status_code in (200, 503), r
+        wait_until(lambda: metric(d, "kiroku_store_commit_retries_total") >= 2, 20, 0.1,
+                   "commits refused by the full disk, retried")
+        assert 302 not in [c.event_type for c in receiver.delivered(task)]
+        time.sleep(1)
+    finally:
+        filler.unlink()
+    # Room again: the stop and its callbacks go through without a restart.
+    receiver.wait_event(task, 302, 30)
+    receiver.wait_event(task, 305, 30)
+    pub.stop()
+    types = [c.event_type for c in receiver.delivered(task)]
+    assert types.index(301) < types.index(308) < types.index(302) < types.index(305), types
+    assert types.count(302) == 1, types
+    assert "state store open again" in d.log_text()
+    with pytest.raises(Exception) as gone:
+        api.describe(task)
+    assert "FailedOperation.TaskNotExist" in str(gone.value), gone.value
+    print(f"full disk: {filled} bytes filled; callbacks {types}; "
+          f"store errors {metric(d, 'kiroku_store_errors_total')}, "
+          f"retries {metric(d, 'kiroku_store_commit_retries_total')}")
+
+
 class HungStorage:
     """An S3 endpoint that accepts connections and never answers."""
 
@@ -255,3 +340,37 @@ def test_sigterm_ends_the_process_in_bounded_time_whatever_is_pending(kiroku, re
         assert json.dumps(api.describe(task))
     finally:
         hung.close()
+
+
+def test_a_corrupt_task_record_is_quarantined_and_the_daemon_starts_with_the_rest(kiroku):
+    """One task record damaged on disk (its JSON broken in state.redb, in
+    every copy the file holds): the daemon starts, resumes the other task,
+    sets the damaged one aside (logged with its id, counted in
+    kiroku_store_quarantined_records) and keeps it set aside across
+    restarts."""
+    d = kiroku("corrupt")
+    api = d.sdk()
+    damaged = api.create(create_params(room="9601", max_idle=3600))
+    kept = api.create(create_params(room="9602", max_idle=3600))
+    assert d.stop() == 0
+    state = Path(d.config["data_dir"]) / "state.redb"
+    raw = state.read_bytes()
+    needle = f'"task_id":"{damaged}"'.encode()
+    copies = raw.count(needle)
+    assert copies >= 1, "the record is plain JSON without [secrets]"
+    state.write_bytes(raw.replace(needle, f'"task_id":#{damaged}"'.encode()))
+
+    d.start()
+    assert api.describe(kept)["TaskId"] == kept
+    with pytest.raises(Exception) as gone:
+        api.describe(damaged)
+    assert "FailedOperation.TaskNotExist" in str(gone.value), gone.value
+    assert metric(d, "kiroku_store_quarantined_records") == 1
+    log = d.log_text()
+    assert "quarantined" in log and damaged in log, d.log_tail()
+    # Set aside for good: the next start finds it in quarantine, not among
+    # the tasks, and resumes the other one again.
+    d.restart()
+    assert api.describe(kept)["TaskId"] == kept
+    assert metric(d, "kiroku_store_quarantined_records") == 1
+    print(f"corrupt record: {copies} copies damaged; {damaged} quarantined, {kept} resumed")

@@ -532,16 +532,32 @@ impl Manager {
         self.stop_locked(&mut st, task_id, reason, None).await
     }
 
-    /// Stops a task for `reason`, saying why in the 302's `Reason` (a
-    /// kiroku addition: the recorder failed).
-    pub(super) async fn stop_with_reason(
-        &self,
-        task_id: &str,
-        reason: LeaveCode,
-        why: &str,
-    ) -> Result<(), TaskError> {
-        let mut st = self.inner.state.lock().await;
-        self.stop_locked(&mut st, task_id, reason, Some(why)).await
+    /// A stop the daemon decides itself (a full disk, a recorder that
+    /// cannot go on): a commit that fails is retried with backoff, as
+    /// [`Self::task_event`] does, until the task stops or is gone. Nobody
+    /// is waiting on an answer, and the task must not go on recording.
+    pub(super) async fn stop_retrying(&self, task_id: &str, reason: LeaveCode, why: Option<&str>) {
+        let mut wait = Duration::from_millis(100);
+        let mut failures = 0u32;
+        loop {
+            let stopped = {
+                let mut st = self.inner.state.lock().await;
+                self.stop_locked(&mut st, task_id, reason, why).await
+            };
+            if stopped.is_ok() {
+                return;
+            }
+            failures = failures.saturating_add(1);
+            self.inner.metrics.commit_retries.inc();
+            tracing::error!(
+                task_id,
+                failures,
+                retry_in_ms = wait.as_millis() as u64,
+                "the task's stop could not be committed; retrying"
+            );
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(10));
+        }
     }
 
     async fn stop_locked(
@@ -721,13 +737,8 @@ impl Manager {
                     Some(event::upload_error("LocalStorageFull", &error)),
                 )
                 .await;
-                if self
-                    .stop(task_id, LeaveCode::BotKickedByServer)
-                    .await
-                    .is_err()
-                {
-                    tracing::error!(task_id, "could not stop the task whose storage is full");
-                }
+                self.stop_retrying(task_id, LeaveCode::BotKickedByServer, None)
+                    .await;
             }
             RecorderEvent::Finished { .. } => {}
         }

@@ -247,9 +247,7 @@ pub(super) async fn run_task(
                         Err(why) => {
                             tracing::error!(task_id = %task_id, error = %why, "the task ends: its recorder cannot go on");
                             failed_writes = Some(1);
-                            if mgr.stop_with_reason(&task_id, LeaveCode::BotKickedByServer, &why).await.is_err() {
-                                tracing::error!(task_id = %task_id, "the store refused the stop of a task whose recorder failed");
-                            }
+                            mgr.stop_retrying(&task_id, LeaveCode::BotKickedByServer, Some(&why)).await;
                             break;
                         }
                     }
