@@ -10,7 +10,7 @@
 //!   [`auth`]: TRTC UserSig.
 //! - [`media`]: bitstreams (H.264, AAC, TS mux and demux, the MP4 packer);
 //!   [`room`]: rooms of publishers and the fan-out of their media;
-//!   [`state_store`]: the embedded transactional state store; [`publish`]:
+//!   [`state`]: the transactional state store (embedded or PostgreSQL); [`publish`]:
 //!   `kiroku publish`, a synthetic WHIP publisher.
 //! - [`hls`]: object names, playlists, segmenting, one HLS stream;
 //!   [`notify`]: signed event callbacks from a durable outbox.
@@ -46,7 +46,7 @@ pub mod record;
 pub mod room;
 pub mod sealing;
 pub mod server;
-pub mod state_store;
+pub mod state;
 pub mod sync;
 pub mod systemd;
 pub mod task;

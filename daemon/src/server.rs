@@ -25,7 +25,7 @@ use crate::notify::deliver;
 use crate::output::uploader::UploadService;
 use crate::output::vod::VodStore;
 use crate::output::vod_http;
-use crate::state_store::StateStore;
+use crate::state::StateStore;
 use crate::systemd;
 use crate::task::manager::{Manager, Outputs};
 
@@ -38,7 +38,7 @@ pub enum ServerError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Store(#[from] crate::state_store::StoreError),
+    Store(#[from] crate::state::StoreError),
     #[error("HTTP server: {0}")]
     Http(std::io::Error),
     #[error("[secrets]: {0}")]
@@ -279,13 +279,25 @@ pub async fn run(
         path: config.data_dir.display().to_string(),
         source,
     })?;
-    let store_path = config.data_dir.join("state.redb");
     let store = {
-        let path = store_path.clone();
         let sealer = sealer.clone();
-        tokio::task::spawn_blocking(move || StateStore::open(&path, sealer))
-            .await
-            .map_err(|e| ServerError::Http(std::io::Error::other(e)))??
+        // Fleet mode: the state the fleet shares, in PostgreSQL; else the
+        // embedded store in data_dir.
+        let postgres_url = config
+            .cluster
+            .postgres_url
+            .as_ref()
+            .map(|u| u.expose().to_owned());
+        let path = config.data_dir.join("state.redb");
+        tokio::task::spawn_blocking(move || match postgres_url {
+            Some(url) => StateStore::with_engine(
+                Box::new(crate::state::postgres::Postgres::open(&url)?),
+                sealer,
+            ),
+            None => StateStore::open(&path, sealer),
+        })
+        .await
+        .map_err(|e| ServerError::Http(std::io::Error::other(e)))??
     };
     let store = Arc::new(store);
     let records = store.load_tasks()?;
@@ -301,7 +313,7 @@ pub async fn run(
             "task records could not be read and are quarantined; the daemon starts with the rest");
     }
     let backlog = store.load_outbox()?;
-    tracing::info!(path = %store_path.display(), tasks = records.len(), callbacks_pending = backlog.len(), "state store opened");
+    tracing::info!(store = %store.describe(), node_id = %config.cluster.node_id, tasks = records.len(), callbacks_pending = backlog.len(), "state store opened");
 
     let edge_metrics = EdgeMetrics::register(&metrics);
     let metrics_listener = match config.server.metrics_listen {

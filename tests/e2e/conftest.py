@@ -183,3 +183,15 @@ def make_receiver():
 def receiver(make_receiver):
     """A running callback receiver (answers 200 unless told otherwise)."""
     return make_receiver()
+
+
+@pytest.fixture(scope="session")
+def pg():
+    """A throw-away PostgreSQL cluster (tests/e2e/pg_cluster.py) for the
+    whole run; each test makes its own database with `pg.create_db`."""
+    from pg_cluster import PgCluster, bin_dir
+    if bin_dir() is None:
+        pytest.skip("PostgreSQL not installed (apt-get install postgresql)")
+    cluster = PgCluster()
+    yield cluster
+    cluster.close()

@@ -12,9 +12,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod cluster;
 mod raw;
 mod storage;
 
+use cluster::cluster_config;
+pub use cluster::ClusterConfig;
 use raw::*;
 use storage::storage_config;
 pub use storage::{S3Config, StorageConfig};
@@ -61,6 +64,8 @@ pub struct Config {
     pub apps: Vec<AppConfig>,
     /// Keys that seal secrets at rest (docs/security.md).
     pub secrets: SecretsConfig,
+    /// Fleet mode (docs/fleet.md).
+    pub cluster: ClusterConfig,
 }
 
 /// `[secrets]`: the key files of [`crate::sealing`]; none: plain (0600).
@@ -132,6 +137,11 @@ impl Secret {
     pub fn matches(&self, candidate: &str) -> bool {
         let (a, b) = (self.0.as_bytes(), candidate.as_bytes());
         a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+
+    /// The value, for the one place that must use it (never a log).
+    pub fn expose(&self) -> &str {
+        &self.0
     }
 }
 
@@ -798,6 +808,7 @@ impl Config {
             }
         };
         let storage = storage_config(raw.storage)?;
+        let cluster = cluster_config(raw.cluster, &public_url)?;
         let secrets = SecretsConfig {
             key_file: raw.secrets.key_file,
             previous_key_files: raw.secrets.previous_key_files.unwrap_or_default(),
@@ -868,6 +879,7 @@ impl Config {
             credentials,
             apps,
             secrets,
+            cluster,
         })
     }
 }

@@ -34,6 +34,16 @@ pub(super) struct RawConfig {
     pub(super) apps: Vec<RawApp>,
     #[serde(default)]
     pub(super) secrets: RawSecrets,
+    #[serde(default)]
+    pub(super) cluster: RawCluster,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    pub(super) postgres_url: Option<String>,
+    pub(super) node_id: Option<String>,
+    pub(super) advertise_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -17,7 +17,7 @@ use super::outbox::{Outcome, Pending, Schedule};
 use crate::clock;
 use crate::config::CallbackConfig;
 use crate::metrics::Metrics;
-use crate::state_store::{OutboxEntry, StateStore};
+use crate::state::{OutboxEntry, StateStore};
 
 /// Handle for queuing callbacks that the store has already made durable.
 #[derive(Clone)]

@@ -51,7 +51,7 @@ use crate::record::action::FileInfo;
 use crate::record::build::RecorderFactory;
 use crate::record::worker::{RecorderEvent, RecorderMetrics};
 use crate::room::Registry;
-use crate::state_store::{Change, NewCallback, StateStore};
+use crate::state::{Change, NewCallback, StateStore};
 use crate::task::lifecycle::{self, Event, Transition};
 use crate::task::outputs::OutputPlan;
 

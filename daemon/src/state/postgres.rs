@@ -1,0 +1,394 @@
+//! The PostgreSQL engine (`[cluster] postgres_url`): the state a fleet of
+//! boxes shares. Tables: `tasks` (sealed values under task ids),
+//! `task_quarantine`, `outbox` (one row a callback, columns rather than
+//! JSON so that an operator can read them with psql), and `kiroku_schema`
+//! (the migrations applied).
+//!
+//! - **Migrations** ship in the binary (`migrations/*.sql`) and are applied
+//!   at start in one transaction under an advisory lock, so boxes starting
+//!   together apply each once. A database whose schema is newer than this
+//!   binary is refused, naming both versions.
+//! - **Connections.** One connection, opened on first use and again after
+//!   it breaks (PostgreSQL restarted, a network cut): a call while the
+//!   database is away fails within the connect timeout (3 s unless the URL
+//!   sets `connect_timeout`) and the caller retries, as it does for a full
+//!   disk; no call waits for ever (`statement_timeout` 10 s unless the URL
+//!   sets options). Calls are serialised on that connection: each is one
+//!   short transaction.
+//! - **Secrets.** The URL's password is never logged: [`Engine::describe`]
+//!   gives `postgres://user@host:port/db`.
+//!
+//! TLS to PostgreSQL is not offered yet (NoTls): run it on a trusted
+//! network or over a local socket (`host=/run/postgresql`).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use postgres::{Client, Config, NoTls};
+
+use super::{Engine, NewCallback, OutboxEntry, StoreError};
+
+/// Schema versions, in order, and their SQL.
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_tasks_outbox.sql"))];
+/// `pg_advisory_xact_lock` key of the migration step ("kiroku" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6b69_726f_6b75;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const STATEMENT_TIMEOUT_MS: u32 = 10_000;
+
+fn pg_err(e: postgres::Error) -> StoreError {
+    // The client's Display says only "db error": say what the server said.
+    let what = match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => match std::error::Error::source(&e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        },
+    };
+    StoreError::Postgres(what)
+}
+
+fn out_of_range(what: &str) -> StoreError {
+    StoreError::Postgres(format!("{what} out of range"))
+}
+
+pub struct Postgres {
+    config: Config,
+    shown: String,
+    client: Mutex<Option<Client>>,
+}
+
+impl Postgres {
+    /// Connects, applies the migrations this binary has and the database
+    /// lacks, and returns the engine.
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        let mut config: Config = url
+            .parse()
+            .map_err(|e: postgres::Error| StoreError::Postgres(format!("postgres_url: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_options().is_none() {
+            config.options(&format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
+        }
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(10));
+        config.application_name("kiroku");
+        let shown = shown_url(&config);
+        let engine = Self {
+            config,
+            shown,
+            client: Mutex::new(None),
+        };
+        let applied = engine.with_client(migrate)?;
+        if !applied.is_empty() {
+            tracing::info!(database = %engine.shown, versions = ?applied, "state store schema migrated");
+        }
+        Ok(engine)
+    }
+
+    /// Runs `op` on the connection on a thread of its own: the blocking
+    /// client drives a runtime of its own and must not run (or be dropped)
+    /// on a thread that drives tokio, which callers may be on.
+    fn with_client<T: Send>(
+        &self,
+        op: impl FnOnce(&mut Client) -> Result<T, StoreError> + Send,
+    ) -> Result<T, StoreError> {
+        std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name("state-postgres".into())
+                .spawn_scoped(s, || self.on_connection(op))
+                .map_err(|e| StoreError::Postgres(format!("starting a thread: {e}")))?
+                .join()
+                .unwrap_or_else(|_| Err(StoreError::Postgres("a PostgreSQL call panicked".into())))
+        })
+    }
+
+    /// Runs `op` on the connection, opening it first if there is none or it
+    /// broke; a connection that broke during `op` is dropped.
+    fn on_connection<T>(
+        &self,
+        op: impl FnOnce(&mut Client) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut guard = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.as_ref().is_none_or(|c| c.is_closed()) {
+            *guard = None;
+            let client = self
+                .config
+                .connect(NoTls)
+                .map_err(|e| StoreError::Postgres(format!("connecting to {}: {e}", self.shown)))?;
+            *guard = Some(client);
+        }
+        let Some(client) = guard.as_mut() else {
+            return Err(StoreError::Postgres(format!(
+                "no connection to {}",
+                self.shown
+            )));
+        };
+        let result = op(client);
+        if result.is_err() && client.is_closed() {
+            tracing::warn!(database = %self.shown, "the connection to PostgreSQL broke; it is opened again at the next call");
+            *guard = None;
+        }
+        result
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // Closing the connection blocks on the client's own runtime: not
+        // on the caller's thread, which may drive tokio.
+        let client = self
+            .client
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(client) = client {
+            let _ = std::thread::spawn(move || drop(client)).join();
+        }
+    }
+}
+
+/// `postgres://user@host:port/db`, without the password.
+fn shown_url(config: &Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "postgres://{}@{host}:{port}/{}",
+        config.get_user().unwrap_or(""),
+        config.get_dbname().unwrap_or("")
+    )
+}
+
+/// Applies the migrations the database lacks; returns their versions.
+fn migrate(client: &mut Client) -> Result<Vec<i32>, StoreError> {
+    let mut txn = client.transaction().map_err(pg_err)?;
+    txn.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .map_err(pg_err)?;
+    txn.batch_execute(
+        "CREATE TABLE IF NOT EXISTS kiroku_schema (
+             version    integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         )",
+    )
+    .map_err(pg_err)?;
+    let current: i32 = txn
+        .query_one("SELECT coalesce(max(version), 0) FROM kiroku_schema", &[])
+        .map_err(pg_err)?
+        .get(0);
+    let newest = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+    if current > newest {
+        return Err(StoreError::Postgres(format!(
+            "the database's schema is version {current}, newer than this kiroku's ({newest}): run a kiroku at least as new as the one that migrated it"
+        )));
+    }
+    let mut applied = Vec::new();
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        txn.batch_execute(sql).map_err(pg_err)?;
+        txn.execute(
+            "INSERT INTO kiroku_schema (version) VALUES ($1)",
+            &[version],
+        )
+        .map_err(pg_err)?;
+        applied.push(*version);
+    }
+    txn.commit().map_err(pg_err)?;
+    Ok(applied)
+}
+
+fn entry_of(row: &postgres::Row) -> Result<OutboxEntry, StoreError> {
+    let seq: i64 = row.get("seq");
+    let sdk_app_id: i64 = row.get("sdk_app_id");
+    let event_type: i32 = row.get("event_type");
+    let created_ms: i64 = row.get("created_ms");
+    let attempts: i32 = row.get("attempts");
+    let next_attempt_ms: i64 = row.get("next_attempt_ms");
+    Ok(OutboxEntry {
+        seq: u64::try_from(seq).map_err(|_| out_of_range("outbox seq"))?,
+        task_id: row.get("task_id"),
+        sdk_app_id: u32::try_from(sdk_app_id).map_err(|_| out_of_range("sdk_app_id"))?,
+        event_type: u32::try_from(event_type).map_err(|_| out_of_range("event_type"))?,
+        url: row.get("url"),
+        body: row.get("body"),
+        sign: row.get("sign"),
+        created_ms: u64::try_from(created_ms).map_err(|_| out_of_range("created_ms"))?,
+        attempts: u32::try_from(attempts).map_err(|_| out_of_range("attempts"))?,
+        next_attempt_ms: u64::try_from(next_attempt_ms)
+            .map_err(|_| out_of_range("next_attempt_ms"))?,
+    })
+}
+
+fn to_i64(v: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| out_of_range(what))
+}
+
+fn to_i32(v: u32, what: &str) -> Result<i32, StoreError> {
+    i32::try_from(v).map_err(|_| out_of_range(what))
+}
+
+impl Engine for Postgres {
+    fn describe(&self) -> String {
+        self.shown.clone()
+    }
+
+    fn task_values(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.with_client(|c| {
+            let rows = c
+                .query("SELECT task_id, value FROM tasks ORDER BY task_id", &[])
+                .map_err(pg_err)?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
+    fn set_aside(
+        &self,
+        unreadable: &[(String, Vec<u8>)],
+        resealed: &[(String, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        self.with_client(|c| {
+            let mut txn = c.transaction().map_err(pg_err)?;
+            for (id, kept) in unreadable {
+                txn.execute(
+                    "INSERT INTO task_quarantine (task_id, value) VALUES ($1, $2)
+                     ON CONFLICT (task_id) DO UPDATE SET value = EXCLUDED.value, set_aside_at = now()",
+                    &[id, kept],
+                )
+                .map_err(pg_err)?;
+                txn.execute("DELETE FROM tasks WHERE task_id = $1", &[id])
+                    .map_err(pg_err)?;
+            }
+            for (id, value) in resealed {
+                txn.execute(
+                    "UPDATE tasks SET value = $2, updated_at = now() WHERE task_id = $1",
+                    &[id, value],
+                )
+                .map_err(pg_err)?;
+            }
+            txn.commit().map_err(pg_err)
+        })
+    }
+
+    fn compact(&self) -> Result<(), StoreError> {
+        // Old row versions (the plain or old-key values) go at the next
+        // vacuum; ask for it now.
+        self.with_client(|c| c.batch_execute("VACUUM tasks").map_err(pg_err))
+    }
+
+    fn quarantined(&self) -> Result<Vec<String>, StoreError> {
+        self.with_client(|c| {
+            let rows = c
+                .query("SELECT task_id FROM task_quarantine ORDER BY task_id", &[])
+                .map_err(pg_err)?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    fn load_outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.with_client(|c| {
+            let rows = c
+                .query("SELECT * FROM outbox ORDER BY seq", &[])
+                .map_err(pg_err)?;
+            rows.iter().map(entry_of).collect()
+        })
+    }
+
+    fn apply(
+        &self,
+        put: Option<(&str, &[u8])>,
+        remove: Option<&str>,
+        callbacks: Vec<NewCallback>,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.with_client(|c| {
+            let mut txn = c.transaction().map_err(pg_err)?;
+            if let Some((id, value)) = put {
+                txn.execute(
+                    "INSERT INTO tasks (task_id, value) VALUES ($1, $2)
+                     ON CONFLICT (task_id) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
+                    &[&id, &value],
+                )
+                .map_err(pg_err)?;
+            }
+            if let Some(id) = remove {
+                txn.execute("DELETE FROM tasks WHERE task_id = $1", &[&id])
+                    .map_err(pg_err)?;
+            }
+            let mut queued = Vec::with_capacity(callbacks.len());
+            for cb in callbacks {
+                let row = txn
+                    .query_one(
+                        "INSERT INTO outbox (task_id, sdk_app_id, event_type, url, body, sign, created_ms, next_attempt_ms)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING seq",
+                        &[
+                            &cb.task_id,
+                            &i64::from(cb.sdk_app_id),
+                            &to_i32(cb.event_type, "event_type")?,
+                            &cb.url,
+                            &cb.body,
+                            &cb.sign,
+                            &to_i64(cb.created_ms, "created_ms")?,
+                        ],
+                    )
+                    .map_err(pg_err)?;
+                let seq: i64 = row.get(0);
+                let seq = u64::try_from(seq).map_err(|_| out_of_range("outbox seq"))?;
+                queued.push(cb.queued(seq));
+            }
+            txn.commit().map_err(pg_err)?;
+            Ok(queued)
+        })
+    }
+
+    fn outbox_retry(
+        &self,
+        seq: u64,
+        attempts: u32,
+        next_attempt_ms: u64,
+    ) -> Result<(), StoreError> {
+        let (seq, attempts, next) = (
+            to_i64(seq, "outbox seq")?,
+            to_i32(attempts, "attempts")?,
+            to_i64(next_attempt_ms, "next_attempt_ms")?,
+        );
+        self.with_client(|c| {
+            c.execute(
+                "UPDATE outbox SET attempts = $2, next_attempt_ms = $3 WHERE seq = $1",
+                &[&seq, &attempts, &next],
+            )
+            .map(|_| ())
+            .map_err(pg_err)
+        })
+    }
+
+    fn outbox_remove(&self, seq: u64) -> Result<(), StoreError> {
+        let seq = to_i64(seq, "outbox seq")?;
+        self.with_client(|c| {
+            c.execute("DELETE FROM outbox WHERE seq = $1", &[&seq])
+                .map(|_| ())
+                .map_err(pg_err)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shown_url_has_no_password() {
+        let config: Config = "postgres://kiroku:s3cret@db.example:6432/rec"
+            .parse()
+            .expect("url");
+        let shown = shown_url(&config);
+        assert_eq!(shown, "postgres://kiroku@db.example:6432/rec");
+        assert!(!shown.contains("s3cret"));
+    }
+
+    #[test]
+    fn migrations_are_numbered_in_order() {
+        let versions: Vec<i32> = MIGRATIONS.iter().map(|(v, _)| *v).collect();
+        assert_eq!(versions, (1..=MIGRATIONS.len() as i32).collect::<Vec<_>>());
+    }
+}
