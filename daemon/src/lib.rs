@@ -25,6 +25,7 @@
 pub mod api;
 pub mod auth;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod faults;

@@ -289,9 +289,10 @@ pub async fn run(
             .as_ref()
             .map(|u| u.expose().to_owned());
         let path = config.data_dir.join("state.redb");
+        let node_id = config.cluster.node_id.clone();
         tokio::task::spawn_blocking(move || match postgres_url {
             Some(url) => StateStore::with_engine(
-                Box::new(crate::state::postgres::Postgres::open(&url)?),
+                Box::new(crate::state::postgres::Postgres::open(&url, &node_id)?),
                 sealer,
             ),
             None => StateStore::open(&path, sealer),
@@ -324,7 +325,23 @@ pub async fn run(
         ),
         None => None,
     };
+    // Fleet mode: this box registers in the shared database and heartbeats.
+    let fleet = match (&config.cluster.postgres_url, config.cluster.fleet()) {
+        (Some(url), true) => {
+            let (cluster, url) = (config.cluster.clone(), url.expose().to_owned());
+            let fleet =
+                tokio::task::spawn_blocking(move || crate::cluster::Fleet::open(&cluster, &url))
+                    .await
+                    .map_err(|e| ServerError::Http(std::io::Error::other(e)))??;
+            tracing::info!(node_id = fleet.node_id(), "registered in the fleet");
+            Some(Arc::new(fleet))
+        }
+        _ => None,
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let fleet_heartbeat = fleet
+        .clone()
+        .map(|f| tokio::spawn(fleet_heartbeat(f, metrics.clone())));
     let (outbox, outbox_worker) = deliver::start(
         store.clone(),
         backlog,
@@ -409,6 +426,7 @@ pub async fn run(
         .merge(whip::router(Arc::new(WhipState::new(
             config.clone(),
             ingest.clone(),
+            fleet.clone(),
         ))))
         .merge(operator_router(config.clone(), ingest.clone()))
         .merge(vod_http::router(vod));
@@ -480,6 +498,9 @@ pub async fn run(
         .await
         .ok();
     heartbeat.abort();
+    if let Some(h) = fleet_heartbeat {
+        h.abort();
+    }
     expiry.abort();
     reloader.abort();
     if let Some(m) = metrics_server {
@@ -490,6 +511,39 @@ pub async fn run(
     drop(store);
     tracing::info!("stopped");
     result
+}
+
+/// Renews this box's lease in the fleet, five times a lease; failures are
+/// counted and logged (the lease lapses on its own: see `cluster::lease`).
+async fn fleet_heartbeat(fleet: Arc<crate::cluster::Fleet>, metrics: Metrics) {
+    let failures = crate::metrics::counter(
+        metrics.registry(),
+        "kiroku_fleet_heartbeat_failures_total",
+        "Heartbeats to the fleet's database that failed",
+    );
+    let held = crate::metrics::gauge(
+        metrics.registry(),
+        "kiroku_fleet_lease_held",
+        "1 while this box holds its lease in the fleet",
+    );
+    let mut tick = tokio::time::interval(fleet.heartbeat_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let f = fleet.clone();
+        match tokio::task::spawn_blocking(move || f.heartbeat()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failures.inc();
+                tracing::warn!(error = %e, "fleet heartbeat failed");
+            }
+            Err(e) => {
+                failures.inc();
+                tracing::warn!(error = %e, "fleet heartbeat task failed");
+            }
+        }
+        held.set(i64::from(fleet.holds_lease()));
+    }
 }
 
 /// The sealer of `[secrets]`: its key files are read (and judged) at start.

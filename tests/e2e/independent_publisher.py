@@ -385,7 +385,8 @@ class Publisher:
         assert ctype.split(";")[0].strip() == "application/sdp", f"answer Content-Type {ctype!r}"
         location = r.headers.get("Location")
         assert location, "201 without Location"
-        self.session_url = urljoin(self.url, location)
+        # Relative to where the offer was answered (a 307 may have moved it).
+        self.session_url = urljoin(r.url, location)
         self.answer_sdp = r.text
         left = max(0.5, deadline - time.monotonic())
         self._run(self._apply_answer(self.answer_sdp, left), left + 5)

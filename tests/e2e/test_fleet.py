@@ -13,9 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentCloudSDKException
 
-from kiroku_e2e import create_params, wait_until
+from kiroku_e2e import ADMIN_HEADERS, APP_ID, create_params, metric_value, wait_until
+
+pytest.importorskip("aiortc", reason="pip install -r tests/e2e/requirements.txt (aiortc)")
+from independent_publisher import Publisher, whip_url  # noqa: E402
 
 
 def fleet_box(kiroku, pg, name: str, receiver=None, **kw):
@@ -27,7 +31,7 @@ def fleet_box(kiroku, pg, name: str, receiver=None, **kw):
 def test_tasks_and_callbacks_live_in_postgresql(kiroku, pg, receiver):
     d, _ = fleet_box(kiroku, pg, "fleet_lifecycle", receiver)
     db = "fleet_lifecycle"
-    assert pg.psql("SELECT max(version) FROM kiroku_schema", db) == "1"
+    assert pg.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM kiroku_schema", db) == "1,2,3"
     assert not (Path(d.config["data_dir"]) / "state.redb").exists(), "no embedded store in fleet mode"
     assert "postgres://postgres@127.0.0.1" in d.log_text() and "box-fleet_lifecycle" in d.log_text()
     api = d.sdk()
@@ -35,6 +39,7 @@ def test_tasks_and_callbacks_live_in_postgresql(kiroku, pg, receiver):
     assert pg.psql(f"SELECT count(*) FROM tasks WHERE task_id = '{task}'", db) == "1"
     value = pg.psql(f"SELECT convert_from(value, 'UTF8') FROM tasks WHERE task_id = '{task}'", db)
     assert f'"task_id":"{task}"' in value, value[:200]
+    assert pg.psql(f"SELECT node_id FROM tasks WHERE task_id = '{task}'", db) == "box-fleet_lifecycle"
 
     # A restart resumes the task from the database.
     d.restart()
@@ -109,3 +114,86 @@ def test_a_schema_newer_than_the_binary_is_refused(kiroku, pg):
     assert "version 999" in str(refused.value), str(refused.value)[-1500:]
     pg.psql("DELETE FROM kiroku_schema WHERE version = 999", "fleet_schema")
     d.start()
+
+
+def room_users(d, room: int) -> list[str]:
+    r = requests.get(d.url + "/v1/rooms", headers=ADMIN_HEADERS, timeout=5)
+    assert r.status_code == 200, r.text
+    return sorted(u["user_id"] for rm in r.json()["rooms"] if str(rm["room_id"]) == str(room)
+                  for u in rm["users"])
+
+
+def test_three_boxes_one_owner_per_room_and_whip_redirected_to_it(kiroku, pg):
+    """Three boxes on one database register and heartbeat; the first box a
+    publisher reaches claims the room (epoch 1); an offer to another box
+    for that room is answered 307 to the owner's same URL and a real
+    publisher following it lands there; once the owner is killed and its
+    lease (4 s) has lapsed, the next offer's box takes the room over with
+    the epoch raised."""
+    db = "fleet_three"
+    url = pg.create_db(db)
+    boxes = [kiroku(f"fleet3-{i}", cluster={"postgres_url": url, "node_id": f"box{i}", "lease_seconds": 4})
+             for i in range(3)]
+    alive = "SELECT string_agg(node_id, ',' ORDER BY node_id) FROM nodes WHERE heartbeat_at > now() - interval '4 seconds'"
+    wait_until(lambda: pg.psql(alive, db) == "box0,box1,box2", 10, 0.2, "three boxes registered and alive")
+    heartbeats = pg.psql("SELECT heartbeat_at FROM nodes WHERE node_id = 'box1'", db)
+    time.sleep(1.2)
+    assert pg.psql("SELECT heartbeat_at FROM nodes WHERE node_id = 'box1'", db) != heartbeats, "heartbeats renew"
+
+    room = 9801
+    owner_sql = f"SELECT owner || '|' || epoch FROM rooms WHERE room_id = '{room}'"
+    publishers = []
+    try:
+        publishers.append(Publisher(whip_url(boxes[0].url, APP_ID, room, "ann"), fps=10).start(timeout=15))
+        assert pg.psql(owner_sql, db) == "box0|1"
+
+        r = requests.post(whip_url(boxes[1].url, APP_ID, room, "ben"), data=b"v=0\r\n",
+                          headers={"Content-Type": "application/sdp"}, allow_redirects=False, timeout=10)
+        assert r.status_code == 307, (r.status_code, r.text)
+        assert r.headers["Location"] == whip_url(boxes[0].url, APP_ID, room, "ben"), r.headers
+        assert "box0" in r.text
+
+        publishers.append(Publisher(whip_url(boxes[2].url, APP_ID, room, "cat"), fps=10).start(timeout=15))
+        wait_until(lambda: room_users(boxes[0], room) == ["ann", "cat"], 10, 0.2,
+                   "both publishers on the room's owner")
+        assert room_users(boxes[2], room) == []
+        assert metric_value(boxes[2].metrics_text(), "kiroku_whip_offers_redirected_total") == 1
+
+        boxes[0].kill9()
+        started = time.monotonic()
+        # Until the dead owner's lease lapses the room stays its: 307 to it.
+        r = requests.post(whip_url(boxes[1].url, APP_ID, room, "dan"), data=b"v=0\r\n",
+                          headers={"Content-Type": "application/sdp"}, allow_redirects=False, timeout=10)
+        assert r.status_code == 307, (r.status_code, r.text)
+        wait_until(lambda: pg.psql(f"SELECT count(*) FROM nodes WHERE node_id = 'box0' AND "
+                                   f"heartbeat_at > now() - interval '4 seconds'", db) == "0",
+                   10, 0.2, "box0's lease lapsed")
+        publishers.append(Publisher(whip_url(boxes[1].url, APP_ID, room, "dan"), fps=10).start(timeout=15))
+        took = time.monotonic() - started
+        assert pg.psql(owner_sql, db) == "box1|2", "taken over with the epoch raised"
+        assert room_users(boxes[1], room) == ["dan"]
+        assert took < 15, f"the room was taken over {took:.1f} s after the kill"
+    finally:
+        for p in publishers:
+            if p is not None:
+                p.stop()
+
+
+def test_boxes_sharing_a_database_resume_only_their_own_tasks(kiroku, pg):
+    """Two boxes on one database each create a task; after both restart,
+    each has resumed its own task and not the other's."""
+    db = "fleet_own"
+    url = pg.create_db(db)
+    a = kiroku("own-a", cluster={"postgres_url": url, "node_id": "own-a"})
+    b = kiroku("own-b", cluster={"postgres_url": url, "node_id": "own-b"})
+    ta = a.sdk().create(create_params(room="9811", max_idle=3600))
+    tb = b.sdk().create(create_params(room="9812", max_idle=3600))
+    a.restart()
+    b.restart()
+    assert a.sdk().describe(ta)["TaskId"] == ta
+    assert b.sdk().describe(tb)["TaskId"] == tb
+    for box, other in ((a, tb), (b, ta)):
+        with pytest.raises(TencentCloudSDKException) as gone:
+            box.sdk().describe(other)
+        assert gone.value.get_code() == "FailedOperation.TaskNotExist", gone.value
+    assert pg.psql("SELECT string_agg(node_id, ',' ORDER BY node_id) FROM tasks", db) == "own-a,own-b"

@@ -2,6 +2,8 @@
 //! (the embedded state store); with it, its state lives in the PostgreSQL
 //! database the fleet shares (docs/fleet.md).
 
+use std::time::Duration;
+
 use super::raw::RawCluster;
 use super::{invalid, ConfigError, Secret};
 
@@ -16,7 +18,14 @@ pub struct ClusterConfig {
     /// Where publishers and the other boxes reach this box (default: the
     /// server's `public_url`).
     pub advertise_url: String,
+    /// A box whose heartbeat is older than this is dead to the fleet, and
+    /// its rooms may be taken over.
+    pub lease: Duration,
 }
+
+/// `cluster.lease_seconds`: the default and the range accepted.
+const DEFAULT_LEASE_SECONDS: u64 = 10;
+const LEASE_SECONDS: std::ops::RangeInclusive<u64> = 3..=120;
 
 impl ClusterConfig {
     /// Fleet mode: the state store is PostgreSQL.
@@ -78,9 +87,17 @@ pub(super) fn cluster_config(
             format!("{advertise_url:?} must be an http:// or https:// URL"),
         ));
     }
+    let lease_seconds = raw.lease_seconds.unwrap_or(DEFAULT_LEASE_SECONDS);
+    if !LEASE_SECONDS.contains(&lease_seconds) {
+        return Err(invalid(
+            "cluster.lease_seconds",
+            format!("{lease_seconds} is outside 3..=120"),
+        ));
+    }
     Ok(ClusterConfig {
         postgres_url,
         node_id,
         advertise_url,
+        lease: Duration::from_secs(lease_seconds),
     })
 }

@@ -44,6 +44,7 @@ pub(super) struct RawCluster {
     pub(super) postgres_url: Option<String>,
     pub(super) node_id: Option<String>,
     pub(super) advertise_url: Option<String>,
+    pub(super) lease_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -97,6 +97,7 @@ pub struct IngestMetrics {
     pub discontinuities: IntCounter,
     pub plis: IntCounter,
     pub sessions_created: IntCounter,
+    pub offers_redirected: IntCounter,
     pub sessions_refused: IntCounterVec,
     pub offers_limited: IntCounterVec,
     pub sessions_connected: IntCounter,
@@ -174,6 +175,10 @@ impl IngestMetrics {
             sessions_created: c(
                 "kiroku_whip_sessions_created_total",
                 "WHIP sessions created",
+            ),
+            offers_redirected: c(
+                "kiroku_whip_offers_redirected_total",
+                "WHIP offers answered 307 to the box of the fleet that owns the room",
             ),
             sessions_refused: cv(
                 "kiroku_whip_sessions_refused_total",

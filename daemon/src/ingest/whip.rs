@@ -12,6 +12,11 @@
 //!   supported: publish again instead), a stale `If-Match` `412`.
 //! - `OPTIONS` on all of them, with CORS so pages on other origins publish.
 //!
+//! In fleet mode a POST for a room another live box owns answers `307
+//! Temporary Redirect` to the same path on that box (RFC 9725 §4.5; the
+//! client sends its offer again there); a room without a live owner is
+//! claimed by this box first (`crate::cluster`).
+//!
 //! Errors are plain text with the RFC's status codes. Authentication is
 //! `Authorization: Bearer <UserSig>` for the UserId in the path, checked
 //! with the app's `user_sig_key` (apps without one are open).
@@ -30,6 +35,7 @@ use axum::Router;
 use super::{offer, random_token, Command, Ingest, NewPeer, SessionEntry};
 use crate::api::validate;
 use crate::auth::usersig;
+use crate::cluster::{Fleet, FleetError};
 use crate::config::{Config, OfferLimits};
 use crate::ratelimit::RateLimiter;
 use crate::room::RoomKey;
@@ -40,15 +46,18 @@ pub struct WhipState {
     pub config: Arc<Config>,
     pub ingest: Arc<Ingest>,
     pub offers: Mutex<OfferGate>,
+    /// Fleet mode: rooms belong to one box.
+    pub fleet: Option<Arc<Fleet>>,
 }
 
 impl WhipState {
-    pub fn new(config: Arc<Config>, ingest: Arc<Ingest>) -> Self {
+    pub fn new(config: Arc<Config>, ingest: Arc<Ingest>, fleet: Option<Arc<Fleet>>) -> Self {
         let offers = Mutex::new(OfferGate::new(config.ingest.offer_limits));
         Self {
             config,
             ingest,
             offers,
+            fleet,
         }
     }
 }
@@ -150,6 +159,7 @@ async fn publish_stream<const AUX: bool>(
     State(s): State<Arc<WhipState>>,
     Path((app, room, user)): Path<(String, String, String)>,
     Query(q): Query<PublishQuery>,
+    uri: axum::http::Uri,
     extensions: axum::http::Extensions,
     headers: HeaderMap,
     body: Body,
@@ -162,6 +172,11 @@ async fn publish_stream<const AUX: bool>(
         .try_acquire(client, Instant::now());
     if let Err(wait) = over {
         return refused(&s, WhipError::too_many("address", limits.per_address, wait));
+    }
+    if let (Some(fleet), Ok(sdk_app_id)) = (&s.fleet, app.parse::<u32>()) {
+        if let Some(r) = to_the_owner(&s, fleet, sdk_app_id, &room, &uri).await {
+            return r;
+        }
     }
     let body = match crate::http_edge::read_body(&headers, body, MAX_OFFER_BYTES).await {
         Ok(b) => b,
@@ -179,6 +194,61 @@ async fn publish_stream<const AUX: bool>(
             r
         }
         Err(e) => refused(&s, e),
+    }
+}
+
+/// Fleet mode: `None` when this box owns the room (claimed now if it had
+/// no live owner), else the answer: 307 to the owner, or 503 while the
+/// fleet's database cannot say.
+async fn to_the_owner(
+    s: &WhipState,
+    fleet: &Arc<Fleet>,
+    sdk_app_id: u32,
+    room: &str,
+    uri: &axum::http::Uri,
+) -> Option<Response> {
+    let (f, r) = (fleet.clone(), room.to_owned());
+    let owner = tokio::task::spawn_blocking(move || f.claim_room(sdk_app_id, &r))
+        .await
+        .unwrap_or_else(|e| {
+            Err(FleetError::Store(crate::state::StoreError::Postgres(
+                e.to_string(),
+            )))
+        });
+    match owner {
+        Ok(o) if o.mine => None,
+        Ok(o) if o.advertise_url.is_empty() => Some(refused(
+            s,
+            WhipError::from((
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("room {room} belongs to box {} of the fleet, which has no address; retry shortly", o.node_id),
+            )),
+        )),
+        Ok(o) => {
+            let path_and_query = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+            let location = format!("{}{path_and_query}", o.advertise_url);
+            s.ingest.metrics.offers_redirected.inc();
+            tracing::debug!(room, owner = %o.node_id, %location, "WHIP offer redirected to the room's owner");
+            let r = Response::builder()
+                .status(StatusCode::TEMPORARY_REDIRECT)
+                .header(header::LOCATION, location)
+                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .body(Body::from(format!(
+                    "room {room} is recorded by box {} of the fleet: publish there\n",
+                    o.node_id
+                )))
+                .unwrap_or_default();
+            Some(with_cors(r))
+        }
+        Err(e) => Some(refused(
+            s,
+            WhipError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: format!("the fleet cannot place room {room} now: {e}; retry shortly"),
+                retry_after: Some(Duration::from_secs(2)),
+                reason: "fleet",
+            },
+        )),
     }
 }
 

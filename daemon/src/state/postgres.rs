@@ -15,6 +15,9 @@
 //!   disk; no call waits for ever (`statement_timeout` 10 s unless the URL
 //!   sets options). Calls are serialised on that connection: each is one
 //!   short transaction.
+//! - **Ownership.** Each task row names the box that runs it (`node_id`):
+//!   a box loads and resumes only its own tasks, so boxes can share one
+//!   database. (Taking over a dead box's tasks is the fleet's, later.)
 //! - **Secrets.** The URL's password is never logged: [`Engine::describe`]
 //!   gives `postgres://user@host:port/db`.
 //!
@@ -29,13 +32,17 @@ use postgres::{Client, Config, NoTls};
 use super::{Engine, NewCallback, OutboxEntry, StoreError};
 
 /// Schema versions, in order, and their SQL.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_tasks_outbox.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("migrations/0001_tasks_outbox.sql")),
+    (2, include_str!("migrations/0002_nodes_rooms.sql")),
+    (3, include_str!("migrations/0003_task_owner.sql")),
+];
 /// `pg_advisory_xact_lock` key of the migration step ("kiroku" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6b69_726f_6b75;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const STATEMENT_TIMEOUT_MS: u32 = 10_000;
 
-fn pg_err(e: postgres::Error) -> StoreError {
+pub(crate) fn pg_err(e: postgres::Error) -> StoreError {
     // The client's Display says only "db error": say what the server said.
     let what = match e.as_db_error() {
         Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
@@ -51,16 +58,19 @@ fn out_of_range(what: &str) -> StoreError {
     StoreError::Postgres(format!("{what} out of range"))
 }
 
-pub struct Postgres {
+/// One connection to PostgreSQL, opened on first use and again after it
+/// breaks; each call runs on a thread of its own (see [`Self::run`]).
+pub struct Connection {
     config: Config,
     shown: String,
     client: Mutex<Option<Client>>,
 }
 
-impl Postgres {
-    /// Connects, applies the migrations this binary has and the database
-    /// lacks, and returns the engine.
-    pub fn open(url: &str) -> Result<Self, StoreError> {
+impl Connection {
+    /// From `postgres_url`, with kiroku's bounds (connect timeout,
+    /// statement timeout, keepalives) where the URL sets none. Nothing is
+    /// connected yet.
+    pub fn new(url: &str, application: &str) -> Result<Self, StoreError> {
         let mut config: Config = url
             .parse()
             .map_err(|e: postgres::Error| StoreError::Postgres(format!("postgres_url: {e}")))?;
@@ -72,24 +82,23 @@ impl Postgres {
         }
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(10));
-        config.application_name("kiroku");
-        let shown = shown_url(&config);
-        let engine = Self {
+        config.application_name(application);
+        Ok(Self {
+            shown: shown_url(&config),
             config,
-            shown,
             client: Mutex::new(None),
-        };
-        let applied = engine.with_client(migrate)?;
-        if !applied.is_empty() {
-            tracing::info!(database = %engine.shown, versions = ?applied, "state store schema migrated");
-        }
-        Ok(engine)
+        })
+    }
+
+    /// `postgres://user@host:port/db`, for logs.
+    pub fn shown(&self) -> &str {
+        &self.shown
     }
 
     /// Runs `op` on the connection on a thread of its own: the blocking
     /// client drives a runtime of its own and must not run (or be dropped)
     /// on a thread that drives tokio, which callers may be on.
-    fn with_client<T: Send>(
+    pub fn run<T: Send>(
         &self,
         op: impl FnOnce(&mut Client) -> Result<T, StoreError> + Send,
     ) -> Result<T, StoreError> {
@@ -133,7 +142,7 @@ impl Postgres {
     }
 }
 
-impl Drop for Postgres {
+impl Drop for Connection {
     fn drop(&mut self) {
         // Closing the connection blocks on the client's own runtime: not
         // on the caller's thread, which may drive tokio.
@@ -145,6 +154,36 @@ impl Drop for Postgres {
         if let Some(client) = client {
             let _ = std::thread::spawn(move || drop(client)).join();
         }
+    }
+}
+
+pub struct Postgres {
+    conn: Connection,
+    /// This box: the tasks it writes are its own, and it loads only those
+    /// (and rows without an owner, from before schema 3).
+    node_id: String,
+}
+
+impl Postgres {
+    /// Connects, applies the migrations this binary has and the database
+    /// lacks, and returns the engine.
+    pub fn open(url: &str, node_id: &str) -> Result<Self, StoreError> {
+        let conn = Connection::new(url, "kiroku")?;
+        let applied = conn.run(migrate)?;
+        if !applied.is_empty() {
+            tracing::info!(database = %conn.shown(), versions = ?applied, "state store schema migrated");
+        }
+        Ok(Self {
+            conn,
+            node_id: node_id.to_owned(),
+        })
+    }
+
+    fn with_client<T: Send>(
+        &self,
+        op: impl FnOnce(&mut Client) -> Result<T, StoreError> + Send,
+    ) -> Result<T, StoreError> {
+        self.conn.run(op)
     }
 }
 
@@ -231,13 +270,16 @@ fn to_i32(v: u32, what: &str) -> Result<i32, StoreError> {
 
 impl Engine for Postgres {
     fn describe(&self) -> String {
-        self.shown.clone()
+        self.conn.shown().to_owned()
     }
 
     fn task_values(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.with_client(|c| {
             let rows = c
-                .query("SELECT task_id, value FROM tasks ORDER BY task_id", &[])
+                .query(
+                    "SELECT task_id, value FROM tasks WHERE node_id = $1 OR node_id IS NULL ORDER BY task_id",
+                    &[&self.node_id],
+                )
                 .map_err(pg_err)?;
             Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
         })
@@ -305,9 +347,10 @@ impl Engine for Postgres {
             let mut txn = c.transaction().map_err(pg_err)?;
             if let Some((id, value)) = put {
                 txn.execute(
-                    "INSERT INTO tasks (task_id, value) VALUES ($1, $2)
-                     ON CONFLICT (task_id) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
-                    &[&id, &value],
+                    "INSERT INTO tasks (task_id, value, node_id) VALUES ($1, $2, $3)
+                     ON CONFLICT (task_id) DO UPDATE
+                       SET value = EXCLUDED.value, node_id = EXCLUDED.node_id, updated_at = now()",
+                    &[&id, &value, &self.node_id],
                 )
                 .map_err(pg_err)?;
             }
