@@ -219,6 +219,10 @@ struct PublishArgs {
     /// Vanish at the end without a WHIP DELETE (tests consent timeouts).
     #[arg(long)]
     no_delete: bool,
+    /// Publish again (backoff 0.5 s doubling to 5 s) when a session fails,
+    /// e.g. when its box dies and another takes the room over.
+    #[arg(long)]
+    reconnect: bool,
     /// Connect with audio and video negotiated but send no media.
     #[arg(long)]
     mute: bool,
@@ -292,6 +296,7 @@ fn publish(a: PublishArgs) -> anyhow::Result<()> {
         audio,
         bind: a.bind,
         no_delete: a.no_delete,
+        reconnect: a.reconnect,
         mute: a.mute,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()

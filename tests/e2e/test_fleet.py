@@ -9,6 +9,8 @@ goes away and comes back costs errors while it is away, never a hang.
 
 from __future__ import annotations
 
+import json
+import signal
 import time
 from pathlib import Path
 
@@ -197,3 +199,43 @@ def test_boxes_sharing_a_database_resume_only_their_own_tasks(kiroku, pg):
             box.sdk().describe(other)
         assert gone.value.get_code() == "FailedOperation.TaskNotExist", gone.value
     assert pg.psql("SELECT string_agg(node_id, ',' ORDER BY node_id) FROM tasks", db) == "own-a,own-b"
+
+
+def test_a_reconnecting_publisher_follows_its_room_to_the_next_box(kiroku, pg):
+    """`kiroku publish --reconnect` pointed at one box (as a load balancer
+    address would be) is redirected to the room's owner; when the owner is
+    killed the session fails, the publisher publishes again with backoff,
+    is redirected to the dead owner until its lease lapses, then lands on
+    the box that takes the room over, within 15 s of the kill."""
+    from recording import publish, publish_report
+    db = "fleet_reconnect"
+    url = pg.create_db(db)
+    a = kiroku("rc-a", cluster={"postgres_url": url, "node_id": "rc-a", "lease_seconds": 4})
+    b = kiroku("rc-b", cluster={"postgres_url": url, "node_id": "rc-b", "lease_seconds": 4})
+    room = 9821
+    # Box a claims the room (the claim comes before the offer is read).
+    requests.post(whip_url(a.url, APP_ID, room, "claim"), data=b"v=0\r\n",
+                  headers={"Content-Type": "application/sdp"}, timeout=10)
+    assert pg.psql(f"SELECT owner FROM rooms WHERE room_id = '{room}'", db) == "rc-a"
+    p = publish(b, room, "eve", "--reconnect", "--fps", "10", duration=30)
+    try:
+        wait_until(lambda: room_users(a, room) == ["eve"], 15, 0.2, "the publisher on the owner, via box b")
+        a.kill9()
+        killed = time.monotonic()
+        try:
+            wait_until(lambda: room_users(b, room) == ["eve"], 20, 0.2, "the publisher again, on box b")
+        except AssertionError:
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=30)
+            raise AssertionError(f"kiroku publish said:\n{err[-3000:]}")
+        took = time.monotonic() - killed
+        assert took < 15, f"publishing again took {took:.1f} s"
+        assert pg.psql(f"SELECT owner || '|' || epoch FROM rooms WHERE room_id = '{room}'", db) == "rc-b|2"
+    finally:
+        p.send_signal(signal.SIGINT)  # kiroku publish ends and reports on Ctrl-C
+    out, err = p.communicate(timeout=30)
+    lines = [l for l in out.strip().splitlines() if l.startswith("{")]
+    assert lines, err[-2000:]
+    report = json.loads(lines[-1])
+    assert report["reconnects"] >= 1, report
+    print(f"reconnect: on box b {took:.1f} s after the kill; report {report}")

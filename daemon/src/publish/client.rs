@@ -46,6 +46,9 @@ pub struct PublishOptions {
     /// Negotiate audio and video but send no media (a publisher who is in
     /// the room and silent).
     pub mute: bool,
+    /// Publish again (backoff 0.5 s doubling to 5 s) when a session fails,
+    /// so that a publisher survives its box dying (docs/fleet.md).
+    pub reconnect: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +75,8 @@ pub struct PublishReport {
     pub audio_frames_sent: u64,
     pub keyframe_requests: u64,
     pub bytes_sent: u64,
+    /// Sessions opened again after one failed (`--reconnect`).
+    pub reconnects: u64,
     pub seconds: f64,
     /// Wall-clock time (Unix ms) of media time 0: sync marks and frame `n`
     /// were captured at this time plus their media time.
@@ -91,7 +96,24 @@ struct Session {
     connected: bool,
     dead: bool,
     deadline: Instant,
+    /// `--reconnect`: when to try again after a failed reopen, and the
+    /// wait after the next failure.
+    retry_at: Instant,
+    backoff: Duration,
+    /// The last datagram from the box: a connected box sends RTCP and STUN
+    /// answers every second or two, so a long silence means it is gone.
+    last_rx: Instant,
 }
+
+/// Silence after which a connected session counts as failed. str0m's ICE
+/// takes far longer to notice a peer that vanished (a killed box).
+const SILENCE: Duration = Duration::from_secs(5);
+
+/// Opens a session again for `(user, aux)` (`--reconnect`).
+type Reopen<'a> = &'a dyn Fn(&str, bool) -> Result<Session, PublishError>;
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 fn user_ids(o: &PublishOptions) -> Vec<String> {
     if o.count <= 1 {
@@ -167,6 +189,7 @@ async fn open(
         .await
         .map_err(|e| PublishError::Whip(format!("POST {url}: {e}")))?;
     let status = resp.status();
+    let answered_by = resp.url().clone();
     let location = resp
         .headers()
         .get("location")
@@ -184,11 +207,12 @@ async fn open(
     }
     let location =
         location.ok_or_else(|| PublishError::Whip(format!("POST {url}: 201 without Location")))?;
-    let location = if location.starts_with("http") {
-        location
-    } else {
-        format!("{}{location}", o.url.trim_end_matches('/'))
-    };
+    // Relative to the box that answered: a fleet's 307 may have moved the
+    // offer to the room's owner (reqwest follows it, body and all).
+    let location = answered_by
+        .join(&location)
+        .map_err(|e| PublishError::Whip(format!("POST {url}: bad Location {location:?}: {e}")))?
+        .to_string();
     let answer = SdpAnswer::from_sdp_string(&body)
         .map_err(|e| PublishError::Whip(format!("bad answer: {e}")))?;
     rtc.sdp_api().accept_answer(pending, answer)?;
@@ -205,6 +229,9 @@ async fn open(
         connected: false,
         dead: false,
         deadline: now,
+        retry_at: now,
+        backoff: FIRST_BACKOFF,
+        last_rx: now,
     })
 }
 
@@ -238,16 +265,29 @@ pub async fn run(o: PublishOptions, stop: Arc<AtomicBool>) -> Result<PublishRepo
     } else {
         (main_video, aux_video, audio)
     };
+    let runtime = tokio::runtime::Handle::current();
+    let (http2, o2) = (http.clone(), o.clone());
     let report = tokio::task::spawn_blocking(move || {
         let mut sessions = sessions;
-        let r = media_loop(&mut sessions, main_video, aux_video, audio, duration, &stop);
+        // On this blocking thread the runtime may be entered to reopen.
+        let reopen = |user: &str, aux: bool| runtime.block_on(open(&http2, &o2, user, aux));
+        let reopen: Option<Reopen<'_>> = o2.reconnect.then_some(&reopen);
+        let r = media_loop(
+            &mut sessions,
+            main_video,
+            aux_video,
+            audio,
+            duration,
+            &stop,
+            reopen,
+        );
         (sessions, r)
     })
     .await
     .map_err(|e| PublishError::Whip(e.to_string()))?;
     let (sessions, report) = report;
     if !o.no_delete {
-        for s in &sessions {
+        for s in sessions.iter().filter(|s| !s.dead) {
             let _ = http.delete(&s.location).send().await;
         }
     }
@@ -261,6 +301,7 @@ fn media_loop(
     mut audio: Option<AudioSource>,
     duration: Duration,
     stop: &AtomicBool,
+    reopen: Option<Reopen<'_>>,
 ) -> Result<PublishReport, PublishError> {
     let mut report = PublishReport {
         sessions: sessions.len(),
@@ -281,11 +322,34 @@ fn media_loop(
         if elapsed >= duration || stop.load(Ordering::Relaxed) {
             break;
         }
+        // `--reconnect`: a failed session publishes again, with backoff.
+        if let Some(reopen) = reopen {
+            for s in sessions.iter_mut().filter(|s| s.dead && now >= s.retry_at) {
+                match reopen(&s.user, s.aux) {
+                    Ok(fresh) => {
+                        tracing::info!(user = %s.user, aux = s.aux, location = %fresh.location, "published again");
+                        *s = fresh;
+                        report.reconnects += 1;
+                        if s.aux {
+                            want_aux_key = true;
+                        } else {
+                            want_main_key = true;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(user = %s.user, error = %e, retry_in_ms = s.backoff.as_millis() as u64, "publishing again failed");
+                        s.retry_at = Instant::now() + s.backoff;
+                        s.backoff = (s.backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+            }
+        }
         // Network in.
         for s in sessions.iter_mut().filter(|s| !s.dead) {
             loop {
                 match s.socket.recv_from(&mut buf) {
                     Ok((n, source)) => {
+                        s.last_rx = now;
                         let Ok(contents) = buf[..n].try_into() else {
                             continue;
                         };
@@ -308,6 +372,10 @@ fn media_loop(
                 }
             }
             if !s.dead && now >= s.deadline && s.rtc.handle_input(Input::Timeout(now)).is_err() {
+                s.dead = true;
+            }
+            if !s.dead && s.connected && now.saturating_duration_since(s.last_rx) > SILENCE {
+                tracing::warn!(user = %s.user, aux = s.aux, "nothing from the box for 5 s: the session has failed");
                 s.dead = true;
             }
         }
