@@ -339,9 +339,6 @@ pub async fn run(
         _ => None,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let fleet_heartbeat = fleet
-        .clone()
-        .map(|f| tokio::spawn(fleet_heartbeat(f, metrics.clone())));
     let (outbox, outbox_worker) = deliver::start(
         store.clone(),
         backlog,
@@ -396,6 +393,14 @@ pub async fn run(
         health.clone(),
     )
     .await;
+    let fleet_heartbeat = fleet.clone().map(|f| {
+        tokio::spawn(fleet_heartbeat(
+            f,
+            manager.clone(),
+            store.clone(),
+            metrics.clone(),
+        ))
+    });
     // ExpireTime: expired VOD files are deleted within 10 s (a scan of
     // the store's metadata files, cheap next to what it stores).
     let expiry = {
@@ -420,6 +425,7 @@ pub async fn run(
         config.clone(),
         manager.clone(),
         metrics.clone(),
+        fleet.clone(),
     ));
 
     let app = router(api, metrics.clone(), health.clone())
@@ -515,7 +521,14 @@ pub async fn run(
 
 /// Renews this box's lease in the fleet, five times a lease; failures are
 /// counted and logged (the lease lapses on its own: see `cluster::lease`).
-async fn fleet_heartbeat(fleet: Arc<crate::cluster::Fleet>, metrics: Metrics) {
+/// While it holds its lease, it takes over the rooms of dead boxes and
+/// resumes their tasks here (`ha<n>_`, callback 306).
+async fn fleet_heartbeat(
+    fleet: Arc<crate::cluster::Fleet>,
+    manager: Manager,
+    store: Arc<StateStore>,
+    metrics: Metrics,
+) {
     let failures = crate::metrics::counter(
         metrics.registry(),
         "kiroku_fleet_heartbeat_failures_total",
@@ -543,6 +556,26 @@ async fn fleet_heartbeat(fleet: Arc<crate::cluster::Fleet>, metrics: Metrics) {
             }
         }
         held.set(i64::from(fleet.holds_lease()));
+        if !fleet.holds_lease() {
+            continue;
+        }
+        let (f, s) = (fleet.clone(), store.clone());
+        let taken = tokio::task::spawn_blocking(move || {
+            f.take_over_dead_rooms()
+                .map(|values| s.open_records(values))
+        })
+        .await;
+        match taken {
+            Ok(Ok(records)) if !records.is_empty() => {
+                tracing::warn!(tasks = records.len(), "resuming the tasks of a dead box");
+                manager
+                    .adopt(records, "task taken over from a dead box")
+                    .await;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "taking over dead boxes' rooms failed"),
+            Err(e) => tracing::warn!(error = %e, "taking over dead boxes' rooms failed"),
+        }
     }
 }
 

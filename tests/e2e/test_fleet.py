@@ -33,7 +33,7 @@ def fleet_box(kiroku, pg, name: str, receiver=None, **kw):
 def test_tasks_and_callbacks_live_in_postgresql(kiroku, pg, receiver):
     d, _ = fleet_box(kiroku, pg, "fleet_lifecycle", receiver)
     db = "fleet_lifecycle"
-    assert pg.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM kiroku_schema", db) == "1,2,3"
+    assert pg.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM kiroku_schema", db) == "1,2,3,4"
     assert not (Path(d.config["data_dir"]) / "state.redb").exists(), "no embedded store in fleet mode"
     assert "postgres://postgres@127.0.0.1" in d.log_text() and "box-fleet_lifecycle" in d.log_text()
     api = d.sdk()
@@ -239,3 +239,46 @@ def test_a_reconnecting_publisher_follows_its_room_to_the_next_box(kiroku, pg):
     report = json.loads(lines[-1])
     assert report["reconnects"] >= 1, report
     print(f"reconnect: on box b {took:.1f} s after the kill; report {report}")
+
+
+def test_a_dead_boxs_recording_resumes_on_another_box(kiroku, pg, receiver):
+    """A task records on box a; a Create for the same room on box b is
+    refused, naming a. `kill -9` of a: once a's lease (4 s) lapses, b takes
+    the room over (epoch 2) and the task with it, resumes it as `ha1_` with
+    a signed 306, and the publisher (`--reconnect`, pointed at b) records
+    on b again; the whole takeover within 15 s of the kill."""
+    from recording import publish, task_files
+    db = "fleet_failover"
+    url = pg.create_db(db)
+    boxes = {n: kiroku(f"fo-{n}", callback_url=receiver.url,
+                       cluster={"postgres_url": url, "node_id": f"fo-{n}", "lease_seconds": 4})
+             for n in ("a", "b")}
+    a, b = boxes["a"], boxes["b"]
+    room = 9831
+    task = a.sdk().create(create_params(room=str(room), max_idle=120))
+    assert pg.psql(f"SELECT owner || '|' || epoch FROM rooms WHERE room_id = '{room}'", db) == "fo-a|1"
+    assert pg.psql(f"SELECT node_id FROM tasks WHERE task_id = '{task}'", db) == "fo-a"
+    with pytest.raises(TencentCloudSDKException) as elsewhere:
+        b.sdk().create(create_params(room=str(room), max_idle=120))
+    assert elsewhere.value.get_code() == "FailedOperation.RoomOnAnotherBox", elsewhere.value
+    assert a.url in elsewhere.value.get_message(), elsewhere.value
+
+    p = publish(b, room, "fay", "--reconnect", "--fps", "10", duration=60)
+    try:
+        receiver.wait_event(task, 307, 30)
+        a.kill9()
+        killed = time.monotonic()
+        receiver.wait_event(task, 306, 20)
+        took = time.monotonic() - killed
+        assert took < 15, f"the task resumed {took:.1f} s after the kill"
+        assert pg.psql(f"SELECT owner || '|' || epoch FROM rooms WHERE room_id = '{room}'", db) == "fo-b|2"
+        assert pg.psql(f"SELECT node_id FROM tasks WHERE task_id = '{task}'", db) == "fo-b"
+        assert b.sdk().describe(task)["Status"] in ("InProgress", "Idle")
+        folder = task_files(b, task)
+        wait_until(lambda: any(folder.glob("ha1_*.ts")), 30, 0.5, "ha1_ segments on box b")
+    finally:
+        p.send_signal(signal.SIGINT)
+        p.communicate(timeout=30)
+    b.sdk().delete(task)
+    receiver.wait_event(task, 302, 30)
+    print(f"failover: task {task} resumed on b {took:.1f} s after a was killed")

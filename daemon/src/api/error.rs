@@ -114,6 +114,9 @@ pub mod codes {
     pub const TASK_NOT_EXIST: &str = "FailedOperation.TaskNotExist";
     pub const RESTRICTED_CONCURRENCY: &str = "FailedOperation.RestrictedConcurrency";
     pub const SDK_APP_ID_NOT_EXIST: &str = "FailedOperation.SdkAppIdNotExist";
+    /// kiroku's own (fleet mode, docs/fleet.md): another box of the fleet
+    /// records the room; the message names it. Tencent has no such case.
+    pub const ROOM_ON_ANOTHER_BOX: &str = "FailedOperation.RoomOnAnotherBox";
 
     /// Every code above; the set the `code` metrics label can take
     /// (plus the `AuthFailure.*` codes of `api::tc3` and "Success").
@@ -163,5 +166,6 @@ pub mod codes {
         TASK_NOT_EXIST,
         RESTRICTED_CONCURRENCY,
         SDK_APP_ID_NOT_EXIST,
+        ROOM_ON_ANOTHER_BOX,
     ];
 }

@@ -32,10 +32,17 @@ pub struct ApiState {
     pub metrics: Metrics,
     pub limiter: Mutex<RateLimiter<(u32, &'static str)>>,
     pub signatures: Mutex<SignatureBindings>,
+    /// Fleet mode: a task runs on the box that owns its room.
+    pub fleet: Option<Arc<crate::cluster::Fleet>>,
 }
 
 impl ApiState {
-    pub fn new(config: Arc<Config>, manager: Manager, metrics: Metrics) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        manager: Manager,
+        metrics: Metrics,
+        fleet: Option<Arc<crate::cluster::Fleet>>,
+    ) -> Self {
         let limiter = Mutex::new(RateLimiter::per_second(config.limits.api_rate_per_second));
         Self {
             config,
@@ -43,8 +50,36 @@ impl ApiState {
             metrics,
             limiter,
             signatures: Mutex::new(SignatureBindings::new()),
+            fleet,
         }
     }
+}
+
+/// Fleet mode: claims the task's room for this box (it had no live owner)
+/// or refuses the Create, naming the box that records the room.
+async fn claim_for_create(
+    fleet: &Arc<crate::cluster::Fleet>,
+    spec: &crate::domain::params::RecordingSpec,
+) -> Result<(), ApiError> {
+    let (f, app, room) = (fleet.clone(), spec.sdk_app_id, spec.room.fleet_key());
+    let owner = tokio::task::spawn_blocking(move || f.claim_room(app, &room))
+        .await
+        .map_err(|e| ApiError::internal(format!("placing the task: {e}")))?
+        .map_err(|e| {
+            ApiError::internal(format!(
+                "the fleet cannot place the task now ({e}); retry with the same parameters"
+            ))
+        })?;
+    if owner.mine {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        codes::ROOM_ON_ANOTHER_BOX,
+        format!(
+            "room {} is recorded by box {} of the fleet: send this request to {}",
+            spec.room, owner.node_id, owner.advertise_url
+        ),
+    ))
 }
 
 /// The wall clock in the signed seconds that TC3 and UserSig times use.
@@ -439,6 +474,9 @@ async fn create(
             unix_secs_signed(),
         )
         .map_err(|e| ApiError::new(codes::INVALID_USER_SIG, format!("`UserSig`: {e}")))?;
+    }
+    if let Some(fleet) = &api.fleet {
+        claim_for_create(fleet, &spec).await?;
     }
     let task_id = api.manager.create(spec).await?;
     Ok(fields(vec![("TaskId", Value::from(task_id))]))

@@ -103,6 +103,61 @@ impl Fleet {
         Ok(())
     }
 
+    /// Takes over rooms whose owner is dead (at most 16 at a time; rows
+    /// other boxes are taking over at the same moment are skipped, `FOR
+    /// UPDATE SKIP LOCKED`), raising their epochs, and the tasks recording
+    /// them; returns those tasks' stored values (blocking).
+    pub fn take_over_dead_rooms(&self) -> Result<Vec<(String, Vec<u8>)>, FleetError> {
+        if !self.holds_lease() {
+            return Err(FleetError::LeaseLapsed);
+        }
+        let lease_s = self.lease().duration().as_secs_f64();
+        let me = self.node_id.as_str();
+        let taken = self.conn.run(|c| {
+            let mut txn = c.transaction().map_err(pg_err)?;
+            let rooms = txn
+                .query(
+                    "WITH dead AS (
+                         SELECT r.sdk_app_id, r.room_id FROM rooms r
+                         WHERE r.owner <> $1
+                           AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = r.owner
+                                           AND n.heartbeat_at > now() - make_interval(secs => $2))
+                         ORDER BY r.claimed_at LIMIT 16
+                         FOR UPDATE SKIP LOCKED)
+                     UPDATE rooms r SET owner = $1, epoch = r.epoch + 1, claimed_at = now()
+                     FROM dead WHERE r.sdk_app_id = dead.sdk_app_id AND r.room_id = dead.room_id
+                     RETURNING r.sdk_app_id, r.room_id, r.epoch",
+                    &[&me, &lease_s],
+                )
+                .map_err(pg_err)?;
+            let apps: Vec<i64> = rooms.iter().map(|r| r.get(0)).collect();
+            let keys: Vec<String> = rooms.iter().map(|r| r.get(1)).collect();
+            for r in &rooms {
+                let (app, room, epoch): (i64, String, i64) = (r.get(0), r.get(1), r.get(2));
+                tracing::warn!(sdk_app_id = app, room = %room, epoch, "room taken over from a dead box");
+            }
+            let tasks = if rooms.is_empty() {
+                Vec::new()
+            } else {
+                txn.query(
+                    "UPDATE tasks t SET node_id = $1, updated_at = now()
+                     FROM (SELECT unnest($2::bigint[]) AS app, unnest($3::text[]) AS room) taken
+                     WHERE t.sdk_app_id = taken.app AND t.room_key = taken.room
+                       AND t.node_id IS DISTINCT FROM $1
+                     RETURNING t.task_id, t.value",
+                    &[&me, &apps, &keys],
+                )
+                .map_err(pg_err)?
+            };
+            txn.commit().map_err(pg_err)?;
+            Ok(tasks
+                .iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, Vec<u8>>(1)))
+                .collect::<Vec<_>>())
+        })?;
+        Ok(taken)
+    }
+
     /// The room's owner: this box if the room had none or its owner is
     /// dead (claimed now, epoch raised), else the live owner (blocking).
     pub fn claim_room(&self, sdk_app_id: u32, room: &str) -> Result<RoomOwner, FleetError> {

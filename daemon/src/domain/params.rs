@@ -26,6 +26,15 @@ impl RoomId {
             RoomId::Str(s) => serde_json::Value::from(s.clone()),
         }
     }
+
+    /// The room's name in the fleet's `rooms` table: integer and string
+    /// rooms with the same digits are different rooms (as in TRTC).
+    pub fn fleet_key(&self) -> String {
+        match self {
+            RoomId::Int(n) => n.to_string(),
+            RoomId::Str(s) => format!("s:{s}"),
+        }
+    }
 }
 
 impl std::fmt::Display for RoomId {

@@ -174,7 +174,12 @@ async fn publish_stream<const AUX: bool>(
         return refused(&s, WhipError::too_many("address", limits.per_address, wait));
     }
     if let (Some(fleet), Ok(sdk_app_id)) = (&s.fleet, app.parse::<u32>()) {
-        if let Some(r) = to_the_owner(&s, fleet, sdk_app_id, &room, &uri).await {
+        // The fleet's name of the room (`RoomId::fleet_key`).
+        let key = match q.room_type.as_deref() {
+            Some("string") => format!("s:{room}"),
+            _ => room.clone(),
+        };
+        if let Some(r) = to_the_owner(&s, fleet, sdk_app_id, &key, &uri).await {
             return r;
         }
     }

@@ -13,7 +13,7 @@ use std::sync::RwLock;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Engine, NewCallback, OutboxEntry, StoreError};
+use super::{Engine, NewCallback, OutboxEntry, PutTask, StoreError};
 
 const TASKS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tasks");
 const OUTBOX: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("outbox");
@@ -216,7 +216,7 @@ impl Engine for Embedded {
 
     fn apply(
         &self,
-        put: Option<(&str, &[u8])>,
+        put: Option<PutTask<'_>>,
         remove: Option<&str>,
         callbacks: Vec<NewCallback>,
     ) -> Result<Vec<OutboxEntry>, StoreError> {
@@ -225,8 +225,8 @@ impl Engine for Embedded {
             let mut queued = Vec::with_capacity(callbacks.len());
             {
                 let mut tasks = txn.open_table(TASKS).map_err(db_err)?;
-                if let Some((id, value)) = put {
-                    tasks.insert(id, value).map_err(db_err)?;
+                if let Some(put) = put {
+                    tasks.insert(put.task_id, put.value).map_err(db_err)?;
                 }
                 if let Some(id) = remove {
                     tasks.remove(id).map_err(db_err)?;

@@ -113,6 +113,17 @@ pub struct Change<'a> {
     pub callbacks: Vec<NewCallback>,
 }
 
+/// A task value to store, with the room it records (the PostgreSQL engine
+/// keeps it in columns of its own, for the fleet).
+#[derive(Debug, Clone, Copy)]
+pub struct PutTask<'a> {
+    pub task_id: &'a str,
+    pub value: &'a [u8],
+    pub sdk_app_id: u32,
+    /// [`crate::domain::params::RoomId::fleet_key`].
+    pub room_key: &'a str,
+}
+
 /// What an engine keeps: sealed task values under their ids, set-aside
 /// values, and the outbox. Each call is one transaction.
 pub trait Engine: Send + Sync {
@@ -137,7 +148,7 @@ pub trait Engine: Send + Sync {
     /// returns the queued callbacks with their seqs.
     fn apply(
         &self,
-        put: Option<(&str, &[u8])>,
+        put: Option<PutTask<'_>>,
         remove: Option<&str>,
         callbacks: Vec<NewCallback>,
     ) -> Result<Vec<OutboxEntry>, StoreError>;
@@ -263,6 +274,29 @@ impl StateStore {
         Ok((out, true))
     }
 
+    /// Task records from values read elsewhere (a dead box's tasks taken
+    /// over by this one): opened and parsed; one that cannot be read is
+    /// logged and left out.
+    pub fn open_records(&self, values: Vec<(String, Vec<u8>)>) -> Vec<TaskRecord> {
+        let mut out = Vec::with_capacity(values.len());
+        for (key, value) in values {
+            let record = self
+                .sealer
+                .open(&task_context(&key), &value)
+                .map_err(|e| e.to_string())
+                .and_then(|o| {
+                    serde_json::from_slice::<TaskRecord>(&o.plain).map_err(|e| e.to_string())
+                });
+            match record {
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    tracing::error!(task_id = %key, error = %e, "a task taken over cannot be read; left out")
+                }
+            }
+        }
+        out
+    }
+
     /// The ids of the quarantined task records.
     pub fn quarantined(&self) -> Result<Vec<String>, StoreError> {
         self.engine.quarantined()
@@ -279,11 +313,16 @@ impl StateStore {
             return Err(StoreError::Injected);
         }
         let sealed = match change.put_task {
-            Some(rec) => Some((rec.task_id.as_str(), self.seal_task(rec)?)),
+            Some(rec) => Some((rec, self.seal_task(rec)?, rec.spec.room.fleet_key())),
             None => None,
         };
         self.engine.apply(
-            sealed.as_ref().map(|(id, v)| (*id, v.as_slice())),
+            sealed.as_ref().map(|(rec, value, room_key)| PutTask {
+                task_id: &rec.task_id,
+                value,
+                sdk_app_id: rec.spec.sdk_app_id,
+                room_key,
+            }),
             change.remove_task,
             change.callbacks,
         )
@@ -470,7 +509,12 @@ mod tests {
             store
                 .engine
                 .apply(
-                    Some(("bad", b"{\"task_id\": 3".as_slice())),
+                    Some(PutTask {
+                        task_id: "bad",
+                        value: b"{\"task_id\": 3",
+                        sdk_app_id: 1,
+                        room_key: "5",
+                    }),
                     None,
                     Vec::new(),
                 )

@@ -29,13 +29,14 @@ use std::time::Duration;
 
 use postgres::{Client, Config, NoTls};
 
-use super::{Engine, NewCallback, OutboxEntry, StoreError};
+use super::{Engine, NewCallback, OutboxEntry, PutTask, StoreError};
 
 /// Schema versions, in order, and their SQL.
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/0001_tasks_outbox.sql")),
     (2, include_str!("migrations/0002_nodes_rooms.sql")),
     (3, include_str!("migrations/0003_task_owner.sql")),
+    (4, include_str!("migrations/0004_task_room.sql")),
 ];
 /// `pg_advisory_xact_lock` key of the migration step ("kiroku" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6b69_726f_6b75;
@@ -100,7 +101,7 @@ impl Connection {
     /// on a thread that drives tokio, which callers may be on.
     pub fn run<T: Send>(
         &self,
-        op: impl FnOnce(&mut Client) -> Result<T, StoreError> + Send,
+        op: impl Fn(&mut Client) -> Result<T, StoreError> + Send + Sync,
     ) -> Result<T, StoreError> {
         std::thread::scope(|s| {
             std::thread::Builder::new()
@@ -113,11 +114,32 @@ impl Connection {
     }
 
     /// Runs `op` on the connection, opening it first if there is none or it
-    /// broke; a connection that broke during `op` is dropped.
+    /// broke. A connection found broken by `op` (PostgreSQL restarted since
+    /// the last call: nothing of `op` committed) is replaced and `op` runs
+    /// once more on the new one.
     fn on_connection<T>(
         &self,
-        op: impl FnOnce(&mut Client) -> Result<T, StoreError>,
+        op: impl Fn(&mut Client) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        let had_connection = !self.broke();
+        match self.once(&op) {
+            Err(e) if had_connection && self.broke() => {
+                tracing::info!(database = %self.shown, error = %e, "the connection to PostgreSQL was lost; trying again on a new one");
+                self.once(&op)
+            }
+            r => r,
+        }
+    }
+
+    /// Whether the last call found the connection broken (and dropped it).
+    fn broke(&self) -> bool {
+        self.client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+    }
+
+    fn once<T>(&self, op: &impl Fn(&mut Client) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let mut guard = self.client.lock().unwrap_or_else(|p| p.into_inner());
         if guard.as_ref().is_none_or(|c| c.is_closed()) {
             *guard = None;
@@ -181,7 +203,7 @@ impl Postgres {
 
     fn with_client<T: Send>(
         &self,
-        op: impl FnOnce(&mut Client) -> Result<T, StoreError> + Send,
+        op: impl Fn(&mut Client) -> Result<T, StoreError> + Send + Sync,
     ) -> Result<T, StoreError> {
         self.conn.run(op)
     }
@@ -339,18 +361,27 @@ impl Engine for Postgres {
 
     fn apply(
         &self,
-        put: Option<(&str, &[u8])>,
+        put: Option<PutTask<'_>>,
         remove: Option<&str>,
         callbacks: Vec<NewCallback>,
     ) -> Result<Vec<OutboxEntry>, StoreError> {
         self.with_client(|c| {
             let mut txn = c.transaction().map_err(pg_err)?;
-            if let Some((id, value)) = put {
+            if let Some(put) = put {
                 txn.execute(
-                    "INSERT INTO tasks (task_id, value, node_id) VALUES ($1, $2, $3)
+                    "INSERT INTO tasks (task_id, value, node_id, sdk_app_id, room_key)
+                     VALUES ($1, $2, $3, $4, $5)
                      ON CONFLICT (task_id) DO UPDATE
-                       SET value = EXCLUDED.value, node_id = EXCLUDED.node_id, updated_at = now()",
-                    &[&id, &value, &self.node_id],
+                       SET value = EXCLUDED.value, node_id = EXCLUDED.node_id,
+                           sdk_app_id = EXCLUDED.sdk_app_id, room_key = EXCLUDED.room_key,
+                           updated_at = now()",
+                    &[
+                        &put.task_id,
+                        &put.value,
+                        &self.node_id,
+                        &i64::from(put.sdk_app_id),
+                        &put.room_key,
+                    ],
                 )
                 .map_err(pg_err)?;
             }
@@ -359,7 +390,7 @@ impl Engine for Postgres {
                     .map_err(pg_err)?;
             }
             let mut queued = Vec::with_capacity(callbacks.len());
-            for cb in callbacks {
+            for cb in &callbacks {
                 let row = txn
                     .query_one(
                         "INSERT INTO outbox (task_id, sdk_app_id, event_type, url, body, sign, created_ms, next_attempt_ms)
@@ -377,7 +408,7 @@ impl Engine for Postgres {
                     .map_err(pg_err)?;
                 let seq: i64 = row.get(0);
                 let seq = u64::try_from(seq).map_err(|_| out_of_range("outbox seq"))?;
-                queued.push(cb.queued(seq));
+                queued.push(cb.clone().queued(seq));
             }
             txn.commit().map_err(pg_err)?;
             Ok(queued)

@@ -180,48 +180,57 @@ impl Manager {
             }),
         };
         tokio::spawn(upload_notices(Arc::downgrade(&mgr.inner), outputs.notices));
-        {
-            let mut st = mgr.inner.state.lock().await;
-            for mut record in records {
-                let exiting = matches!(record.state, TaskState::Exited { .. });
-                let task_id = record.task_id.clone();
-                if !exiting {
-                    // Resume under the next `ha<n>_` name so that nothing
-                    // the previous run wrote is overwritten.
-                    record.restarts = record.restarts.saturating_add(1);
-                    let callbacks = mgr
-                        .callback(&record, event::failover(0), clock::unix_ms())
-                        .into_iter()
-                        .collect();
-                    if mgr
-                        .commit(Change {
-                            put_task: Some(&record),
-                            callbacks,
-                            ..Change::default()
-                        })
-                        .await
-                        .is_err()
-                    {
-                        tracing::error!(task_id = %task_id, "could not record the restart of a restored task");
-                    }
-                }
-                let (control, runner) = mgr.spawn_runner(&record);
-                if exiting {
-                    let _ = control.try_send(Control::Stop);
-                }
-                tracing::info!(task_id = %task_id, state = record.state.api_status(), restarts = record.restarts, "task restored from the state store");
-                st.tasks.insert(
-                    task_id,
-                    Live {
-                        record,
-                        control,
-                        runner: Some(runner),
-                    },
-                );
-            }
-            mgr.update_gauges(&st);
-        }
+        mgr.adopt(records, "task restored from the state store")
+            .await;
         mgr
+    }
+
+    /// Runs tasks that were running elsewhere: restored at start, or taken
+    /// over from a box of the fleet that died. Each resumes under the next
+    /// `ha<n>_` name (nothing the previous run wrote is overwritten) with
+    /// callback 306; a task that was ending finishes. Tasks already live
+    /// here are left alone.
+    pub async fn adopt(&self, records: Vec<TaskRecord>, why: &'static str) {
+        let mut st = self.inner.state.lock().await;
+        for mut record in records {
+            if st.tasks.contains_key(&record.task_id) {
+                continue;
+            }
+            let exiting = matches!(record.state, TaskState::Exited { .. });
+            let task_id = record.task_id.clone();
+            if !exiting {
+                record.restarts = record.restarts.saturating_add(1);
+                let callbacks = self
+                    .callback(&record, event::failover(0), clock::unix_ms())
+                    .into_iter()
+                    .collect();
+                if self
+                    .commit(Change {
+                        put_task: Some(&record),
+                        callbacks,
+                        ..Change::default()
+                    })
+                    .await
+                    .is_err()
+                {
+                    tracing::error!(task_id = %task_id, "could not record the restart of a resumed task");
+                }
+            }
+            let (control, runner) = self.spawn_runner(&record);
+            if exiting {
+                let _ = control.try_send(Control::Stop);
+            }
+            tracing::info!(task_id = %task_id, state = record.state.api_status(), restarts = record.restarts, "{why}");
+            st.tasks.insert(
+                task_id,
+                Live {
+                    record,
+                    control,
+                    runner: Some(runner),
+                },
+            );
+        }
+        self.update_gauges(&st);
     }
 
     /// The store a task's recorder writes its HLS to: the task's storage
