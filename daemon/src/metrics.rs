@@ -26,6 +26,7 @@ pub struct Metrics {
     pub store_errors: IntCounter,
     pub replays_refused: IntCounter,
     pub commit_retries: IntCounter,
+    pub tasks_fenced: IntCounter,
 }
 
 /// A counter registered in `r` (metric definitions are constants: a
@@ -165,6 +166,11 @@ impl Metrics {
                 &r,
                 "kiroku_store_commit_retries_total",
                 "A task's change and its callback retried after the state store refused the commit (nothing is dropped)",
+            ),
+            tasks_fenced: counter(
+                &r,
+                "kiroku_fleet_tasks_fenced_total",
+                "Tasks this box let go because another box of the fleet took them over",
             ),
             replays_refused: counter(
                 &r,

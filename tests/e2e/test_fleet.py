@@ -282,3 +282,45 @@ def test_a_dead_boxs_recording_resumes_on_another_box(kiroku, pg, receiver):
     b.sdk().delete(task)
     receiver.wait_event(task, 302, 30)
     print(f"failover: task {task} resumed on b {took:.1f} s after a was killed")
+
+
+def test_a_paused_box_is_fenced_when_it_wakes(kiroku, pg, receiver):
+    """A network partition, simulated by pausing the recording box
+    (SIGSTOP) past its lease: box b takes the task over (306). When a wakes
+    (SIGCONT) its next commit for the task is refused by the database
+    (the row is b's): a lets the task go, counted, writes nothing more for
+    it, and the row stays b's."""
+    db = "fleet_fence"
+    url = pg.create_db(db)
+    a = kiroku("fe-a", callback_url=receiver.url,
+               cluster={"postgres_url": url, "node_id": "fe-a", "lease_seconds": 4},
+               recording={"segment_seconds": 2})
+    b = kiroku("fe-b", callback_url=receiver.url,
+               cluster={"postgres_url": url, "node_id": "fe-b", "lease_seconds": 4},
+               recording={"segment_seconds": 2})
+    room = 9841
+    task = a.sdk().create(create_params(room=str(room), max_idle=120))
+    pub = Publisher(whip_url(a.url, APP_ID, room, "gus"), fps=10).start(timeout=15)
+    try:
+        receiver.wait_event(task, 307, 30)
+        a.proc.send_signal(signal.SIGSTOP)
+        try:
+            receiver.wait_event(task, 306, 20)
+            assert pg.psql(f"SELECT node_id FROM tasks WHERE task_id = '{task}'", db) == "fe-b"
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+        wait_until(lambda: metric_value(a.metrics_text(), "kiroku_fleet_tasks_fenced_total") == 1,
+                   30, 0.5, "box a fenced: it lets the task go")
+        with pytest.raises(TencentCloudSDKException) as gone:
+            a.sdk().describe(task)
+        assert gone.value.get_code() == "FailedOperation.TaskNotExist", gone.value
+        assert "took this task over" in a.log_text()
+        time.sleep(3)
+        assert pg.psql(f"SELECT node_id FROM tasks WHERE task_id = '{task}'", db) == "fe-b"
+        assert b.sdk().describe(task)["TaskId"] == task
+    finally:
+        pub.stop()
+    b.sdk().delete(task)
+    receiver.wait_event(task, 302, 30)
+    stops = [c for c in receiver.delivered(task) if c.event_type == 302]
+    assert len(stops) == 1, "only the owner ends the task"

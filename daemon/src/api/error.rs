@@ -58,6 +58,7 @@ impl From<crate::task::error::TaskError> for ApiError {
                 codes::TASK_NOT_EXIST
             }
             TaskError::Store => codes::INTERNAL,
+            TaskError::Fenced { .. } => codes::TASK_NOT_EXIST,
         };
         Self::new(code, e.to_string())
     }

@@ -54,6 +54,12 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    /// Fleet mode: another box has taken the task over (its room's owner
+    /// died, or looked dead); this box must write nothing more for it.
+    #[error(
+        "task {task_id} now runs on box {owner} of the fleet: this box writes nothing more for it"
+    )]
+    Fenced { task_id: String, owner: String },
     #[error("state store {path}: closed after an I/O error")]
     Closed { path: String },
     #[error("state store {path}: closed after an I/O error and not open again yet: {source}")]

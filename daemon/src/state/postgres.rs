@@ -260,6 +260,20 @@ fn migrate(client: &mut Client) -> Result<Vec<i32>, StoreError> {
     Ok(applied)
 }
 
+/// The error for a task row another box owns.
+fn fenced(txn: &mut postgres::Transaction<'_>, task_id: &str) -> StoreError {
+    let owner = txn
+        .query_opt("SELECT node_id FROM tasks WHERE task_id = $1", &[&task_id])
+        .ok()
+        .flatten()
+        .and_then(|r| r.get::<_, Option<String>>(0))
+        .unwrap_or_default();
+    StoreError::Fenced {
+        task_id: task_id.to_owned(),
+        owner,
+    }
+}
+
 fn entry_of(row: &postgres::Row) -> Result<OutboxEntry, StoreError> {
     let seq: i64 = row.get("seq");
     let sdk_app_id: i64 = row.get("sdk_app_id");
@@ -367,27 +381,45 @@ impl Engine for Postgres {
     ) -> Result<Vec<OutboxEntry>, StoreError> {
         self.with_client(|c| {
             let mut txn = c.transaction().map_err(pg_err)?;
+            // Fencing: a row another box owns (it took the task over) is
+            // neither written nor removed, and nothing of this change
+            // commits: the callbacks are the new owner's to send.
             if let Some(put) = put {
-                txn.execute(
-                    "INSERT INTO tasks (task_id, value, node_id, sdk_app_id, room_key)
-                     VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (task_id) DO UPDATE
-                       SET value = EXCLUDED.value, node_id = EXCLUDED.node_id,
-                           sdk_app_id = EXCLUDED.sdk_app_id, room_key = EXCLUDED.room_key,
-                           updated_at = now()",
-                    &[
-                        &put.task_id,
-                        &put.value,
-                        &self.node_id,
-                        &i64::from(put.sdk_app_id),
-                        &put.room_key,
-                    ],
-                )
-                .map_err(pg_err)?;
+                let written = txn
+                    .execute(
+                        "INSERT INTO tasks (task_id, value, node_id, sdk_app_id, room_key)
+                         VALUES ($1, $2, $3, $4, $5)
+                         ON CONFLICT (task_id) DO UPDATE
+                           SET value = EXCLUDED.value, node_id = EXCLUDED.node_id,
+                               sdk_app_id = EXCLUDED.sdk_app_id, room_key = EXCLUDED.room_key,
+                               updated_at = now()
+                         WHERE tasks.node_id IS NULL OR tasks.node_id = EXCLUDED.node_id",
+                        &[
+                            &put.task_id,
+                            &put.value,
+                            &self.node_id,
+                            &i64::from(put.sdk_app_id),
+                            &put.room_key,
+                        ],
+                    )
+                    .map_err(pg_err)?;
+                if written == 0 {
+                    return Err(fenced(&mut txn, put.task_id));
+                }
             }
             if let Some(id) = remove {
-                txn.execute("DELETE FROM tasks WHERE task_id = $1", &[&id])
-                    .map_err(pg_err)?;
+                txn.execute(
+                    "DELETE FROM tasks WHERE task_id = $1 AND (node_id IS NULL OR node_id = $2)",
+                    &[&id, &self.node_id],
+                )
+                .map_err(pg_err)?;
+                let owner: Option<String> = txn
+                    .query_opt("SELECT node_id FROM tasks WHERE task_id = $1", &[&id])
+                    .map_err(pg_err)?
+                    .and_then(|r| r.get(0));
+                if owner.is_some() {
+                    return Err(fenced(&mut txn, id));
+                }
             }
             let mut queued = Vec::with_capacity(callbacks.len());
             for cb in &callbacks {

@@ -22,4 +22,7 @@ pub enum TaskError {
     Exiting { task_id: String },
     #[error("the state store could not commit the change; retry with the same parameters")]
     Store,
+    /// Fleet mode: another box took the task over; this box let it go.
+    #[error("task {task_id} now runs on another box of the fleet")]
+    Fenced { task_id: String },
 }

@@ -330,6 +330,11 @@ impl Manager {
                 self.inner.outbox.queued(queued);
                 Ok(())
             }
+            Ok(Err(crate::state::StoreError::Fenced { task_id, owner })) => {
+                tracing::warn!(task_id = %task_id, owner = %owner, "another box of the fleet took this task over: this box lets it go");
+                self.let_go(&task_id);
+                Err(TaskError::Fenced { task_id })
+            }
             Ok(Err(e)) => {
                 self.inner.metrics.store_errors.inc();
                 tracing::error!(error = ?e, "state store commit failed");
@@ -341,6 +346,22 @@ impl Manager {
                 Err(TaskError::Store)
             }
         }
+    }
+
+    /// Fleet mode: the task runs on another box now. Its runner is told to
+    /// stop (the recorder closes its files here) and, once the task leaves
+    /// the table, nothing more is committed or sent for it. Runs on its
+    /// own task: the caller may hold the manager's lock.
+    fn let_go(&self, task_id: &str) {
+        let (mgr, task_id) = (self.clone(), task_id.to_owned());
+        tokio::spawn(async move {
+            let mut st = mgr.inner.state.lock().await;
+            if let Some(live) = st.tasks.remove(&task_id) {
+                let _ = live.control.try_send(Control::Stop);
+                mgr.inner.metrics.tasks_fenced.inc();
+            }
+            mgr.update_gauges(&st);
+        });
     }
 
     /// CreateCloudRecording (the spec is already validated and authorised).
@@ -553,7 +574,7 @@ impl Manager {
                 let mut st = self.inner.state.lock().await;
                 self.stop_locked(&mut st, task_id, reason, why).await
             };
-            if stopped.is_ok() {
+            if matches!(stopped, Ok(()) | Err(TaskError::Fenced { .. })) {
                 return;
             }
             failures = failures.saturating_add(1);
@@ -629,11 +650,14 @@ impl Manager {
     ) {
         let mut wait = Duration::from_millis(100);
         let mut failures = 0u32;
-        while self
-            .try_task_event(task_id, &change, callback.clone())
-            .await
-            .is_err()
-        {
+        loop {
+            match self
+                .try_task_event(task_id, &change, callback.clone())
+                .await
+            {
+                Ok(()) | Err(TaskError::Fenced { .. }) => return,
+                Err(_) => {}
+            }
             failures = failures.saturating_add(1);
             self.inner.metrics.commit_retries.inc();
             tracing::error!(task_id, failures, retry_in_ms = wait.as_millis() as u64,
