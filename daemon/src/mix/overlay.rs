@@ -298,7 +298,14 @@ fn decode_jpeg(bytes: &[u8], limits: &ImageLimits) -> Result<Picture, ImageError
     let width = u32::try_from(width).unwrap_or(u32::MAX);
     let height = u32::try_from(height).unwrap_or(u32::MAX);
     check_size(format, width, height, limits)?;
-    let rgb = decoder.decode().map_err(|e| decode_error(e.to_string()))?;
+    // zune-jpeg 0.5.15 multiplies a crafted stream's coefficients without
+    // checking (found by fuzzing: fuzz/regressions/overlay_image/): a
+    // panic where overflow is checked, garbage pixels elsewhere. An image
+    // from a customer's URL must never take a thread down: its panic is
+    // this image's decode error.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decoder.decode()))
+        .map_err(|_| decode_error("the JPEG decoder failed on this stream".to_owned()))?;
+    let rgb = decoded.map_err(|e| decode_error(e.to_string()))?;
     let row = width as usize * 3;
     if rgb.len() < row * height as usize {
         return Err(decode_error(
@@ -761,6 +768,22 @@ impl TimestampRenderer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A JPEG found by fuzzing on which zune-jpeg overflows a multiply:
+    /// a decode error naming the format, never a panic.
+    #[test]
+    fn a_jpeg_that_makes_the_decoder_panic_is_a_decode_error() {
+        let crafted = include_bytes!(
+            "../../../fuzz/regressions/overlay_image/zune-jpeg-ac-multiply-overflow.jpg"
+        );
+        match decode_image(crafted, &ImageLimits::default()) {
+            Err(ImageError::Decode {
+                format: ImageFormat::Jpeg,
+                ..
+            }) => {}
+            other => panic!("expected a JPEG decode error, got {other:?}"),
+        }
+    }
 
     const WHITE: Rgb = Rgb(255, 255, 255);
 
