@@ -635,17 +635,12 @@ fn to_entry(id: EntryId, m: &Meta) -> Entry {
 /// The plain backend: temporary file, write, fdatasync, rename, directory
 /// fsync, on the caller's thread.
 fn write_plain(shared: &Shared, tmp: &Path, fin: &Path, buf: &[u8]) -> Result<(), SpoolError> {
-    let r = durable::write_synced(tmp, buf, durable::Access::Private);
-    if let Err(e) = r {
-        let _ = fs::remove_file(tmp);
-        return Err(SpoolError::Io {
-            path: tmp.to_owned(),
-            source: e,
-        });
-    }
-    commit(shared, &[(tmp, fin)])
-        .pop()
-        .unwrap_or(Err(SpoolError::WriterGone))
+    commit_written(
+        shared,
+        tmp,
+        fin,
+        durable::write_synced(tmp, buf, durable::Access::Private),
+    )
 }
 
 /// The plain backend for an entry whose payload is bytes and a file:
@@ -673,6 +668,17 @@ fn write_plain_content(
         }
         f.sync_data()
     });
+    commit_written(shared, tmp, fin, written)
+}
+
+/// After the temporary file was written (or failed to be): removes it on
+/// failure, else renames it into place and syncs the directory.
+fn commit_written(
+    shared: &Shared,
+    tmp: &Path,
+    fin: &Path,
+    written: io::Result<()>,
+) -> Result<(), SpoolError> {
     if let Err(e) = written {
         let _ = fs::remove_file(tmp);
         return Err(SpoolError::Io {
