@@ -28,6 +28,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod domain;
+pub mod drain;
 pub mod faults;
 #[doc(hidden)]
 pub mod fuzzing;

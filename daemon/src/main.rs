@@ -37,6 +37,17 @@ enum Command {
     /// Merge a folder of single-stream recordings into one MP4 (or M4A)
     /// per user and section, like TRTC_Merge.py (docs/merge.md).
     Merge(MergeArgs),
+    /// Fleet mode: hand this box's rooms to the other boxes and let it exit
+    /// (for an upgrade or a reboot; docs/fleet.md). Prints what went where.
+    Drain {
+        /// The box's configuration: its `public_url` and `admin_token` say
+        /// where to ask and with what.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The box's URL, instead of the configuration's `public_url`.
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -233,6 +244,46 @@ struct PublishArgs {
     /// a 100 ms louder beep at the same instant (for checking recordings).
     #[arg(long, value_name = "SECONDS")]
     sync_marks: Option<f64>,
+}
+
+/// `kiroku drain`: `POST /v1/drain` on the box, with its admin token
+/// (from the configuration, else `KIROKU_ADMIN_TOKEN`).
+fn drain(config: Option<PathBuf>, url: Option<String>) -> anyhow::Result<()> {
+    let config = match config {
+        Some(path) => {
+            Some(Config::load(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)
+        }
+        None => None,
+    };
+    let base = url
+        .or_else(|| config.as_ref().map(|c| c.server.public_url.clone()))
+        .ok_or_else(|| anyhow::anyhow!("give --config or --url"))?;
+    let token = config
+        .as_ref()
+        .and_then(|c| c.server.admin_token.as_ref().map(|t| t.expose().to_owned()))
+        .or_else(|| std::env::var("KIROKU_ADMIN_TOKEN").ok());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        // A drain waits for each room's recorders and uploads: minutes at
+        // most (server.shutdown_grace_seconds a room).
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(3600))
+            .build()?;
+        let mut req = http.post(format!("{}/v1/drain", base.trim_end_matches('/')));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let answer = req.send().await?;
+        let status = answer.status();
+        let body = answer.text().await?;
+        if !status.is_success() {
+            anyhow::bail!("{status}: {body}");
+        }
+        println!("{body}");
+        Ok(())
+    })
 }
 
 fn publish(a: PublishArgs) -> anyhow::Result<()> {
@@ -436,6 +487,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Merge(args) => merge(args),
+        Command::Drain { config, url } => match drain(config, url) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("kiroku drain: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Publish(args) => match publish(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

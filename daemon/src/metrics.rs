@@ -14,6 +14,7 @@ pub struct Metrics {
     registry: Registry,
     pub api_requests: IntCounterVec,
     pub api_request_duration: HistogramVec,
+    pub api_relayed: IntCounterVec,
     pub tasks: IntGaugeVec,
     pub tasks_started: IntCounter,
     pub tasks_stopped: IntCounterVec,
@@ -90,6 +91,12 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(api_request_duration.clone()))
             .expect("unique metric");
+        let api_relayed = counter_vec(
+            &r,
+            "kiroku_api_relayed_total",
+            "Fleet mode: API requests relayed to the box that runs their task or room, by action",
+            &["action"],
+        );
         let tasks = IntGaugeVec::new(
             Opts::new(
                 "kiroku_tasks",
@@ -122,6 +129,7 @@ impl Metrics {
         Self {
             api_requests,
             api_request_duration,
+            api_relayed,
             tasks,
             tasks_started: counter(&r, "kiroku_tasks_started_total", "Recording tasks created"),
             tasks_stopped: counter_vec(

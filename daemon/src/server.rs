@@ -92,13 +92,19 @@ fn probes_router(probes: Arc<Probes>) -> Router {
 struct Operator {
     config: Arc<Config>,
     ingest: Arc<Ingest>,
+    drainer: Arc<crate::drain::Drainer>,
 }
 
 /// The operator's endpoints (`/v1/*`): status and admin, behind
 /// `server.admin_token` (docs/security.md).
-fn operator_router(config: Arc<Config>, ingest: Arc<Ingest>) -> Router {
+fn operator_router(
+    config: Arc<Config>,
+    ingest: Arc<Ingest>,
+    drainer: Arc<crate::drain::Drainer>,
+) -> Router {
     let router = Router::new()
         .route("/v1/rooms", get(rooms_status))
+        .route("/v1/drain", axum::routing::post(drain_box))
         .route("/v1/sessions/{session_id}", delete(end_session));
     // Only where the supervision tests asked for it (crate::faults).
     let router = if crate::faults::enabled() {
@@ -109,7 +115,32 @@ fn operator_router(config: Arc<Config>, ingest: Arc<Ingest>) -> Router {
     } else {
         router
     };
-    router.with_state(Arc::new(Operator { config, ingest }))
+    router.with_state(Arc::new(Operator {
+        config,
+        ingest,
+        drainer,
+    }))
+}
+
+/// `POST /v1/drain` (fleet mode): hands this box's rooms to the others and
+/// exits once done; answers with what went where (`kiroku drain`).
+async fn drain_box(State(op): State<Arc<Operator>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = operator_denied(&op.config, &headers) {
+        return refused;
+    }
+    use crate::drain::DrainError;
+    match op.drainer.drain().await {
+        Ok(report) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::to_string(&report).unwrap_or_default(),
+        )
+            .into_response(),
+        Err(
+            e @ (DrainError::NotInFleet | DrainError::NoOtherBox | DrainError::AlreadyDraining),
+        ) => json_error(StatusCode::CONFLICT, &e.to_string()),
+        Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
 }
 
 /// `POST /v1/faults` (tests only, `KIROKU_TEST_FAULTS=1`):
@@ -329,10 +360,12 @@ pub async fn run(
     let fleet = match (&config.cluster.postgres_url, config.cluster.fleet()) {
         (Some(url), true) => {
             let (cluster, url) = (config.cluster.clone(), url.expose().to_owned());
-            let fleet =
-                tokio::task::spawn_blocking(move || crate::cluster::Fleet::open(&cluster, &url))
-                    .await
-                    .map_err(|e| ServerError::Http(std::io::Error::other(e)))??;
+            let capacity = config.limits.max_tasks;
+            let fleet = tokio::task::spawn_blocking(move || {
+                crate::cluster::Fleet::open(&cluster, &url, capacity)
+            })
+            .await
+            .map_err(|e| ServerError::Http(std::io::Error::other(e)))??;
             tracing::info!(node_id = fleet.node_id(), "registered in the fleet");
             Some(Arc::new(fleet))
         }
@@ -421,6 +454,14 @@ pub async fn run(
             }
         })
     };
+    let (drained_tx, mut drained_rx) = tokio::sync::watch::channel(false);
+    let drainer = Arc::new(crate::drain::Drainer::new(
+        fleet.clone(),
+        manager.clone(),
+        ingest.clone(),
+        config.server.shutdown_grace,
+        drained_tx,
+    ));
     let api = Arc::new(ApiState::new(
         config.clone(),
         manager.clone(),
@@ -434,7 +475,11 @@ pub async fn run(
             ingest.clone(),
             fleet.clone(),
         ))))
-        .merge(operator_router(config.clone(), ingest.clone()))
+        .merge(operator_router(
+            config.clone(),
+            ingest.clone(),
+            drainer.clone(),
+        ))
         .merge(vod_http::router(vod));
     // An open dev-mode box trusts whoever reaches its loopback listener; a
     // web page can reach it too, by DNS rebinding a name of its own to
@@ -478,7 +523,10 @@ pub async fn run(
         edge_metrics,
         tls,
         async move {
-            shutdown.await;
+            tokio::select! {
+                _ = shutdown => {}
+                _ = drained_rx.wait_for(|done| *done) => {}
+            }
             tracing::info!("shutdown requested: draining in-flight requests");
             systemd::stopping();
             let _ = drain_tx.send(());
@@ -575,6 +623,25 @@ async fn fleet_heartbeat(
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "taking over dead boxes' rooms failed"),
             Err(e) => tracing::warn!(error = %e, "taking over dead boxes' rooms failed"),
+        }
+        let (f, s) = (fleet.clone(), store.clone());
+        let handed = tokio::task::spawn_blocking(move || {
+            f.take_handed_over().map(|values| s.open_records(values))
+        })
+        .await;
+        match handed {
+            Ok(Ok(records)) if !records.is_empty() => {
+                tracing::info!(
+                    tasks = records.len(),
+                    "resuming the tasks a draining box handed over"
+                );
+                manager
+                    .adopt(records, "task handed over by a draining box")
+                    .await;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "picking up handed-over tasks failed"),
+            Err(e) => tracing::warn!(error = %e, "picking up handed-over tasks failed"),
         }
     }
 }

@@ -261,7 +261,11 @@ def check_bucket_recording(objects: dict[str, bytes], folder: str, tmp: Path,
         assert info["streams"], seg
         decode_clean(p)
         got = float(info["format"]["duration"])
-        assert abs(got - extinf[seg]) <= SEGMENT_DURATION_TOLERANCE, \
+        # A segment of a few frames (the tail a recorder closes when its
+        # task moves to another box) gives ffprobe too few timestamps to
+        # infer the last frame's duration: one frame interval more is fine.
+        tolerance = SEGMENT_DURATION_TOLERANCE if extinf[seg] >= 0.5 else 1.0 / PUBLISH_FPS + 0.005
+        assert abs(got - extinf[seg]) <= tolerance, \
             f"{seg}: ffprobe says {got:.3f} s, #EXTINF {extinf[seg]:.3f} s"
     return named
 

@@ -17,9 +17,11 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 
 use super::error::{codes, ApiError};
+use super::forward::{self, Relay};
 use super::replay::SignatureBindings;
 use super::{model, tc3, validate, Action, API_VERSION};
 use crate::auth::usersig;
+use crate::cluster::{Placement, TaskHome};
 use crate::config::Config;
 use crate::http_edge::BodyError;
 use crate::metrics::Metrics;
@@ -34,6 +36,8 @@ pub struct ApiState {
     pub signatures: Mutex<SignatureBindings>,
     /// Fleet mode: a task runs on the box that owns its room.
     pub fleet: Option<Arc<crate::cluster::Fleet>>,
+    /// Fleet mode: requests for other boxes' tasks are relayed to them.
+    relay: Option<Relay>,
 }
 
 impl ApiState {
@@ -44,6 +48,13 @@ impl ApiState {
         fleet: Option<Arc<crate::cluster::Fleet>>,
     ) -> Self {
         let limiter = Mutex::new(RateLimiter::per_second(config.limits.api_rate_per_second));
+        let relay = fleet.as_ref().and_then(|_| match Relay::new() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::error!(error = %e, "no HTTP client to relay API requests to other boxes");
+                None
+            }
+        });
         Self {
             config,
             manager,
@@ -51,35 +62,106 @@ impl ApiState {
             limiter,
             signatures: Mutex::new(SignatureBindings::new()),
             fleet,
+            relay,
         }
     }
 }
 
-/// Fleet mode: claims the task's room for this box (it had no live owner)
-/// or refuses the Create, naming the box that records the room.
-async fn claim_for_create(
+/// What an action does with a request: answers it here, or relays it to
+/// the box of the fleet that runs its task or room.
+enum Reply {
+    Here(Map<String, Value>),
+    There {
+        node_id: String,
+        advertise_url: String,
+    },
+}
+
+/// What the edge sends back.
+enum Outcome {
+    Answered(Map<String, Value>),
+    Relayed(Response, String),
+}
+
+/// Runs a blocking fleet query off the runtime.
+async fn fleet_call<T: Send + 'static>(
+    fleet: &Arc<crate::cluster::Fleet>,
+    call: impl FnOnce(&crate::cluster::Fleet) -> Result<T, crate::cluster::FleetError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let f = fleet.clone();
+    tokio::task::spawn_blocking(move || call(&f))
+        .await
+        .map_err(|e| ApiError::internal(format!("the fleet's database call failed: {e}; retry")))?
+        .map_err(|e| match e {
+            crate::cluster::FleetError::Full => ApiError::new(
+                codes::RESTRICTED_CONCURRENCY,
+                format!("{e}: stop a task or add a box"),
+            ),
+            e => ApiError::internal(format!(
+                "the fleet cannot answer now ({e}); retry with the same parameters"
+            )),
+        })
+}
+
+/// Fleet mode: where a Create goes: this box (its room claimed), or the
+/// room's owner, or, for a room nobody owns, the box with the most room.
+async fn place_create(
     fleet: &Arc<crate::cluster::Fleet>,
     spec: &crate::domain::params::RecordingSpec,
-) -> Result<(), ApiError> {
-    let (f, app, room) = (fleet.clone(), spec.sdk_app_id, spec.room.fleet_key());
-    let owner = tokio::task::spawn_blocking(move || f.claim_room(app, &room))
-        .await
-        .map_err(|e| ApiError::internal(format!("placing the task: {e}")))?
-        .map_err(|e| {
-            ApiError::internal(format!(
-                "the fleet cannot place the task now ({e}); retry with the same parameters"
-            ))
-        })?;
-    if owner.mine {
-        return Ok(());
+    hops: u8,
+) -> Result<Option<Reply>, ApiError> {
+    let (app, room) = (spec.sdk_app_id, spec.room.fleet_key());
+    match fleet_call(fleet, move |f| f.place_room(app, &room)).await? {
+        Placement::Here => Ok(None),
+        Placement::There {
+            node_id,
+            advertise_url,
+        } if forward::may_relay(hops) && !advertise_url.is_empty() => Ok(Some(Reply::There {
+            node_id,
+            advertise_url,
+        })),
+        Placement::There { node_id, advertise_url } => Err(ApiError::new(
+            codes::ROOM_ON_ANOTHER_BOX,
+            format!(
+                "room {} is recorded by box {node_id} of the fleet: send this request to {advertise_url}",
+                spec.room
+            ),
+        )),
     }
-    Err(ApiError::new(
-        codes::ROOM_ON_ANOTHER_BOX,
-        format!(
-            "room {} is recorded by box {} of the fleet: send this request to {}",
-            spec.room, owner.node_id, owner.advertise_url
-        ),
-    ))
+}
+
+/// Fleet mode: whether a task is another live box's (the request goes
+/// there). A task live here is answered here without asking the database
+/// (so reads go on while it is away; a write to a task another box took
+/// over is refused by the database, `StoreError::Fenced`). A task of a
+/// dead box is about to be taken over: retry.
+async fn task_elsewhere(
+    api: &ApiState,
+    task_id: &str,
+    hops: u8,
+) -> Result<Option<Reply>, ApiError> {
+    let Some(fleet) = &api.fleet else {
+        return Ok(None);
+    };
+    if api.manager.runs(task_id).await {
+        return Ok(None);
+    }
+    let id = task_id.to_owned();
+    match fleet_call(fleet, move |f| f.task_home(&id)).await? {
+        None | Some(TaskHome::Here) => Ok(None),
+        Some(TaskHome::There {
+            node_id,
+            advertise_url,
+        }) if forward::may_relay(hops) && !advertise_url.is_empty() => Ok(Some(Reply::There {
+            node_id,
+            advertise_url,
+        })),
+        Some(TaskHome::There { .. }) => Ok(None),
+        Some(TaskHome::Dead { node_id }) => Err(ApiError::internal(format!(
+            "task {task_id} ran on box {node_id} of the fleet, which stopped answering; \
+             another box resumes it within the lease (cluster.lease_seconds): retry shortly"
+        ))),
+    }
 }
 
 /// The wall clock in the signed seconds that TC3 and UserSig times use.
@@ -140,7 +222,8 @@ pub async fn handle(State(api): State<Arc<ApiState>>, req: Request) -> Response 
     let label = action.map_or("unknown", Action::name);
     let result = dispatch(&api, req, action).await;
     let code: &str = match &result {
-        Ok(_) => "Success",
+        Ok(Outcome::Answered(_)) => "Success",
+        Ok(Outcome::Relayed(_, code)) => code,
         Err(e) => &e.code,
     };
     api.metrics
@@ -151,17 +234,21 @@ pub async fn handle(State(api): State<Arc<ApiState>>, req: Request) -> Response 
         .api_request_duration
         .with_label_values(&[label])
         .observe(started.elapsed().as_secs_f64());
-    if let Err(e) = &result {
-        tracing::debug!(request_id = %rid, action = label, code = %e.code, message = %e.message, "API error");
+    match result {
+        Ok(Outcome::Relayed(answer, _)) => answer,
+        Ok(Outcome::Answered(fields)) => envelope(&rid, Ok(fields)),
+        Err(e) => {
+            tracing::debug!(request_id = %rid, action = label, code = %e.code, message = %e.message, "API error");
+            envelope(&rid, Err(e))
+        }
     }
-    envelope(&rid, result)
 }
 
 async fn dispatch(
     api: &ApiState,
     req: Request,
     action: Option<Action>,
-) -> Result<Map<String, Value>, ApiError> {
+) -> Result<Outcome, ApiError> {
     let (parts, body) = req.into_parts();
     if parts.method != Method::POST {
         return Err(ApiError::new(
@@ -242,11 +329,40 @@ async fn dispatch(
             format!("X-TC-Version {version:?} is not supported: use {API_VERSION}"),
         ));
     }
-    match action {
-        Action::Create => create(api, parse(&body, action)?).await,
-        Action::Describe => describe(api, parse(&body, action)?).await,
-        Action::Modify => modify(api, parse(&body, action)?).await,
-        Action::Delete => delete(api, parse(&body, action)?).await,
+    let hops = forward::hops(&parts.headers);
+    let reply = match action {
+        Action::Create => create(api, parse(&body, action)?, hops).await?,
+        Action::Describe => describe(api, parse(&body, action)?, hops).await?,
+        Action::Modify => modify(api, parse(&body, action)?, hops).await?,
+        Action::Delete => delete(api, parse(&body, action)?, hops).await?,
+    };
+    match reply {
+        Reply::Here(fields) => Ok(Outcome::Answered(fields)),
+        Reply::There {
+            node_id,
+            advertise_url,
+        } => {
+            let relay = api.relay.as_ref().ok_or_else(|| {
+                ApiError::internal("this box cannot relay requests to the fleet (see its log)")
+            })?;
+            let answer = relay
+                .relay(&node_id, &advertise_url, &parts.headers, body, hops)
+                .await?;
+            api.metrics
+                .api_relayed
+                .with_label_values(&[action.name()])
+                .inc();
+            let (head, answer_body) = answer.into_parts();
+            let bytes = axum::body::to_bytes(answer_body, usize::MAX)
+                .await
+                .unwrap_or_default();
+            let code = forward::answer_code(&bytes);
+            tracing::debug!(action = action.name(), to = %node_id, code = %code, "API request relayed to the box that runs it");
+            Ok(Outcome::Relayed(
+                Response::from_parts(head, Body::from(bytes)),
+                code,
+            ))
+        }
     }
 }
 
@@ -462,7 +578,8 @@ fn fields(pairs: Vec<(&str, Value)>) -> Map<String, Value> {
 async fn create(
     api: &ApiState,
     req: model::CreateCloudRecordingRequest,
-) -> Result<Map<String, Value>, ApiError> {
+    hops: u8,
+) -> Result<Reply, ApiError> {
     let (_, app) = admit(api, req.sdk_app_id, Action::Create)?;
     let spec = validate::create(req)?;
     if let Some(key) = app.and_then(|a| a.user_sig_key.as_deref()) {
@@ -476,50 +593,64 @@ async fn create(
         .map_err(|e| ApiError::new(codes::INVALID_USER_SIG, format!("`UserSig`: {e}")))?;
     }
     if let Some(fleet) = &api.fleet {
-        claim_for_create(fleet, &spec).await?;
+        if let Some(elsewhere) = place_create(fleet, &spec, hops).await? {
+            return Ok(elsewhere);
+        }
     }
     let task_id = api.manager.create(spec).await?;
-    Ok(fields(vec![("TaskId", Value::from(task_id))]))
+    Ok(Reply::Here(fields(vec![("TaskId", Value::from(task_id))])))
 }
 
 async fn describe(
     api: &ApiState,
     req: model::DescribeCloudRecordingRequest,
-) -> Result<Map<String, Value>, ApiError> {
+    hops: u8,
+) -> Result<Reply, ApiError> {
     let (id, _) = admit(api, req.sdk_app_id, Action::Describe)?;
     let task_id = validate::task_id(req.task_id)?;
+    if let Some(elsewhere) = task_elsewhere(api, &task_id, hops).await? {
+        return Ok(elsewhere);
+    }
     let status = api.manager.describe(id, &task_id).await?;
     let files = serde_json::to_value(&status.files).unwrap_or_else(|_| Value::Array(Vec::new()));
-    Ok(fields(vec![
+    Ok(Reply::Here(fields(vec![
         ("TaskId", Value::from(status.task_id)),
         ("Status", Value::from(status.status)),
         ("StorageFileList", files),
-    ]))
+    ])))
 }
 
 async fn modify(
     api: &ApiState,
     req: model::ModifyCloudRecordingRequest,
-) -> Result<Map<String, Value>, ApiError> {
+    hops: u8,
+) -> Result<Reply, ApiError> {
     let (id, _) = admit(api, req.sdk_app_id, Action::Modify)?;
     let task_id = validate::task_id(req.task_id)?;
+    if let Some(elsewhere) = task_elsewhere(api, &task_id, hops).await? {
+        return Ok(elsewhere);
+    }
     let (layout, subscription) = (req.mix_layout_params, req.subscribe_stream_user_ids);
     api.manager
         .modify(id, &task_id, move |spec| {
             validate::modification(layout, subscription, spec)
         })
         .await?;
-    Ok(fields(vec![("TaskId", Value::from(task_id))]))
+    Ok(Reply::Here(fields(vec![("TaskId", Value::from(task_id))])))
 }
 
 async fn delete(
     api: &ApiState,
     req: model::DeleteCloudRecordingRequest,
-) -> Result<Map<String, Value>, ApiError> {
+    hops: u8,
+) -> Result<Reply, ApiError> {
     let (id, _) = admit(api, req.sdk_app_id, Action::Delete)?;
     let task_id = validate::task_id(req.task_id)?;
+    if let Some(elsewhere) = task_elsewhere(api, &task_id, hops).await? {
+        return Ok(elsewhere);
+    }
     api.manager.delete(id, &task_id).await?;
-    Ok(fields(vec![("TaskId", Value::from(task_id))]))
+    Ok(Reply::Here(fields(vec![("TaskId", Value::from(task_id))])))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! them to the task manager.
 
 pub mod error;
+pub mod forward;
 pub mod http;
 pub mod model;
 pub mod replay;

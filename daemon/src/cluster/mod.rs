@@ -12,12 +12,17 @@
 //!   boxes claiming at once are serialised and one wins): a room with no
 //!   owner, or whose owner is dead, becomes this box's with the epoch
 //!   raised; a room a live box owns stays its.
+//! - **Placement**: a room with no live owner goes to the live box, not
+//!   draining, with the most free task slots (`capacity`, its
+//!   `limits.max_tasks`, minus the task rows it owns: counted in the same
+//!   database, so they are never stale).
 //! - **WHIP** goes to the owner: a box that does not own the room answers
-//!   307 to the owner's `advertise_url` (RFC 9725 §4.5).
-//!
-//! Not yet: tasks placed and resumed by room ownership, fencing of task
-//! commits by epoch, drain (docs/fleet.md).
+//!   307 to the owner's `advertise_url` (RFC 9725 §4.5); the API forwards
+//!   (`api::forward`).
+//! - **Drain** hands each of a box's rooms, with its tasks, to another box
+//!   (`handed_over`), which picks them up at its next heartbeat.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -47,26 +52,75 @@ pub enum FleetError {
     Store(#[from] StoreError),
     #[error("this box's lease in the fleet has lapsed (its heartbeats do not reach the database): it takes no room until they do")]
     LeaseLapsed,
+    #[error("every live box of the fleet runs as many tasks as its limits.max_tasks")]
+    Full,
+}
+
+/// Where a task or a room's work goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// This box (the room is claimed for it).
+    Here,
+    /// Another live box: the room's owner, or the box with the most room
+    /// for a room nobody owns (it claims the room when the request arrives).
+    There {
+        node_id: String,
+        advertise_url: String,
+    },
+}
+
+/// The box a stored task belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskHome {
+    Here,
+    /// A live box of the fleet.
+    There {
+        node_id: String,
+        advertise_url: String,
+    },
+    /// A box whose lease has lapsed: its rooms are about to be taken over.
+    Dead {
+        node_id: String,
+    },
 }
 
 pub struct Fleet {
     conn: Connection,
     node_id: String,
     advertise_url: String,
+    /// Tasks this box takes (`limits.max_tasks`), told to the fleet.
+    capacity: i32,
     lease: Mutex<Lease>,
+    /// Drain began: this box takes no room and resumes no other box's task.
+    draining: AtomicBool,
+    /// Drain ended: this box has left the table of boxes; its heartbeat
+    /// must not bring it back before the process exits.
+    left: AtomicBool,
 }
 
 impl Fleet {
     /// Connects (the state store has migrated the schema) and registers
     /// this box with a first heartbeat.
-    pub fn open(config: &ClusterConfig, url: &str) -> Result<Self, StoreError> {
+    pub fn open(config: &ClusterConfig, url: &str, capacity: usize) -> Result<Self, StoreError> {
         let fleet = Self {
             conn: Connection::new(url, "kiroku-fleet")?,
             node_id: config.node_id.clone(),
             advertise_url: config.advertise_url.clone(),
+            capacity: i32::try_from(capacity).unwrap_or(i32::MAX),
             lease: Mutex::new(Lease::new(config.lease)),
+            draining: AtomicBool::new(false),
+            left: AtomicBool::new(false),
         };
         fleet.heartbeat()?;
+        // A box that drained and came back takes rooms again.
+        let me = fleet.node_id.as_str();
+        fleet.conn.run(|c| {
+            c.execute(
+                "UPDATE nodes SET draining = false WHERE node_id = $1",
+                &[&me],
+            )
+            .map_err(pg_err)
+        })?;
         Ok(fleet)
     }
 
@@ -87,15 +141,24 @@ impl Fleet {
         self.lease().holds(Instant::now())
     }
 
+    /// Whether a drain of this box has begun.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
     /// Registers or renews this box (blocking).
     pub fn heartbeat(&self) -> Result<(), StoreError> {
+        if self.left.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         let sent = Instant::now();
-        let (node, url) = (&self.node_id, &self.advertise_url);
+        let (node, url, capacity) = (&self.node_id, &self.advertise_url, &self.capacity);
         self.conn.run(|c| {
             c.execute(
-                "INSERT INTO nodes (node_id, advertise_url) VALUES ($1, $2)
-                 ON CONFLICT (node_id) DO UPDATE SET advertise_url = EXCLUDED.advertise_url, heartbeat_at = now()",
-                &[node, url],
+                "INSERT INTO nodes (node_id, advertise_url, capacity) VALUES ($1, $2, $3)
+                 ON CONFLICT (node_id) DO UPDATE SET advertise_url = EXCLUDED.advertise_url,
+                   capacity = EXCLUDED.capacity, heartbeat_at = now()",
+                &[node, url, capacity],
             )
             .map_err(pg_err)
         })?;
@@ -110,6 +173,9 @@ impl Fleet {
     pub fn take_over_dead_rooms(&self) -> Result<Vec<(String, Vec<u8>)>, FleetError> {
         if !self.holds_lease() {
             return Err(FleetError::LeaseLapsed);
+        }
+        if self.draining() {
+            return Ok(Vec::new());
         }
         let lease_s = self.lease().duration().as_secs_f64();
         let me = self.node_id.as_str();
@@ -198,5 +264,221 @@ impl Fleet {
         })?;
         tracing::debug!(sdk_app_id, room, owner = %owner.node_id, epoch = owner.epoch, "room owner");
         Ok(owner)
+    }
+
+    /// Where a room's work goes: its live owner; for a room without one,
+    /// the live box (not draining) with the most free task slots, this box
+    /// claiming the room when that is itself (blocking).
+    pub fn place_room(&self, sdk_app_id: u32, room: &str) -> Result<Placement, FleetError> {
+        if !self.holds_lease() {
+            return Err(FleetError::LeaseLapsed);
+        }
+        let lease_s = self.lease().duration().as_secs_f64();
+        let app = i64::from(sdk_app_id);
+        let target = self.conn.run(|c| {
+            let owner = c
+                .query_opt(
+                    "SELECT r.owner, n.advertise_url FROM rooms r JOIN nodes n ON n.node_id = r.owner
+                     WHERE r.sdk_app_id = $1 AND r.room_id = $2
+                       AND n.heartbeat_at > now() - make_interval(secs => $3)",
+                    &[&app, &room, &lease_s],
+                )
+                .map_err(pg_err)?;
+            if let Some(o) = owner {
+                return Ok(Some((o.get::<_, String>(0), o.get::<_, String>(1))));
+            }
+            let roomiest = c
+                .query_opt(
+                    "SELECT n.node_id, n.advertise_url FROM nodes n
+                     LEFT JOIN (SELECT node_id, count(*) AS tasks FROM tasks GROUP BY node_id) t
+                       ON t.node_id = n.node_id
+                     LEFT JOIN (SELECT owner, count(*) AS rooms FROM rooms GROUP BY owner) r
+                       ON r.owner = n.node_id
+                     WHERE n.heartbeat_at > now() - make_interval(secs => $1) AND NOT n.draining
+                       AND n.capacity > coalesce(t.tasks, 0)
+                     ORDER BY n.capacity - coalesce(t.tasks, 0) DESC, coalesce(r.rooms, 0), n.node_id
+                     LIMIT 1",
+                    &[&lease_s],
+                )
+                .map_err(pg_err)?;
+            Ok(roomiest.map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))))
+        })?;
+        match target {
+            None => Err(FleetError::Full),
+            Some((node_id, _)) if node_id == self.node_id => {
+                let owner = self.claim_room(sdk_app_id, room)?;
+                Ok(if owner.mine {
+                    Placement::Here
+                } else {
+                    Placement::There {
+                        node_id: owner.node_id,
+                        advertise_url: owner.advertise_url,
+                    }
+                })
+            }
+            Some((node_id, advertise_url)) => Ok(Placement::There {
+                node_id,
+                advertise_url,
+            }),
+        }
+    }
+
+    /// The box a stored task belongs to; `None` if no such task is stored
+    /// (blocking).
+    pub fn task_home(&self, task_id: &str) -> Result<Option<TaskHome>, FleetError> {
+        let lease_s = self.lease().duration().as_secs_f64();
+        let row = self.conn.run(|c| {
+            c.query_opt(
+                "SELECT t.node_id, coalesce(n.advertise_url, ''),
+                        coalesce(n.heartbeat_at > now() - make_interval(secs => $2), false)
+                 FROM tasks t LEFT JOIN nodes n ON n.node_id = t.node_id
+                 WHERE t.task_id = $1",
+                &[&task_id, &lease_s],
+            )
+            .map_err(pg_err)
+        })?;
+        Ok(row.map(|r| {
+            let node: Option<String> = r.get(0);
+            match node {
+                None => TaskHome::Here,
+                Some(n) if n == self.node_id => TaskHome::Here,
+                Some(node_id) if r.get::<_, bool>(2) => TaskHome::There {
+                    node_id,
+                    advertise_url: r.get(1),
+                },
+                Some(node_id) => TaskHome::Dead { node_id },
+            }
+        }))
+    }
+
+    /// Drain, first step: this box takes no new room (blocking).
+    pub fn start_draining(&self) -> Result<(), FleetError> {
+        self.draining.store(true, Ordering::SeqCst);
+        let me = self.node_id.as_str();
+        self.conn.run(|c| {
+            c.execute(
+                "UPDATE nodes SET draining = true WHERE node_id = $1",
+                &[&me],
+            )
+            .map_err(pg_err)
+        })?;
+        Ok(())
+    }
+
+    /// How many other live boxes could take this box's rooms (blocking).
+    pub fn other_live_boxes(&self) -> Result<usize, FleetError> {
+        let lease_s = self.lease().duration().as_secs_f64();
+        let me = self.node_id.as_str();
+        let n: i64 = self.conn.run(|c| {
+            c.query_one(
+                "SELECT count(*) FROM nodes WHERE node_id <> $1 AND NOT draining
+                   AND heartbeat_at > now() - make_interval(secs => $2)",
+                &[&me, &lease_s],
+            )
+            .map(|r| r.get(0))
+            .map_err(pg_err)
+        })?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    /// The rooms this box owns, as (SdkAppId, room key) (blocking).
+    pub fn rooms_owned(&self) -> Result<Vec<(u32, String)>, FleetError> {
+        let me = self.node_id.as_str();
+        let rows = self.conn.run(|c| {
+            c.query(
+                "SELECT sdk_app_id, room_id FROM rooms WHERE owner = $1 ORDER BY claimed_at",
+                &[&me],
+            )
+            .map_err(pg_err)
+        })?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let app = u32::try_from(r.get::<_, i64>(0)).ok()?;
+                Some((app, r.get::<_, String>(1)))
+            })
+            .collect())
+    }
+
+    /// Drain: gives one of this box's rooms, with its tasks, to the live
+    /// box (not draining, not this one) with the most free slots; its epoch
+    /// grows, so anything this box still wrote for it would be fenced.
+    /// `None` when no box can take it (blocking).
+    pub fn hand_over_room(
+        &self,
+        sdk_app_id: u32,
+        room: &str,
+    ) -> Result<Option<String>, FleetError> {
+        let lease_s = self.lease().duration().as_secs_f64();
+        let (me, app) = (self.node_id.as_str(), i64::from(sdk_app_id));
+        let taker = self.conn.run(|c| {
+            let mut txn = c.transaction().map_err(pg_err)?;
+            let taker = txn
+                .query_opt(
+                    "SELECT n.node_id FROM nodes n
+                     LEFT JOIN (SELECT node_id, count(*) AS tasks FROM tasks GROUP BY node_id) t
+                       ON t.node_id = n.node_id
+                     WHERE n.node_id <> $1 AND NOT n.draining
+                       AND n.heartbeat_at > now() - make_interval(secs => $2)
+                     ORDER BY n.capacity - coalesce(t.tasks, 0) DESC, n.node_id
+                     LIMIT 1",
+                    &[&me, &lease_s],
+                )
+                .map_err(pg_err)?
+                .map(|r| r.get::<_, String>(0));
+            let Some(taker) = taker else {
+                return Ok(None);
+            };
+            let moved = txn
+                .execute(
+                    "UPDATE rooms SET owner = $4, epoch = epoch + 1, claimed_at = now()
+                     WHERE sdk_app_id = $1 AND room_id = $2 AND owner = $3",
+                    &[&app, &room, &me, &taker],
+                )
+                .map_err(pg_err)?;
+            if moved == 1 {
+                txn.execute(
+                    "UPDATE tasks SET node_id = $4, handed_over = true, updated_at = now()
+                     WHERE sdk_app_id = $1 AND room_key = $2 AND node_id = $3",
+                    &[&app, &room, &me, &taker],
+                )
+                .map_err(pg_err)?;
+            }
+            txn.commit().map_err(pg_err)?;
+            Ok(Some(taker))
+        })?;
+        Ok(taker)
+    }
+
+    /// Tasks another box handed to this one while draining: marked taken
+    /// and returned with their stored values (blocking).
+    pub fn take_handed_over(&self) -> Result<Vec<(String, Vec<u8>)>, FleetError> {
+        if self.draining() {
+            return Ok(Vec::new());
+        }
+        let me = self.node_id.as_str();
+        let rows = self.conn.run(|c| {
+            c.query(
+                "UPDATE tasks SET handed_over = false WHERE node_id = $1 AND handed_over
+                 RETURNING task_id, value",
+                &[&me],
+            )
+            .map_err(pg_err)
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, Vec<u8>>(1)))
+            .collect())
+    }
+
+    /// Drain, last step: this box leaves the fleet's table of boxes.
+    pub fn leave(&self) -> Result<(), FleetError> {
+        self.left.store(true, Ordering::SeqCst);
+        let me = self.node_id.as_str();
+        self.conn.run(|c| {
+            c.execute("DELETE FROM nodes WHERE node_id = $1", &[&me])
+                .map_err(pg_err)
+        })?;
+        Ok(())
     }
 }

@@ -342,6 +342,20 @@ impl IngestCore {
         let Some(mut peer) = self.peers.remove(&id) else {
             return;
         };
+        // Tell the publisher at once (RTCP BYE, DTLS close_notify) rather
+        // than leave it to notice the silence: a box draining hands its
+        // rooms on, and the publisher should publish again right away.
+        if peer.connected && peer.rtc.close().is_ok() {
+            for _ in 0..64 {
+                match peer.rtc.poll_output() {
+                    Ok(Output::Transmit(t)) => {
+                        self.transmits.push((t.destination, t.contents.to_vec()))
+                    }
+                    Ok(Output::Event(_)) => {}
+                    Ok(Output::Timeout(_)) | Err(_) => break,
+                }
+            }
+        }
         peer.rtc.disconnect();
         self.deadlines.remove(&(peer.deadline, id));
         self.router.remove_peer(id, &peer.local_ufrag);

@@ -262,6 +262,16 @@ impl SessionTable {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The sessions publishing into a room (`RoomId::fleet_key` names it).
+    pub fn in_room(&self, sdk_app_id: u32, room: &str) -> Vec<String> {
+        self.lock()
+            .by_id
+            .iter()
+            .filter(|(_, e)| e.key.sdk_app_id == sdk_app_id && e.key.room.fleet_key() == room)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     /// Adds a session; returns the id of the session it replaces, if any.
     pub fn insert(&self, id: String, e: SessionEntry) -> Option<String> {
         let mut t = self.lock();
@@ -485,6 +495,17 @@ impl Ingest {
             session_id: session_id.to_owned(),
         });
         true
+    }
+
+    /// Ends every session publishing into a room (a drained box hands the
+    /// room on: its publishers reconnect and are sent to the new owner);
+    /// returns how many.
+    pub fn end_room(&self, sdk_app_id: u32, room: &str) -> usize {
+        self.sessions
+            .in_room(sdk_app_id, room)
+            .iter()
+            .filter(|id| self.end_session(id))
+            .count()
     }
 
     /// Ends every session and stops the media thread.

@@ -35,7 +35,7 @@ use axum::Router;
 use super::{offer, random_token, Command, Ingest, NewPeer, SessionEntry};
 use crate::api::validate;
 use crate::auth::usersig;
-use crate::cluster::{Fleet, FleetError};
+use crate::cluster::{Fleet, FleetError, Placement};
 use crate::config::{Config, OfferLimits};
 use crate::ratelimit::RateLimiter;
 use crate::room::RoomKey;
@@ -213,34 +213,33 @@ async fn to_the_owner(
     uri: &axum::http::Uri,
 ) -> Option<Response> {
     let (f, r) = (fleet.clone(), room.to_owned());
-    let owner = tokio::task::spawn_blocking(move || f.claim_room(sdk_app_id, &r))
+    let placed = tokio::task::spawn_blocking(move || f.place_room(sdk_app_id, &r))
         .await
         .unwrap_or_else(|e| {
             Err(FleetError::Store(crate::state::StoreError::Postgres(
                 e.to_string(),
             )))
         });
-    match owner {
-        Ok(o) if o.mine => None,
-        Ok(o) if o.advertise_url.is_empty() => Some(refused(
+    match placed {
+        Ok(Placement::Here) => None,
+        Ok(Placement::There { node_id, advertise_url }) if advertise_url.is_empty() => Some(refused(
             s,
             WhipError::from((
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("room {room} belongs to box {} of the fleet, which has no address; retry shortly", o.node_id),
+                format!("room {room} belongs to box {node_id} of the fleet, which has no address; retry shortly"),
             )),
         )),
-        Ok(o) => {
+        Ok(Placement::There { node_id, advertise_url }) => {
             let path_and_query = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-            let location = format!("{}{path_and_query}", o.advertise_url);
+            let location = format!("{}{path_and_query}", advertise_url.trim_end_matches('/'));
             s.ingest.metrics.offers_redirected.inc();
-            tracing::debug!(room, owner = %o.node_id, %location, "WHIP offer redirected to the room's owner");
+            tracing::debug!(room, owner = %node_id, %location, "WHIP offer redirected to the room's owner");
             let r = Response::builder()
                 .status(StatusCode::TEMPORARY_REDIRECT)
                 .header(header::LOCATION, location)
                 .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
                 .body(Body::from(format!(
-                    "room {room} is recorded by box {} of the fleet: publish there\n",
-                    o.node_id
+                    "room {room} is recorded by box {node_id} of the fleet: publish there\n"
                 )))
                 .unwrap_or_default();
             Some(with_cors(r))

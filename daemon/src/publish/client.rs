@@ -461,6 +461,13 @@ fn media_loop(
                         s.dead = true;
                         break;
                     }
+                    // The box ended the session (DTLS close_notify): a box
+                    // handing its room on, or the operator.
+                    Ok(Output::Event(Event::Closed)) => {
+                        tracing::warn!(user = %s.user, aux = s.aux, "the box closed the session");
+                        s.dead = true;
+                        break;
+                    }
                     Ok(Output::Event(_)) => {}
                     Err(e) => {
                         tracing::warn!(user = %s.user, error = %e, "session failed");

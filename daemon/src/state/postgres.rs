@@ -37,6 +37,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("migrations/0002_nodes_rooms.sql")),
     (3, include_str!("migrations/0003_task_owner.sql")),
     (4, include_str!("migrations/0004_task_room.sql")),
+    (5, include_str!("migrations/0005_placement_drain.sql")),
 ];
 /// `pg_advisory_xact_lock` key of the migration step ("kiroku" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6b69_726f_6b75;

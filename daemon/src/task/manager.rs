@@ -291,6 +291,11 @@ impl Manager {
         st.tasks.get(task_id).map(|l| l.record.clone())
     }
 
+    /// Whether the task is live on this box.
+    pub async fn runs(&self, task_id: &str) -> bool {
+        self.inner.state.lock().await.tasks.contains_key(task_id)
+    }
+
     /// Number of live tasks (for systemd STATUS= and logs).
     pub async fn live_count(&self) -> usize {
         self.inner.state.lock().await.tasks.len()
@@ -805,6 +810,61 @@ impl Manager {
         let _ =
             tokio::task::spawn_blocking(move || inner.recorders.release(Duration::from_secs(5)))
                 .await;
+    }
+
+    /// Drain: stops the recorders of a room's tasks as a shutdown does
+    /// (their files closed and kept, their records left in the store) and
+    /// lets the tasks go from this box, so that another can take them;
+    /// returns their ids.
+    pub async fn hand_off_room(&self, sdk_app_id: u32, room: &str, grace: Duration) -> Vec<String> {
+        let (ids, runners): (Vec<String>, Vec<tokio::task::JoinHandle<()>>) = {
+            let mut st = self.inner.state.lock().await;
+            let ids: Vec<String> = st
+                .tasks
+                .iter()
+                .filter(|(_, l)| {
+                    l.record.spec.sdk_app_id == sdk_app_id && l.record.spec.room.fleet_key() == room
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            let mut runners = Vec::new();
+            for id in &ids {
+                if let Some(live) = st.tasks.get_mut(id) {
+                    let _ = live.control.try_send(Control::Shutdown);
+                    runners.extend(live.runner.take());
+                }
+            }
+            (ids, runners)
+        };
+        // The tasks stay in the table until their recorders have reported
+        // their last files (the records then hold them).
+        let all = async {
+            for r in runners {
+                let _ = r.await;
+            }
+        };
+        let deadline = tokio::time::Instant::now() + grace;
+        if tokio::time::timeout_at(deadline, all).await.is_err() {
+            tracing::warn!(
+                sdk_app_id,
+                room,
+                "some recorders of a handed-off room did not close their files in time"
+            );
+        }
+        // Their files in the upload spool go up before the box leaves.
+        while ids.iter().any(|id| self.inner.uploads.pending(id) > 0) {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(sdk_app_id, room, "a handed-off room's files are still in the upload spool: they go up when this box is back");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut st = self.inner.state.lock().await;
+        for id in &ids {
+            st.tasks.remove(id);
+        }
+        self.update_gauges(&st);
+        ids
     }
 
     /// Called by the runner once an Exited task has nothing left to do.

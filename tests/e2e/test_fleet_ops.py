@@ -1,0 +1,193 @@
+"""Fleet mode, part two (issue 17): one appliance out of three boxes.
+
+Tencent's SDK drives a task through any box (requests for another box's
+task or room are relayed to it); tasks are placed by free capacity, and the
+fleet refuses only when every box is full; a rolling drain of all three
+boxes (`kiroku drain`) hands the recording from box to box, every segment
+landing in one bucket (moto) and named by a playlist."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+
+import pytest
+from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentCloudSDKException
+
+from kiroku_e2e import ADMIN_TOKEN, APP_ID, KIROKU_BIN, create_params, metric_value, wait_until
+
+pytest.importorskip("aiortc", reason="pip install -r tests/e2e/requirements.txt (aiortc)")
+from test_fleet import room_users  # noqa: E402
+from test_storage import BUCKET, Moto, check_bucket_recording, cloud_storage, storage_config  # noqa: E402
+
+
+def fleet(kiroku, pg, db: str, n: int, **per_box):
+    url = pg.create_db(db)
+    boxes = []
+    for i in range(n):
+        kw = {k: (v[i] if isinstance(v, list) else v) for k, v in per_box.items()}
+        cluster = {"postgres_url": url, "node_id": f"{db}-{i}", "lease_seconds": 4}
+        boxes.append(kiroku(f"{db}-{i}", cluster=cluster, **kw))
+    alive = (f"SELECT count(*) FROM nodes WHERE heartbeat_at > now() - interval '4 seconds'")
+    wait_until(lambda: pg.psql(alive, db) == str(n), 10, 0.2, f"{n} boxes registered")
+    return boxes
+
+
+def owner_of(pg, db: str, task: str) -> str:
+    return pg.psql(f"SELECT node_id FROM tasks WHERE task_id = '{task}'", db)
+
+
+def relayed(box, action: str) -> float:
+    return metric_value(box.metrics_text(), "kiroku_api_relayed_total", {"action": action}, default=0)
+
+
+def test_tencents_sdk_drives_one_task_through_three_boxes(kiroku, pg, receiver):
+    """Create on box 1 for a room box 0 owns (a publisher is in it), then
+    Describe on box 2, Modify on box 1, Delete on box 2: every answer is
+    the owner's, relayed, with the client's own signature checked by the
+    owner; a second Create for another room lands on the roomiest box."""
+    from independent_publisher import Publisher, whip_url
+    db = "fleet_sdk"
+    boxes = fleet(kiroku, pg, db, 3, callback_url=receiver.url)
+    room = 9901
+    pub = Publisher(whip_url(boxes[0].url, APP_ID, room, "hal"), fps=10).start(timeout=15)
+    try:
+        assert pg.psql(f"SELECT owner FROM rooms WHERE room_id = '{room}'", db) == f"{db}-0"
+        task = boxes[1].sdk().create(create_params(room=str(room), mode=2, max_idle=120))
+        assert owner_of(pg, db, task) == f"{db}-0"
+        assert relayed(boxes[1], "CreateCloudRecording") == 1
+        receiver.wait_event(task, 307, 30)
+        d = boxes[2].sdk().describe(task)
+        assert d["TaskId"] == task and d["Status"] == "InProgress", d
+        boxes[1].sdk().modify(task, MixLayoutParams={"MixLayoutMode": 3})
+        assert relayed(boxes[1], "ModifyCloudRecording") == 1
+        boxes[2].sdk().delete(task)
+        receiver.wait_event(task, 302, 30)
+        assert relayed(boxes[2], "DescribeCloudRecording") == 1
+        assert relayed(boxes[2], "DeleteCloudRecording") == 1
+        gone = boxes[1].sdk().wait_gone(task, timeout=30)
+        assert gone.get_code() == "FailedOperation.TaskNotExist", gone
+    finally:
+        pub.stop()
+    # Box 0 owns a room; boxes 1 and 2 run nothing: a new room goes to 1.
+    other = boxes[0].sdk().create(create_params(room="9902", max_idle=120))
+    assert owner_of(pg, db, other) == f"{db}-1"
+    boxes[2].sdk().delete(other)
+    receiver.wait_event(other, 302, 30)
+
+
+def test_a_hundred_tasks_are_placed_by_capacity_and_only_a_full_fleet_refuses(kiroku, pg):
+    """Boxes taking 50, 30 and 20 tasks (limits.max_tasks): 100 Creates,
+    all sent to box 2, each for a new room, fill every box exactly (each
+    goes to the box with the most free slots); the 101st is refused with
+    FailedOperation.RestrictedConcurrency naming the fleet; once one task
+    ends, a Create succeeds again, on the box that freed a slot."""
+    db = "fleet_place"
+    caps = [50, 30, 20]
+    boxes = fleet(kiroku, pg, db, 3,
+                  limits=[{"max_tasks": c, "api_rate_per_second": 1000} for c in caps])
+    api = boxes[2].sdk()
+    started = time.monotonic()
+    tasks = [api.create(create_params(room=str(9910 + i), max_idle=600)) for i in range(100)]
+    took = time.monotonic() - started
+    per_box = Counter(pg.psql("SELECT node_id FROM tasks", db).split())
+    assert per_box == {f"{db}-{i}": c for i, c in enumerate(caps)}, per_box
+    for i, c in enumerate(caps):
+        assert metric_value(boxes[i].metrics_text(), "kiroku_tasks", {"state": "idle"}) == c
+    with pytest.raises(TencentCloudSDKException) as full:
+        api.create(create_params(room="19999", max_idle=600))
+    assert full.value.get_code() == "FailedOperation.RestrictedConcurrency", full.value
+    assert "every live box of the fleet" in full.value.get_message(), full.value
+    freed = next(t for t in tasks if owner_of(pg, db, t) == f"{db}-1")
+    api.delete(freed)
+    wait_until(lambda: pg.psql(f"SELECT count(*) FROM tasks WHERE task_id = '{freed}'", db) == "0",
+               20, 0.2, "the ended task's row removed")
+    again = api.create(create_params(room="19999", max_idle=600))
+    assert owner_of(pg, db, again) == f"{db}-1"
+    print(f"placement: 100 tasks over boxes of {caps} in {took:.1f} s ({100 / took:.0f} Creates/s through one box)")
+
+
+def drain(box) -> dict:
+    r = subprocess.run([KIROKU_BIN, "drain", "--url", box.url], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "KIROKU_ADMIN_TOKEN": ADMIN_TOKEN})
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_a_rolling_drain_of_three_boxes_loses_no_recording(kiroku, pg, receiver, tmp_path):
+    """A task records one publisher (`kiroku publish --reconnect`) into a
+    bucket. Each box in turn is drained (`kiroku drain`), exits on its own
+    and is started again: every drain of the room's owner hands the room to
+    another box, the task resumes there (`ha<n>_`, 306) and the publisher
+    follows; at the end every playlist is complete and ended, every segment
+    it names is in the bucket and decodes, and the recorded time covers
+    the wall time but for the hand-over gaps."""
+    from recording import publish
+    moto = Moto()
+    try:
+        moto.client.create_bucket(Bucket=BUCKET)
+        db = "fleet_roll"
+        boxes = fleet(kiroku, pg, db, 3, callback_url=receiver.url,
+                      recording={"segment_seconds": 2}, storage=storage_config(moto.port))
+        room = 9951
+        task = boxes[0].sdk().create(create_params(room=str(room), max_idle=120,
+                                                   StorageParams=cloud_storage(["roll"])))
+        # The publisher is pointed at box 2 (as it would be at a balancer):
+        # it is sent on to the room's owner, box 0.
+        p = publish(boxes[2], room, "ida", "--reconnect", "--fps", "15", duration=120)
+        began = time.monotonic()
+        handovers = []
+        try:
+            receiver.wait_event(task, 307, 30)
+            time.sleep(4)
+            for i, box in enumerate(boxes):
+                owner_before = owner_of(pg, db, task)
+                t0 = time.monotonic()
+                report = drain(box)
+                box.proc.wait(30)
+                assert box.proc.returncode == 0, box.log_text()[-2000:]
+                moved = [r for r in report["rooms"] if r["room"] == str(room)]
+                if owner_before == box.config["cluster"]["node_id"]:
+                    assert moved and moved[0]["to"] and moved[0]["tasks"] == 1, report
+                    new_owner = moved[0]["to"]
+                    assert owner_of(pg, db, task) == new_owner
+                    target = next(b for b in boxes if b.config["cluster"]["node_id"] == new_owner)
+                    wait_until(lambda: room_users(target, room) == ["ida"], 20, 0.2,
+                               f"the publisher on {new_owner}")
+                    handovers.append((box.name, new_owner, report["seconds"], time.monotonic() - t0))
+                else:
+                    assert not moved, report
+                box.start()
+                time.sleep(4)
+        finally:
+            p.send_signal(signal.SIGINT)
+            p.communicate(timeout=30)
+        wall = time.monotonic() - began
+        assert handovers, "the owner was never drained"
+        owner = next(b for b in boxes if b.config["cluster"]["node_id"] == owner_of(pg, db, task))
+        owner.sdk().delete(task)
+        receiver.wait_event(task, 302, 60)
+        types = [c.event_type for c in receiver.delivered(task)]
+        assert types.count(306) == len(handovers), types
+        folder = f"roll/{task}"
+        receiver.wait_event(task, 305, 60)
+        named = check_bucket_recording(moto.objects(folder + "/"), folder, tmp_path)
+        gens = sorted({n.split("_", 1)[0] if n.startswith("ha") else "ha0" for n in named})
+        assert len(gens) == len(handovers) + 1, (gens, handovers)
+        from recording import parse_playlist
+        recorded = sum(d for n in named if n.endswith("_video.m3u8")
+                       for d, _, _ in parse_playlist(tmp_path / n).segments)
+        gaps = sum(h[3] for h in handovers)
+        print(f"rolling drain: {len(handovers)} hand-overs {handovers}; wall {wall:.1f} s, "
+              f"recorded {recorded:.1f} s, hand-over time {gaps:.1f} s")
+        # The publisher hears the box close its session (DTLS close_notify)
+        # and publishes again at once: a hand-over costs well under 5 s.
+        assert all(h[3] < 5 for h in handovers), handovers
+        # Connecting at the start and the last segment cost a little more.
+        assert recorded >= wall - gaps - 5, (recorded, wall, gaps)
+    finally:
+        moto.stop()
