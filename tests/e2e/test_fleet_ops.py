@@ -191,3 +191,54 @@ def test_a_rolling_drain_of_three_boxes_loses_no_recording(kiroku, pg, receiver,
         assert recorded >= wall - gaps - 5, (recorded, wall, gaps)
     finally:
         moto.stop()
+
+
+def test_a_killed_box_loses_at_most_a_second_and_a_half_per_track(kiroku, pg, receiver, tmp_path):
+    """Segments are 10 s long, but the open one is journaled about once a
+    second (on a filesystem both boxes reach). `kill -9` of the recording
+    box mid-segment: the box that takes the task over finishes the open
+    segments from the journal before it resumes the task: the first run's
+    playlists in the bucket end with them, and each track's recording
+    reaches to within 1.5 s of the kill."""
+    from recording import parse_playlist, publish
+    moto = Moto()
+    try:
+        moto.client.create_bucket(Bucket=BUCKET)
+        db = "fleet_journal"
+        shared = tmp_path / "shared-journal"
+        boxes = fleet(kiroku, pg, db, 2, callback_url=receiver.url, storage=storage_config(moto.port),
+                      recording={"journal_dir": str(shared)})
+        a, b = boxes
+        room = 9961
+        task = a.sdk().create(create_params(room=str(room), max_idle=120, StorageParams=cloud_storage(["jr"])))
+        assert owner_of(pg, db, task) == f"{db}-0"
+        p = publish(b, room, "joe", "--reconnect", "--fps", "15", duration=60)
+        try:
+            receiver.wait_event(task, 307, 30)     # the first 10 s segment is cut
+            time.sleep(6.5)                        # well into the second one
+            assert any(shared.joinpath(task).glob("*.part")), "the open segments are journaled"
+            killed_at = time.time()
+            a.kill9()
+            receiver.wait_event(task, 306, 20)
+        finally:
+            p.send_signal(signal.SIGINT)
+            p.communicate(timeout=30)
+        assert "open segment recovered from the journal" in b.log_text()
+        b.sdk().delete(task)
+        receiver.wait_event(task, 302, 60)
+        folder = f"jr/{task}"
+        wait_until(lambda: not shared.joinpath(task).exists(), 10, 0.2, "the journal removed")
+        named = check_bucket_recording(moto.objects(folder + "/"), folder, tmp_path)
+        first_run = [n for n in named if not n.startswith("ha")]
+        assert sorted(n.rsplit("_", 1)[1] for n in first_run) == ["audio.m3u8", "video.m3u8"], named
+        losses = {}
+        for name in first_run:
+            pl = parse_playlist(tmp_path / name)
+            assert pl.ended and len(pl.segments) == 2, (name, pl.segments)
+            end = pl.start_rec_time / 1000 + sum(d for d, _, _ in pl.segments)
+            losses[name.rsplit("_", 1)[1]] = killed_at - end
+        print(f"kill -9 mid-segment: lost {', '.join(f'{k} {v:.2f} s' for k, v in losses.items())}")
+        assert all(v <= 1.5 for v in losses.values()), losses
+        assert all(v > -0.5 for v in losses.values()), f"recorded past the kill? {losses}"
+    finally:
+        moto.stop()

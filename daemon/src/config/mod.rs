@@ -258,7 +258,7 @@ impl Default for OfferLimits {
 }
 
 /// How recordings are cut into HLS segments.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RecordingConfig {
     /// Target segment duration: segments are cut at the first key frame
     /// after it.
@@ -274,6 +274,11 @@ pub struct RecordingConfig {
     pub mix_latency: Duration,
     /// Which compositor mixed-stream tasks use.
     pub compositor: CompositorPreference,
+    /// Where open segments are made durable about once a second
+    /// (`record::journal`; default `data_dir/journal`). On a filesystem
+    /// the fleet shares, the box that takes a dead box's task over
+    /// recovers them too (docs/fleet.md).
+    pub journal_dir: PathBuf,
 }
 
 /// `recording.compositor`.
@@ -841,6 +846,12 @@ impl Config {
             max_keyframe_wait: Duration::from_secs(max_keyframe_wait_seconds),
             mix_latency: Duration::from_millis(mix_latency_ms),
             compositor,
+            journal_dir: raw.recording.journal_dir.clone().unwrap_or_else(|| {
+                raw.data_dir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+                    .join("journal")
+            }),
         };
         Ok(Config {
             recording,

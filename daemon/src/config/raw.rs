@@ -121,6 +121,7 @@ pub(super) struct RawRecording {
     pub(super) max_keyframe_wait_seconds: Option<u64>,
     pub(super) mix_latency_ms: Option<u64>,
     pub(super) compositor: Option<String>,
+    pub(super) journal_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -8,5 +8,6 @@
 
 pub mod naming;
 pub mod playlist;
+pub mod recover;
 pub mod segmenter;
 pub mod stream;

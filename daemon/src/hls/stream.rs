@@ -68,7 +68,38 @@ pub enum Output {
     FirstSegment { file_name: String, begin_ms: u64 },
     /// The open segment runs long: ask the publisher for a key frame.
     WantKeyframe,
+    /// Bytes of the open segment to make durable now (about once a second
+    /// of media), so that a crash loses at most that much: a later run
+    /// recovers the segment from them (`hls::recover`). The segment's own
+    /// [`Output::Segment`] supersedes them.
+    Journal(JournalWrite),
 }
+
+/// What the journal of an open segment needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalWrite {
+    /// The segment's file name and storage key.
+    pub file_name: String,
+    pub key: String,
+    /// Where `bytes` go in the segment.
+    pub offset: u64,
+    pub bytes: Vec<u8>,
+    /// With the first write of a segment: how to finish its playlist.
+    pub opened: Option<JournalOpened>,
+}
+
+/// The playlist an open segment belongs to, as it stands before it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalOpened {
+    pub playlist_key: String,
+    pub playlist_file_name: String,
+    /// The playlist's text without this segment (not ended).
+    pub playlist_text: String,
+    pub discontinuity: bool,
+}
+
+/// How much media an open segment may hold that is not yet durable.
+const JOURNAL_EVERY_90K: u64 = 90_000;
 
 #[derive(Debug)]
 struct OpenSegment {
@@ -76,6 +107,10 @@ struct OpenSegment {
     buf: Vec<u8>,
     has_video: bool,
     discontinuity: bool,
+    /// Bytes already handed out as [`Output::Journal`].
+    journaled: usize,
+    /// PTS of the last journal write (the first frame's, before any).
+    journal_pts: Option<u64>,
 }
 
 pub struct HlsStream {
@@ -393,6 +428,7 @@ impl HlsStream {
             self.muxer
                 .write_video(&mut open.buf, pts, pts, keyframe, au);
         }
+        self.journal(pts, out);
         if self.segmenter.wants_keyframe(pts) {
             self.request_keyframe(pts, out);
         }
@@ -465,6 +501,46 @@ impl HlsStream {
         if let Some(open) = self.open.as_mut() {
             self.muxer.write_audio(&mut open.buf, pts, adts);
         }
+        self.journal(pts, out);
+    }
+
+    /// Hands out what the open segment gained since the last journal
+    /// write, once a second of media has passed.
+    fn journal(&mut self, pts: u64, out: &mut Vec<Output>) {
+        let Some(open) = self.open.as_mut() else {
+            return;
+        };
+        let Some(last) = open.journal_pts else {
+            open.journal_pts = Some(pts);
+            return;
+        };
+        if pts.saturating_sub(last) < JOURNAL_EVERY_90K || open.buf.len() <= open.journaled {
+            return;
+        }
+        open.journal_pts = Some(pts);
+        let offset = open.journaled;
+        open.journaled = open.buf.len();
+        let opened = (offset == 0).then(|| JournalOpened {
+            playlist_key: self.naming.key(&self.playlist_name),
+            playlist_file_name: self.playlist_name.clone(),
+            playlist_text: self
+                .playlist
+                .as_ref()
+                .map(|p| {
+                    let mut unended = p.clone();
+                    unended.ended = false;
+                    unended.render()
+                })
+                .unwrap_or_default(),
+            discontinuity: open.discontinuity,
+        });
+        out.push(Output::Journal(JournalWrite {
+            file_name: open.file_name.clone(),
+            key: self.naming.key(&open.file_name),
+            offset: offset as u64,
+            bytes: open.buf[offset..].to_vec(),
+            opened,
+        }));
     }
 
     /// Acts on a segmenter decision; false when the frame is not recorded.
@@ -519,6 +595,8 @@ impl HlsStream {
             buf,
             has_video,
             discontinuity: std::mem::take(&mut self.discontinuity_next),
+            journaled: 0,
+            journal_pts: None,
         });
     }
 
@@ -1037,6 +1115,58 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_open_segment_is_journaled_once_a_second_and_the_journal_is_its_prefix() {
+        let mut s = stream(TrackType::Video, 10, 1);
+        s.begin_track(TrackKind::MainVideo);
+        let mut out = Vec::new();
+        // 5.5 s at 15 fps, one segment open throughout.
+        for n in 0..83u64 {
+            let au = if n == 0 {
+                annexb(&[&SPS_720P, &PPS, &idr(n)])
+            } else {
+                annexb(&[&slice(n)])
+            };
+            s.push_video(t15(n), n == 0, &au, &mut out);
+        }
+        let writes: Vec<&JournalWrite> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Journal(w) => Some(w),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(writes.len(), 5, "one write per second of media");
+        assert!(writes[0].offset == 0 && writes[0].opened.is_some());
+        assert!(writes[1..].iter().all(|w| w.opened.is_none()));
+        let opened = writes[0].opened.as_ref().expect("opened");
+        assert!(
+            opened.playlist_text.starts_with("#EXTM3U")
+                && !opened.playlist_text.contains("ENDLIST")
+        );
+        let mut journal = Vec::new();
+        for w in &writes {
+            assert_eq!(w.offset, journal.len() as u64, "writes follow each other");
+            journal.extend_from_slice(&w.bytes);
+        }
+        // The segment, once cut, starts with exactly what was journaled.
+        s.finish(&mut out);
+        let data = out
+            .iter()
+            .find_map(|o| match o {
+                Output::Segment { data, .. } => Some(data),
+                _ => None,
+            })
+            .expect("segment");
+        assert!(data.starts_with(&journal) && data.len() > journal.len());
+        let recovered = crate::hls::recover::recover_segment(&journal).expect("recovered");
+        assert!(
+            (3.9..=5.0).contains(&recovered.seconds),
+            "{}",
+            recovered.seconds
+        );
+    }
+
+    #[test]
     fn the_playlist_carries_the_picture_size_from_the_sps() {
         let mut s = stream(TrackType::Video, 1, 1);
         s.begin_track(TrackKind::MainVideo);
@@ -1070,9 +1200,12 @@ pub(crate) mod tests {
                     } => format!("first {file_name} {begin_ms}"),
                     Output::Playlist { key, .. } => format!("playlist {key}"),
                     Output::WantKeyframe => "keyframe".to_owned(),
+                    Output::Journal(w) => format!("journal {}", w.key),
                 })
                 .collect::<Vec<_>>(),
             vec![
+                // 2 s of video: journaled once, after its first second.
+                format!("journal t1/{first}"),
                 format!("segment t1/{first}"),
                 "first 1400000001_7__UserId_s_YWxpY2U.__UserId_e_main_video.m3u8 1700000000000"
                     .to_owned(),

@@ -41,6 +41,8 @@ pub enum Action {
     },
     /// A playlist's first segment was cut (callback 307).
     FileSliced(FileInfo),
+    /// Make part of an open segment durable (`record::journal`).
+    Journal(crate::hls::stream::JournalWrite),
     RequestKeyframe {
         tag: u64,
     },

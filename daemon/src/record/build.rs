@@ -123,6 +123,7 @@ impl RecorderFactory {
             room,
             registry: self.registry.clone(),
             store,
+            journal: Some(self.config.journal_dir.join(&record.task_id)),
             metrics: self.metrics.clone(),
             events: events_tx,
         };

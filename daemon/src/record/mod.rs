@@ -22,6 +22,7 @@
 pub mod action;
 pub mod build;
 pub mod compose;
+pub mod journal;
 pub mod mixed;
 pub mod single;
 pub mod subscribe;

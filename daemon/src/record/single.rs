@@ -235,6 +235,7 @@ impl SingleRecorder {
         for o in self.outputs.drain(..) {
             actions.push(match o {
                 Output::Segment { key, data } => Action::Store { key, data },
+                Output::Journal(write) => Action::Journal(write),
                 Output::Playlist {
                     key,
                     file_name,
@@ -401,11 +402,17 @@ mod tests {
             Action::StreamRefused { user_id, media } => {
                 format!("refused {user_id} {}", media.as_str())
             }
+            Action::Journal(w) => format!("journal {}", short(&w.key)),
         }
     }
 
+    /// Journal writes (`hls::stream`'s tests cover them) left out.
     fn summaries(actions: &[Action]) -> Vec<String> {
-        actions.iter().map(summary).collect()
+        actions
+            .iter()
+            .filter(|a| !matches!(a, Action::Journal(_)))
+            .map(summary)
+            .collect()
     }
 
     /// Summaries with repeats in a row folded: a stream that ends stores
@@ -1683,6 +1690,7 @@ mod tests {
         registry.add_session(&key, USER, "s1", false, vec![track.clone()]);
         let _recorder = spawn(RecorderSetup {
             task_id: "task-1".into(),
+            journal: None,
             core: CoreSetup::Single(Settings {
                 naming: naming(),
                 segment: SegmenterConfig {

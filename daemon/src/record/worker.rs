@@ -206,6 +206,7 @@ pub struct RecorderMetrics {
     pub panics: IntCounter,
     pub restarts: IntCounter,
     pub segments_ended_early: IntCounter,
+    pub journal_failures: IntCounter,
 }
 
 impl RecorderMetrics {
@@ -250,6 +251,10 @@ impl RecorderMetrics {
             bytes: c(
                 "kiroku_recorder_bytes_total",
                 "Bytes of segments and playlists written",
+            ),
+            journal_failures: c(
+                "kiroku_recorder_journal_failures_total",
+                "Writes to the journal of open segments that failed (a crash then loses more of the open segment)",
             ),
             segments_ended_early: c(
                 "kiroku_recorder_segments_ended_early_total",
@@ -336,6 +341,8 @@ pub struct RecorderSetup {
     pub room: RoomKey,
     pub registry: Arc<Registry>,
     pub store: Arc<dyn Store>,
+    /// The task's folder in the journal of open segments.
+    pub journal: Option<std::path::PathBuf>,
     pub metrics: RecorderMetrics,
     pub events: tokio::sync::mpsc::Sender<RecorderEvent>,
 }
@@ -365,6 +372,7 @@ struct Worker {
     task_id: String,
     registry: Arc<Registry>,
     store: Arc<dyn Store>,
+    journal: Option<crate::record::journal::SegmentJournal>,
     metrics: RecorderMetrics,
     events: tokio::sync::mpsc::Sender<RecorderEvent>,
     tx: SyncSender<Delivery>,
@@ -404,6 +412,7 @@ fn run(setup: RecorderSetup, control: mpsc::Receiver<RecorderControl>) {
         room,
         registry,
         store,
+        journal,
         metrics,
         events,
     } = setup;
@@ -434,6 +443,7 @@ fn run(setup: RecorderSetup, control: mpsc::Receiver<RecorderControl>) {
         task_id,
         registry,
         store,
+        journal: journal.map(crate::record::journal::SegmentJournal::new),
         metrics,
         events,
         tx,
@@ -559,6 +569,17 @@ impl Worker {
                 Action::Store { key, data } => {
                     if self.put(&key, &data) {
                         self.metrics.segments.inc();
+                        if let Some(j) = self.journal.as_mut() {
+                            j.stored(&key);
+                        }
+                    }
+                }
+                Action::Journal(write) => {
+                    if let Some(j) = self.journal.as_mut() {
+                        if let Err(e) = j.write(&write) {
+                            self.metrics.journal_failures.inc();
+                            tracing::warn!(task_id = %self.task_id, error = %e, "open segment not journaled");
+                        }
                     }
                 }
                 Action::StorePlaylist { key, text, file } => {

@@ -141,7 +141,7 @@ impl Manager {
         health: Arc<crate::health::Health>,
     ) -> Self {
         let recorders = RecorderFactory::new(
-            config.recording,
+            config.recording.clone(),
             rooms.clone(),
             RecorderMetrics::register(&metrics),
         );
@@ -216,6 +216,7 @@ impl Manager {
                     tracing::error!(task_id = %task_id, "could not record the restart of a resumed task");
                 }
             }
+            self.recover_journal(&record).await;
             let (control, runner) = self.spawn_runner(&record);
             if exiting {
                 let _ = control.try_send(Control::Stop);
@@ -231,6 +232,47 @@ impl Manager {
             );
         }
         self.update_gauges(&st);
+    }
+
+    /// Finishes the segments the task's previous run had open when it
+    /// died, from their journal (`record::journal`), before the task runs
+    /// again: each is cut to its last whole frame, stored, and closes its
+    /// playlist. A failure is logged; the journal stays for the next try.
+    async fn recover_journal(&self, record: &TaskRecord) {
+        let dir = self
+            .inner
+            .config
+            .recording
+            .journal_dir
+            .join(&record.task_id);
+        if !dir.exists() {
+            return;
+        }
+        let store = match self.recorder_store(record) {
+            Ok(s) => s,
+            Err(why) => {
+                tracing::warn!(task_id = %record.task_id, error = %why, "open segments not recovered: no store");
+                return;
+            }
+        };
+        let task_id = record.task_id.clone();
+        let recovered =
+            tokio::task::spawn_blocking(move || crate::record::journal::recover(&dir, &*store))
+                .await;
+        match recovered {
+            Ok(Ok(segments)) => {
+                for s in &segments {
+                    tracing::warn!(task_id = %task_id, segment = %s.file_name, playlist = %s.playlist_file_name,
+                        seconds = s.seconds, "open segment recovered from the journal");
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::error!(task_id = %task_id, error = %e, "open segments not recovered")
+            }
+            Err(e) => {
+                tracing::error!(task_id = %task_id, error = %e, "open segments not recovered")
+            }
+        }
     }
 
     /// The store a task's recorder writes its HLS to: the task's storage

@@ -705,6 +705,7 @@ impl MixedRecorder {
             };
             match o {
                 Output::Segment { key, data } => actions.push(Action::Store { key, data }),
+                Output::Journal(write) => actions.push(Action::Journal(write)),
                 Output::Playlist {
                     key,
                     file_name,
