@@ -40,6 +40,11 @@ struct Args {
     /// Port for the daemon (0 = pick a free one).
     #[arg(long, default_value_t = 0)]
     port: u16,
+    /// Run the daemon in fleet mode on this PostgreSQL database
+    /// (`[cluster] postgres_url`) instead of the embedded store
+    /// (bench/fleet_bench.py starts a throw-away cluster for it).
+    #[arg(long)]
+    postgres_url: Option<String>,
 }
 
 const SECRET_ID: &str = "AKIDbench";
@@ -75,7 +80,7 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-fn start_daemon(bin: &PathBuf, port: u16) -> anyhow::Result<Daemon> {
+fn start_daemon(bin: &PathBuf, port: u16, postgres_url: Option<&str>) -> anyhow::Result<Daemon> {
     if !bin.exists() {
         bail!(
             "{} does not exist: build it first (cargo build --release -p kiroku) or pass --kiroku",
@@ -84,9 +89,12 @@ fn start_daemon(bin: &PathBuf, port: u16) -> anyhow::Result<Daemon> {
     }
     let dir = std::env::temp_dir().join(format!("kiroku-bench-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    let cluster = postgres_url
+        .map(|url| format!("[cluster]\npostgres_url = \"{url}\"\nnode_id = \"api-load\"\n"))
+        .unwrap_or_default();
     let config = format!(
         "data_dir = \"{data}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n[limits]\nmax_tasks = 1000000\napi_rate_per_second = 1000000\n\
-         [log]\nlevel = \"warn\"\n[[credentials]]\nsecret_id = \"{SECRET_ID}\"\nsecret_key = \"{SECRET_KEY}\"\n[[apps]]\nsdk_app_id = {APP}\n",
+         [log]\nlevel = \"warn\"\n[[credentials]]\nsecret_id = \"{SECRET_ID}\"\nsecret_key = \"{SECRET_KEY}\"\n[[apps]]\nsdk_app_id = {APP}\n{cluster}",
         data = dir.join("data").display()
     );
     let cfg = dir.join("kiroku.toml");
@@ -220,7 +228,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         args.port
     };
-    let _daemon = start_daemon(&args.kiroku, port)?;
+    let _daemon = start_daemon(&args.kiroku, port, args.postgres_url.as_deref())?;
     let client = std::sync::Arc::new(Client {
         http: reqwest::Client::builder()
             .pool_max_idle_per_host(64)
@@ -235,8 +243,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!(
-        "kiroku API load: {} req/s per action for {} s, then {} workers for {} s",
-        args.rate, args.seconds, args.concurrency, args.seconds
+        "kiroku API load ({}): {} req/s per action for {} s, then {} workers for {} s",
+        if args.postgres_url.is_some() {
+            "state on PostgreSQL"
+        } else {
+            "embedded state store"
+        },
+        args.rate,
+        args.seconds,
+        args.concurrency,
+        args.seconds
     );
     println!(
         "{:<10} {:<24} {:>7} {:>9} {:>8} {:>8} {:>8} {:>6}",

@@ -415,7 +415,7 @@ pub async fn run(
         config.clone(),
         store.clone(),
         records,
-        outbox,
+        outbox.clone(),
         metrics.clone(),
         ingest.registry.clone(),
         Outputs {
@@ -431,6 +431,7 @@ pub async fn run(
             f,
             manager.clone(),
             store.clone(),
+            outbox.clone(),
             metrics.clone(),
         ))
     });
@@ -575,6 +576,7 @@ async fn fleet_heartbeat(
     fleet: Arc<crate::cluster::Fleet>,
     manager: Manager,
     store: Arc<StateStore>,
+    outbox: deliver::Outbox,
     metrics: Metrics,
 ) {
     let failures = crate::metrics::counter(
@@ -623,6 +625,12 @@ async fn fleet_heartbeat(
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "taking over dead boxes' rooms failed"),
             Err(e) => tracing::warn!(error = %e, "taking over dead boxes' rooms failed"),
+        }
+        let f = fleet.clone();
+        match tokio::task::spawn_blocking(move || f.take_over_dead_outbox()).await {
+            Ok(Ok(entries)) => outbox.queued(entries),
+            Ok(Err(e)) => tracing::warn!(error = %e, "taking over dead boxes' callbacks failed"),
+            Err(e) => tracing::warn!(error = %e, "taking over dead boxes' callbacks failed"),
         }
         let (f, s) = (fleet.clone(), store.clone());
         let handed = tokio::task::spawn_blocking(move || {

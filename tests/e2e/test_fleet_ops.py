@@ -242,3 +242,82 @@ def test_a_killed_box_loses_at_most_a_second_and_a_half_per_track(kiroku, pg, re
         assert all(v > -0.5 for v in losses.values()), f"recorded past the kill? {losses}"
     finally:
         moto.stop()
+
+
+def test_a_killed_box_uploads_its_stranded_spool_when_it_is_back_and_leaves_the_room_alone(
+        kiroku, pg, receiver, tmp_path):
+    """Box a records into a bucket it reaches through a relay; the relay
+    is cut, so a's closed segments wait in its spool, and a is killed.
+    Box b takes the task over and records on. When a comes back (the
+    relay restored) it uploads what waited in its spool (305 Status 2)
+    and runs nothing: the room and the task stay b's. In the end every
+    segment any playlist names is in the bucket."""
+    from recording import publish
+    from test_storage import Relay, spool_entries
+    moto = Moto()
+    relay = Relay(moto.port)
+    try:
+        moto.client.create_bucket(Bucket=BUCKET)
+        db = "fleet_strand"
+        a, b = fleet(kiroku, pg, db, 2, callback_url=receiver.url, recording={"segment_seconds": 2},
+                     storage=[storage_config(relay.port), storage_config(moto.port)])
+        room = 9971
+        task = a.sdk().create(create_params(room=str(room), max_idle=120, StorageParams=cloud_storage(["st"])))
+        p = publish(b, room, "kim", "--reconnect", "--fps", "15", duration=60)
+        try:
+            receiver.wait_event(task, 304, 30)
+            relay.cut()
+            wait_until(lambda: len(spool_entries(a)) >= 3, 20, 0.2, "closed segments waiting in a's spool")
+            stranded = len(spool_entries(a))
+            a.kill9()
+            receiver.wait_event(task, 306, 20)
+            time.sleep(3)
+        finally:
+            p.send_signal(signal.SIGINT)
+            p.communicate(timeout=30)
+        relay.restore()
+        a.start()
+        wait_until(lambda: spool_entries(a) == [], 30, 0.2, "a's stranded spool uploaded")
+        wait_until(lambda: next((c for c in receiver.delivered(task)
+                                 if c.event_type == 305 and c.payload == {"Status": 2}), None),
+                   30, 0.2, "305 Status 2 once a's stranded files are up")
+        stops = [c.payload["Status"] for c in receiver.delivered(task) if c.event_type == 305]
+        assert stops == [1, 2], stops
+        assert owner_of(pg, db, task) == f"{db}-1"
+        assert pg.psql(f"SELECT owner FROM rooms WHERE room_id = '{room}'", db) == f"{db}-1"
+        assert metric_value(a.metrics_text(), "kiroku_tasks", {"state": "in_progress"}, default=0) == 0
+        assert metric_value(a.metrics_text(), "kiroku_tasks", {"state": "idle"}, default=0) == 0
+        b.sdk().delete(task)
+        receiver.wait_event(task, 302, 60)
+        folder = f"st/{task}"
+        objects = moto.objects(folder + "/")
+        first_run = {n[len(folder) + 1:] for n in objects if n.endswith(".m3u8") and "/ha" not in n}
+        named = check_bucket_recording(objects, folder, tmp_path, unended_ok=frozenset(first_run))
+        print(f"stranded: {stranded} files waited in a's spool; bucket: {sum(len(v) for v in named.values())} "
+              f"segments in {len(named)} playlists")
+    finally:
+        relay.cut()
+        moto.stop()
+
+
+def test_a_dead_boxs_undelivered_callbacks_are_delivered_by_a_survivor(kiroku, pg, make_receiver):
+    """Box a runs a task and ends it while the callback receiver is down:
+    its callbacks wait in the shared outbox, as a's rows. `kill -9` of a:
+    once a's lease has lapsed, box b claims the rows and delivers them, in
+    order, when the receiver is back; the outbox empties."""
+    receiver = make_receiver(start=False)
+    db = "fleet_outbox_takeover"
+    a, b = fleet(kiroku, pg, db, 2, callback_url=receiver.url)
+    task = a.sdk().create(create_params(room="9981", max_idle=120))
+    a.sdk().delete(task)
+    rows = f"SELECT count(*) FROM outbox WHERE task_id = '{task}' AND node_id = '{db}-0'"
+    wait_until(lambda: int(pg.psql(rows, db)) >= 2, 20, 0.2, "301 and 302 waiting as a's rows")
+    queued = pg.psql(f"SELECT string_agg(event_type::text, ',' ORDER BY seq) FROM outbox WHERE task_id = '{task}'", db)
+    a.kill9()
+    receiver.start()
+    receiver.wait_event(task, 302, 40)
+    types = [str(c.event_type) for c in receiver.delivered(task)]
+    assert types == queued.split(","), (types, queued)
+    wait_until(lambda: pg.psql(f"SELECT count(*) FROM outbox WHERE task_id = '{task}'", db) == "0",
+               20, 0.2, "the outbox emptied")
+    assert metric_value(b.metrics_text(), "kiroku_callbacks_delivered_total") >= len(types)

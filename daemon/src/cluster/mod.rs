@@ -224,6 +224,45 @@ impl Fleet {
         Ok(taken)
     }
 
+    /// Claims the callbacks that dead boxes had queued and not delivered
+    /// (at most 1000 at a time; rows another box is claiming at the same
+    /// moment are skipped) and returns them, in order, to be delivered
+    /// from this box (blocking).
+    pub fn take_over_dead_outbox(&self) -> Result<Vec<crate::state::OutboxEntry>, FleetError> {
+        if !self.holds_lease() || self.draining() {
+            return Ok(Vec::new());
+        }
+        let lease_s = self.lease().duration().as_secs_f64();
+        let me = self.node_id.as_str();
+        let rows = self.conn.run(|c| {
+            c.query(
+                "WITH dead AS (
+                     SELECT o.seq FROM outbox o
+                     WHERE o.node_id IS NOT NULL AND o.node_id <> $1
+                       AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = o.node_id
+                                       AND n.heartbeat_at > now() - make_interval(secs => $2))
+                     ORDER BY o.seq LIMIT 1000
+                     FOR UPDATE SKIP LOCKED)
+                 UPDATE outbox o SET node_id = $1 FROM dead WHERE o.seq = dead.seq
+                 RETURNING o.*",
+                &[&me, &lease_s],
+            )
+            .map_err(pg_err)
+        })?;
+        let mut entries = rows
+            .iter()
+            .map(crate::state::postgres::entry_of)
+            .collect::<Result<Vec<_>, _>>()?;
+        entries.sort_by_key(|e| e.seq);
+        if !entries.is_empty() {
+            tracing::warn!(
+                callbacks = entries.len(),
+                "callbacks of a dead box taken over for delivery"
+            );
+        }
+        Ok(entries)
+    }
+
     /// The room's owner: this box if the room had none or its owner is
     /// dead (claimed now, epoch raised), else the live owner (blocking).
     pub fn claim_room(&self, sdk_app_id: u32, room: &str) -> Result<RoomOwner, FleetError> {

@@ -70,6 +70,10 @@ pub enum NoticeKind {
     UploadFailed { code: String, message: String },
     /// An ended task's stranded files are all uploaded now (305 Status 2).
     StrandedRecovered,
+    /// This box no longer runs the task (another box of the fleet took it
+    /// over while this one was down) and its spool still holds some of
+    /// the task's files: they go up from here (305 Status 1, then 2).
+    LeftBehind,
 }
 
 /// How an ending task's uploads finished.
@@ -189,6 +193,10 @@ struct Shared {
     metrics: UploadMetrics,
     notices: mpsc::Sender<UploadNotice>,
     sealer: Arc<Sealer>,
+    /// Tasks that had files in the spool when the service opened (before
+    /// the restart): one this box no longer runs left them behind.
+    /// (A task this box resumes registers again and leaves the set.)
+    spooled_at_open: Mutex<HashSet<String>>,
 }
 
 /// Cheap to clone; all clones share one spool and queue.
@@ -261,7 +269,11 @@ impl UploadService {
         }
         let mut tasks = HashMap::new();
         let mut stale = Vec::new();
+        let mut spooled_at_open = HashSet::new();
         for (record, is_stale) in load_targets(&targets_dir, &sealer)? {
+            if queue.pending_for(&record.task_id) > 0 {
+                spooled_at_open.insert(record.task_id.clone());
+            }
             if is_stale {
                 stale.push(record.clone());
             }
@@ -293,6 +305,7 @@ impl UploadService {
             metrics,
             notices,
             sealer,
+            spooled_at_open: Mutex::new(spooled_at_open),
         });
         // Sealed anew with the current key (rotation, or a key configured
         // since they were written).
@@ -331,6 +344,7 @@ impl UploadService {
     ) -> Result<(), TargetError> {
         let target = S3Target::from_params(storage, &self.shared.config.s3)?;
         let uploader = Arc::new(S3Uploader::new(&target)?);
+        lock(&self.shared.spooled_at_open).remove(task_id);
         tracing::info!(task_id, bucket = %target.bucket_url(), "task uploads to S3-compatible storage");
         let record = TargetRecord {
             task_id: task_id.to_owned(),
@@ -366,6 +380,48 @@ impl UploadService {
             shared: self.shared.clone(),
             task_id: task_id.to_owned(),
         })
+    }
+
+    /// The tasks whose files this service still holds or expects (their
+    /// upload targets), ended or not.
+    pub fn targets(&self) -> Vec<String> {
+        lock(&self.shared.tasks).keys().cloned().collect()
+    }
+
+    /// This box no longer runs `task_id` (another box took it over): what
+    /// its spool holds of the task is uploaded from here, and the task
+    /// counts as ended for this service: 305 Status 1 now if files wait,
+    /// 305 Status 2 once they are up.
+    pub fn let_go(&self, task_id: &str) {
+        let pending = self.pending(task_id);
+        let left_behind = lock(&self.shared.spooled_at_open).remove(task_id) || pending > 0;
+        let context = {
+            let mut tasks = lock(&self.shared.tasks);
+            let Some(t) = tasks.get_mut(task_id) else {
+                return;
+            };
+            if t.record.finished {
+                return;
+            }
+            t.record.finished = true;
+            t.record.stranded = left_behind;
+            if let Err(e) = self.shared.persist_target(&t.record) {
+                tracing::error!(task_id, error = %e, "could not persist the task's upload target");
+            }
+            t.record.context.clone()
+        };
+        if left_behind {
+            tracing::warn!(
+                task_id,
+                files = pending,
+                "files of a task this box no longer runs were left in its spool; uploading them"
+            );
+            self.shared
+                .notify(task_id, &context, NoticeKind::LeftBehind);
+            lock(&self.shared.queue).retry_now(task_id, clock::unix_ms());
+            self.shared.wake.notify_one();
+        }
+        self.shared.finish_if_drained(task_id);
     }
 
     /// Files of `task_id` not uploaded yet.

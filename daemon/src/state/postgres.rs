@@ -38,6 +38,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("migrations/0003_task_owner.sql")),
     (4, include_str!("migrations/0004_task_room.sql")),
     (5, include_str!("migrations/0005_placement_drain.sql")),
+    (6, include_str!("migrations/0006_outbox_owner.sql")),
 ];
 /// `pg_advisory_xact_lock` key of the migration step ("kiroku" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6b69_726f_6b75;
@@ -275,7 +276,7 @@ fn fenced(txn: &mut postgres::Transaction<'_>, task_id: &str) -> StoreError {
     }
 }
 
-fn entry_of(row: &postgres::Row) -> Result<OutboxEntry, StoreError> {
+pub(crate) fn entry_of(row: &postgres::Row) -> Result<OutboxEntry, StoreError> {
     let seq: i64 = row.get("seq");
     let sdk_app_id: i64 = row.get("sdk_app_id");
     let event_type: i32 = row.get("event_type");
@@ -368,7 +369,10 @@ impl Engine for Postgres {
     fn load_outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
         self.with_client(|c| {
             let rows = c
-                .query("SELECT * FROM outbox ORDER BY seq", &[])
+                .query(
+                    "SELECT * FROM outbox WHERE node_id = $1 OR node_id IS NULL ORDER BY seq",
+                    &[&self.node_id],
+                )
                 .map_err(pg_err)?;
             rows.iter().map(entry_of).collect()
         })
@@ -426,8 +430,8 @@ impl Engine for Postgres {
             for cb in &callbacks {
                 let row = txn
                     .query_one(
-                        "INSERT INTO outbox (task_id, sdk_app_id, event_type, url, body, sign, created_ms, next_attempt_ms)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING seq",
+                        "INSERT INTO outbox (task_id, sdk_app_id, event_type, url, body, sign, created_ms, next_attempt_ms, node_id)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) RETURNING seq",
                         &[
                             &cb.task_id,
                             &i64::from(cb.sdk_app_id),
@@ -436,6 +440,7 @@ impl Engine for Postgres {
                             &cb.body,
                             &cb.sign,
                             &to_i64(cb.created_ms, "created_ms")?,
+                            &self.node_id,
                         ],
                     )
                     .map_err(pg_err)?;

@@ -182,6 +182,15 @@ impl Manager {
         tokio::spawn(upload_notices(Arc::downgrade(&mgr.inner), outputs.notices));
         mgr.adopt(records, "task restored from the state store")
             .await;
+        // Upload targets of tasks not restored here: in a fleet, tasks
+        // another box took over while this one was down.
+        let live: std::collections::HashSet<String> =
+            mgr.inner.state.lock().await.tasks.keys().cloned().collect();
+        for task_id in mgr.inner.uploads.targets() {
+            if !live.contains(&task_id) {
+                mgr.inner.uploads.let_go(&task_id);
+            }
+        }
         mgr
     }
 
@@ -904,6 +913,7 @@ impl Manager {
         let mut st = self.inner.state.lock().await;
         for id in &ids {
             st.tasks.remove(id);
+            self.inner.uploads.let_go(id);
         }
         self.update_gauges(&st);
         ids
@@ -983,6 +993,7 @@ async fn upload_notices(inner: std::sync::Weak<Inner>, mut notices: mpsc::Receiv
             NoticeKind::PlaylistUploaded { file_name } => event::file_info(file_name),
             NoticeKind::UploadFailed { code, message } => event::upload_error(code, message),
             NoticeKind::StrandedRecovered => event::upload_stop(2),
+            NoticeKind::LeftBehind => event::upload_stop(1),
         };
         let Some(cb) = new_callback(
             &mgr.inner.config,
