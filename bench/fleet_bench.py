@@ -137,7 +137,7 @@ def main() -> int:
     ap.add_argument("--api-load", default="target/release/api-load")
     ap.add_argument("--api-seconds", type=int, default=10)
     ap.add_argument("--kills", type=int, default=10)
-    ap.add_argument("--leases", type=int, nargs="+", default=[10, 5])
+    ap.add_argument("--leases", type=int, nargs="+", default=[8, 5])
     ap.add_argument("--rooms", type=int, default=12)
     ap.add_argument("--record-seconds", type=int, default=20)
     ap.add_argument("--only", choices=["api", "failover", "placement"])

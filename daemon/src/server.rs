@@ -609,6 +609,25 @@ async fn fleet_heartbeat(
         if !fleet.holds_lease() {
             continue;
         }
+        // Fencing of the media side: a task this box runs that the
+        // database gives to another box (taken over while this box was
+        // paused or cut off) stops here within a heartbeat of waking.
+        let running = manager.running_task_ids().await;
+        let f = fleet.clone();
+        match tokio::task::spawn_blocking(move || f.tasks_lost(&running)).await {
+            Ok(Ok(lost)) => {
+                for task_id in lost {
+                    tracing::warn!(task_id = %task_id, "the database gives this task to another box: letting it go");
+                    manager.let_go(&task_id);
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "checking this box's tasks against the fleet failed")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "checking this box's tasks against the fleet failed")
+            }
+        }
         let (f, s) = (fleet.clone(), store.clone());
         let taken = tokio::task::spawn_blocking(move || {
             f.take_over_dead_rooms()

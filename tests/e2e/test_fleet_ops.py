@@ -18,7 +18,7 @@ from collections import Counter
 import pytest
 from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentCloudSDKException
 
-from kiroku_e2e import ADMIN_TOKEN, APP_ID, KIROKU_BIN, create_params, metric_value, wait_until
+from kiroku_e2e import ADMIN_TOKEN, APP_ID, KIROKU_BIN, create_params, free_port, metric_value, wait_until
 
 pytest.importorskip("aiortc", reason="pip install -r tests/e2e/requirements.txt (aiortc)")
 from test_fleet import room_users  # noqa: E402
@@ -321,3 +321,99 @@ def test_a_dead_boxs_undelivered_callbacks_are_delivered_by_a_survivor(kiroku, p
     wait_until(lambda: pg.psql(f"SELECT count(*) FROM outbox WHERE task_id = '{task}'", db) == "0",
                20, 0.2, "the outbox emptied")
     assert metric_value(b.metrics_text(), "kiroku_callbacks_delivered_total") >= len(types)
+
+
+def test_postgresql_restarted_under_load_costs_retries_never_a_recording(kiroku, pg, receiver):
+    """Two boxes, one recording a room. PostgreSQL is stopped for 8 s (past
+    the 4 s lease) and started again. While it is away a Create answers
+    InternalError with a retry hint within seconds and a WHIP offer for a
+    new room 503 with Retry-After; the recording goes on. Once it is back
+    both boxes heartbeat again and neither takes the other's rooms (a box
+    takes a dead box's room only after holding its own lease for a whole
+    lease): no 306, the task is still its box's and ends normally."""
+    import requests
+    from independent_publisher import whip_url
+    from recording import publish, task_files
+    db = "fleet_pg_restart"
+    a, b = fleet(kiroku, pg, db, 2, callback_url=receiver.url, recording={"segment_seconds": 2})
+    room = 9991
+    task = a.sdk().create(create_params(room=str(room), max_idle=120))
+    p = publish(b, room, "lou", "--reconnect", "--fps", "10", duration=90)
+    try:
+        receiver.wait_event(task, 307, 30)
+        segments = lambda: len(list(task_files(a, task).glob("*.ts")))  # noqa: E731
+        before = segments()
+        pg.stop()
+        try:
+            started = time.monotonic()
+            with pytest.raises(TencentCloudSDKException) as failed:
+                b.sdk().create(create_params(room="9992", max_idle=120))
+            assert time.monotonic() - started < 8
+            assert failed.value.get_code().startswith("InternalError"), failed.value
+            assert "retry" in failed.value.get_message(), failed.value
+            r = requests.post(whip_url(b.url, APP_ID, 9993, "new"), data=b"v=0\r\n",
+                              headers={"Content-Type": "application/sdp"}, allow_redirects=False, timeout=10)
+            assert r.status_code == 503 and r.headers.get("Retry-After"), (r.status_code, r.text)
+            time.sleep(8 - (time.monotonic() - started))
+            during = segments()
+            assert during >= before + 2, f"recording went on while the database was away: {before} -> {during}"
+        finally:
+            pg.start()
+        alive = "SELECT count(*) FROM nodes WHERE heartbeat_at > now() - interval '4 seconds'"
+        wait_until(lambda: pg.psql(alive, db) == "2", 20, 0.2, "both boxes heartbeat again")
+        time.sleep(6)  # past a whole lease: a takeover would have happened by now
+        assert 306 not in [c.event_type for c in receiver.delivered(task)]
+        assert owner_of(pg, db, task) == f"{db}-0"
+        assert b.sdk().describe(task)["Status"] == "InProgress"
+        assert segments() > during
+    finally:
+        p.send_signal(signal.SIGINT)
+        p.communicate(timeout=30)
+    b.sdk().delete(task)
+    receiver.wait_event(task, 302, 60)
+
+
+def test_the_browser_publish_page_follows_its_room_through_a_drain(kiroku, pg, tmp_path):
+    """tests/whip/publish.html with reconnect=1 in headless Chromium,
+    pointed at box b for a room box a records: fetch follows the 307 to a.
+    Box a is drained: it closes the session (DTLS close_notify), the page
+    publishes again through b, and lands on b, the room's new owner."""
+    import http.server
+    import os
+    import threading
+    from functools import partial
+    from independent_publisher import whip_url
+    from kiroku_e2e import REPO
+    from test_whip import CHROMIUM, _Quiet
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (tests/run-all.sh installs it)")
+    db = "fleet_page"
+    a, b = fleet(kiroku, pg, db, 2)
+    room = 9995
+    task = a.sdk().create(create_params(room=str(room), max_idle=120))
+    assert owner_of(pg, db, task) == f"{db}-0"
+    page_port = free_port()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", page_port),
+                                             partial(_Quiet, directory=str(REPO / "tests" / "whip")))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{page_port}/publish.html?reconnect=1&whip={whip_url(b.url, APP_ID, room, 'web')}"
+    chrome = subprocess.Popen(
+        [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+         "--disable-quic", f"--user-data-dir={tmp_path / 'chrome'}", "--use-fake-device-for-media-stream",
+         "--use-fake-ui-for-media-stream", "--allow-loopback-in-peer-connection", "--enable-logging=stderr", url],
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "chrome.log", "wb"), start_new_session=True)
+    try:
+        wait_until(lambda: room_users(a, room) == ["web"], 45, 0.3, "the page publishing on a, via b's 307")
+        drained = time.monotonic()
+        report = drain(a)
+        assert [r["to"] for r in report["rooms"]] == [f"{db}-1"], report
+        wait_until(lambda: room_users(b, room) == ["web"], 30, 0.3, "the page publishing again, on b")
+        print(f"browser page: publishing on b {time.monotonic() - drained:.1f} s after the drain began")
+    except AssertionError:
+        print((tmp_path / "chrome.log").read_text(errors="replace")[-3000:])
+        raise
+    finally:
+        os.killpg(chrome.pid, signal.SIGKILL)
+        chrome.wait(10)
+        server.shutdown()

@@ -54,6 +54,8 @@ pub enum FleetError {
     LeaseLapsed,
     #[error("every live box of the fleet runs as many tasks as its limits.max_tasks")]
     Full,
+    #[error("the room's box is dead and this box has held its lease for less than a lease (just started, or the database was away): it takes no dead box's room yet; retry shortly")]
+    Settling,
 }
 
 /// Where a task or a room's work goes.
@@ -141,6 +143,12 @@ impl Fleet {
         self.lease().holds(Instant::now())
     }
 
+    /// Whether this box may take rooms from boxes it believes dead
+    /// (`Lease::settled`).
+    fn settled(&self) -> bool {
+        self.lease().settled(Instant::now())
+    }
+
     /// Whether a drain of this box has begun.
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
@@ -174,7 +182,7 @@ impl Fleet {
         if !self.holds_lease() {
             return Err(FleetError::LeaseLapsed);
         }
-        if self.draining() {
+        if self.draining() || !self.settled() {
             return Ok(Vec::new());
         }
         let lease_s = self.lease().duration().as_secs_f64();
@@ -229,7 +237,7 @@ impl Fleet {
     /// moment are skipped) and returns them, in order, to be delivered
     /// from this box (blocking).
     pub fn take_over_dead_outbox(&self) -> Result<Vec<crate::state::OutboxEntry>, FleetError> {
-        if !self.holds_lease() || self.draining() {
+        if !self.settled() || self.draining() {
             return Ok(Vec::new());
         }
         let lease_s = self.lease().duration().as_secs_f64();
@@ -271,26 +279,54 @@ impl Fleet {
         }
         let lease_s = self.lease().duration().as_secs_f64();
         let me = self.node_id.as_str();
+        // A room of a box believed dead is taken only by a settled box; an
+        // unsettled one (just started, or back from a database outage)
+        // claims only rooms nobody owns.
+        let may_take = self.settled();
         let owner = self.conn.run(|c| {
+            // One statement: a row back means the room is this box's now.
+            // Its commit does not wait for the disk (synchronous_commit
+            // off): a Create's task commit, which does, comes after it in
+            // the WAL and flushes it too; a claim that no durable commit
+            // follows (a WHIP offer) may be forgotten by a crash of
+            // PostgreSQL itself, which leaves the room unowned, to be
+            // claimed again by the next offer.
             let mut txn = c.transaction().map_err(pg_err)?;
-            txn.execute(
-                "INSERT INTO rooms (sdk_app_id, room_id, owner, epoch) VALUES ($1, $2, $3, 1)
-                 ON CONFLICT (sdk_app_id, room_id) DO UPDATE
-                   SET owner = EXCLUDED.owner, epoch = rooms.epoch + 1, claimed_at = now()
-                 WHERE rooms.owner <> EXCLUDED.owner
-                   AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = rooms.owner
-                                   AND n.heartbeat_at > now() - make_interval(secs => $4))",
-                &[&i64::from(sdk_app_id), &room, &me, &lease_s],
-            )
-            .map_err(pg_err)?;
-            let row = txn
-                .query_one(
-                    "SELECT r.owner, r.epoch, coalesce(n.advertise_url, '')
-                     FROM rooms r LEFT JOIN nodes n ON n.node_id = r.owner
-                     WHERE r.sdk_app_id = $1 AND r.room_id = $2",
-                    &[&i64::from(sdk_app_id), &room],
+            txn.batch_execute("SET LOCAL synchronous_commit TO OFF")
+                .map_err(pg_err)?;
+            let claimed = txn
+                .query_opt(
+                    "INSERT INTO rooms (sdk_app_id, room_id, owner, epoch) VALUES ($1, $2, $3, 1)
+                     ON CONFLICT (sdk_app_id, room_id) DO UPDATE
+                       SET owner = EXCLUDED.owner, epoch = rooms.epoch + 1, claimed_at = now()
+                     WHERE rooms.owner <> EXCLUDED.owner AND $5
+                       AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = rooms.owner
+                                       AND n.heartbeat_at > now() - make_interval(secs => $4))
+                     RETURNING epoch",
+                    &[&i64::from(sdk_app_id), &room, &me, &lease_s, &may_take],
                 )
                 .map_err(pg_err)?;
+            let row = match claimed {
+                Some(r) => {
+                    txn.commit().map_err(pg_err)?;
+                    let epoch: i64 = r.get(0);
+                    return Ok(RoomOwner {
+                        mine: true,
+                        node_id: me.to_owned(),
+                        advertise_url: self.advertise_url.clone(),
+                        epoch: u64::try_from(epoch).unwrap_or(0),
+                    });
+                }
+                // Already this box's, or another's.
+                None => txn
+                    .query_one(
+                        "SELECT r.owner, r.epoch, coalesce(n.advertise_url, '')
+                         FROM rooms r LEFT JOIN nodes n ON n.node_id = r.owner
+                         WHERE r.sdk_app_id = $1 AND r.room_id = $2",
+                        &[&i64::from(sdk_app_id), &room],
+                    )
+                    .map_err(pg_err)?,
+            };
             txn.commit().map_err(pg_err)?;
             let node_id: String = row.get(0);
             let epoch: i64 = row.get(1);
@@ -314,38 +350,46 @@ impl Fleet {
         }
         let lease_s = self.lease().duration().as_secs_f64();
         let app = i64::from(sdk_app_id);
+        // One round trip: the live owner if there is one, else the box
+        // with the most free slots.
         let target = self.conn.run(|c| {
-            let owner = c
+            let row = c
                 .query_opt(
-                    "SELECT r.owner, n.advertise_url FROM rooms r JOIN nodes n ON n.node_id = r.owner
-                     WHERE r.sdk_app_id = $1 AND r.room_id = $2
-                       AND n.heartbeat_at > now() - make_interval(secs => $3)",
+                    "WITH owner AS (
+                         SELECT r.owner AS node_id, n.advertise_url FROM rooms r
+                         JOIN nodes n ON n.node_id = r.owner
+                         WHERE r.sdk_app_id = $1 AND r.room_id = $2
+                           AND n.heartbeat_at > now() - make_interval(secs => $3)),
+                     roomiest AS (
+                         SELECT n.node_id, n.advertise_url FROM nodes n
+                         LEFT JOIN (SELECT node_id, count(*) AS tasks FROM tasks GROUP BY node_id) t
+                           ON t.node_id = n.node_id
+                         LEFT JOIN (SELECT owner, count(*) AS rooms FROM rooms GROUP BY owner) r
+                           ON r.owner = n.node_id
+                         WHERE n.heartbeat_at > now() - make_interval(secs => $3) AND NOT n.draining
+                           AND n.capacity > coalesce(t.tasks, 0)
+                         ORDER BY n.capacity - coalesce(t.tasks, 0) DESC, coalesce(r.rooms, 0), n.node_id
+                         LIMIT 1)
+                     SELECT node_id, advertise_url, true FROM owner
+                     UNION ALL
+                     SELECT node_id, advertise_url, false FROM roomiest WHERE NOT EXISTS (SELECT 1 FROM owner)
+                     LIMIT 1",
                     &[&app, &room, &lease_s],
                 )
                 .map_err(pg_err)?;
-            if let Some(o) = owner {
-                return Ok(Some((o.get::<_, String>(0), o.get::<_, String>(1))));
-            }
-            let roomiest = c
-                .query_opt(
-                    "SELECT n.node_id, n.advertise_url FROM nodes n
-                     LEFT JOIN (SELECT node_id, count(*) AS tasks FROM tasks GROUP BY node_id) t
-                       ON t.node_id = n.node_id
-                     LEFT JOIN (SELECT owner, count(*) AS rooms FROM rooms GROUP BY owner) r
-                       ON r.owner = n.node_id
-                     WHERE n.heartbeat_at > now() - make_interval(secs => $1) AND NOT n.draining
-                       AND n.capacity > coalesce(t.tasks, 0)
-                     ORDER BY n.capacity - coalesce(t.tasks, 0) DESC, coalesce(r.rooms, 0), n.node_id
-                     LIMIT 1",
-                    &[&lease_s],
-                )
-                .map_err(pg_err)?;
-            Ok(roomiest.map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))))
+            Ok(row.map(|r| (r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, bool>(2))))
         })?;
         match target {
             None => Err(FleetError::Full),
-            Some((node_id, _)) if node_id == self.node_id => {
+            // Already this box's room: nothing to claim.
+            Some((node_id, _, true)) if node_id == self.node_id => Ok(Placement::Here),
+            Some((node_id, _, _)) if node_id == self.node_id => {
+                let settled = self.settled();
                 let owner = self.claim_room(sdk_app_id, room)?;
+                if !owner.mine && !settled {
+                    // Most likely the dead owner, still on the row.
+                    return Err(FleetError::Settling);
+                }
                 Ok(if owner.mine {
                     Placement::Here
                 } else {
@@ -355,7 +399,7 @@ impl Fleet {
                     }
                 })
             }
-            Some((node_id, advertise_url)) => Ok(Placement::There {
+            Some((node_id, advertise_url, _)) => Ok(Placement::There {
                 node_id,
                 advertise_url,
             }),
@@ -388,6 +432,26 @@ impl Fleet {
                 Some(node_id) => TaskHome::Dead { node_id },
             }
         }))
+    }
+
+    /// Which of `task_ids` (tasks this box runs) are not this box's in the
+    /// database any more: taken over while this box was cut off, or ended
+    /// by their owner (blocking).
+    pub fn tasks_lost(&self, task_ids: &[String]) -> Result<Vec<String>, FleetError> {
+        if task_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let me = self.node_id.as_str();
+        let rows = self.conn.run(|c| {
+            c.query(
+                "SELECT id FROM unnest($1::text[]) AS id
+                 WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.task_id = id
+                                   AND (t.node_id = $2 OR t.node_id IS NULL))",
+                &[&task_ids, &me],
+            )
+            .map_err(pg_err)
+        })?;
+        Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
     }
 
     /// Drain, first step: this box takes no new room (blocking).

@@ -24,7 +24,7 @@ pub struct ClusterConfig {
 }
 
 /// `cluster.lease_seconds`: the default and the range accepted.
-const DEFAULT_LEASE_SECONDS: u64 = 10;
+const DEFAULT_LEASE_SECONDS: u64 = 8;
 const LEASE_SECONDS: std::ops::RangeInclusive<u64> = 3..=120;
 
 impl ClusterConfig {

@@ -408,7 +408,21 @@ impl Manager {
     /// stop (the recorder closes its files here) and, once the task leaves
     /// the table, nothing more is committed or sent for it. Runs on its
     /// own task: the caller may hold the manager's lock.
-    fn let_go(&self, task_id: &str) {
+    /// Ids of the live tasks that are not ending (what this box claims to
+    /// run; the fleet checks them against the database).
+    pub async fn running_task_ids(&self) -> Vec<String> {
+        let st = self.inner.state.lock().await;
+        st.tasks
+            .iter()
+            .filter(|(_, l)| !matches!(l.record.state, TaskState::Exited { .. }))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Fleet mode: another box runs the task now (it took it over while
+    /// this box could not reach the database): its recorder stops and it
+    /// leaves this box, which writes nothing more for it.
+    pub fn let_go(&self, task_id: &str) {
         let (mgr, task_id) = (self.clone(), task_id.to_owned());
         tokio::spawn(async move {
             let mut st = mgr.inner.state.lock().await;
