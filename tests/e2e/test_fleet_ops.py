@@ -219,8 +219,11 @@ def test_a_killed_box_loses_at_most_a_second_and_a_half_per_track(kiroku, pg, re
             assert any(shared.joinpath(task).glob("*.part")), "the open segments are journaled"
             killed_at = time.time()
             a.kill9()
-            receiver.wait_event(task, 306, 20)
+            resumed = receiver.wait_event(task, 306, 20)
+            assert resumed.payload == {"Status": 0}, resumed.payload
+            time.sleep(6)  # the publisher (reconnected to b) records on b
         finally:
+            stopped_at = time.time()
             p.send_signal(signal.SIGINT)
             p.communicate(timeout=30)
         assert "open segment recovered from the journal" in b.log_text()
@@ -240,6 +243,20 @@ def test_a_killed_box_loses_at_most_a_second_and_a_half_per_track(kiroku, pg, re
         print(f"kill -9 mid-segment: lost {', '.join(f'{k} {v:.2f} s' for k, v in losses.items())}")
         assert all(v <= 1.5 for v in losses.values()), losses
         assert all(v > -0.5 for v in losses.values()), f"recorded past the kill? {losses}"
+        # The whole video recording, both runs: the wall time from its first
+        # media to the publisher's stop, less the failover gap (from the end
+        # of the first run's media to the first media on b).
+        videos = sorted((n for n in named if n.endswith("_video.m3u8")), key=lambda n: n.startswith("ha"))
+        runs = [parse_playlist(tmp_path / n) for n in videos]
+        assert len(runs) == 2 and videos[1].startswith("ha1_"), videos
+        first_end = runs[0].start_rec_time / 1000 + sum(d for d, _, _ in runs[0].segments)
+        gap = runs[1].start_rec_time / 1000 - first_end
+        wall = stopped_at - runs[0].start_rec_time / 1000
+        recorded = sum(d for pl in runs for d, _, _ in pl.segments)
+        print(f"kill -9: gap {gap:.2f} s (kill to media on b {runs[1].start_rec_time / 1000 - killed_at:.2f} s); "
+              f"recorded {recorded:.2f} s of {wall:.2f} s wall")
+        assert gap < 15, gap
+        assert abs(recorded - (wall - gap)) <= 1.0, (recorded, wall, gap)
     finally:
         moto.stop()
 
