@@ -26,6 +26,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use postgres::types::Type;
+
 use crate::config::ClusterConfig;
 use crate::state::postgres::{pg_err, Connection};
 use crate::state::StoreError;
@@ -284,18 +286,10 @@ impl Fleet {
         // claims only rooms nobody owns.
         let may_take = self.settled();
         let owner = self.conn.run(|c| {
-            // One statement: a row back means the room is this box's now.
-            // Its commit does not wait for the disk (synchronous_commit
-            // off): a Create's task commit, which does, comes after it in
-            // the WAL and flushes it too; a claim that no durable commit
-            // follows (a WHIP offer) may be forgotten by a crash of
-            // PostgreSQL itself, which leaves the room unowned, to be
-            // claimed again by the next offer.
-            let mut txn = c.transaction().map_err(pg_err)?;
-            txn.batch_execute("SET LOCAL synchronous_commit TO OFF")
-                .map_err(pg_err)?;
-            let claimed = txn
-                .query_opt(
+            // One statement, committed on its own (one round trip): a row
+            // back means the room is this box's now.
+            let claimed = c
+                .query_typed_opt(
                     "INSERT INTO rooms (sdk_app_id, room_id, owner, epoch) VALUES ($1, $2, $3, 1)
                      ON CONFLICT (sdk_app_id, room_id) DO UPDATE
                        SET owner = EXCLUDED.owner, epoch = rooms.epoch + 1, claimed_at = now()
@@ -303,12 +297,17 @@ impl Fleet {
                        AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = rooms.owner
                                        AND n.heartbeat_at > now() - make_interval(secs => $4))
                      RETURNING epoch",
-                    &[&i64::from(sdk_app_id), &room, &me, &lease_s, &may_take],
+                    &[
+                        (&i64::from(sdk_app_id), Type::INT8),
+                        (&room, Type::TEXT),
+                        (&me, Type::TEXT),
+                        (&lease_s, Type::FLOAT8),
+                        (&may_take, Type::BOOL),
+                    ],
                 )
                 .map_err(pg_err)?;
             let row = match claimed {
                 Some(r) => {
-                    txn.commit().map_err(pg_err)?;
                     let epoch: i64 = r.get(0);
                     return Ok(RoomOwner {
                         mine: true,
@@ -318,7 +317,7 @@ impl Fleet {
                     });
                 }
                 // Already this box's, or another's.
-                None => txn
+                None => c
                     .query_one(
                         "SELECT r.owner, r.epoch, coalesce(n.advertise_url, '')
                          FROM rooms r LEFT JOIN nodes n ON n.node_id = r.owner
@@ -327,7 +326,6 @@ impl Fleet {
                     )
                     .map_err(pg_err)?,
             };
-            txn.commit().map_err(pg_err)?;
             let node_id: String = row.get(0);
             let epoch: i64 = row.get(1);
             Ok(RoomOwner {
@@ -354,7 +352,7 @@ impl Fleet {
         // with the most free slots.
         let target = self.conn.run(|c| {
             let row = c
-                .query_opt(
+                .query_typed_opt(
                     "WITH owner AS (
                          SELECT r.owner AS node_id, n.advertise_url FROM rooms r
                          JOIN nodes n ON n.node_id = r.owner
@@ -374,7 +372,7 @@ impl Fleet {
                      UNION ALL
                      SELECT node_id, advertise_url, false FROM roomiest WHERE NOT EXISTS (SELECT 1 FROM owner)
                      LIMIT 1",
-                    &[&app, &room, &lease_s],
+                    &[(&app, Type::INT8), (&room, Type::TEXT), (&lease_s, Type::FLOAT8)],
                 )
                 .map_err(pg_err)?;
             Ok(row.map(|r| (r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, bool>(2))))

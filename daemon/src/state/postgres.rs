@@ -27,6 +27,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use postgres::types::Type;
 use postgres::{Client, Config, NoTls};
 
 use super::{Engine, NewCallback, OutboxEntry, PutTask, StoreError};
@@ -390,8 +391,10 @@ impl Engine for Postgres {
             // neither written nor removed, and nothing of this change
             // commits: the callbacks are the new owner's to send.
             if let Some(put) = put {
+                // Typed statements (here and below): one round trip each,
+                // not three (prepare, execute, close).
                 let written = txn
-                    .execute(
+                    .execute_typed(
                         "INSERT INTO tasks (task_id, value, node_id, sdk_app_id, room_key)
                          VALUES ($1, $2, $3, $4, $5)
                          ON CONFLICT (task_id) DO UPDATE
@@ -400,11 +403,11 @@ impl Engine for Postgres {
                                updated_at = now()
                          WHERE tasks.node_id IS NULL OR tasks.node_id = EXCLUDED.node_id",
                         &[
-                            &put.task_id,
-                            &put.value,
-                            &self.node_id,
-                            &i64::from(put.sdk_app_id),
-                            &put.room_key,
+                            (&put.task_id, Type::TEXT),
+                            (&put.value, Type::BYTEA),
+                            (&self.node_id, Type::TEXT),
+                            (&i64::from(put.sdk_app_id), Type::INT8),
+                            (&put.room_key, Type::TEXT),
                         ],
                     )
                     .map_err(pg_err)?;
@@ -429,18 +432,18 @@ impl Engine for Postgres {
             let mut queued = Vec::with_capacity(callbacks.len());
             for cb in &callbacks {
                 let row = txn
-                    .query_one(
+                    .query_typed_one(
                         "INSERT INTO outbox (task_id, sdk_app_id, event_type, url, body, sign, created_ms, next_attempt_ms, node_id)
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) RETURNING seq",
                         &[
-                            &cb.task_id,
-                            &i64::from(cb.sdk_app_id),
-                            &to_i32(cb.event_type, "event_type")?,
-                            &cb.url,
-                            &cb.body,
-                            &cb.sign,
-                            &to_i64(cb.created_ms, "created_ms")?,
-                            &self.node_id,
+                            (&cb.task_id, Type::TEXT),
+                            (&i64::from(cb.sdk_app_id), Type::INT8),
+                            (&to_i32(cb.event_type, "event_type")?, Type::INT4),
+                            (&cb.url, Type::TEXT),
+                            (&cb.body, Type::TEXT),
+                            (&cb.sign, Type::TEXT),
+                            (&to_i64(cb.created_ms, "created_ms")?, Type::INT8),
+                            (&self.node_id, Type::TEXT),
                         ],
                     )
                     .map_err(pg_err)?;
