@@ -75,8 +75,11 @@ def parse_playlist(path: Path) -> Playlist:
 
 
 def ffprobe(path: Path | str, *extra: str) -> dict:
+    # A `.ts` is read as MPEG-TS, as HLS players do: a segment of a few TS
+    # packets is too short for ffprobe's format probe (see decode_clean).
+    fmt = ["-f", "mpegts"] if str(path).endswith(".ts") else []
     out = subprocess.run(
-        ["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", "-show_format", *extra, str(path)],
+        ["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", "-show_format", *extra, *fmt, str(path)],
         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, f"ffprobe {path}: {out.stderr}"
     return json.loads(out.stdout)

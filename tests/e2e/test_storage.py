@@ -222,8 +222,14 @@ def publish_for(seconds: float, *pubs: Publisher) -> None:
 
 
 def decode_clean(path: Path) -> None:
-    """`ffmpeg -v error -i <file> -f null -`: exit 0 and not one error line."""
-    r = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-f", "null", "-"],
+    """`ffmpeg -v error -i <file> -f null -`: exit 0 and not one error line.
+
+    A `.ts` is read as MPEG-TS (`-f mpegts`), as an HLS player does: a
+    segment of a few TS packets (a task's last 64 ms of audio) is too short
+    for ffmpeg's format probe, which then takes it for an MPEG program
+    stream."""
+    fmt = ["-f", "mpegts"] if path.suffix == ".ts" else []
+    r = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", *fmt, "-i", str(path), "-f", "null", "-"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and not r.stderr.strip(), f"{path.name} does not decode cleanly: {r.stderr[-2000:]}"
 
