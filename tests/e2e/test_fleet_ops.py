@@ -401,7 +401,7 @@ def test_the_browser_publish_page_follows_its_room_through_a_drain(kiroku, pg, t
     from functools import partial
     from independent_publisher import whip_url
     from kiroku_e2e import REPO
-    from test_whip import CHROMIUM, _Quiet
+    from test_whip import CHROMIUM, _Quiet, start_chromium
     if CHROMIUM is None:
         pytest.skip("Debian's chromium is not installed (tests/run-all.sh installs it)")
     db = "fleet_page"
@@ -414,12 +414,7 @@ def test_the_browser_publish_page_follows_its_room_through_a_drain(kiroku, pg, t
                                              partial(_Quiet, directory=str(REPO / "tests" / "whip")))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{page_port}/publish.html?reconnect=1&whip={whip_url(b.url, APP_ID, room, 'web')}"
-    chrome = subprocess.Popen(
-        [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-         "--disable-quic", f"--user-data-dir={tmp_path / 'chrome'}", "--use-fake-device-for-media-stream",
-         "--use-fake-ui-for-media-stream", "--allow-loopback-in-peer-connection", "--enable-logging=stderr", url],
-        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "chrome.log", "wb"), start_new_session=True)
+    chrome = start_chromium(url, tmp_path)
     try:
         wait_until(lambda: room_users(a, room) == ["web"], 45, 0.3, "the page publishing on a, via b's 307")
         drained = time.monotonic()

@@ -289,6 +289,17 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+def start_chromium(url: str, tmp_path: Path) -> subprocess.Popen:
+    """Headless Chromium on `url` with the fake camera and microphone, in a
+    session of its own (kill it with os.killpg); its log in tmp_path/chrome.log."""
+    return subprocess.Popen(
+        [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+         "--disable-quic", f"--user-data-dir={tmp_path / 'chrome'}", "--use-fake-device-for-media-stream",
+         "--use-fake-ui-for-media-stream", "--allow-loopback-in-peer-connection", "--enable-logging=stderr", url],
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "chrome.log", "wb"), start_new_session=True)
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (tests/run-all.sh installs it)")
 def test_headless_chromium_publishes_h264_and_opus(whipd, tmp_path):
     page_port = free_port()
@@ -297,12 +308,7 @@ def test_headless_chromium_publishes_h264_and_opus(whipd, tmp_path):
     room, user = 4109, "browser"
     # The page is on another origin than the daemon: CORS is exercised for real.
     url = f"http://127.0.0.1:{page_port}/publish.html?whip={whip_url(whipd, room, user)}"
-    chrome = subprocess.Popen(
-        [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-         "--disable-quic", f"--user-data-dir={tmp_path / 'chrome'}", "--use-fake-device-for-media-stream",
-         "--use-fake-ui-for-media-stream", "--allow-loopback-in-peer-connection", "--enable-logging=stderr", url],
-        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "chrome.log", "wb"), start_new_session=True)
+    chrome = start_chromium(url, tmp_path)
     try:
         def flowing():
             u = user_status(whipd, room, user)
