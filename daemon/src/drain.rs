@@ -50,7 +50,7 @@ pub enum DrainError {
     #[error("a drain is already under way")]
     AlreadyDraining,
     #[error("the fleet's database: {0}")]
-    Fleet(String),
+    Fleet(#[from] crate::cluster::FleetError),
 }
 
 pub struct Drainer {
@@ -82,21 +82,10 @@ impl Drainer {
         }
     }
 
-    async fn fleet_call<T: Send + 'static>(
-        fleet: &Arc<Fleet>,
-        call: impl FnOnce(&Fleet) -> Result<T, crate::cluster::FleetError> + Send + 'static,
-    ) -> Result<T, DrainError> {
-        let f = fleet.clone();
-        tokio::task::spawn_blocking(move || call(&f))
-            .await
-            .map_err(|e| DrainError::Fleet(e.to_string()))?
-            .map_err(|e| DrainError::Fleet(e.to_string()))
-    }
-
     /// Hands every room on, then tells the process to exit.
     pub async fn drain(&self) -> Result<DrainReport, DrainError> {
         let fleet = self.fleet.as_ref().ok_or(DrainError::NotInFleet)?;
-        if Self::fleet_call(fleet, |f| f.other_live_boxes()).await? == 0 {
+        if fleet.call(|f| f.other_live_boxes()).await? == 0 {
             return Err(DrainError::NoOtherBox);
         }
         if self.started.swap(true, std::sync::atomic::Ordering::SeqCst) {
@@ -117,7 +106,7 @@ impl Drainer {
                 return Err(e);
             }
         };
-        Self::fleet_call(fleet, |f| f.leave()).await?;
+        fleet.call(|f| f.leave()).await?;
         report.seconds = began.elapsed().as_secs_f64();
         tracing::warn!(
             rooms = report.rooms.len(),
@@ -129,13 +118,13 @@ impl Drainer {
     }
 
     async fn hand_over_all(&self, fleet: &Arc<Fleet>) -> Result<DrainReport, DrainError> {
-        Self::fleet_call(fleet, |f| f.start_draining()).await?;
-        let rooms = Self::fleet_call(fleet, |f| f.rooms_owned()).await?;
+        fleet.call(|f| f.start_draining()).await?;
+        let rooms = fleet.call(|f| f.rooms_owned()).await?;
         let mut report = DrainReport::default();
         for (app, room) in rooms {
             let tasks = self.manager.hand_off_room(app, &room, self.grace).await;
             let r = room.clone();
-            let to = Self::fleet_call(fleet, move |f| f.hand_over_room(app, &r)).await?;
+            let to = fleet.call(move |f| f.hand_over_room(app, &r)).await?;
             let publishers = self.ingest.end_room(app, &room);
             tracing::info!(sdk_app_id = app, room = %room, to = ?to, tasks = tasks.len(), publishers, "drain: room handed over");
             report.rooms.push(RoomHandOver {

@@ -593,17 +593,9 @@ async fn fleet_heartbeat(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let f = fleet.clone();
-        match tokio::task::spawn_blocking(move || f.heartbeat()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                failures.inc();
-                tracing::warn!(error = %e, "fleet heartbeat failed");
-            }
-            Err(e) => {
-                failures.inc();
-                tracing::warn!(error = %e, "fleet heartbeat task failed");
-            }
+        if let Err(e) = fleet.call(|f| f.heartbeat().map_err(Into::into)).await {
+            failures.inc();
+            tracing::warn!(error = %e, "fleet heartbeat failed");
         }
         held.set(i64::from(fleet.holds_lease()));
         if !fleet.holds_lease() {
@@ -613,51 +605,41 @@ async fn fleet_heartbeat(
         // database gives to another box (taken over while this box was
         // paused or cut off) stops here within a heartbeat of waking.
         let running = manager.running_task_ids().await;
-        let f = fleet.clone();
-        match tokio::task::spawn_blocking(move || f.tasks_lost(&running)).await {
-            Ok(Ok(lost)) => {
+        match fleet.call(move |f| f.tasks_lost(&running)).await {
+            Ok(lost) => {
                 for task_id in lost {
                     tracing::warn!(task_id = %task_id, "the database gives this task to another box: letting it go");
                     manager.let_go(&task_id);
                 }
             }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "checking this box's tasks against the fleet failed")
-            }
             Err(e) => {
                 tracing::warn!(error = %e, "checking this box's tasks against the fleet failed")
             }
         }
-        let (f, s) = (fleet.clone(), store.clone());
-        let taken = tokio::task::spawn_blocking(move || {
-            f.take_over_dead_rooms()
-                .map(|values| s.open_records(values))
-        })
-        .await;
-        match taken {
-            Ok(Ok(records)) if !records.is_empty() => {
+        let s = store.clone();
+        match fleet
+            .call(move |f| f.take_over_dead_rooms().map(|v| s.open_records(v)))
+            .await
+        {
+            Ok(records) if !records.is_empty() => {
                 tracing::warn!(tasks = records.len(), "resuming the tasks of a dead box");
                 manager
                     .adopt(records, "task taken over from a dead box")
                     .await;
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "taking over dead boxes' rooms failed"),
+            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "taking over dead boxes' rooms failed"),
         }
-        let f = fleet.clone();
-        match tokio::task::spawn_blocking(move || f.take_over_dead_outbox()).await {
-            Ok(Ok(entries)) => outbox.queued(entries),
-            Ok(Err(e)) => tracing::warn!(error = %e, "taking over dead boxes' callbacks failed"),
+        match fleet.call(|f| f.take_over_dead_outbox()).await {
+            Ok(entries) => outbox.queued(entries),
             Err(e) => tracing::warn!(error = %e, "taking over dead boxes' callbacks failed"),
         }
-        let (f, s) = (fleet.clone(), store.clone());
-        let handed = tokio::task::spawn_blocking(move || {
-            f.take_handed_over().map(|values| s.open_records(values))
-        })
-        .await;
-        match handed {
-            Ok(Ok(records)) if !records.is_empty() => {
+        let s = store.clone();
+        match fleet
+            .call(move |f| f.take_handed_over().map(|v| s.open_records(v)))
+            .await
+        {
+            Ok(records) if !records.is_empty() => {
                 tracing::info!(
                     tasks = records.len(),
                     "resuming the tasks a draining box handed over"
@@ -666,8 +648,7 @@ async fn fleet_heartbeat(
                     .adopt(records, "task handed over by a draining box")
                     .await;
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "picking up handed-over tasks failed"),
+            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "picking up handed-over tasks failed"),
         }
     }

@@ -83,24 +83,20 @@ enum Outcome {
     Relayed(Response, String),
 }
 
-/// Runs a blocking fleet query off the runtime.
+/// A fleet call, its failure as the API's error.
 async fn fleet_call<T: Send + 'static>(
     fleet: &Arc<crate::cluster::Fleet>,
     call: impl FnOnce(&crate::cluster::Fleet) -> Result<T, crate::cluster::FleetError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let f = fleet.clone();
-    tokio::task::spawn_blocking(move || call(&f))
-        .await
-        .map_err(|e| ApiError::internal(format!("the fleet's database call failed: {e}; retry")))?
-        .map_err(|e| match e {
-            crate::cluster::FleetError::Full => ApiError::new(
-                codes::RESTRICTED_CONCURRENCY,
-                format!("{e}: stop a task or add a box"),
-            ),
-            e => ApiError::internal(format!(
-                "the fleet cannot answer now ({e}); retry with the same parameters"
-            )),
-        })
+    fleet.call(call).await.map_err(|e| match e {
+        crate::cluster::FleetError::Full => ApiError::new(
+            codes::RESTRICTED_CONCURRENCY,
+            format!("{e}: stop a task or add a box"),
+        ),
+        e => ApiError::internal(format!(
+            "the fleet cannot answer now ({e}); retry with the same parameters"
+        )),
+    })
 }
 
 /// Fleet mode: where a Create goes: this box (its room claimed), or the

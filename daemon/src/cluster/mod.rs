@@ -23,7 +23,7 @@
 //!   (`handed_over`), which picks them up at its next heartbeat.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use postgres::types::Type;
@@ -130,6 +130,21 @@ impl Fleet {
 
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// Runs a (blocking) fleet call off the async runtime.
+    pub async fn call<T: Send + 'static>(
+        self: &Arc<Self>,
+        op: impl FnOnce(&Fleet) -> Result<T, FleetError> + Send + 'static,
+    ) -> Result<T, FleetError> {
+        let fleet = self.clone();
+        tokio::task::spawn_blocking(move || op(&fleet))
+            .await
+            .unwrap_or_else(|e| {
+                Err(FleetError::Store(StoreError::Postgres(format!(
+                    "a fleet call did not finish: {e}"
+                ))))
+            })
     }
 
     fn lease(&self) -> std::sync::MutexGuard<'_, Lease> {

@@ -35,7 +35,7 @@ use axum::Router;
 use super::{offer, random_token, Command, Ingest, NewPeer, SessionEntry};
 use crate::api::validate;
 use crate::auth::usersig;
-use crate::cluster::{Fleet, FleetError, Placement};
+use crate::cluster::{Fleet, Placement};
 use crate::config::{Config, OfferLimits};
 use crate::ratelimit::RateLimiter;
 use crate::room::RoomKey;
@@ -212,14 +212,8 @@ async fn to_the_owner(
     room: &str,
     uri: &axum::http::Uri,
 ) -> Option<Response> {
-    let (f, r) = (fleet.clone(), room.to_owned());
-    let placed = tokio::task::spawn_blocking(move || f.place_room(sdk_app_id, &r))
-        .await
-        .unwrap_or_else(|e| {
-            Err(FleetError::Store(crate::state::StoreError::Postgres(
-                e.to_string(),
-            )))
-        });
+    let r = room.to_owned();
+    let placed = fleet.call(move |f| f.place_room(sdk_app_id, &r)).await;
     match placed {
         Ok(Placement::Here) => None,
         Ok(Placement::There { node_id, advertise_url }) if advertise_url.is_empty() => Some(refused(
