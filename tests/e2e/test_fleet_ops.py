@@ -329,10 +329,15 @@ def test_a_dead_boxs_undelivered_callbacks_are_delivered_by_a_survivor(kiroku, p
     a.sdk().delete(task)
     rows = f"SELECT count(*) FROM outbox WHERE task_id = '{task}' AND node_id = '{db}-0'"
     wait_until(lambda: int(pg.psql(rows, db)) >= 2, 20, 0.2, "301 and 302 waiting as a's rows")
+    # The task has ended (its row is gone) once every callback it sends is
+    # queued: the last (305) may come after the 302.
+    wait_until(lambda: pg.psql(f"SELECT count(*) FROM tasks WHERE task_id = '{task}'", db) == "0",
+               20, 0.2, "the task ended on a")
     queued = pg.psql(f"SELECT string_agg(event_type::text, ',' ORDER BY seq) FROM outbox WHERE task_id = '{task}'", db)
     a.kill9()
     receiver.start()
-    receiver.wait_event(task, 302, 40)
+    wait_until(lambda: len(receiver.delivered(task)) >= len(queued.split(",")), 40, 0.2,
+               "every queued callback delivered by b")
     types = [str(c.event_type) for c in receiver.delivered(task)]
     assert types == queued.split(","), (types, queued)
     wait_until(lambda: pg.psql(f"SELECT count(*) FROM outbox WHERE task_id = '{task}'", db) == "0",
