@@ -11,6 +11,13 @@ docs/performance.md.
 3. Placement and recording: three boxes (max_tasks 100 each), `--rooms`
    rooms, each with a task and one publisher (`kiroku publish`, 320x180 at
    10 fps); every task must write segments; prints where the tasks went.
+4. The cost of a shared folder (`cluster.shared_dir`): a recording task
+   with a publisher and a bucket (moto), its box killed `--shared-kills`
+   times, three ways in the same run: each box's own disk; a shared
+   folder; a shared folder with the bucket cut off for 6 s before the
+   kill (a backlog in the dead box's spool, which the survivor uploads
+   before it resumes). Prints the time from the kill to the 306, the
+   files the survivor uploaded for the dead box, and the media lost.
 
 Usage (after `cargo build --release -p kiroku -p kiroku-bench`):
     .venv/bin/python bench/fleet_bench.py --kiroku target/release/kiroku \\
@@ -46,7 +53,8 @@ def boxes(kiroku: str, work: Path, url: str, n: int, lease: int, receiver: Callb
         port = free_port()
         cfg = base_config(work / f"{prefix}{i}" / "data", port, receiver.url)
         cfg = deep_merge(cfg, {"cluster": {"postgres_url": url, "node_id": f"{prefix}{i}", "lease_seconds": lease},
-                               "log": {"level": "warn"}, **extra})
+                               "log": {"level": "warn"}})
+        cfg = deep_merge(cfg, extra)
         d = Daemon(work / f"{prefix}{i}", cfg, name=f"{prefix}{i}")
         out.append(d.start())
     return out
@@ -131,6 +139,84 @@ def placement(args, pg: PgCluster, work: Path) -> None:
         receiver.stop()
 
 
+def shared_folder(args, pg: PgCluster, work: Path) -> None:
+    from test_storage import BUCKET, Moto, Relay, cloud_storage, storage_config
+    print(f"\n## 4. A shared folder: {args.shared_kills} kills each way, 3 boxes, lease 8 s, 2 s segments")
+    print(f"{'way':<16} {'kills':>5} {'306 median s':>13} {'max s':>6} {'files taken':>12} {'lost median s':>14}")
+    moto = Moto()
+    moto.client.create_bucket(Bucket=BUCKET)
+    try:
+        for way in ("own disk", "shared", "shared+backlog"):
+            relay = Relay(moto.port)
+            receiver = CallbackReceiver()
+            receiver.start()
+            db = "bench_shared_" + way.replace(" ", "_").replace("+", "_")
+            extra = {"storage": storage_config(relay.port), "recording": {"segment_seconds": 2}}
+            if way != "own disk":
+                extra["cluster"] = {"shared_dir": str(work / db)}
+            fleet = boxes(args.kiroku, work, pg.create_db(db), 3, 8, receiver, db + "-", **extra)
+            by_node = {d.config["cluster"]["node_id"]: d for d in fleet}
+            times, taken, lost = [], 0.0, []
+            try:
+                for k in range(args.shared_kills):
+                    room = 90000 + k
+                    task = fleet[0].sdk().create(create_params(room=str(room), max_idle=600,
+                                                               StorageParams=cloud_storage(["sf"])))
+                    pub = subprocess.Popen(
+                        [args.kiroku, "publish", "--url", fleet[0].url, "--room", str(room), "--user", "u",
+                         "--duration", "120", "--reconnect", "--fps", "15"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    try:
+                        receiver.wait_event(task, 304, 30)
+                        victim = by_node[pg.psql(f"SELECT node_id FROM tasks WHERE task_id = '{task}'", db)]
+                        if way == "shared+backlog":
+                            relay.cut()
+                        time.sleep(6.3)
+                        killed = time.monotonic()
+                        killed_wall = time.time()
+                        victim.kill9()
+                        relay.restore()
+                        receiver.wait_event(task, 306, 40)
+                        times.append(time.monotonic() - killed)
+                    finally:
+                        pub.send_signal(signal.SIGINT)
+                        pub.wait(30)
+                    fleet[0 if victim is not fleet[0] else 1].sdk().delete(task)
+                    receiver.wait_event(task, 305, 60)
+                    lost.append(first_run_loss(moto, f"sf/{task}", killed_wall))
+                    victim.start()
+                    wait_until(lambda: pg.psql("SELECT count(*) FROM nodes WHERE heartbeat_at > now() - "
+                                               "interval '8 seconds'", db) == "3", 30, 0.2, "3 boxes alive")
+                for d in fleet:
+                    text = d.metrics_text()
+                    taken += sum(float(line.split()[-1]) for line in text.splitlines()
+                                 if line.startswith("kiroku_upload_taken_over_files_total"))
+            finally:
+                for d in fleet:
+                    if d.running:
+                        d.stop()
+                receiver.stop()
+                relay.cut()
+            print(f"{way:<16} {len(times):>5} {statistics.median(times):>13.2f} {max(times):>6.2f} "
+                  f"{taken:>12.0f} {statistics.median(lost):>14.2f}  " + " ".join(f"{t:.1f}" for t in times))
+    finally:
+        moto.stop()
+
+
+def first_run_loss(moto, folder: str, killed_wall: float) -> float:
+    """Seconds between the kill and the end of the first run's video in the
+    bucket (the playlist's start time plus its segments' durations)."""
+    from recording import parse_playlist
+    objects = moto.objects(folder + "/")
+    names = [k for k in objects if k.endswith("_video.m3u8") and "/ha" not in k]
+    if not names:
+        return float("nan")
+    path = Path(tempfile.mkdtemp()) / "first.m3u8"
+    path.write_bytes(objects[names[0]])
+    pl = parse_playlist(path)
+    return killed_wall - (pl.start_rec_time / 1000 + sum(d for d, _, _ in pl.segments))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kiroku", default="target/release/kiroku")
@@ -140,7 +226,8 @@ def main() -> int:
     ap.add_argument("--leases", type=int, nargs="+", default=[8, 5])
     ap.add_argument("--rooms", type=int, default=12)
     ap.add_argument("--record-seconds", type=int, default=20)
-    ap.add_argument("--only", choices=["api", "failover", "placement"])
+    ap.add_argument("--shared-kills", type=int, default=5)
+    ap.add_argument("--only", choices=["api", "failover", "placement", "shared"])
     args = ap.parse_args()
     pg = PgCluster()
     work = Path(tempfile.mkdtemp(prefix="kiroku-fleet-bench-"))
@@ -151,6 +238,8 @@ def main() -> int:
             failover(args, pg, work)
         if args.only in (None, "placement"):
             placement(args, pg, work)
+        if args.only in (None, "shared"):
+            shared_folder(args, pg, work)
     finally:
         pg.close()
     return 0

@@ -115,12 +115,19 @@ fn kiroku_run(
     rt.block_on(async {
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
         tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        std::fs::create_dir_all(&dir)?;
+        let sealer = std::sync::Arc::new(kiroku::sealing::Sealer::none());
+        let state = std::sync::Arc::new(kiroku::state::StateStore::open(
+            &dir.join("state.redb"),
+            sealer.clone(),
+        )?);
         let uploads = UploadService::open(
             &dir,
             &config.storage,
             &Metrics::new(),
             tx,
-            std::sync::Arc::new(kiroku::sealing::Sealer::none()),
+            sealer,
+            kiroku::output::uploader::TargetBook::this_box(state),
         )?;
         let task = format!("bench{round}");
         let storage = CloudStorage {

@@ -392,10 +392,28 @@ pub async fn run(
         source,
     })?;
     let vod_dir = config.data_dir.join("vod");
-    let vod = Arc::new(VodStore::open(&vod_dir).map_err(|e| ServerError::DataDir {
-        path: vod_dir.display().to_string(),
-        source: std::io::Error::other(e.to_string()),
-    })?);
+    let vod = {
+        let (dir, fleet_store) = (vod_dir.clone(), fleet.as_ref().map(|_| store.clone()));
+        let (node_id, public_url) = (
+            config.cluster.node_id.clone(),
+            config.server.public_url.clone(),
+        );
+        // Fleet mode: the VOD records also go to PostgreSQL (blocking).
+        tokio::task::spawn_blocking(move || {
+            let vod = VodStore::open(&dir)?;
+            match fleet_store {
+                Some(store) => vod.with_fleet_index(store, &node_id, &public_url),
+                None => Ok(vod),
+            }
+        })
+        .await
+        .map_err(|e| ServerError::Http(std::io::Error::other(e)))?
+        .map(Arc::new)
+        .map_err(|e| ServerError::DataDir {
+            path: vod_dir.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+    };
     let (notices_tx, notices) = tokio::sync::mpsc::channel(1024);
     let uploads = UploadService::open(
         &config.data_dir,
@@ -403,6 +421,7 @@ pub async fn run(
         &metrics,
         notices_tx,
         sealer.clone(),
+        crate::output::uploader::TargetBook::this_box(store.clone()),
     )
     .map_err(|e| ServerError::DataDir {
         path: config.data_dir.join("spool").display().to_string(),
@@ -445,7 +464,11 @@ pub async fn run(
                 every.tick().await;
                 let vod = vod.clone();
                 let now = crate::clock::unix_secs();
-                match tokio::task::spawn_blocking(move || vod.expire(now)).await {
+                let expired = tokio::task::spawn_blocking(move || {
+                    vod.sync_index();
+                    vod.expire(now)
+                });
+                match expired.await {
                     Ok(Ok(gone)) if !gone.is_empty() => {
                         tracing::info!(files = gone.len(), "expired VOD files deleted")
                     }

@@ -33,7 +33,7 @@ def fleet_box(kiroku, pg, name: str, receiver=None, **kw):
 def test_tasks_and_callbacks_live_in_postgresql(kiroku, pg, receiver):
     d, _ = fleet_box(kiroku, pg, "fleet_lifecycle", receiver)
     db = "fleet_lifecycle"
-    assert pg.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM kiroku_schema", db) == "1,2,3,4,5,6"
+    assert pg.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM kiroku_schema", db) == "1,2,3,4,5,6,7"
     assert not (Path(d.config["data_dir"]) / "state.redb").exists(), "no embedded store in fleet mode"
     assert "postgres://postgres@127.0.0.1" in d.log_text() and "box-fleet_lifecycle" in d.log_text()
     api = d.sdk()

@@ -25,12 +25,12 @@ from test_fleet import room_users  # noqa: E402
 from test_storage import BUCKET, Moto, check_bucket_recording, cloud_storage, storage_config  # noqa: E402
 
 
-def fleet(kiroku, pg, db: str, n: int, **per_box):
+def fleet(kiroku, pg, db: str, n: int, cluster_extra: dict | None = None, **per_box):
     url = pg.create_db(db)
     boxes = []
     for i in range(n):
         kw = {k: (v[i] if isinstance(v, list) else v) for k, v in per_box.items()}
-        cluster = {"postgres_url": url, "node_id": f"{db}-{i}", "lease_seconds": 4}
+        cluster = {"postgres_url": url, "node_id": f"{db}-{i}", "lease_seconds": 4, **(cluster_extra or {})}
         boxes.append(kiroku(f"{db}-{i}", cluster=cluster, **kw))
     alive = (f"SELECT count(*) FROM nodes WHERE heartbeat_at > now() - interval '4 seconds'")
     wait_until(lambda: pg.psql(alive, db) == str(n), 10, 0.2, f"{n} boxes registered")

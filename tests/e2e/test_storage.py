@@ -378,7 +378,7 @@ def test_outage_strands_files_then_uploads_them(kiroku, receiver, moto, publishe
     # publisher sent (check_bucket_recording left the objects in tmp_path).
     check_recorded_duration(tmp_path, f"{base}_video.m3u8", pub)
     check_recorded_duration(tmp_path, f"{base}_audio.m3u8", pub)
-    assert not (Path(d.config["data_dir"]) / "targets" / f"{task}.json").exists()
+    assert d.metric("kiroku_upload_targets") == 0, "the ended task's upload target is gone"
 
 
 def check_recorded_duration(folder: Path, playlist: str, pub: Publisher) -> None:

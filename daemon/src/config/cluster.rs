@@ -2,6 +2,7 @@
 //! (the embedded state store); with it, its state lives in the PostgreSQL
 //! database the fleet shares (docs/fleet.md).
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::raw::RawCluster;
@@ -21,6 +22,12 @@ pub struct ClusterConfig {
     /// A box whose heartbeat is older than this is dead to the fleet, and
     /// its rooms may be taken over.
     pub lease: Duration,
+    /// A folder every box of the fleet mounts at the same path (NFS,
+    /// CephFS, …): the boxes keep their spools (`spool/<node_id>/`) and
+    /// the journal of open segments (`journal/`) there, so that the box
+    /// that takes a dead box's room over uploads what the dead box had
+    /// not and recovers its open segments (docs/fleet.md).
+    pub shared_dir: Option<PathBuf>,
 }
 
 /// `cluster.lease_seconds`: the default and the range accepted.
@@ -31,6 +38,31 @@ impl ClusterConfig {
     /// Fleet mode: the state store is PostgreSQL.
     pub fn fleet(&self) -> bool {
         self.postgres_url.is_some()
+    }
+
+    /// The spool of box `node_id` in the shared folder.
+    pub fn shared_spool(&self, node_id: &str) -> Option<PathBuf> {
+        self.shared_dir
+            .as_ref()
+            .map(|d| d.join("spool").join(node_id))
+    }
+
+    /// The spools of the fleet's other boxes in the shared folder.
+    pub fn other_shared_spools(&self) -> Vec<PathBuf> {
+        let Some(root) = self.shared_dir.as_ref().map(|d| d.join("spool")) else {
+            return Vec::new();
+        };
+        let Ok(entries) = std::fs::read_dir(&root) else {
+            return Vec::new();
+        };
+        let mut dirs: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|e| e.file_name().to_str() != Some(self.node_id.as_str()))
+            .map(|e| e.path())
+            .filter(|p: &PathBuf| p.is_dir())
+            .collect();
+        dirs.sort();
+        dirs
     }
 }
 
@@ -94,10 +126,30 @@ pub(super) fn cluster_config(
             format!("{lease_seconds} is outside 3..=120"),
         ));
     }
+    let shared_dir = match raw.shared_dir {
+        None => None,
+        Some(_) if postgres_url.is_none() => {
+            return Err(invalid(
+                "cluster.shared_dir",
+                "is for a fleet: set cluster.postgres_url too",
+            ))
+        }
+        Some(dir) if !Path::is_absolute(&dir) => {
+            return Err(invalid(
+                "cluster.shared_dir",
+                format!(
+                    "{} must be an absolute path (the same on every box)",
+                    dir.display()
+                ),
+            ))
+        }
+        Some(dir) => Some(dir),
+    };
     Ok(ClusterConfig {
         postgres_url,
         node_id,
         advertise_url,
         lease: Duration::from_secs(lease_seconds),
+        shared_dir,
     })
 }

@@ -812,8 +812,9 @@ impl Config {
                 ))
             }
         };
-        let storage = storage_config(raw.storage)?;
+        let mut storage = storage_config(raw.storage)?;
         let cluster = cluster_config(raw.cluster, &public_url)?;
+        storage.spool_dir = cluster.shared_spool(&cluster.node_id);
         let secrets = SecretsConfig {
             key_file: raw.secrets.key_file,
             previous_key_files: raw.secrets.previous_key_files.unwrap_or_default(),
@@ -846,12 +847,17 @@ impl Config {
             max_keyframe_wait: Duration::from_secs(max_keyframe_wait_seconds),
             mix_latency: Duration::from_millis(mix_latency_ms),
             compositor,
-            journal_dir: raw.recording.journal_dir.clone().unwrap_or_else(|| {
-                raw.data_dir
+            // A fleet's shared folder holds the journal, so that the box
+            // that takes a room over recovers its open segments.
+            journal_dir: match (&raw.recording.journal_dir, &cluster.shared_dir) {
+                (Some(dir), _) => dir.clone(),
+                (None, Some(shared)) => shared.join("journal"),
+                (None, None) => raw
+                    .data_dir
                     .clone()
                     .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
-                    .join("journal")
-            }),
+                    .join("journal"),
+            },
         };
         Ok(Config {
             recording,

@@ -45,6 +45,7 @@ pub(super) struct RawCluster {
     pub(super) node_id: Option<String>,
     pub(super) advertise_url: Option<String>,
     pub(super) lease_seconds: Option<u64>,
+    pub(super) shared_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]

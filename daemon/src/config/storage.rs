@@ -14,6 +14,9 @@ pub struct StorageConfig {
     /// The spool (`data_dir/spool`) never holds more than this; a task
     /// whose file does not fit fails (callback 308, then it stops).
     pub spool_capacity_bytes: u64,
+    /// Where the spool is: `data_dir/spool` (`None`), or this box's folder
+    /// in the fleet's `cluster.shared_dir`.
+    pub spool_dir: Option<std::path::PathBuf>,
     /// Uploads in flight at once, over all tasks.
     pub upload_concurrency: usize,
     /// The first retry delay; doubled per failure up to `retry_max`.
@@ -179,6 +182,7 @@ pub(super) fn storage_config(raw: RawStorage) -> Result<StorageConfig, ConfigErr
     validate_s3(&raw.s3)?;
     Ok(StorageConfig {
         spool_capacity_bytes: capacity_mb * 1024 * 1024,
+        spool_dir: None,
         upload_concurrency,
         retry_base: Duration::from_millis(retry_base_ms),
         retry_max: Duration::from_secs(retry_max_seconds),

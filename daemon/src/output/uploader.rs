@@ -8,11 +8,14 @@
 //! at once, and reports every outcome back to the queue and the spool.
 //!
 //! Each task with `CloudStorage` is registered with its bucket and the
-//! context its callbacks need, persisted as `targets/<TaskId>.json` beside
-//! the spool, so that after a crash (or after the task itself has ended
-//! with files still stranded) the backlog still knows where to go and
-//! whom to tell. A target file is removed once its task has ended and
-//! has nothing left in the spool.
+//! context its callbacks need, persisted (sealed: it carries S3 keys) in
+//! the state store's upload targets ([`TargetBook`]: redb on one box,
+//! PostgreSQL in a fleet), so that after a crash (or after the task itself
+//! has ended with files still stranded) the backlog still knows where to
+//! go and whom to tell. A target is removed once its task has ended and
+//! has nothing left in the spool. (Versions before the fleet kept them as
+//! `targets/<TaskId>.json` beside the spool: moved into the store at
+//! open.)
 //!
 //! What the service reports ([`UploadNotice`], turned into callbacks by
 //! the task manager):
@@ -44,6 +47,52 @@ use crate::config::StorageConfig;
 use crate::domain::params::{CloudStorage, RoomId};
 use crate::metrics::Metrics;
 use crate::sealing::Sealer;
+use crate::state::{RecordOwner, RecordSet, StateStore, StoreError as StateError};
+
+/// Where a spool's upload targets are kept: the state store's
+/// `upload_targets` records of the box whose spool it is (this box, or,
+/// for a dead box's shared spool taken over, that box).
+#[derive(Clone)]
+pub struct TargetBook {
+    store: Arc<StateStore>,
+    node: Option<String>,
+}
+
+impl TargetBook {
+    /// This box's targets.
+    pub fn this_box(store: Arc<StateStore>) -> Self {
+        Self { store, node: None }
+    }
+
+    /// The targets of box `node` of the fleet (its spool taken over).
+    pub fn of_node(store: Arc<StateStore>, node: &str) -> Self {
+        Self {
+            store,
+            node: Some(node.to_owned()),
+        }
+    }
+
+    fn owner(&self) -> RecordOwner<'_> {
+        match &self.node {
+            Some(node) => RecordOwner::Node(node),
+            None => RecordOwner::ThisBox,
+        }
+    }
+
+    fn load(&self) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        self.store.records(RecordSet::UploadTargets, self.owner())
+    }
+
+    fn put(&self, task_id: &str, sealed: &[u8]) -> Result<(), StateError> {
+        self.store
+            .put_record(RecordSet::UploadTargets, self.owner(), task_id, sealed)
+    }
+
+    fn remove(&self, task_id: &str) -> Result<(), StateError> {
+        self.store
+            .remove_record(RecordSet::UploadTargets, self.owner(), task_id)
+    }
+}
 
 /// Who a task's callbacks are about (kept with the task's target, so that
 /// callbacks can still be sent after the task itself is gone).
@@ -76,6 +125,16 @@ pub enum NoticeKind {
     LeftBehind,
 }
 
+/// What [`UploadService::finish_foreign`] did with another box's spooled
+/// files of one task.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ForeignDrain {
+    pub uploaded: usize,
+    pub bytes: u64,
+    /// Files still in the other box's spool when the deadline passed.
+    pub left: usize,
+}
+
 /// How an ending task's uploads finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Drained {
@@ -90,12 +149,16 @@ pub enum UploadServiceError {
     Spool(#[from] SpoolError),
     /// An upload target sealed with a key this daemon lacks: its files
     /// would sit in the spool for ever, so the daemon does not start.
-    #[error("upload target {path}: {source}")]
+    #[error("upload target of task {task_id}: {source}")]
     Sealed {
-        path: PathBuf,
+        task_id: String,
         #[source]
         source: crate::sealing::SealError,
     },
+    #[error("upload targets in the state store")]
+    State(#[from] StateError),
+    #[error("encoding an upload target")]
+    Encode(#[from] serde_json::Error),
     #[error("{what} {path}")]
     Io {
         what: &'static str,
@@ -105,7 +168,7 @@ pub enum UploadServiceError {
     },
 }
 
-/// `targets/<TaskId>.json`.
+/// An upload target, as JSON under its task id.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct TargetRecord {
     task_id: String,
@@ -136,6 +199,8 @@ struct UploadMetrics {
     spool_used_bytes: IntGauge,
     spool_full: IntCounter,
     spool_backend: IntGaugeVec,
+    targets: IntGauge,
+    taken_over: IntCounter,
 }
 
 impl UploadMetrics {
@@ -178,6 +243,16 @@ impl UploadMetrics {
                 "1 for the way the spool writes: io_uring, or plain (io_uring unavailable: see the start-up log)",
                 &["backend"],
             ),
+            taken_over: counter(
+                r,
+                "kiroku_upload_taken_over_files_total",
+                "Files of a dead box's shared spool uploaded by this box (the box that took their task over)",
+            ),
+            targets: gauge(
+                r,
+                "kiroku_upload_targets",
+                "Tasks whose files this box's spool holds or still expects (their upload targets, kept in the state store)",
+            ),
         }
     }
 }
@@ -188,7 +263,7 @@ struct Shared {
     tasks: Mutex<HashMap<String, TaskUploads>>,
     /// Something to do: a new entry, a finished upload, a task draining.
     wake: Notify,
-    targets_dir: PathBuf,
+    book: TargetBook,
     config: StorageConfig,
     metrics: UploadMetrics,
     notices: mpsc::Sender<UploadNotice>,
@@ -219,21 +294,30 @@ fn error_kind_label(e: &UploadError) -> &'static str {
 }
 
 impl UploadService {
-    /// Opens the spool under `dir/spool` and the targets under
-    /// `dir/targets`, restores the queue (entries left by a crash are
-    /// uploaded again) and starts the upload loop on the current runtime.
-    /// Targets carry customer S3 keys: `sealer` seals them at rest.
+    /// Opens the spool under `dir/spool` and the targets in `book`,
+    /// restores the queue (entries left by a crash are uploaded again) and
+    /// starts the upload loop on the current runtime. Targets carry
+    /// customer S3 keys: `sealer` seals them at rest.
     pub fn open(
         dir: &Path,
         config: &StorageConfig,
         metrics: &Metrics,
         notices: mpsc::Sender<UploadNotice>,
         sealer: Arc<Sealer>,
+        book: TargetBook,
     ) -> Result<UploadService, UploadServiceError> {
-        let spool = Spool::open_with(
-            dir.join("spool"),
-            SpoolOptions::new(config.spool_capacity_bytes),
-        )?;
+        let spool_dir = config
+            .spool_dir
+            .clone()
+            .unwrap_or_else(|| dir.join("spool"));
+        crate::output::durable::private_dir(&spool_dir).map_err(|source| {
+            UploadServiceError::Io {
+                what: "creating",
+                path: spool_dir.clone(),
+                source,
+            }
+        })?;
+        let spool = Spool::open_with(spool_dir, SpoolOptions::new(config.spool_capacity_bytes))?;
         let metrics = UploadMetrics::register(metrics);
         metrics
             .spool_backend
@@ -247,14 +331,7 @@ impl UploadService {
                 tracing::info!(backend = spool.backend(), dir = %spool.dir().display(), "spool opened")
             }
         }
-        let targets_dir = dir.join("targets");
-        crate::output::durable::private_dir(&targets_dir).map_err(|source| {
-            UploadServiceError::Io {
-                what: "creating",
-                path: targets_dir.clone(),
-                source,
-            }
-        })?;
+        import_target_files(&dir.join("targets"), &book)?;
         let backoff = Backoff {
             base_ms: config.retry_base.as_millis() as u64,
             cap_ms: config.retry_max.as_millis() as u64,
@@ -270,7 +347,7 @@ impl UploadService {
         let mut tasks = HashMap::new();
         let mut stale = Vec::new();
         let mut spooled_at_open = HashSet::new();
-        for (record, is_stale) in load_targets(&targets_dir, &sealer)? {
+        for (record, is_stale) in load_targets(&book, &sealer)? {
             if queue.pending_for(&record.task_id) > 0 {
                 spooled_at_open.insert(record.task_id.clone());
             }
@@ -300,7 +377,7 @@ impl UploadService {
             queue: Mutex::new(queue),
             tasks: Mutex::new(tasks),
             wake: Notify::new(),
-            targets_dir,
+            book,
             config: config.clone(),
             metrics,
             notices,
@@ -370,6 +447,7 @@ impl UploadService {
         t.record = record;
         t.uploader = Some(uploader);
         drop(tasks);
+        self.shared.update_gauges();
         self.shared.wake.notify_one();
         Ok(())
     }
@@ -424,6 +502,78 @@ impl UploadService {
         self.shared.finish_if_drained(task_id);
     }
 
+    /// A fleet's shared spool: uploads what the spools of other boxes
+    /// (`dirs`) hold of `task_id` — a task this box takes over from a box
+    /// that died before uploading it — to the task's bucket, oldest first,
+    /// and removes each file once it is up. Failed uploads are retried
+    /// until `deadline`; what is left then stays for that box to upload
+    /// if it comes back.
+    pub async fn finish_foreign(
+        &self,
+        task_id: &str,
+        storage: &CloudStorage,
+        dirs: Vec<PathBuf>,
+        deadline: Duration,
+    ) -> ForeignDrain {
+        let mut done = ForeignDrain::default();
+        let uploader = match S3Target::from_params(storage, &self.shared.config.s3)
+            .and_then(|t| S3Uploader::new(&t))
+        {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::error!(task_id, error = %e, "the task's storage target is unusable; another box's spooled files of it stay");
+                return done;
+            }
+        };
+        let until = tokio::time::Instant::now() + deadline;
+        for dir in dirs {
+            let listing = {
+                let (dir, task) = (dir.clone(), task_id.to_owned());
+                tokio::task::spawn_blocking(move || super::spool::foreign_entries(&dir, &task))
+                    .await
+            };
+            let entries = match listing {
+                Ok(Ok(entries)) => entries,
+                Ok(Err(e)) => {
+                    tracing::warn!(task_id, dir = %dir.display(), error = %e, "reading another box's spool");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            for entry in entries {
+                if !entry.superseded
+                    && !upload_until(&uploader, &entry, until, &self.shared.metrics).await
+                {
+                    done.left += 1;
+                    continue;
+                }
+                if !entry.superseded {
+                    done.uploaded += 1;
+                    done.bytes += entry.payload_len;
+                }
+                let e = entry.clone();
+                match tokio::task::spawn_blocking(move || e.remove()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => {
+                        tracing::warn!(task_id, key = %entry.key, error = %err, "removing another box's uploaded spool file")
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        if done.uploaded > 0 || done.left > 0 {
+            self.shared.metrics.taken_over.inc_by(done.uploaded as u64);
+            tracing::info!(
+                task_id,
+                files = done.uploaded,
+                bytes = done.bytes,
+                left = done.left,
+                "uploaded what a dead box's spool held of a task taken over"
+            );
+        }
+        done
+    }
+
     /// Files of `task_id` not uploaded yet.
     pub fn pending(&self, task_id: &str) -> usize {
         lock(&self.shared.queue).pending_for(task_id)
@@ -470,20 +620,17 @@ impl UploadService {
 }
 
 impl Shared {
-    fn target_path(&self, task_id: &str) -> PathBuf {
-        self.targets_dir.join(format!("{task_id}.json"))
-    }
-
-    fn persist_target(&self, record: &TargetRecord) -> std::io::Result<()> {
-        let path = self.target_path(&record.task_id);
-        let tmp = path.with_extension("json.tmp");
-        let json = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+    fn persist_target(&self, record: &TargetRecord) -> Result<(), UploadServiceError> {
+        let json = serde_json::to_vec(record)?;
+        // Targets carry customer S3 keys: sealed at rest.
         let data = self
             .sealer
             .seal(&target_context(&record.task_id), &json)
-            .map_err(std::io::Error::other)?;
-        // Targets carry customer S3 keys: kiroku's eyes only.
-        crate::output::durable::replace(&tmp, &path, &data, crate::output::durable::Access::Private)
+            .map_err(|source| UploadServiceError::Sealed {
+                task_id: record.task_id.clone(),
+                source,
+            })?;
+        Ok(self.book.put(&record.task_id, &data)?)
     }
 
     /// An ended task with nothing left: its target goes; 305 Status 2 if
@@ -502,10 +649,9 @@ impl Shared {
         let Some(t) = done else {
             return;
         };
-        if let Err(e) = std::fs::remove_file(self.target_path(task_id)) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(task_id, error = %e, "removing the task's upload target");
-            }
+        self.update_gauges();
+        if let Err(e) = self.book.remove(task_id) {
+            tracing::warn!(task_id, error = %e, "removing the task's upload target");
         }
         if t.record.stranded {
             tracing::info!(
@@ -537,6 +683,7 @@ impl Shared {
         m.stranded_files
             .set(stats.stranded.values().sum::<usize>() as i64);
         m.spool_used_bytes.set(self.spool.usage().bytes as i64);
+        m.targets.set(lock(&self.tasks).len() as i64);
     }
 
     /// The outcome of one upload attempt.
@@ -635,54 +782,103 @@ fn target_context(task_id: &str) -> String {
     format!("target:{task_id}")
 }
 
-/// The targets on disk, each with whether it is to be sealed anew; one
-/// sealed with a key this daemon lacks is an error (like a task record).
-fn load_targets(
-    dir: &Path,
-    sealer: &Sealer,
-) -> Result<Vec<(TargetRecord, bool)>, UploadServiceError> {
-    let mut out = Vec::new();
+/// Moves the target files of versions before the fleet
+/// (`targets/<TaskId>.json`, sealed as they are) into `book`, then removes
+/// them.
+fn import_target_files(dir: &Path, book: &TargetBook) -> Result<(), UploadServiceError> {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(out);
+        return Ok(());
+    };
+    let io = |what, path: &Path| {
+        let path = path.to_owned();
+        move |source| UploadServiceError::Io { what, path, source }
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        match path.extension().and_then(|e| e.to_str()) {
-            Some("json") => {}
-            Some("tmp") => {
-                let _ = std::fs::remove_file(&path);
-                continue;
+        let stem = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned);
+        match (path.extension().and_then(|e| e.to_str()), stem) {
+            (Some("json"), Some(task_id)) => {
+                let data = std::fs::read(&path).map_err(io("reading", &path))?;
+                book.put(&task_id, &data)?;
+                std::fs::remove_file(&path).map_err(io("removing", &path))?;
+                tracing::info!(task_id, "upload target moved into the state store");
             }
-            _ => continue,
+            _ => std::fs::remove_file(&path).map_err(io("removing", &path))?,
         }
-        let task_id = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default()
-            .to_owned();
-        let opened = match std::fs::read(&path).map(|d| sealer.open(&target_context(&task_id), &d))
-        {
-            Ok(Err(
+    }
+    if let Err(e) = std::fs::remove_dir(dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "removing the old upload targets folder");
+    }
+    Ok(())
+}
+
+/// The targets in `book`, each with whether it is to be sealed anew; one
+/// sealed with a key this daemon lacks is an error (like a task record).
+fn load_targets(
+    book: &TargetBook,
+    sealer: &Sealer,
+) -> Result<Vec<(TargetRecord, bool)>, UploadServiceError> {
+    let mut out = Vec::new();
+    for (task_id, data) in book.load()? {
+        let opened = match sealer.open(&target_context(&task_id), &data) {
+            Err(
                 source @ (crate::sealing::SealError::UnknownKey { .. }
                 | crate::sealing::SealError::NoKey { .. }),
-            )) => return Err(UploadServiceError::Sealed { path, source }),
+            ) => return Err(UploadServiceError::Sealed { task_id, source }),
             other => other,
         };
-        match opened
-            .map_err(|e| e.to_string())
-            .and_then(|o| o.map_err(|e| e.to_string()))
-            .and_then(|o| {
-                serde_json::from_slice::<TargetRecord>(&o.plain)
-                    .map(|r| (r, o.stale))
-                    .map_err(|e| e.to_string())
-            }) {
+        match opened.map_err(|e| e.to_string()).and_then(|o| {
+            serde_json::from_slice::<TargetRecord>(&o.plain)
+                .map(|r| (r, o.stale))
+                .map_err(|e| e.to_string())
+        }) {
             Ok(r) => out.push(r),
             Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "unreadable upload target; its task's files stay in the spool")
+                tracing::error!(task_id, error = %e, "unreadable upload target; its task's files stay in the spool")
             }
         }
     }
     Ok(out)
+}
+
+/// Uploads one of another box's spooled files, retrying (200 ms doubling
+/// to 2 s) until `until`; whether it is up.
+async fn upload_until(
+    uploader: &S3Uploader,
+    entry: &super::spool::ForeignEntry,
+    until: tokio::time::Instant,
+    metrics: &UploadMetrics,
+) -> bool {
+    let mut wait = Duration::from_millis(200);
+    loop {
+        let result = uploader
+            .put_from_file(
+                &entry.key,
+                &entry.path,
+                entry.payload_offset,
+                entry.payload_len,
+            )
+            .await;
+        match result {
+            Ok(()) => {
+                metrics.uploaded_files.inc();
+                metrics.uploaded_bytes.inc_by(entry.payload_len);
+                return true;
+            }
+            Err(e) => {
+                metrics
+                    .failures
+                    .with_label_values(&[error_kind_label(&e)])
+                    .inc();
+                if !entry.path.exists() || tokio::time::Instant::now() + wait > until {
+                    tracing::warn!(key = %entry.key, error = %e, "another box's spooled file not uploaded");
+                    return false;
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
 }
 
 /// The upload loop: hands due entries to uploads, sleeps until the next
@@ -739,6 +935,13 @@ async fn upload_one(
         .spool
         .payload_location(id)
         .map_err(|e| UploadError::local(&entry.key, e.to_string()))?;
+    if !path.exists() {
+        // A fleet's shared spool: the box that took the task over while
+        // this one was paused or partitioned uploaded it and removed it.
+        tracing::info!(task_id = %entry.task, key = %entry.key,
+            "a spooled file was uploaded by the box that took its task over");
+        return Ok(());
+    }
     // Read in parts for large files (long MP4s): an upload holds a few
     // parts in memory, not the whole file.
     uploader.put_from_file(&entry.key, &path, offset, len).await
@@ -772,5 +975,113 @@ impl Store for SpoolStore {
         self.shared.update_gauges();
         self.shared.wake.notify_one();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::params::Vendor;
+
+    fn target(task_id: &str) -> TargetRecord {
+        TargetRecord {
+            task_id: task_id.to_owned(),
+            context: CallbackContext {
+                sdk_app_id: 1400000001,
+                room: RoomId::Int(7),
+                bot_user_id: "bot".to_owned(),
+            },
+            storage: CloudStorage {
+                vendor: Vendor::AwsS3,
+                region: "us-east-1".to_owned(),
+                bucket: "rec".to_owned(),
+                access_key: "AKID".to_owned(),
+                secret_key: "secret".to_owned(),
+                file_name_prefix: Vec::new(),
+            },
+            finished: false,
+            stranded: false,
+        }
+    }
+
+    /// Targets that a version before the fleet left as
+    /// `targets/<TaskId>.json` are moved into the state store at open, and
+    /// found there after the next restart.
+    #[tokio::test]
+    async fn target_files_of_older_versions_move_into_the_state_store() {
+        let dir = tempfile::tempdir().expect("dir");
+        let sealer = Arc::new(Sealer::none());
+        let store = Arc::new(
+            StateStore::open(&dir.path().join("state.redb"), sealer.clone()).expect("store"),
+        );
+        let legacy = dir.path().join("targets");
+        std::fs::create_dir_all(&legacy).expect("targets");
+        let json = serde_json::to_vec(&target("old-task")).expect("json");
+        std::fs::write(legacy.join("old-task.json"), json).expect("write");
+        std::fs::write(legacy.join("half.json.tmp"), b"{").expect("write");
+
+        let config = crate::config::Config::embedded_defaults().storage;
+        let open = |store: &Arc<StateStore>| {
+            let (tx, rx) = mpsc::channel(16);
+            let service = UploadService::open(
+                dir.path(),
+                &config,
+                &Metrics::new(),
+                tx,
+                sealer.clone(),
+                TargetBook::this_box(store.clone()),
+            )
+            .expect("open");
+            (service, rx)
+        };
+        let (service, _rx) = open(&store);
+        assert!(!legacy.exists(), "the old folder is gone");
+        let kept = store
+            .records(RecordSet::UploadTargets, RecordOwner::ThisBox)
+            .expect("records");
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].0, "old-task");
+        assert_eq!(service.targets(), vec!["old-task".to_owned()]);
+        drop(service);
+        let (again, _rx) = open(&store);
+        assert_eq!(again.targets(), vec!["old-task".to_owned()]);
+    }
+
+    /// A task registered stays in the store until it ends with nothing
+    /// left, across a restart of the service.
+    #[tokio::test]
+    async fn a_registered_target_survives_a_restart() {
+        let dir = tempfile::tempdir().expect("dir");
+        let sealer = Arc::new(Sealer::none());
+        let store = Arc::new(
+            StateStore::open(&dir.path().join("state.redb"), sealer.clone()).expect("store"),
+        );
+        let config = crate::config::Config::embedded_defaults().storage;
+        let (tx, _rx) = mpsc::channel(16);
+        let service = UploadService::open(
+            dir.path(),
+            &config,
+            &Metrics::new(),
+            tx,
+            sealer.clone(),
+            TargetBook::this_box(store.clone()),
+        )
+        .expect("open");
+        let t = target("live-task");
+        service
+            .register("live-task", t.context.clone(), &t.storage)
+            .expect("register");
+        drop(service);
+        let (tx, _rx) = mpsc::channel(16);
+        let again = UploadService::open(
+            dir.path(),
+            &config,
+            &Metrics::new(),
+            tx,
+            sealer,
+            TargetBook::this_box(store.clone()),
+        )
+        .expect("reopen");
+        assert_eq!(again.targets(), vec!["live-task".to_owned()]);
     }
 }

@@ -13,15 +13,24 @@
 //!   MP4 without metadata (a crash in between) is removed at open.
 //! - **Expiry**: `expire_at_unix_s` (from `TencentVod.ExpireTime`, 0 =
 //!   never); [`VodStore::expire`] deletes what is past it.
+//! - **In a fleet** ([`FleetIndex`]): each file's record is also kept in
+//!   the fleet's state store (`vod_files`, under the box that holds the
+//!   MP4), so that a box asked for a FileId it does not hold redirects to
+//!   the one that does. The JSON beside the MP4 stays the box's own copy;
+//!   a record the database could not take (PostgreSQL away) is retried at
+//!   every expiry pass until it can.
 //! - **Ranges**: [`parse_range`] implements RFC 9110 §14 for one range
 //!   (`bytes=a-b`, `bytes=a-`, `bytes=-n`); several ranges are answered with
 //!   the whole file (allowed by the RFC), an unsatisfiable one with 416.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
 use super::Content;
+use crate::state::{RecordOwner, RecordSet, StateStore};
+use crate::sync::lock;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -31,6 +40,8 @@ pub enum VodError {
         path: String,
         source: std::io::Error,
     },
+    #[error("the fleet's VOD records: {0}")]
+    Index(String),
     #[error("VOD metadata {path} is unreadable: {source}")]
     Metadata {
         path: String,
@@ -64,6 +75,84 @@ pub struct VodEntry {
 
 pub struct VodStore {
     dir: PathBuf,
+    index: Option<FleetIndex>,
+}
+
+/// A file's record in the fleet: its entry and where it is served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexedFile {
+    pub entry: VodEntry,
+    /// `<public_url>/vod/<FileId>.mp4` of the box that holds it.
+    pub url: String,
+}
+
+/// What the fleet's state store has yet to be told.
+#[derive(Debug, Clone)]
+enum IndexChange {
+    Put(VodEntry),
+    Remove(String),
+}
+
+/// The VOD records of a fleet box in the shared state store.
+pub struct FleetIndex {
+    store: Arc<StateStore>,
+    node_id: String,
+    public_url: String,
+    /// Changes the database did not take yet, in order.
+    pending: Mutex<Vec<IndexChange>>,
+}
+
+impl FleetIndex {
+    fn url_of(&self, file_id: &str) -> String {
+        format!(
+            "{}/vod/{file_id}.mp4",
+            self.public_url.trim_end_matches('/')
+        )
+    }
+
+    fn apply(&self, change: &IndexChange) -> Result<(), String> {
+        match change {
+            IndexChange::Put(entry) => {
+                let record = IndexedFile {
+                    entry: entry.clone(),
+                    url: self.url_of(&entry.file_id),
+                };
+                let json = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
+                self.store
+                    .put_record(
+                        RecordSet::VodFiles,
+                        RecordOwner::ThisBox,
+                        &entry.file_id,
+                        &json,
+                    )
+                    .map_err(|e| e.to_string())
+            }
+            IndexChange::Remove(file_id) => self
+                .store
+                .remove_record(RecordSet::VodFiles, RecordOwner::ThisBox, file_id)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Applies `change` after what is still pending; keeps it (and what
+    /// follows) for the next [`VodStore::sync_index`] if the database
+    /// does not take it.
+    fn record(&self, change: IndexChange) {
+        let mut pending = lock(&self.pending);
+        pending.push(change);
+        Self::flush(self, &mut pending);
+    }
+
+    fn flush(&self, pending: &mut Vec<IndexChange>) {
+        while let Some(change) = pending.first() {
+            if let Err(e) = self.apply(change) {
+                tracing::warn!(error = %e, waiting = pending.len(),
+                    "VOD records not in the fleet's database yet; retried at the next expiry pass");
+                return;
+            }
+            pending.remove(0);
+        }
+    }
 }
 
 /// A FileId is exactly 19 ASCII digits (anything else is refused before
@@ -118,7 +207,69 @@ impl VodStore {
                 std::fs::remove_file(&path).map_err(io(&path))?;
             }
         }
-        Ok(Self { dir })
+        Ok(Self { dir, index: None })
+    }
+
+    /// Fleet mode: every record (those already here included) also goes
+    /// to the fleet's state store, under `node_id`, served at
+    /// `public_url`.
+    pub fn with_fleet_index(
+        mut self,
+        store: Arc<StateStore>,
+        node_id: &str,
+        public_url: &str,
+    ) -> Result<Self, VodError> {
+        let mut existing = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(io(&self.dir))? {
+            let path = entry.map_err(io(&self.dir))?.path();
+            let id = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".json"));
+            if let Some(Ok(Some(e))) = id.map(|id| self.get(id)) {
+                existing.push(IndexChange::Put(e));
+            }
+        }
+        let index = FleetIndex {
+            store,
+            node_id: node_id.to_owned(),
+            public_url: public_url.to_owned(),
+            pending: Mutex::new(existing),
+        };
+        index.flush(&mut lock(&index.pending));
+        self.index = Some(index);
+        Ok(self)
+    }
+
+    /// Retries the records the fleet's database did not take yet.
+    pub fn sync_index(&self) {
+        if let Some(index) = &self.index {
+            index.flush(&mut lock(&index.pending));
+        }
+    }
+
+    /// Fleet mode: where another box serves `file_id` (`None`: no box of
+    /// the fleet has it, this box's record only, or not a fleet).
+    pub fn locate_elsewhere(&self, file_id: &str) -> Result<Option<IndexedFile>, VodError> {
+        let Some(index) = &self.index else {
+            return Ok(None);
+        };
+        if !valid_file_id(file_id) {
+            return Ok(None);
+        }
+        let found = index
+            .store
+            .find_record(RecordSet::VodFiles, file_id)
+            .map_err(|e| VodError::Index(e.to_string()))?;
+        match found {
+            Some((node, value)) if node != index.node_id => serde_json::from_slice(&value)
+                .map(Some)
+                .map_err(|source| VodError::Metadata {
+                    path: format!("vod_files/{file_id} of box {node}"),
+                    source,
+                }),
+            _ => Ok(None),
+        }
     }
 
     pub fn mp4_path(&self, file_id: &str) -> PathBuf {
@@ -171,6 +322,9 @@ impl VodStore {
         write_atomic(&self.meta_path(&file_id), Content::bytes(&meta))?;
         let dir = std::fs::File::open(&self.dir).map_err(io(&self.dir))?;
         dir.sync_all().map_err(io(&self.dir))?;
+        if let Some(index) = &self.index {
+            index.record(IndexChange::Put(entry.clone()));
+        }
         Ok(entry)
     }
 
@@ -227,6 +381,9 @@ impl VodStore {
                     Ok(()) => {}
                     Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
                     Err(err) => return Err(io(&mp4)(err)),
+                }
+                if let Some(index) = &self.index {
+                    index.record(IndexChange::Remove(id.to_owned()));
                 }
                 gone.push(id.to_owned());
             }

@@ -25,6 +25,36 @@ fn status(code: StatusCode, text: &'static str) -> Response {
     (code, [(header::CONTENT_TYPE, "text/plain")], text).into_response()
 }
 
+/// A file this box does not hold: in a fleet, 307 to the box that does
+/// (its record in the fleet's database); else 404.
+async fn elsewhere(store: &Arc<VodStore>, file_id: &str) -> Response {
+    let lookup = {
+        let (store, id) = (store.clone(), file_id.to_owned());
+        tokio::task::spawn_blocking(move || store.locate_elsewhere(&id)).await
+    };
+    match lookup {
+        Ok(Ok(Some(found))) => (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(header::LOCATION, found.url)],
+        )
+            .into_response(),
+        Ok(Ok(None)) => status(StatusCode::NOT_FOUND, "no such file\n"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, file_id, "the fleet's VOD records cannot be read");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [
+                    (header::RETRY_AFTER, "5"),
+                    (header::CONTENT_TYPE, "text/plain"),
+                ],
+                "the fleet's VOD records cannot be read now; try again\n",
+            )
+                .into_response()
+        }
+        Err(_) => status(StatusCode::INTERNAL_SERVER_ERROR, "VOD store error\n"),
+    }
+}
+
 async fn serve(
     State(store): State<Arc<VodStore>>,
     Path(file): Path<String>,
@@ -40,7 +70,7 @@ async fn serve(
     };
     let entry = match lookup {
         Ok(Ok(Some(e))) => e,
-        Ok(Ok(None)) => return status(StatusCode::NOT_FOUND, "no such file\n"),
+        Ok(Ok(None)) => return elsewhere(&store, file_id).await,
         Ok(Err(e)) => {
             tracing::error!(error = %e, "VOD lookup failed");
             return status(StatusCode::INTERNAL_SERVER_ERROR, "VOD store error\n");

@@ -13,13 +13,29 @@ use std::sync::RwLock;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Engine, NewCallback, OutboxEntry, PutTask, StoreError};
+use super::{Engine, NewCallback, OutboxEntry, PutTask, RecordOwner, RecordSet, StoreError};
 
 const TASKS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tasks");
 const OUTBOX: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("outbox");
 /// Task records that could not be read, kept (not deleted) for an
 /// operator to look at: `kiroku` starts with the rest.
 const QUARANTINE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("quarantine");
+/// The record sets, under `<set name>/<key>` (one box: no owners).
+const RECORDS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("records");
+
+fn record_key(set: RecordSet, key: &str) -> String {
+    format!("{}/{key}", set.name())
+}
+
+/// The embedded store is one box's: it keeps no other box's records.
+fn only_this_box(owner: RecordOwner<'_>) -> Result<(), StoreError> {
+    match owner {
+        RecordOwner::ThisBox => Ok(()),
+        RecordOwner::Node(node) => Err(StoreError::OtherBox {
+            node: node.to_owned(),
+        }),
+    }
+}
 
 fn db_err(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Db(e.into())
@@ -70,6 +86,7 @@ impl Embedded {
             txn.open_table(TASKS).map_err(db_err)?;
             txn.open_table(OUTBOX).map_err(db_err)?;
             txn.open_table(QUARANTINE).map_err(db_err)?;
+            txn.open_table(RECORDS).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Self {
@@ -285,6 +302,79 @@ impl Engine for Embedded {
                 outbox.remove(seq).map_err(db_err)?;
             }
             txn.commit().map_err(db_err)
+        })
+    }
+
+    fn records(
+        &self,
+        set: RecordSet,
+        owner: RecordOwner<'_>,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        only_this_box(owner)?;
+        let prefix = record_key(set, "");
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(RECORDS).map_err(db_err)?;
+            let mut out = Vec::new();
+            for item in table.range(prefix.as_str()..).map_err(db_err)? {
+                let (k, v) = item.map_err(db_err)?;
+                let Some(key) = k.value().strip_prefix(prefix.as_str()) else {
+                    break;
+                };
+                out.push((key.to_owned(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
+    }
+
+    fn put_record(
+        &self,
+        set: RecordSet,
+        owner: RecordOwner<'_>,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        only_this_box(owner)?;
+        let key = record_key(set, key);
+        self.with_db(|db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut table = txn.open_table(RECORDS).map_err(db_err)?;
+                table.insert(key.as_str(), value).map_err(db_err)?;
+            }
+            txn.commit().map_err(db_err)
+        })
+    }
+
+    fn remove_record(
+        &self,
+        set: RecordSet,
+        owner: RecordOwner<'_>,
+        key: &str,
+    ) -> Result<(), StoreError> {
+        only_this_box(owner)?;
+        let key = record_key(set, key);
+        self.with_db(|db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut table = txn.open_table(RECORDS).map_err(db_err)?;
+                table.remove(key.as_str()).map_err(db_err)?;
+            }
+            txn.commit().map_err(db_err)
+        })
+    }
+
+    fn find_record(
+        &self,
+        set: RecordSet,
+        key: &str,
+    ) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        let key = record_key(set, key);
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(RECORDS).map_err(db_err)?;
+            let value = table.get(key.as_str()).map_err(db_err)?;
+            Ok(value.map(|v| (String::new(), v.value().to_vec())))
         })
     }
 }

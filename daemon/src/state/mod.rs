@@ -60,6 +60,9 @@ pub enum StoreError {
         "task {task_id} now runs on box {owner} of the fleet: this box writes nothing more for it"
     )]
     Fenced { task_id: String, owner: String },
+    /// The embedded store keeps one box's records only.
+    #[error("state store: records of box {node} are kept only in a fleet's PostgreSQL")]
+    OtherBox { node: String },
     #[error("state store {path}: closed after an I/O error")]
     Closed { path: String },
     #[error("state store {path}: closed after an I/O error and not open again yet: {source}")]
@@ -130,8 +133,36 @@ pub struct PutTask<'a> {
     pub room_key: &'a str,
 }
 
+/// What a box keeps beside its tasks, each a set of values under keys,
+/// owned by the box that wrote them (a survivor of the fleet can read a
+/// dead box's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordSet {
+    /// Where a task's spooled files go and whom to tell
+    /// (`output::uploader`; sealed: they carry S3 keys).
+    UploadTargets,
+    /// The built-in VOD store's files (`output::vod`).
+    VodFiles,
+}
+
+impl RecordSet {
+    pub fn name(self) -> &'static str {
+        match self {
+            RecordSet::UploadTargets => "upload_targets",
+            RecordSet::VodFiles => "vod_files",
+        }
+    }
+}
+
+/// Whose records: this box's, or (fleet mode) another box's by node id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordOwner<'a> {
+    ThisBox,
+    Node(&'a str),
+}
+
 /// What an engine keeps: sealed task values under their ids, set-aside
-/// values, and the outbox. Each call is one transaction.
+/// values, the outbox and the record sets. Each call is one transaction.
 pub trait Engine: Send + Sync {
     /// Where the state lives, for logs (never a password).
     fn describe(&self) -> String;
@@ -161,6 +192,32 @@ pub trait Engine: Send + Sync {
     fn outbox_retry(&self, seq: u64, attempts: u32, next_attempt_ms: u64)
         -> Result<(), StoreError>;
     fn outbox_remove(&self, seq: u64) -> Result<(), StoreError>;
+    /// Every record of `set` that `owner` keeps.
+    fn records(
+        &self,
+        set: RecordSet,
+        owner: RecordOwner<'_>,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    fn put_record(
+        &self,
+        set: RecordSet,
+        owner: RecordOwner<'_>,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), StoreError>;
+    fn remove_record(
+        &self,
+        set: RecordSet,
+        owner: RecordOwner<'_>,
+        key: &str,
+    ) -> Result<(), StoreError>;
+    /// The record of `set` under `key` whichever box keeps it, with that
+    /// box's node id (the embedded engine: this box, `""`).
+    fn find_record(
+        &self,
+        set: RecordSet,
+        key: &str,
+    ) -> Result<Option<(String, Vec<u8>)>, StoreError>;
 }
 
 pub struct StateStore {
@@ -301,6 +358,45 @@ impl StateStore {
             }
         }
         out
+    }
+
+    /// Every record of `set` that `owner` keeps (values as stored).
+    pub fn records(
+        &self,
+        set: RecordSet,
+        owner: RecordOwner<'_>,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.engine.records(set, owner)
+    }
+
+    /// Stores a record, durably, replacing one under the same key.
+    pub fn put_record(
+        &self,
+        set: RecordSet,
+        owner: RecordOwner<'_>,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        self.engine.put_record(set, owner, key, value)
+    }
+
+    /// Removes a record (none under `key` is not an error).
+    pub fn remove_record(
+        &self,
+        set: RecordSet,
+        owner: RecordOwner<'_>,
+        key: &str,
+    ) -> Result<(), StoreError> {
+        self.engine.remove_record(set, owner, key)
+    }
+
+    /// The record of `set` under `key` on whichever box keeps it.
+    pub fn find_record(
+        &self,
+        set: RecordSet,
+        key: &str,
+    ) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        self.engine.find_record(set, key)
     }
 
     /// The ids of the quarantined task records.

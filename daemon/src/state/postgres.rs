@@ -30,7 +30,7 @@ use std::time::Duration;
 use postgres::types::Type;
 use postgres::{Client, Config, NoTls};
 
-use super::{Engine, NewCallback, OutboxEntry, PutTask, StoreError};
+use super::{Engine, NewCallback, OutboxEntry, PutTask, RecordOwner, RecordSet, StoreError};
 
 /// Schema versions, in order, and their SQL.
 const MIGRATIONS: &[(i32, &str)] = &[
@@ -40,6 +40,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (4, include_str!("migrations/0004_task_room.sql")),
     (5, include_str!("migrations/0005_placement_drain.sql")),
     (6, include_str!("migrations/0006_outbox_owner.sql")),
+    (7, include_str!("migrations/0007_node_records.sql")),
 ];
 /// `pg_advisory_xact_lock` key of the migration step ("kiroku" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6b69_726f_6b75;
@@ -202,6 +203,13 @@ impl Postgres {
             conn,
             node_id: node_id.to_owned(),
         })
+    }
+
+    fn node<'a>(&'a self, owner: RecordOwner<'a>) -> &'a str {
+        match owner {
+            RecordOwner::ThisBox => &self.node_id,
+            RecordOwner::Node(node) => node,
+        }
     }
 
     fn with_client<T: Send>(
@@ -483,6 +491,84 @@ impl Engine for Postgres {
             c.execute("DELETE FROM outbox WHERE seq = $1", &[&seq])
                 .map(|_| ())
                 .map_err(pg_err)
+        })
+    }
+
+    fn records(
+        &self,
+        set: RecordSet,
+        owner: RecordOwner<'_>,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let node = self.node(owner);
+        self.with_client(|c| {
+            let rows = c
+                .query_typed(
+                    "SELECT key, value FROM node_records WHERE record_set = $1 AND node_id = $2 ORDER BY key",
+                    &[(&set.name(), Type::TEXT), (&node, Type::TEXT)],
+                )
+                .map_err(pg_err)?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
+    fn put_record(
+        &self,
+        set: RecordSet,
+        owner: RecordOwner<'_>,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        let node = self.node(owner);
+        self.with_client(|c| {
+            c.execute_typed(
+                "INSERT INTO node_records (record_set, node_id, key, value) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (record_set, node_id, key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
+                &[
+                    (&set.name(), Type::TEXT),
+                    (&node, Type::TEXT),
+                    (&key, Type::TEXT),
+                    (&value, Type::BYTEA),
+                ],
+            )
+            .map(|_| ())
+            .map_err(pg_err)
+        })
+    }
+
+    fn remove_record(
+        &self,
+        set: RecordSet,
+        owner: RecordOwner<'_>,
+        key: &str,
+    ) -> Result<(), StoreError> {
+        let node = self.node(owner);
+        self.with_client(|c| {
+            c.execute_typed(
+                "DELETE FROM node_records WHERE record_set = $1 AND node_id = $2 AND key = $3",
+                &[
+                    (&set.name(), Type::TEXT),
+                    (&node, Type::TEXT),
+                    (&key, Type::TEXT),
+                ],
+            )
+            .map(|_| ())
+            .map_err(pg_err)
+        })
+    }
+
+    fn find_record(
+        &self,
+        set: RecordSet,
+        key: &str,
+    ) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        self.with_client(|c| {
+            let row = c
+                .query_typed(
+                    "SELECT node_id, value FROM node_records WHERE record_set = $1 AND key = $2 ORDER BY updated_at DESC LIMIT 1",
+                    &[(&set.name(), Type::TEXT), (&key, Type::TEXT)],
+                )
+                .map_err(pg_err)?;
+            Ok(row.first().map(|r| (r.get(0), r.get(1))))
         })
     }
 }

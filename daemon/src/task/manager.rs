@@ -116,6 +116,10 @@ pub struct Outputs {
     pub vod: Arc<VodStore>,
 }
 
+/// How long a task taken over waits, at most, for another box's spooled
+/// files of it to be uploaded before it runs (`finish_foreign_spools`).
+const FOREIGN_SPOOL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Cheap to clone; all clones share the same tasks.
 #[derive(Clone)]
 pub struct Manager {
@@ -200,6 +204,7 @@ impl Manager {
     /// callback 306; a task that was ending finishes. Tasks already live
     /// here are left alone.
     pub async fn adopt(&self, records: Vec<TaskRecord>, why: &'static str) {
+        self.finish_foreign_spools(&records).await;
         let mut st = self.inner.state.lock().await;
         for mut record in records {
             if st.tasks.contains_key(&record.task_id) {
@@ -241,6 +246,29 @@ impl Manager {
             );
         }
         self.update_gauges(&st);
+    }
+
+    /// A fleet's shared spool (`cluster.shared_dir`): before tasks taken
+    /// over run here, what the other boxes' spools still hold of them is
+    /// uploaded (the box that died had not), oldest first, so that the
+    /// bucket has everything before the recovered open segments and the
+    /// `ha<n>_` files follow. All tasks at once, for at most
+    /// [`FOREIGN_SPOOL_WAIT`] (or `storage.drain_timeout` if shorter):
+    /// what the bucket refuses meanwhile waits for its box to come back.
+    async fn finish_foreign_spools(&self, records: &[TaskRecord]) {
+        let dirs = self.inner.config.cluster.other_shared_spools();
+        if dirs.is_empty() {
+            return;
+        }
+        let wait = FOREIGN_SPOOL_WAIT.min(self.inner.config.storage.drain_timeout);
+        let uploads = &self.inner.uploads;
+        let drains = records.iter().filter_map(|r| match &r.spec.storage {
+            Storage::Cloud(cloud) => {
+                Some(uploads.finish_foreign(&r.task_id, cloud, dirs.clone(), wait))
+            }
+            Storage::Local | Storage::Vod(_) => None,
+        });
+        futures_util::future::join_all(drains).await;
     }
 
     /// Finishes the segments the task's previous run had open when it
@@ -1090,6 +1118,7 @@ mod tests {
             &metrics,
             notices_tx,
             Arc::new(crate::sealing::Sealer::none()),
+            crate::output::uploader::TargetBook::this_box(store.clone()),
         )
         .expect("upload service");
         let outputs = Outputs {

@@ -137,6 +137,9 @@ pub(super) fn recover(dir: &Path) -> Result<(State, EntryId, Recovery), SpoolErr
                         },
                     );
                 }
+                // Gone meanwhile: in a fleet's shared spool, the box that
+                // took a room over uploaded and removed it.
+                Err(_) if !path.exists() => {}
                 Err(reason) => {
                     let aside = path.with_extension("corrupt");
                     tracing::error!(path = %path.display(), %reason, "spool: corrupt entry set aside");
@@ -149,10 +152,10 @@ pub(super) fn recover(dir: &Path) -> Result<(State, EntryId, Recovery), SpoolErr
     }
     for (id, path) in retries {
         match state.index.get_mut(&id) {
-            None => {
-                fs::remove_file(&path).map_err(io_err(&path))?;
-                rec.orphans_removed += 1;
-            }
+            None => match fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&path)(e)),
+                _ => rec.orphans_removed += 1,
+            },
             Some(meta) => {
                 match fs::read(&path)
                     .map_err(|e| e.to_string())

@@ -722,3 +722,84 @@ fn commit(shared: &Shared, files: &[(&Path, &Path)]) -> Vec<Result<(), SpoolErro
     }
     out
 }
+
+/// A finished entry of another box's spool (a fleet's shared spool), read
+/// without opening that spool: the box that took a room over uploads the
+/// entries of the room's tasks itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignEntry {
+    pub id: EntryId,
+    pub key: String,
+    /// The entry file, and where its payload lies in it.
+    pub path: PathBuf,
+    pub payload_offset: u64,
+    pub payload_len: u64,
+    /// A newer entry has the same key (an older playlist version): it is
+    /// removed, not uploaded, as in the box's own queue.
+    pub superseded: bool,
+}
+
+impl ForeignEntry {
+    /// Removes the entry (and its retry state) once uploaded. Another box
+    /// may have removed it first: that is no error.
+    pub fn remove(&self) -> Result<(), SpoolError> {
+        for path in [&self.path, &self.path.with_extension("retry")] {
+            match fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(path)(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The finished entries of `task` in the spool folder `dir` (another
+/// box's), oldest first. Half-written, unreadable or vanishing files are
+/// skipped: the box may be writing or recovering them.
+pub fn foreign_entries(dir: &Path, task: &str) -> Result<Vec<ForeignEntry>, SpoolError> {
+    let listing = match fs::read_dir(dir) {
+        Ok(l) => l,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    let mut entries = Vec::new();
+    for dent in listing.flatten() {
+        let path = dent.path();
+        let Some(stem) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".ent"))
+        else {
+            continue;
+        };
+        let Ok(id) = EntryId::from_str_radix(stem, 16) else {
+            continue;
+        };
+        if stem.len() != 16 {
+            continue;
+        }
+        let Ok(header) = format::read_header(&path) else {
+            continue;
+        };
+        if header.task == task {
+            entries.push(ForeignEntry {
+                id,
+                key: header.key,
+                path,
+                payload_offset: header.len as u64,
+                payload_len: header.data_len,
+                superseded: false,
+            });
+        }
+    }
+    entries.sort_by_key(|e| e.id);
+    let mut newest: std::collections::HashMap<String, EntryId> = std::collections::HashMap::new();
+    for e in &entries {
+        newest.insert(e.key.clone(), e.id);
+    }
+    for e in &mut entries {
+        e.superseded = newest.get(&e.key) != Some(&e.id);
+    }
+    Ok(entries)
+}

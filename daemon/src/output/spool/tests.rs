@@ -513,3 +513,69 @@ fn kill_9_loses_nothing_acknowledged() {
         assert!(names(&d.0).iter().all(|n| n.ends_with(".ent")));
     }
 }
+
+#[test]
+fn another_box_reads_one_tasks_entries_newest_playlist_only_and_removes_them() {
+    let t = TempDir::new("foreign");
+    let spool = Spool::open_with(
+        &t.0,
+        SpoolOptions::new(1 << 20).backend(BackendChoice::Plain),
+    )
+    .expect("open");
+    spool
+        .put("task-a", "p/task-a/seg0.ts", b"segment zero")
+        .expect("put");
+    spool
+        .put("task-b", "p/task-b/seg0.ts", b"other task")
+        .expect("put");
+    spool
+        .put("task-a", "p/task-a/x.m3u8", b"#EXTM3U old")
+        .expect("put");
+    spool
+        .put("task-a", "p/task-a/seg1.ts", b"segment one")
+        .expect("put");
+    spool
+        .put("task-a", "p/task-a/x.m3u8", b"#EXTM3U new")
+        .expect("put");
+    // A half-written file of the box that owns the spool is no entry.
+    fs::write(t.0.join("00000000000000ff.tmp"), b"half").expect("tmp");
+
+    let found = foreign_entries(&t.0, "task-a").expect("read");
+    let keys: Vec<(&str, bool)> = found
+        .iter()
+        .map(|e| (e.key.as_str(), e.superseded))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            ("p/task-a/seg0.ts", false),
+            ("p/task-a/x.m3u8", true),
+            ("p/task-a/seg1.ts", false),
+            ("p/task-a/x.m3u8", false),
+        ]
+    );
+    let newest = &found[3];
+    let mut payload = vec![0u8; newest.payload_len as usize];
+    File::open(&newest.path)
+        .expect("entry")
+        .read_exact_at(&mut payload, newest.payload_offset)
+        .expect("payload");
+    assert_eq!(payload, b"#EXTM3U new");
+
+    for e in &found {
+        e.remove().expect("remove");
+        e.remove().expect("removing twice is no error");
+    }
+    drop(spool);
+    // The owner, back, finds only its other task's entry.
+    let spool = Spool::open_with(
+        &t.0,
+        SpoolOptions::new(1 << 20).backend(BackendChoice::Plain),
+    )
+    .expect("reopen");
+    let left: Vec<String> = spool.entries().into_iter().map(|e| e.key).collect();
+    assert_eq!(left, vec!["p/task-b/seg0.ts".to_owned()]);
+    assert!(foreign_entries(&t.0.join("missing"), "task-a")
+        .expect("a missing spool is empty")
+        .is_empty());
+}
