@@ -13,11 +13,12 @@ docs/performance.md.
    10 fps); every task must write segments; prints where the tasks went.
 4. The cost of a shared folder (`cluster.shared_dir`): a recording task
    with a publisher and a bucket (moto), its box killed `--shared-kills`
-   times, three ways in the same run: each box's own disk; a shared
-   folder; a shared folder with the bucket cut off for 6 s before the
-   kill (a backlog in the dead box's spool, which the survivor uploads
-   before it resumes). Prints the time from the kill to the 306, the
-   files the survivor uploaded for the dead box, and the media lost.
+   times (spread over a segment), four ways in the same run: each box's
+   own disk, and a shared folder, each with the bucket reachable and cut
+   off for the 6 s before the kill (a backlog in the dead box's spool).
+   Prints the time from the kill to the 306, the files the survivor
+   uploaded for the dead box, and the first run's media lost (the kill
+   less the end of its video in the bucket) while the dead box is down.
 
 Usage (after `cargo build --release -p kiroku -p kiroku-bench`):
     .venv/bin/python bench/fleet_bench.py --kiroku target/release/kiroku \\
@@ -146,13 +147,13 @@ def shared_folder(args, pg: PgCluster, work: Path) -> None:
     moto = Moto()
     moto.client.create_bucket(Bucket=BUCKET)
     try:
-        for way in ("own disk", "shared", "shared+backlog"):
+        for way in args.ways:
             relay = Relay(moto.port)
             receiver = CallbackReceiver()
             receiver.start()
             db = "bench_shared_" + way.replace(" ", "_").replace("+", "_")
             extra = {"storage": storage_config(relay.port), "recording": {"segment_seconds": 2}}
-            if way != "own disk":
+            if way.startswith("shared"):
                 extra["cluster"] = {"shared_dir": str(work / db)}
             fleet = boxes(args.kiroku, work, pg.create_db(db), 3, 8, receiver, db + "-", **extra)
             by_node = {d.config["cluster"]["node_id"]: d for d in fleet}
@@ -168,14 +169,18 @@ def shared_folder(args, pg: PgCluster, work: Path) -> None:
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     try:
                         receiver.wait_event(task, 304, 30)
+                        recording_since = time.time()
                         victim = by_node[pg.psql(f"SELECT node_id FROM tasks WHERE task_id = '{task}'", db)]
-                        if way == "shared+backlog":
+                        backlog = way.endswith("+backlog")
+                        if backlog:
                             relay.cut()
-                        time.sleep(6.3)
+                        # Kills spread over a 2 s segment.
+                        time.sleep(6.1 + 0.4 * k)
                         killed = time.monotonic()
                         killed_wall = time.time()
                         victim.kill9()
-                        relay.restore()
+                        if backlog:
+                            relay.restore()
                         receiver.wait_event(task, 306, 40)
                         times.append(time.monotonic() - killed)
                     finally:
@@ -183,7 +188,7 @@ def shared_folder(args, pg: PgCluster, work: Path) -> None:
                         pub.wait(30)
                     fleet[0 if victim is not fleet[0] else 1].sdk().delete(task)
                     receiver.wait_event(task, 305, 60)
-                    lost.append(first_run_loss(moto, f"sf/{task}", killed_wall))
+                    lost.append(first_run_loss(moto, f"sf/{task}", killed_wall, recording_since))
                     victim.start()
                     wait_until(lambda: pg.psql("SELECT count(*) FROM nodes WHERE heartbeat_at > now() - "
                                                "interval '8 seconds'", db) == "3", 30, 0.2, "3 boxes alive")
@@ -203,14 +208,16 @@ def shared_folder(args, pg: PgCluster, work: Path) -> None:
         moto.stop()
 
 
-def first_run_loss(moto, folder: str, killed_wall: float) -> float:
+def first_run_loss(moto, folder: str, killed_wall: float, recording_since: float) -> float:
     """Seconds between the kill and the end of the first run's video in the
-    bucket (the playlist's start time plus its segments' durations)."""
+    bucket (the playlist's start time plus its segments' durations); with
+    no first-run video playlist in the bucket, from the first playlist's
+    upload (304) to the kill, at least."""
     from recording import parse_playlist
     objects = moto.objects(folder + "/")
     names = [k for k in objects if k.endswith("_video.m3u8") and "/ha" not in k]
     if not names:
-        return float("nan")
+        return killed_wall - recording_since
     path = Path(tempfile.mkdtemp()) / "first.m3u8"
     path.write_bytes(objects[names[0]])
     pl = parse_playlist(path)
@@ -227,6 +234,8 @@ def main() -> int:
     ap.add_argument("--rooms", type=int, default=12)
     ap.add_argument("--record-seconds", type=int, default=20)
     ap.add_argument("--shared-kills", type=int, default=5)
+    ap.add_argument("--ways", nargs="+", default=["own disk", "own disk+backlog", "shared", "shared+backlog"],
+                    choices=["own disk", "own disk+backlog", "shared", "shared+backlog"])
     ap.add_argument("--only", choices=["api", "failover", "placement", "shared"])
     args = ap.parse_args()
     pg = PgCluster()

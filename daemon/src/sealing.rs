@@ -2,7 +2,7 @@
 //! (customer S3 keys, the recorder bot's UserSig) and upload targets (S3
 //! keys) are sealed with AES-256-GCM under a key the operator keeps in a
 //! file (`[secrets] key_file`), so that a copied `state.redb`, a backup of
-//! `data_dir` or a stray `targets/*.json` gives nothing away.
+//! `data_dir` or a dump of the fleet's database gives nothing away.
 //!
 //! Format: `KRKS1` ‖ key id (8 bytes: the start of SHA-256 of the key) ‖
 //! nonce (12 random bytes) ‖ ciphertext and tag. The associated data binds

@@ -75,7 +75,10 @@ impl Embedded {
             .truncate(false)
             .mode(0o600)
             .open(path)
-            .and_then(|_| crate::output::durable::make_private(path))
+            .and_then(|_| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            })
             .map_err(|source| StoreError::File {
                 path: path.display().to_string(),
                 source,
