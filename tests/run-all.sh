@@ -16,7 +16,7 @@ step() { printf '\n==> %s\n' "$*"; }
 # --- system packages -------------------------------------------------------
 # mesa-vulkan-drivers + libvulkan1: Mesa's lavapipe, a Vulkan software
 # rasteriser, so the wgpu compositor is tested against the CPU one without a GPU.
-APT_PACKAGES=(build-essential pkg-config cmake nasm python3 python3-venv python3-pip systemd curl ca-certificates chromium ffmpeg mesa-vulkan-drivers libvulkan1 openssl postgresql python3-gi gir1.2-glib-2.0 gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0 gir1.2-nice-0.1 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-nice)
+APT_PACKAGES=(build-essential pkg-config cmake nasm python3 python3-venv python3-pip systemd curl ca-certificates chromium ffmpeg mesa-vulkan-drivers libvulkan1 openssl postgresql python3-gi gir1.2-glib-2.0 gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0 gir1.2-nice-0.1 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-nice prometheus lintian help2man)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

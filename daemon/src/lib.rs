@@ -27,6 +27,7 @@ pub mod auth;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod doctor;
 pub mod domain;
 pub mod drain;
 pub mod faults;

@@ -48,6 +48,23 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Check an installation and say how to fix what is wrong: the
+    /// configuration, ports, public_url, UDP, data_dir, io_uring, GPU and
+    /// NVENC, S3 buckets, callback URLs, the clock. Works beside a running
+    /// daemon too. Exit code 1 if anything will not work (docs/operations.md).
+    Doctor {
+        /// The configuration to check (without: the embedded defaults).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// A file holding a CloudStorage object as CreateCloudRecording
+        /// takes it (Vendor, Region, Bucket, AccessKey, SecretKey): a probe
+        /// object is put, read and deleted there. Repeatable.
+        #[arg(long = "s3", value_name = "FILE")]
+        s3: Vec<PathBuf>,
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -248,6 +265,27 @@ struct PublishArgs {
 
 /// `kiroku drain`: `POST /v1/drain` on the box, with its admin token
 /// (from the configuration, else `KIROKU_ADMIN_TOKEN`).
+fn doctor(config: Option<PathBuf>, s3_targets: Vec<PathBuf>, json: bool) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kiroku doctor: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let args = kiroku::doctor::DoctorArgs { config, s3_targets };
+    let report = runtime.block_on(kiroku::doctor::run(&args));
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.render_text());
+    }
+    ExitCode::from(u8::try_from(report.exit_code()).unwrap_or(1))
+}
+
 fn drain(config: Option<PathBuf>, url: Option<String>) -> anyhow::Result<()> {
     let config = match config {
         Some(path) => {
@@ -487,6 +525,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Merge(args) => merge(args),
+        Command::Doctor { config, s3, json } => doctor(config, s3, json),
         Command::Drain { config, url } => match drain(config, url) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

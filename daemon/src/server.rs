@@ -347,6 +347,12 @@ pub async fn run(
     let backlog = store.load_outbox()?;
     tracing::info!(store = %store.describe(), node_id = %config.cluster.node_id, tasks = records.len(), callbacks_pending = backlog.len(), "state store opened");
 
+    crate::metrics::gauge(
+        metrics.registry(),
+        "kiroku_limit_max_tasks",
+        "limits.max_tasks: the live tasks this box admits (kiroku_tasks against it)",
+    )
+    .set(i64::try_from(config.limits.max_tasks).unwrap_or(i64::MAX));
     let edge_metrics = EdgeMetrics::register(&metrics);
     let metrics_listener = match config.server.metrics_listen {
         Some(addr) => Some(

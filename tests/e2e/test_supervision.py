@@ -255,7 +255,9 @@ def test_a_full_disk_under_the_state_store_loses_no_callback(kiroku, receiver, t
                    "a write refused by the full disk, counted")
         r = requests.get(d.url + "/healthz", timeout=5)
         assert r.status_code in (200, 503), r
-        wait_until(lambda: metric(d, "kiroku_store_commit_retries_total") >= 2, 20, 0.1,
+        # The task stops at its next segment cut (10 s segments, and a key
+        # frame to wait for): on a loaded machine that alone can take 20 s.
+        wait_until(lambda: metric(d, "kiroku_store_commit_retries_total") >= 2, 45, 0.1,
                    "commits refused by the full disk, retried")
         assert 302 not in [c.event_type for c in receiver.delivered(task)]
         time.sleep(1)

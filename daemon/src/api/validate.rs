@@ -305,6 +305,14 @@ fn name_part(field: &str, v: &str, max: usize) -> R<()> {
     Ok(())
 }
 
+/// A `CloudStorage` object as Tencent's API takes it (JSON, PascalCase),
+/// validated as Create does; the error is the API's message. For `kiroku
+/// doctor`, which probes an operator's bucket.
+pub fn cloud_storage_json(json: &str) -> Result<CloudStorage, String> {
+    let v: raw::CloudStorage = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    cloud_storage(v).map_err(|e| e.to_string())
+}
+
 fn cloud_storage(v: raw::CloudStorage) -> R<CloudStorage> {
     let p = "StorageParams.CloudStorage";
     let vendor = match required(v.vendor, codes::MISSING_VENDOR, &format!("{p}.Vendor"))? {

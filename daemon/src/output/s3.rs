@@ -663,6 +663,15 @@ impl S3Uploader {
         }
     }
 
+    /// Deletes the object (none under `key` is no error: S3 answers 204).
+    pub async fn delete(&self, key: &str) -> Result<(), UploadError> {
+        let path = object_path("delete", key)?;
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(UploadError::classify("delete", key, e)),
+        }
+    }
+
     /// The whole object.
     pub async fn get(&self, key: &str) -> Result<Bytes, UploadError> {
         let path = object_path("get", key)?;

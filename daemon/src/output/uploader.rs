@@ -197,6 +197,7 @@ struct UploadMetrics {
     pending_bytes: IntGauge,
     stranded_files: IntGauge,
     spool_used_bytes: IntGauge,
+    spool_capacity_bytes: IntGauge,
     spool_full: IntCounter,
     spool_backend: IntGaugeVec,
     targets: IntGauge,
@@ -231,6 +232,11 @@ impl UploadMetrics {
                 r,
                 "kiroku_spool_used_bytes",
                 "Bytes the spool holds (headers included)",
+            ),
+            spool_capacity_bytes: gauge(
+                r,
+                "kiroku_spool_capacity_bytes",
+                "storage.spool_capacity_mb in bytes: the most the spool holds (kiroku_spool_used_bytes against it)",
             ),
             spool_full: counter(
                 r,
@@ -319,6 +325,9 @@ impl UploadService {
         })?;
         let spool = Spool::open_with(spool_dir, SpoolOptions::new(config.spool_capacity_bytes))?;
         let metrics = UploadMetrics::register(metrics);
+        metrics
+            .spool_capacity_bytes
+            .set(i64::try_from(config.spool_capacity_bytes).unwrap_or(i64::MAX));
         metrics
             .spool_backend
             .with_label_values(&[spool.backend()])

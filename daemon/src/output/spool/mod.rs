@@ -723,6 +723,12 @@ fn commit(shared: &Shared, files: &[(&Path, &Path)]) -> Vec<Result<(), SpoolErro
     out
 }
 
+/// Whether the spool in `dir` would write through io_uring: the probe the
+/// spool runs at open (for `kiroku doctor`).
+pub fn io_uring_available(dir: &Path) -> io::Result<()> {
+    Engine::probe(4, File::open(dir)?).map(|_| ())
+}
+
 /// A finished entry of another box's spool (a fleet's shared spool), read
 /// without opening that spool: the box that took a room over uploads the
 /// entries of the room's tasks itself.
