@@ -27,9 +27,11 @@ pub mod auth;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod doctor;
 pub mod domain;
 pub mod drain;
+pub mod errors;
 pub mod faults;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, delete, get};
 use axum::Router;
@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 
 use crate::api::http::{self as api_http, ApiState};
 use crate::config::Config;
+use crate::console::gate::OperatorGate;
 use crate::health::Health;
 use crate::http_edge::{self, EdgeMetrics};
 use crate::ingest::whip::{self, WhipState};
@@ -90,7 +91,7 @@ fn probes_router(probes: Arc<Probes>) -> Router {
 }
 
 struct Operator {
-    config: Arc<Config>,
+    gate: Arc<OperatorGate>,
     ingest: Arc<Ingest>,
     drainer: Arc<crate::drain::Drainer>,
 }
@@ -98,7 +99,7 @@ struct Operator {
 /// The operator's endpoints (`/v1/*`): status and admin, behind
 /// `server.admin_token` (docs/security.md).
 fn operator_router(
-    config: Arc<Config>,
+    gate: Arc<OperatorGate>,
     ingest: Arc<Ingest>,
     drainer: Arc<crate::drain::Drainer>,
 ) -> Router {
@@ -116,7 +117,7 @@ fn operator_router(
         router
     };
     router.with_state(Arc::new(Operator {
-        config,
+        gate,
         ingest,
         drainer,
     }))
@@ -125,7 +126,7 @@ fn operator_router(
 /// `POST /v1/drain` (fleet mode): hands this box's rooms to the others and
 /// exits once done; answers with what went where (`kiroku drain`).
 async fn drain_box(State(op): State<Arc<Operator>>, headers: HeaderMap) -> Response {
-    if let Some(refused) = operator_denied(&op.config, &headers) {
+    if let Some(refused) = op.gate.denied(&Method::POST, &headers) {
         return refused;
     }
     use crate::drain::DrainError;
@@ -151,7 +152,7 @@ async fn inject_fault(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(refused) = operator_denied(&op.config, &headers) {
+    if let Some(refused) = op.gate.denied(&Method::POST, &headers) {
         return refused;
     }
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -179,42 +180,9 @@ fn json_error(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-/// `Authorization: Bearer <server.admin_token>`; with no token configured
-/// only a dev-mode box (no API credentials, loopback listener) answers.
-/// `None` when the request may go on; otherwise the refusal to send.
-fn operator_denied(config: &Config, headers: &HeaderMap) -> Option<Response> {
-    match &config.server.admin_token {
-        Some(token) => {
-            let given = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or("");
-            if token.matches(given.trim()) {
-                None
-            } else {
-                let mut r = json_error(
-                    StatusCode::UNAUTHORIZED,
-                    "the operator endpoints need Authorization: Bearer <server.admin_token>",
-                );
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    header::HeaderValue::from_static("Bearer realm=\"kiroku\""),
-                );
-                Some(r)
-            }
-        }
-        None if config.dev_mode() => None,
-        None => Some(json_error(
-            StatusCode::FORBIDDEN,
-            "the operator endpoints are off: set server.admin_token to use them (docs/security.md)",
-        )),
-    }
-}
-
 /// `GET /v1/rooms`: every room, its users in join order, their tracks.
 async fn rooms_status(State(op): State<Arc<Operator>>, headers: HeaderMap) -> Response {
-    if let Some(refused) = operator_denied(&op.config, &headers) {
+    if let Some(refused) = op.gate.denied(&Method::GET, &headers) {
         return refused;
     }
     let body = serde_json::json!({
@@ -237,7 +205,7 @@ async fn end_session(
     Path(session_id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = operator_denied(&op.config, &headers) {
+    if let Some(refused) = op.gate.denied(&Method::DELETE, &headers) {
         return refused;
     }
     if !op.ingest.end_session(&session_id) {
@@ -321,9 +289,14 @@ pub async fn run(
             .map(|u| u.expose().to_owned());
         let path = config.data_dir.join("state.redb");
         let node_id = config.cluster.node_id.clone();
+        let ca_file = config.cluster.postgres_ca_file.clone();
         tokio::task::spawn_blocking(move || match postgres_url {
             Some(url) => StateStore::with_engine(
-                Box::new(crate::state::postgres::Postgres::open(&url, &node_id)?),
+                Box::new(crate::state::postgres::Postgres::open(
+                    &url,
+                    &node_id,
+                    ca_file.as_deref(),
+                )?),
                 sealer,
             ),
             None => StateStore::open(&path, sealer),
@@ -499,17 +472,25 @@ pub async fn run(
         fleet.clone(),
     ));
 
+    let gate = Arc::new(OperatorGate::new(config.clone()));
+    let console = Arc::new(crate::console::Console {
+        gate: gate.clone(),
+        config: config.clone(),
+        manager: manager.clone(),
+        ingest: ingest.clone(),
+        vod: vod.clone(),
+        callbacks: outbox.log(),
+        metrics: metrics.clone(),
+        health: health.clone(),
+    });
     let app = router(api, metrics.clone(), health.clone())
         .merge(whip::router(Arc::new(WhipState::new(
             config.clone(),
             ingest.clone(),
             fleet.clone(),
         ))))
-        .merge(operator_router(
-            config.clone(),
-            ingest.clone(),
-            drainer.clone(),
-        ))
+        .merge(operator_router(gate, ingest.clone(), drainer.clone()))
+        .merge(crate::console::router(console))
         .merge(vod_http::router(vod));
     // An open dev-mode box trusts whoever reaches its loopback listener; a
     // web page can reach it too, by DNS rebinding a name of its own to

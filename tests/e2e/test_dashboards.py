@@ -234,6 +234,9 @@ def test_dashboard_is_import_ready():
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     inst = variables["instance"]
     assert inst["type"] == "query" and inst["datasource"] == ds, inst
+    # The limits come from the boxes' own gauges (kiroku_limit_max_tasks,
+    # kiroku_spool_capacity_bytes), not from values typed into the dashboard.
+    assert set(variables) == {"instance"}, sorted(variables)
     assert inst["query"]["query"] == "label_values(kiroku_tasks, instance)", inst
     ids = [p["id"] for p in dash["panels"]] + [q["id"] for p in dash["panels"] for q in p.get("panels", [])]
     assert len(ids) == len(set(ids)), f"duplicate panel ids: {sorted(i for i in ids if ids.count(i) > 1)}"
@@ -363,11 +366,18 @@ class PanelWatch:
         self.waiting: dict[str, str] = {}
         for where, expr in queries:
             filled = expr
-            # Longest names first, so that $max_tasks is not read as $max.
+            # Longest names first, so that $instance_x would not be read as $instance.
             for name in sorted(variables, key=len, reverse=True):
                 filled = filled.replace("${" + name + "}", variables[name]).replace("$" + name, variables[name])
             assert "$" not in filled, f"{where}: a variable is left in {filled!r}"
             self.waiting[where] = filled
+        self.filled = dict(self.waiting)
+
+    def panel_query(self, title: str) -> str:
+        """The filled-in query of the one-query panel titled `title`."""
+        found = [expr for where, expr in self.filled.items() if f" {title!r} target " in where]
+        assert len(found) == 1, (title, list(self.filled))
+        return found[0]
 
     def poll(self) -> int:
         """Queries those that have returned nothing yet; returns how many still have not."""
@@ -402,8 +412,6 @@ def test_dashboard_and_alerts_use_what_a_live_daemon_exports(kiroku, receiver, t
             "instance": re.escape(d.host).replace("\\", "\\\\"),
             # Grafana's $__rate_interval: at least 4 scrape intervals.
             "__rate_interval": "20s",
-            "max_tasks": str(max_tasks),
-            "spool_capacity_mb": str(spool_mb),
         })
         snapshots = [d.metrics_text()]
         api = d.sdk()
@@ -430,6 +438,13 @@ def test_dashboard_and_alerts_use_what_a_live_daemon_exports(kiroku, receiver, t
                    "Prometheus scraping the first refusal")
         assert api.error("CreateCloudRecording", create_params(room="7103")).code == refused.code
 
+        # The capacity panels divide by the box's own limits.max_tasks
+        # (kiroku_limit_max_tasks): 3 live tasks of 3 read as 100 %.
+        for title in ("Capacity used per box", "Capacity used"):
+            expr = watch.panel_query(title)
+            wait_until(lambda: [float(s["value"][1]) for s in prom.query(expr)] == [1.0], 20, 0.5,
+                       f"{title}: {expr} reading 1 (3 tasks of limits.max_tasks = {max_tasks})")
+
         # Everything is under way: mixed stages timed, frames dropped, files stranded.
         def live() -> bool:
             text = d.metrics_text()
@@ -449,6 +464,20 @@ def test_dashboard_and_alerts_use_what_a_live_daemon_exports(kiroku, receiver, t
             return None
         alerts = wait_until(provoked, 30, 0.5, "KirokuUploadsStranded and KirokuCapacityExhausted active")
         assert "KirokuDown" not in alerts, alerts
+        # The spool panels divide by the box's own storage.spool_capacity_mb
+        # (kiroku_spool_capacity_bytes): the stranded files' bytes over 256 MiB.
+        for title in ("Spool fill", "Spool used"):
+            expr = watch.panel_query(title)
+
+            def spool_ratio() -> tuple[float, float] | None:
+                at = time.time()  # both queries read the same samples
+                got = prom.api("query", query=expr, time=at)["result"]
+                used = prom.api("query", query="kiroku_spool_used_bytes", time=at)["result"]
+                if len(got) == 1 and len(used) == 1 and float(used[0]["value"][1]) > 0:
+                    return float(got[0]["value"][1]), float(used[0]["value"][1]) / (spool_mb * 1024 * 1024)
+                return None
+            ratio, want = wait_until(spool_ratio, 20, 0.5, f"{title}: {expr} reading the spool's fill")
+            assert ratio == pytest.approx(want) and 0 < ratio < 1, (title, ratio, want)
         snapshots.append(d.metrics_text())
         watch.poll()
 

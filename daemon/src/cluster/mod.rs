@@ -107,7 +107,7 @@ impl Fleet {
     /// this box with a first heartbeat.
     pub fn open(config: &ClusterConfig, url: &str, capacity: usize) -> Result<Self, StoreError> {
         let fleet = Self {
-            conn: Connection::new(url, "kiroku-fleet")?,
+            conn: Connection::new(url, "kiroku-fleet", config.postgres_ca_file.as_deref())?,
             node_id: config.node_id.clone(),
             advertise_url: config.advertise_url.clone(),
             capacity: i32::try_from(capacity).unwrap_or(i32::MAX),

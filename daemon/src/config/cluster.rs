@@ -28,6 +28,9 @@ pub struct ClusterConfig {
     /// that takes a dead box's room over uploads what the dead box had
     /// not and recovers its open segments (docs/fleet.md).
     pub shared_dir: Option<PathBuf>,
+    /// The CA certificates (PEM) PostgreSQL's certificate must chain to
+    /// when `postgres_url` says `sslmode=require` (none: the system's).
+    pub postgres_ca_file: Option<PathBuf>,
 }
 
 /// `cluster.lease_seconds`: the default and the range accepted.
@@ -145,11 +148,18 @@ pub(super) fn cluster_config(
         }
         Some(dir) => Some(dir),
     };
+    if raw.postgres_ca_file.is_some() && postgres_url.is_none() {
+        return Err(invalid(
+            "cluster.postgres_ca_file",
+            "is for a fleet: set cluster.postgres_url too",
+        ));
+    }
     Ok(ClusterConfig {
         postgres_url,
         node_id,
         advertise_url,
         lease: Duration::from_secs(lease_seconds),
         shared_dir,
+        postgres_ca_file: raw.postgres_ca_file,
     })
 }

@@ -46,6 +46,7 @@ pub(super) struct RawCluster {
     pub(super) advertise_url: Option<String>,
     pub(super) lease_seconds: Option<u64>,
     pub(super) shared_dir: Option<PathBuf>,
+    pub(super) postgres_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -223,7 +223,7 @@ async fn public_url(config: &Config, http: &reqwest::Client, running: bool, repo
             )),
             Err(e) => report.push(Finding::fail(
                 CHECK,
-                format!("{url}: {}", error_chain(&e)),
+                format!("{url}: {}", crate::errors::chain(&e)),
                 "set server.public_url to the URL clients reach this box at, and check DNS and the firewall from the box itself",
             )),
         }
@@ -272,7 +272,7 @@ async fn public_url(config: &Config, http: &reqwest::Client, running: bool, repo
         }
         Err(e) => report.push(Finding::fail(
             CHECK,
-            format!("{url}: {}", error_chain(&e)),
+            format!("{url}: {}", crate::errors::chain(&e)),
             "set server.public_url to the URL clients reach this box at, and check DNS and the firewall from the box itself",
         )),
     }
@@ -637,7 +637,7 @@ async fn callbacks(config: &Config, http: &reqwest::Client, report: &mut Report)
             }
             Err(e) => report.push(Finding::fail(
                 check,
-                format!("{url}: {}", error_chain(&e)),
+                format!("{url}: {}", crate::errors::chain(&e)),
                 "start the receiver or correct the app's callback URL; check DNS and the firewall from the box itself",
             )),
         }
@@ -660,17 +660,4 @@ fn clock_from(response: &reqwest::Response, source: &str, report: &mut Report) {
             remote,
         ));
     }
-}
-
-/// An error and its causes, for one line (reqwest's Display stops at the
-/// first).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

@@ -83,6 +83,15 @@ pub fn finish_playlist(
     Ok(playlist.render())
 }
 
+/// The playlist as it stood before the open segment, ended: what a
+/// journal whose segment holds not one whole frame leaves (the run ended
+/// there).
+pub fn end_playlist(before: &str) -> Result<String, crate::hls::playlist::PlaylistParseError> {
+    let mut playlist = Playlist::parse(before)?;
+    playlist.ended = true;
+    Ok(playlist.render())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

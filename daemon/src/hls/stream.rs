@@ -505,17 +505,17 @@ impl HlsStream {
     }
 
     /// Hands out what the open segment gained since the last journal
-    /// write, once a second of media has passed.
+    /// write: at its first frame (so that the journal names the segment and
+    /// its playlist from the start, and a crash in its first second still
+    /// ends that playlist), then once a second of media.
     fn journal(&mut self, pts: u64, out: &mut Vec<Output>) {
         let Some(open) = self.open.as_mut() else {
             return;
         };
-        let Some(last) = open.journal_pts else {
-            open.journal_pts = Some(pts);
-            return;
-        };
-        if pts.saturating_sub(last) < JOURNAL_EVERY_90K || open.buf.len() <= open.journaled {
-            return;
+        if let Some(last) = open.journal_pts {
+            if pts.saturating_sub(last) < JOURNAL_EVERY_90K || open.buf.len() <= open.journaled {
+                return;
+            }
         }
         open.journal_pts = Some(pts);
         let offset = open.journaled;
@@ -1135,7 +1135,11 @@ pub(crate) mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(writes.len(), 5, "one write per second of media");
+        assert_eq!(
+            writes.len(),
+            6,
+            "at the first frame, then once a second of media"
+        );
         assert!(writes[0].offset == 0 && writes[0].opened.is_some());
         assert!(writes[1..].iter().all(|w| w.opened.is_none()));
         let opened = writes[0].opened.as_ref().expect("opened");
@@ -1204,12 +1208,24 @@ pub(crate) mod tests {
                 })
                 .collect::<Vec<_>>(),
             vec![
-                // 2 s of video: journaled once, after its first second.
+                // 2 s of video: journaled at its first frame and after its
+                // first second; the next segment's first frame is journaled
+                // as it opens.
+                format!("journal t1/{first}"),
                 format!("journal t1/{first}"),
                 format!("segment t1/{first}"),
                 "first 1400000001_7__UserId_s_YWxpY2U.__UserId_e_main_video.m3u8 1700000000000"
                     .to_owned(),
                 "playlist t1/1400000001_7__UserId_s_YWxpY2U.__UserId_e_main_video.m3u8".to_owned(),
+                format!(
+                    "journal t1/{}",
+                    naming.single_segment(
+                        "alice",
+                        Media::Main,
+                        TrackType::Video,
+                        UNIX_EPOCH + Duration::from_micros(EPOCH_US as u64 + 2_000_000),
+                    )
+                ),
             ]
         );
         // The size of the first SPS; a later, different SPS does not change it.

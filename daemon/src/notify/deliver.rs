@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, Semaphore};
 
+use super::log::DeliveryLog;
 use super::outbox::{Outcome, Pending, Schedule};
 use crate::clock;
 use crate::config::CallbackConfig;
@@ -23,6 +24,7 @@ use crate::state::{OutboxEntry, StateStore};
 #[derive(Clone)]
 pub struct Outbox {
     tx: mpsc::UnboundedSender<OutboxEntry>,
+    log: Arc<DeliveryLog>,
 }
 
 impl Outbox {
@@ -33,6 +35,11 @@ impl Outbox {
         for e in entries {
             let _ = self.tx.send(e);
         }
+    }
+
+    /// What became of recent callbacks (the console's view).
+    pub fn log(&self) -> Arc<DeliveryLog> {
+        self.log.clone()
     }
 }
 
@@ -52,7 +59,10 @@ pub fn start(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> (Outbox, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<OutboxEntry>();
+    let log = Arc::new(DeliveryLog::default());
+    let worker_log = log.clone();
     let handle = tokio::spawn(async move {
+        let log = worker_log;
         let client = match reqwest::Client::builder()
             .timeout(config.timeout)
             .redirect(reqwest::redirect::Policy::none())
@@ -69,6 +79,7 @@ pub fn start(
         let mut entries: std::collections::HashMap<u64, Arc<OutboxEntry>> =
             std::collections::HashMap::new();
         for e in backlog {
+            log.queued(e.seq, &e.task_id, e.event_type, e.attempts, e.created_ms);
             schedule.push(pending_of(&e));
             entries.insert(e.seq, Arc::new(e));
         }
@@ -98,6 +109,7 @@ pub fn start(
                 _ = shutdown.changed() => break,
                 Some(e) = rx.recv() => {
                     metrics.callbacks_queued.inc();
+                    log.queued(e.seq, &e.task_id, e.event_type, e.attempts, e.created_ms);
                     schedule.push(pending_of(&e));
                     entries.insert(e.seq, Arc::new(e));
                 }
@@ -107,16 +119,19 @@ pub fn start(
                     let result = match outcome {
                         Some(Outcome::Delivered { seq }) => {
                             metrics.callbacks_delivered.inc();
+                            log.delivered(seq, clock::unix_ms());
                             entries.remove(&seq);
                             tokio::task::spawn_blocking(move || store.outbox_remove(seq)).await
                         }
                         Some(Outcome::Retry { seq, attempts, next_attempt_ms }) => {
                             metrics.callbacks_retried.inc();
+                            log.attempted(seq, attempts);
                             tracing::debug!(seq, attempts, task_id = %a.entry.task_id, "callback will be retried");
                             tokio::task::spawn_blocking(move || store.outbox_retry(seq, attempts, next_attempt_ms)).await
                         }
                         Some(Outcome::GivenUp { seq, attempts }) => {
                             metrics.callbacks_given_up.inc();
+                            log.given_up(seq, attempts, clock::unix_ms());
                             tracing::error!(seq, attempts, task_id = %a.entry.task_id, event_type = a.entry.event_type, url = %a.entry.url,
                                 "callback given up after callbacks.retry_for_seconds");
                             entries.remove(&seq);
@@ -134,7 +149,7 @@ pub fn start(
             metrics.callbacks_pending.set(schedule.pending() as i64);
         }
     });
-    (Outbox { tx }, handle)
+    (Outbox { tx, log }, handle)
 }
 
 fn pending_of(e: &OutboxEntry) -> Pending {

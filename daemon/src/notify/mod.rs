@@ -1,6 +1,8 @@
 //! Signed event callbacks (spec §7): payloads, the durable outbox's
-//! schedule, and the delivery worker.
+//! schedule, the delivery worker, and a bounded view of recent deliveries
+//! for the console.
 
 pub mod deliver;
 pub mod event;
+pub mod log;
 pub mod outbox;

@@ -719,7 +719,8 @@ fn object_path(op: &'static str, key: &str) -> Result<Path, UploadError> {
 }
 
 /// The `Content-Type` players and browsers expect from the bucket.
-fn content_type(key: &str) -> &'static str {
+/// The content type players expect for an object key's extension.
+pub fn content_type(key: &str) -> &'static str {
     match key.rsplit_once('.').map(|(_, ext)| ext) {
         Some("m3u8") => "application/vnd.apple.mpegurl",
         Some("ts") => "video/mp2t",

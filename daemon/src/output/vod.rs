@@ -347,6 +347,26 @@ impl VodStore {
             })
     }
 
+    /// The files a task made (the console lists them), oldest first.
+    pub fn of_task(&self, task_id: &str) -> Vec<VodEntry> {
+        let Ok(listing) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<VodEntry> = listing
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name();
+                let id = name.to_str()?.strip_suffix(".json")?.to_owned();
+                self.get(&id).ok().flatten()
+            })
+            .filter(|e| e.task_id == task_id)
+            .collect();
+        out.sort_by(|a, b| {
+            (a.created_unix_s, &a.cache_file).cmp(&(b.created_unix_s, &b.cache_file))
+        });
+        out
+    }
+
     /// Deletes every file whose expiry is at or before `now_unix_s`;
     /// returns their FileIds.
     pub fn expire(&self, now_unix_s: u64) -> Result<Vec<String>, VodError> {

@@ -77,10 +77,27 @@ async fn serve(
         }
         Err(_) => return status(StatusCode::INTERNAL_SERVER_ERROR, "VOD store error\n"),
     };
-    let path = store.mp4_path(&entry.file_id);
-    let mut file = match tokio::fs::File::open(&path).await {
+    serve_file(
+        &store.mp4_path(&entry.file_id),
+        "video/mp4",
+        &method,
+        &headers,
+    )
+    .await
+}
+
+/// A file from disk with range requests (RFC 9110 §14, one range), the
+/// body streamed (never read whole): for the VOD store and the console's
+/// local recordings.
+pub async fn serve_file(
+    path: &std::path::Path,
+    content_type: &'static str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Response {
+    let mut file = match tokio::fs::File::open(path).await {
         Ok(f) => f,
-        // Expired between the lookup and the open.
+        // Gone between the lookup and the open (a VOD file expired).
         Err(_) => return status(StatusCode::NOT_FOUND, "no such file\n"),
     };
     let len = match file.metadata().await {
@@ -107,14 +124,14 @@ async fn serve(
     if start > 0 && file.seek(SeekFrom::Start(start)).await.is_err() {
         return status(StatusCode::INTERNAL_SERVER_ERROR, "VOD store error\n");
     }
-    let body = if method == Method::HEAD {
+    let body = if *method == Method::HEAD {
         Body::empty()
     } else {
         Body::from_stream(tokio_util::io::ReaderStream::new(file.take(count)))
     };
     let mut response = Response::builder()
         .status(code)
-        .header(header::CONTENT_TYPE, "video/mp4")
+        .header(header::CONTENT_TYPE, content_type)
         .header(header::ACCEPT_RANGES, "bytes")
         .header(header::CONTENT_LENGTH, count);
     if let Some(cr) = content_range {

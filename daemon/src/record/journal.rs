@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::hls::recover::{finish_playlist, recover_segment};
+use crate::hls::recover::{end_playlist, finish_playlist, recover_segment};
 use crate::hls::stream::JournalWrite;
 use crate::output::Store;
 
@@ -212,6 +212,20 @@ pub fn recover(dir: &Path, store: &dyn Store) -> Result<Vec<RecoveredSegment>, J
                 playlist_file_name: meta.playlist_file_name.clone(),
                 seconds: segment.seconds,
             });
+        } else if !meta.playlist_text.is_empty() {
+            // The segment had just opened: nothing to add, but the run
+            // ended here and its playlist must say so.
+            let ended =
+                end_playlist(&meta.playlist_text).map_err(|e| JournalError::Unreadable {
+                    path: meta_path.clone(),
+                    why: e.to_string(),
+                })?;
+            store
+                .put(&meta.playlist_key, ended.as_bytes())
+                .map_err(|e| JournalError::Store {
+                    key: meta.playlist_key.clone(),
+                    why: e.to_string(),
+                })?;
         }
         let _ = std::fs::remove_file(&part_path);
         let _ = std::fs::remove_file(&meta_path);
@@ -295,6 +309,43 @@ mod tests {
         assert!(tmp.path().join("out/t/s1.ts").exists());
         assert!(!dir.exists(), "the journal is gone");
         assert!(recover(&dir, &store).expect("again").is_empty());
+    }
+
+    /// A crash right after a segment opened: not one whole frame to keep,
+    /// but the run ended there, so its playlist is ended as it stood.
+    #[test]
+    fn a_segment_without_a_whole_frame_still_ends_its_playlist() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("journal").join("task");
+        let mut before = crate::hls::playlist::Playlist::new(2, None);
+        before.push(crate::hls::playlist::Segment {
+            file_name: "s0.ts".into(),
+            duration_seconds: 2.0,
+            discontinuity: false,
+        });
+        let mut j = SegmentJournal::new(dir.clone());
+        j.write(&JournalWrite {
+            file_name: "s1.ts".into(),
+            key: "t/s1.ts".into(),
+            offset: 0,
+            bytes: ts(0),
+            opened: Some(JournalOpened {
+                playlist_key: "t/p.m3u8".into(),
+                playlist_file_name: "p.m3u8".into(),
+                playlist_text: before.render(),
+                discontinuity: false,
+            }),
+        })
+        .expect("write");
+        drop(j); // the crash
+        let store = LocalStore::new(tmp.path().join("out"));
+        assert!(recover(&dir, &store).expect("recover").is_empty());
+        let pl = std::fs::read_to_string(tmp.path().join("out/t/p.m3u8")).expect("playlist");
+        let p = crate::hls::playlist::Playlist::parse(&pl).expect("parse");
+        assert!(p.ended, "{pl}");
+        assert_eq!(p.segments.len(), 1);
+        assert!(!tmp.path().join("out/t/s1.ts").exists());
+        assert!(!dir.exists());
     }
 
     #[test]

@@ -21,10 +21,16 @@
 //! - **Secrets.** The URL's password is never logged: [`Engine::describe`]
 //!   gives `postgres://user@host:port/db`.
 //!
-//! TLS to PostgreSQL is not offered yet (NoTls): run it on a trusted
-//! network or over a local socket (`host=/run/postgresql`).
+//! - **TLS.** With `sslmode=require` in the URL the connection is TLS
+//!   (rustls) and the server's certificate is verified: against
+//!   `cluster.postgres_ca_file` (PEM) when set, else the system's roots,
+//!   and its name against the URL's host. Without it the connection is
+//!   plain, as libpq's `sslmode=disable` (a local socket, a trusted
+//!   network); a server that insists on TLS (`hostssl`) then refuses it,
+//!   and the error says so.
 
-use std::sync::Mutex;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use postgres::types::Type;
@@ -68,17 +74,85 @@ fn out_of_range(what: &str) -> StoreError {
 pub struct Connection {
     config: Config,
     shown: String,
+    transport: Transport,
     client: Mutex<Option<Client>>,
+}
+
+/// How the connection travels: TLS when the URL asks for it.
+enum Transport {
+    Plain,
+    Tls(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+/// The TLS client for `sslmode=require`: the server's certificate chains to
+/// `ca_file` (PEM, every certificate in it trusted) or, without one, to
+/// the system's roots.
+fn tls_connector(ca_file: Option<&Path>) -> Result<Transport, StoreError> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    let tls_err = |what: String| StoreError::Postgres(format!("TLS to PostgreSQL: {what}"));
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                tls_err(format!("cluster.postgres_ca_file {}: {e}", path.display()))
+            })?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| {
+                    tls_err(format!("cluster.postgres_ca_file {}: {e}", path.display()))
+                })?;
+                roots.add(cert).map_err(|e| {
+                    tls_err(format!("cluster.postgres_ca_file {}: {e}", path.display()))
+                })?;
+            }
+            if roots.is_empty() {
+                return Err(tls_err(format!(
+                    "cluster.postgres_ca_file {} holds no certificate",
+                    path.display()
+                )));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(tls_err(
+                    "no system root certificates: set cluster.postgres_ca_file".to_owned(),
+                ));
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_err(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Transport::Tls(
+        tokio_postgres_rustls::MakeRustlsConnect::new(config),
+    ))
 }
 
 impl Connection {
     /// From `postgres_url`, with kiroku's bounds (connect timeout,
-    /// statement timeout, keepalives) where the URL sets none. Nothing is
-    /// connected yet.
-    pub fn new(url: &str, application: &str) -> Result<Self, StoreError> {
+    /// statement timeout, keepalives) where the URL sets none, and TLS when
+    /// it says `sslmode=require` (verified against `ca_file`, else the
+    /// system's roots). Nothing is connected yet.
+    pub fn new(url: &str, application: &str, ca_file: Option<&Path>) -> Result<Self, StoreError> {
         let mut config: Config = url
             .parse()
             .map_err(|e: postgres::Error| StoreError::Postgres(format!("postgres_url: {e}")))?;
+        let transport = match config.get_ssl_mode() {
+            postgres::config::SslMode::Require => tls_connector(ca_file)?,
+            // `prefer` (the default) and `disable`: plain, as before. A
+            // server whose certificate cannot be verified must not be
+            // trusted halfway.
+            _ => {
+                config.ssl_mode(postgres::config::SslMode::Disable);
+                Transport::Plain
+            }
+        };
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -91,6 +165,7 @@ impl Connection {
         Ok(Self {
             shown: shown_url(&config),
             config,
+            transport,
             client: Mutex::new(None),
         })
     }
@@ -147,10 +222,17 @@ impl Connection {
         let mut guard = self.client.lock().unwrap_or_else(|p| p.into_inner());
         if guard.as_ref().is_none_or(|c| c.is_closed()) {
             *guard = None;
-            let client = self
-                .config
-                .connect(NoTls)
-                .map_err(|e| StoreError::Postgres(format!("connecting to {}: {e}", self.shown)))?;
+            let connected = match &self.transport {
+                Transport::Plain => self.config.connect(NoTls),
+                Transport::Tls(tls) => self.config.connect(tls.clone()),
+            };
+            let client = connected.map_err(|e| {
+                StoreError::Postgres(format!(
+                    "connecting to {}: {}",
+                    self.shown,
+                    crate::errors::chain(&e)
+                ))
+            })?;
             *guard = Some(client);
         }
         let Some(client) = guard.as_mut() else {
@@ -193,8 +275,8 @@ pub struct Postgres {
 impl Postgres {
     /// Connects, applies the migrations this binary has and the database
     /// lacks, and returns the engine.
-    pub fn open(url: &str, node_id: &str) -> Result<Self, StoreError> {
-        let conn = Connection::new(url, "kiroku")?;
+    pub fn open(url: &str, node_id: &str, ca_file: Option<&Path>) -> Result<Self, StoreError> {
+        let conn = Connection::new(url, "kiroku", ca_file)?;
         let applied = conn.run(migrate)?;
         if !applied.is_empty() {
             tracing::info!(database = %conn.shown(), versions = ?applied, "state store schema migrated");

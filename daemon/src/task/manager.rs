@@ -84,6 +84,18 @@ pub(super) struct Live {
 #[derive(Default)]
 pub(super) struct State {
     pub(super) tasks: HashMap<String, Live>,
+    /// The newest ended tasks ([`ENDED_KEPT`]), for the console.
+    pub(super) ended: std::collections::VecDeque<(TaskRecord, u64)>,
+}
+
+/// Ended tasks the console can still list (their files stay on disk).
+const ENDED_KEPT: usize = 100;
+
+/// A task as the console lists it: live, or ended at `ended_ms`.
+#[derive(Debug, Clone)]
+pub struct TaskOverview {
+    pub record: TaskRecord,
+    pub ended_ms: Option<u64>,
 }
 
 pub(super) struct Inner {
@@ -376,6 +388,25 @@ impl Manager {
     }
 
     /// Number of live tasks (for systemd STATUS= and logs).
+    /// Live tasks, newest first, then the newest ended ones.
+    pub async fn overview(&self) -> Vec<TaskOverview> {
+        let st = self.inner.state.lock().await;
+        let mut live: Vec<TaskOverview> = st
+            .tasks
+            .values()
+            .map(|l| TaskOverview {
+                record: l.record.clone(),
+                ended_ms: None,
+            })
+            .collect();
+        live.sort_by_key(|t| std::cmp::Reverse(t.record.created_ms));
+        live.extend(st.ended.iter().map(|(record, at)| TaskOverview {
+            record: record.clone(),
+            ended_ms: Some(*at),
+        }));
+        live
+    }
+
     pub async fn live_count(&self) -> usize {
         self.inner.state.lock().await.tasks.len()
     }
@@ -981,7 +1012,10 @@ impl Manager {
             // Left in the store as Exited: the next start finishes it.
             return;
         }
-        st.tasks.remove(task_id);
+        if let Some(live) = st.tasks.remove(task_id) {
+            st.ended.push_front((live.record, clock::unix_ms()));
+            st.ended.truncate(ENDED_KEPT);
+        }
         self.update_gauges(&st);
         tracing::info!(task_id, "recording task ended");
     }
