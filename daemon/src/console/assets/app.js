@@ -254,12 +254,16 @@ async function enter() {
   poll("tasks", 1500, pollTasks);
 }
 
+/** Runs `fn` now and every `ms` after it finishes; calling it again for the
+ *  same name restarts the loop (a run still in flight then ends it). */
+const pollGeneration = {};
 function poll(name, ms, fn) {
   clearTimeout(state.timers[name]);
+  const gen = (pollGeneration[name] = (pollGeneration[name] || 0) + 1);
   const run = async () => {
-    if (!state.signedIn) return;
+    if (!state.signedIn || gen !== pollGeneration[name]) return;
     try { await fn(); } catch (e) { if (state.signedIn) console.warn(name, e); }
-    if (state.signedIn) state.timers[name] = setTimeout(run, ms);
+    if (state.signedIn && gen === pollGeneration[name]) state.timers[name] = setTimeout(run, ms);
   };
   run();
 }
@@ -321,14 +325,21 @@ async function pollRooms() {
   const body = await getJson("/v1/rooms");
   const now = performance.now();
   const next = new Map();
+  const oldRates = state.bitrates;
   state.bitrates = new Map();
   for (const r of body.rooms || []) {
     for (const u of r.users || []) {
       for (const t of u.tracks || []) {
         const key = `${roomKey(r)}/${u.user_id}/${t.session_id || ""}/${t.kind}`;
         const prev = state.lastBytes.get(key);
+        if (prev && now - prev.t < 500) {
+          // An extra poll right after the last one: too short to measure.
+          next.set(key, prev);
+          if (oldRates.has(key)) state.bitrates.set(key, oldRates.get(key));
+          continue;
+        }
         next.set(key, { bytes: t.bytes, t: now });
-        if (prev && now > prev.t && t.bytes >= prev.bytes) {
+        if (prev && t.bytes >= prev.bytes) {
           state.bitrates.set(key, ((t.bytes - prev.bytes) * 8 * 1000) / (now - prev.t));
         }
       }
@@ -401,10 +412,13 @@ function userRows(rk, u, ui) {
 const trackOrder = (k) => ({ main_video: 0, aux_video: 1, audio: 2 })[k] ?? 3;
 const trackLabel = (k) => ({ main_video: "camera (main)", aux_video: "screen (aux)", audio: "audio" })[k] || k;
 
-/** The users of a room in join order (for previews and pickers). */
+/** The users of a room in join order (for previews and pickers);
+ *  `stringRoom` null: the integer room of that id, else the string room. */
 function roomUsers(app, room, stringRoom) {
-  const r = state.rooms.find((x) => String(x.sdk_app_id) === String(app) && String(x.room_id) === String(room) &&
-    isStringRoom(x) === stringRoom);
+  const same = (x) => String(x.sdk_app_id) === String(app) && String(x.room_id) === String(room);
+  const r = stringRoom === null
+    ? state.rooms.find((x) => same(x) && !isStringRoom(x)) || state.rooms.find((x) => same(x))
+    : state.rooms.find((x) => same(x) && isStringRoom(x) === stringRoom);
   return r ? (r.users || []).map((u) => ({
     id: u.user_id,
     main: (u.tracks || []).some((t) => t.kind === "main_video"),
@@ -414,12 +428,18 @@ function roomUsers(app, room, stringRoom) {
 
 // ---------------------------------------------------------------- apps and UserSigs
 
+/** The SdkAppId pickers: the configured apps; a box without apps (dev mode)
+ *  takes any SdkAppId, so the pickers become number fields. */
 function fillAppSelects() {
   const apps = (state.info && state.info.apps) || [];
   for (const sel of document.querySelectorAll(".app-select")) {
     const keep = sel.value;
+    if (!apps.length) {
+      if (sel.tagName === "INPUT") continue;
+      sel.replaceWith(h("input", { id: sel.id, class: "app-select", type: "number", value: keep || "1400000001", required: true }));
+      continue;
+    }
     sel.replaceChildren(...apps.map((a) => h("option", { value: a.sdk_app_id }, `${a.sdk_app_id}${a.user_sig ? " (UserSig)" : ""}`)));
-    if (!apps.length) sel.append(h("option", { value: "1400000001" }, "1400000001"));
     if (keep && [...sel.options].some((o) => o.value === keep)) sel.value = keep;
   }
 }
@@ -1018,6 +1038,21 @@ function renderTasks() {
     h("tbody", null, tasks.map(taskRow)))]);
 }
 
+/** A single-stream file's user and stream, from its name (spec §3a:
+ *  `…__UserId_s_<base64 with / → - and = → .>__UserId_e_<main|aux>[_<audio|video>]…`);
+ *  other names as they are. The full name is the button's tooltip. */
+function fileLabel(name) {
+  const m = /__UserId_s_([A-Za-z0-9+\-.]+)__UserId_e_([a-z]+)(?:_([a-z]+))?/.exec(name);
+  if (!m) return name;
+  try {
+    const bin = atob(m[1].replace(/-/g, "/").replace(/\./g, "="));
+    const user = new TextDecoder().decode(Uint8Array.from(bin, (c) => c.charCodeAt(0)));
+    return `${user} · ${m[2]}${m[3] ? " " + m[3] : ""}`;
+  } catch {
+    return name;
+  }
+}
+
 function taskRow(t) {
   const ended = t.status === "ended";
   const confirming = state.confirmStop && state.confirmStop.taskId === t.task_id;
@@ -1034,8 +1069,8 @@ function taskRow(t) {
       : h("span", { class: "muted" }, `running ${duration((Date.now() - t.created_at_ms) / 1000)}`)),
     h("td", { class: "files" }, files.length ? files.map((f) => f.url
       ? h("button", { type: "button", class: "file", "data-action": "play", "data-url": f.url, "data-kind": f.kind, "data-name": f.name,
-        "data-task": t.task_id, title: f.url }, h("span", { class: `badge kind-${f.kind}` }, f.kind), " ", f.name)
-      : h("div", { class: "file muted", title: "in the bucket: not playable from here" }, h("span", { class: "badge" }, f.kind), " ", f.name))
+        "data-task": t.task_id, title: f.name }, h("span", { class: `badge kind-${f.kind}` }, f.kind), " ", fileLabel(f.name))
+      : h("div", { class: "file muted", title: `${f.name}: in the bucket, not playable from here` }, h("span", { class: "badge" }, f.kind), " ", fileLabel(f.name)))
       : h("span", { class: "muted" }, t.storage === "vod" && !ended ? "VOD files appear when the task ends" : "none yet")),
     h("td", { class: "callbacks" }, (t.callbacks || []).map((c) =>
       h("span", { class: `cb cb-${c.state}`, "data-event": c.event_type, "data-state": c.state,
@@ -1289,7 +1324,7 @@ function wire() {
   });
   $("pub-source").addEventListener("change", () => { $("pub-size").disabled = $("pub-source").value === "screen"; });
   const pubHint = () => { $("pub-hint").textContent = appNeedsSig($("pub-app").value) ? "this app needs UserSigs: the console mints one" : ""; };
-  $("pub-app").addEventListener("change", pubHint);
+  $("publish-form").addEventListener("change", (e) => e.target.id === "pub-app" && pubHint());
 
   createLayout = layoutEditor($("c-layout"), "cl", {
     canvasSize: () => [Number($("c-w").value) || 0, Number($("c-h").value) || 0],
@@ -1301,7 +1336,7 @@ function wire() {
     canvasSize: () => canvasOf(state.modifyTask),
     users: () => {
       const t = state.modifyTask;
-      return t ? roomUsers(t.sdk_app_id, t.room_id, !/^\d+$/.test(String(t.room_id))) : [];
+      return t ? roomUsers(t.sdk_app_id, t.room_id, /^\d+$/.test(String(t.room_id)) ? null : true) : [];
     },
   });
   modifySubs = subsEditor($("m-subs"), "ms");
@@ -1311,7 +1346,7 @@ function wire() {
   form.addEventListener("input", (e) => {
     if (e.target.id === "c-user") botAuto = false;
     if (e.target.id === "c-sig") $("c-sig").dataset.auto = "0";
-    if (["c-room", "c-user"].includes(e.target.id)) { syncBotAndSig(); return; }
+    if (["c-app", "c-room", "c-user"].includes(e.target.id)) { syncBotAndSig(); return; }
     renderCreate();
   });
   form.addEventListener("change", (e) => {
