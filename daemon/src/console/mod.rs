@@ -453,14 +453,14 @@ fn alerts(load: &Load) -> Vec<Value> {
     if load.stranded > 0 {
         alert(
             "KirokuUploadsStranded",
-            "warning",
+            "critical",
             format!(
                 "{} file(s) failed to upload repeatedly and wait in the spool",
                 load.stranded
             ),
         );
     }
-    if load.callbacks_pending >= 100 {
+    if load.callbacks_pending > 100 {
         alert(
             "KirokuCallbacksBackingUp",
             "warning",
@@ -499,7 +499,7 @@ mod tests {
             max_tasks: 20,
             spool_used: 80,
             spool_capacity: 100,
-            callbacks_pending: 100,
+            callbacks_pending: 101,
             stranded: 2,
             health: Some("ingest thread died".into()),
         };
