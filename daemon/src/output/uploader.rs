@@ -1013,37 +1013,45 @@ mod tests {
         }
     }
 
+    /// A service on `dir` with its targets in `store` (the notice channel's
+    /// receiver kept alive beside it).
+    fn open_service(
+        dir: &Path,
+        store: &Arc<StateStore>,
+    ) -> (UploadService, mpsc::Receiver<UploadNotice>) {
+        let (tx, rx) = mpsc::channel(16);
+        let service = UploadService::open(
+            dir,
+            &crate::config::Config::embedded_defaults().storage,
+            &Metrics::new(),
+            tx,
+            Arc::new(Sealer::none()),
+            TargetBook::this_box(store.clone()),
+        )
+        .expect("open");
+        (service, rx)
+    }
+
+    fn state_store(dir: &Path) -> Arc<StateStore> {
+        Arc::new(
+            StateStore::open(&dir.join("state.redb"), Arc::new(Sealer::none())).expect("store"),
+        )
+    }
+
     /// Targets that a version before the fleet left as
     /// `targets/<TaskId>.json` are moved into the state store at open, and
     /// found there after the next restart.
     #[tokio::test]
     async fn target_files_of_older_versions_move_into_the_state_store() {
         let dir = tempfile::tempdir().expect("dir");
-        let sealer = Arc::new(Sealer::none());
-        let store = Arc::new(
-            StateStore::open(&dir.path().join("state.redb"), sealer.clone()).expect("store"),
-        );
+        let store = state_store(dir.path());
         let legacy = dir.path().join("targets");
         std::fs::create_dir_all(&legacy).expect("targets");
         let json = serde_json::to_vec(&target("old-task")).expect("json");
         std::fs::write(legacy.join("old-task.json"), json).expect("write");
         std::fs::write(legacy.join("half.json.tmp"), b"{").expect("write");
 
-        let config = crate::config::Config::embedded_defaults().storage;
-        let open = |store: &Arc<StateStore>| {
-            let (tx, rx) = mpsc::channel(16);
-            let service = UploadService::open(
-                dir.path(),
-                &config,
-                &Metrics::new(),
-                tx,
-                sealer.clone(),
-                TargetBook::this_box(store.clone()),
-            )
-            .expect("open");
-            (service, rx)
-        };
-        let (service, _rx) = open(&store);
+        let (service, _rx) = open_service(dir.path(), &store);
         assert!(!legacy.exists(), "the old folder is gone");
         let kept = store
             .records(RecordSet::UploadTargets, RecordOwner::ThisBox)
@@ -1052,7 +1060,7 @@ mod tests {
         assert_eq!(kept[0].0, "old-task");
         assert_eq!(service.targets(), vec!["old-task".to_owned()]);
         drop(service);
-        let (again, _rx) = open(&store);
+        let (again, _rx) = open_service(dir.path(), &store);
         assert_eq!(again.targets(), vec!["old-task".to_owned()]);
     }
 
@@ -1061,36 +1069,14 @@ mod tests {
     #[tokio::test]
     async fn a_registered_target_survives_a_restart() {
         let dir = tempfile::tempdir().expect("dir");
-        let sealer = Arc::new(Sealer::none());
-        let store = Arc::new(
-            StateStore::open(&dir.path().join("state.redb"), sealer.clone()).expect("store"),
-        );
-        let config = crate::config::Config::embedded_defaults().storage;
-        let (tx, _rx) = mpsc::channel(16);
-        let service = UploadService::open(
-            dir.path(),
-            &config,
-            &Metrics::new(),
-            tx,
-            sealer.clone(),
-            TargetBook::this_box(store.clone()),
-        )
-        .expect("open");
+        let store = state_store(dir.path());
+        let (service, _rx) = open_service(dir.path(), &store);
         let t = target("live-task");
         service
             .register("live-task", t.context.clone(), &t.storage)
             .expect("register");
         drop(service);
-        let (tx, _rx) = mpsc::channel(16);
-        let again = UploadService::open(
-            dir.path(),
-            &config,
-            &Metrics::new(),
-            tx,
-            sealer,
-            TargetBook::this_box(store.clone()),
-        )
-        .expect("reopen");
+        let (again, _rx) = open_service(dir.path(), &store);
         assert_eq!(again.targets(), vec!["live-task".to_owned()]);
     }
 }
