@@ -41,6 +41,37 @@ def owner_of(pg, db: str, task: str) -> str:
     return pg.psql(f"SELECT node_id FROM tasks WHERE task_id = '{task}'", db)
 
 
+def first_run_losses(named: list[str], folder, killed_at: float) -> dict[str, tuple[float, object]]:
+    """For each first-run playlist (audio, video) in the bucket copy: the
+    media lost at the kill (kill time less the playlist's end) and the
+    parsed playlist."""
+    from recording import parse_playlist
+    first_run = [n for n in named if not n.startswith("ha")]
+    assert sorted(n.rsplit("_", 1)[1] for n in first_run) == ["audio.m3u8", "video.m3u8"], named
+    out = {}
+    for name in first_run:
+        pl = parse_playlist(folder / name)
+        end = pl.start_rec_time / 1000 + sum(d for d, _, _ in pl.segments)
+        out[name.rsplit("_", 1)[1]] = (killed_at - end, pl)
+    return out
+
+
+def failover_gap(named: list[str], folder, stopped_at: float) -> tuple[float, float, float, float]:
+    """The whole video recording, both runs: (gap, wall, recorded, second
+    run's start). The gap runs from the end of the first run's media to the
+    first media of the `ha1_` run; wall from the first media to the
+    publisher's stop."""
+    from recording import parse_playlist
+    videos = sorted((n for n in named if n.endswith("_video.m3u8")), key=lambda n: n.startswith("ha"))
+    runs = [parse_playlist(folder / n) for n in videos]
+    assert len(runs) == 2 and videos[1].startswith("ha1_"), videos
+    first_end = runs[0].start_rec_time / 1000 + sum(d for d, _, _ in runs[0].segments)
+    second_start = runs[1].start_rec_time / 1000
+    wall = stopped_at - runs[0].start_rec_time / 1000
+    recorded = sum(d for pl in runs for d, _, _ in pl.segments)
+    return second_start - first_end, wall, recorded, second_start
+
+
 def relayed(box, action: str) -> float:
     return metric_value(box.metrics_text(), "kiroku_api_relayed_total", {"action": action}, default=0)
 
@@ -200,7 +231,7 @@ def test_a_killed_box_loses_at_most_a_second_and_a_half_per_track(kiroku, pg, re
     segments from the journal before it resumes the task: the first run's
     playlists in the bucket end with them, and each track's recording
     reaches to within 1.5 s of the kill."""
-    from recording import parse_playlist, publish
+    from recording import publish
     moto = Moto()
     try:
         moto.client.create_bucket(Bucket=BUCKET)
@@ -232,28 +263,16 @@ def test_a_killed_box_loses_at_most_a_second_and_a_half_per_track(kiroku, pg, re
         folder = f"jr/{task}"
         wait_until(lambda: not shared.joinpath(task).exists(), 10, 0.2, "the journal removed")
         named = check_bucket_recording(moto.objects(folder + "/"), folder, tmp_path)
-        first_run = [n for n in named if not n.startswith("ha")]
-        assert sorted(n.rsplit("_", 1)[1] for n in first_run) == ["audio.m3u8", "video.m3u8"], named
-        losses = {}
-        for name in first_run:
-            pl = parse_playlist(tmp_path / name)
+        found = first_run_losses(named, tmp_path, killed_at)
+        for name, (_, pl) in found.items():
             assert pl.ended and len(pl.segments) == 2, (name, pl.segments)
-            end = pl.start_rec_time / 1000 + sum(d for d, _, _ in pl.segments)
-            losses[name.rsplit("_", 1)[1]] = killed_at - end
+        losses = {k: v for k, (v, _) in found.items()}
         print(f"kill -9 mid-segment: lost {', '.join(f'{k} {v:.2f} s' for k, v in losses.items())}")
         assert all(v <= 1.5 for v in losses.values()), losses
         assert all(v > -0.5 for v in losses.values()), f"recorded past the kill? {losses}"
-        # The whole video recording, both runs: the wall time from its first
-        # media to the publisher's stop, less the failover gap (from the end
-        # of the first run's media to the first media on b).
-        videos = sorted((n for n in named if n.endswith("_video.m3u8")), key=lambda n: n.startswith("ha"))
-        runs = [parse_playlist(tmp_path / n) for n in videos]
-        assert len(runs) == 2 and videos[1].startswith("ha1_"), videos
-        first_end = runs[0].start_rec_time / 1000 + sum(d for d, _, _ in runs[0].segments)
-        gap = runs[1].start_rec_time / 1000 - first_end
-        wall = stopped_at - runs[0].start_rec_time / 1000
-        recorded = sum(d for pl in runs for d, _, _ in pl.segments)
-        print(f"kill -9: gap {gap:.2f} s (kill to media on b {runs[1].start_rec_time / 1000 - killed_at:.2f} s); "
+        # The whole video recording, both runs: the wall time less the gap.
+        gap, wall, recorded, second_start = failover_gap(named, tmp_path, stopped_at)
+        print(f"kill -9: gap {gap:.2f} s (kill to media on b {second_start - killed_at:.2f} s); "
               f"recorded {recorded:.2f} s of {wall:.2f} s wall")
         assert gap < 15, gap
         assert abs(recorded - (wall - gap)) <= 1.0, (recorded, wall, gap)

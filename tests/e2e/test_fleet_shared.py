@@ -22,7 +22,7 @@ import requests
 from kiroku_e2e import create_params, metric_value, wait_until
 
 pytest.importorskip("aiortc", reason="pip install -r tests/e2e/requirements.txt (aiortc)")
-from test_fleet_ops import fleet, owner_of  # noqa: E402
+from test_fleet_ops import failover_gap, first_run_losses, fleet, owner_of  # noqa: E402
 from test_storage import BUCKET, Moto, Relay, check_bucket_recording, check_mp4, cloud_storage, storage_config  # noqa: E402
 
 
@@ -86,7 +86,7 @@ def test_a_dead_box_that_never_comes_back_loses_no_more_than_a_restart_with_a_sh
     a's spooled files of the task, finishes the open segments from the
     journal, and records on: the bucket holds the first run up to within
     1.5 s of the kill per track, then b's `ha1_` run."""
-    from recording import parse_playlist, publish
+    from recording import publish
     moto = Moto()
     relay = Relay(moto.port)
     try:
@@ -129,21 +129,10 @@ def test_a_dead_box_that_never_comes_back_loses_no_more_than_a_restart_with_a_sh
         assert stops == [0], stops
         folder = f"sh/{task}"
         named = check_bucket_recording(moto.objects(folder + "/"), folder, tmp_path)
-        first_run = [n for n in named if not n.startswith("ha")]
-        assert sorted(n.rsplit("_", 1)[1] for n in first_run) == ["audio.m3u8", "video.m3u8"], named
-        losses = {}
-        for name in first_run:
-            pl = parse_playlist(tmp_path / name)
-            assert pl.ended, name
-            end = pl.start_rec_time / 1000 + sum(d for d, _, _ in pl.segments)
-            losses[name.rsplit("_", 1)[1]] = killed_at - end
-        videos = sorted((n for n in named if n.endswith("_video.m3u8")), key=lambda n: n.startswith("ha"))
-        runs = [parse_playlist(tmp_path / n) for n in videos]
-        assert len(runs) == 2 and videos[1].startswith("ha1_"), videos
-        first_end = runs[0].start_rec_time / 1000 + sum(d for d, _, _ in runs[0].segments)
-        gap = runs[1].start_rec_time / 1000 - first_end
-        wall = stopped_at - runs[0].start_rec_time / 1000
-        recorded = sum(d for pl in runs for d, _, _ in pl.segments)
+        found = first_run_losses(named, tmp_path, killed_at)
+        assert all(pl.ended for _, pl in found.values()), "the first run's playlists end"
+        losses = {k: v for k, (v, _) in found.items()}
+        gap, wall, recorded, _ = failover_gap(named, tmp_path, stopped_at)
         print(f"shared folder, box never back: {stranded} spooled files ({taken:.0f} uploaded by b), "
               f"lost {', '.join(f'{k} {v:.2f} s' for k, v in losses.items())}; 306 after {resumed_after:.2f} s; "
               f"gap {gap:.2f} s; recorded {recorded:.2f} s of {wall:.2f} s wall")
