@@ -193,8 +193,12 @@ struct PublishArgs {
     #[arg(long, default_value_t = 1_400_000_001)]
     sdk_app_id: u32,
     /// Room id (an integer room unless --string-room).
-    #[arg(long)]
-    room: String,
+    #[arg(long, required_unless_present = "rooms", conflicts_with = "rooms")]
+    room: Option<String>,
+    /// Publish the same users into every room FIRST-LAST (integer room
+    /// ids, at most 1000 rooms), encoding once: a density load generator.
+    #[arg(long, value_name = "FIRST-LAST")]
+    rooms: Option<String>,
     /// The room id is a string room id (RoomIdType 0).
     #[arg(long)]
     string_room: bool,
@@ -336,6 +340,16 @@ fn publish(a: PublishArgs) -> anyhow::Result<()> {
     if a.count == 0 || a.count > 10_000 {
         anyhow::bail!("--count must be 1..=10000");
     }
+    let rooms = match (&a.room, &a.rooms) {
+        (Some(room), None) => vec![room.clone()],
+        (None, Some(range)) => {
+            client::room_range(range).map_err(|e| anyhow::anyhow!("--rooms: {e}"))?
+        }
+        _ => anyhow::bail!("give --room or --rooms"),
+    };
+    if rooms.len().saturating_mul(a.count) > 10_000 {
+        anyhow::bail!("--rooms × --count must be at most 10000 users");
+    }
     if !(a.duration.is_finite() && a.duration > 0.0) {
         anyhow::bail!("--duration must be a positive number of seconds");
     }
@@ -373,7 +387,7 @@ fn publish(a: PublishArgs) -> anyhow::Result<()> {
     let opts = PublishOptions {
         url: a.url,
         sdk_app_id: a.sdk_app_id,
-        room: a.room,
+        rooms,
         string_room: a.string_room,
         user: a.user,
         count: a.count,

@@ -140,8 +140,9 @@ impl OpenH264Encoder {
             .num_threads(1)
             .complexity(Complexity::Low)
             .vui(VuiConfig::bt601());
-        let encoder = Encoder::with_api_config(OpenH264API::from_source(), cfg)
+        let mut encoder = Encoder::with_api_config(OpenH264API::from_source(), cfg)
             .map_err(|e| EncodeError::Unavailable(e.to_string()))?;
+        super::openh264_log::route_encoder_log(&mut encoder);
         Ok(Self {
             settings,
             encoder,

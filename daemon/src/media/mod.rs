@@ -2,7 +2,8 @@
 //! parser), RTP timestamp unwrapping (`rtp_time`), Opus → AAC (`aac`), the
 //! MPEG-TS muxer (`ts`) and its demuxer (`ts_demux`), and the MP4 packer
 //! (`mp4`: faststart MP4/M4A/ADTS from recorded TS). `h264_codec` wraps
-//! OpenH264 for decoding pictures and encoding the mixed canvas.
+//! OpenH264 for decoding pictures and encoding the mixed canvas;
+//! `openh264_log` routes OpenH264's messages into `tracing`.
 //!
 //! ```text
 //!   H.264 AUs + ADTS ──ts──▶ TS segments ──ts_demux──▶ PES ──mp4──▶ MP4 / M4A / .aac
@@ -16,6 +17,7 @@ pub mod aac;
 pub mod h264;
 pub mod h264_codec;
 pub mod mp4;
+pub mod openh264_log;
 pub mod rtp_time;
 pub mod ts;
 pub mod ts_demux;

@@ -5,7 +5,10 @@
 //! server routes by source address, so sessions must not share one).
 //! One encoder per stream kind feeds every session: with `--count N` the
 //! picture and tone are encoded once and sent N times, which keeps load
-//! tests cheap. Media runs on a plain thread at real time.
+//! tests cheap, and with `--rooms FIRST-LAST` the same N users publish
+//! into every room of the range (one encoder still: a density benchmark's
+//! load generator must not cost more than the box it measures). Media
+//! runs on a plain thread at real time.
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -27,7 +30,8 @@ pub struct PublishOptions {
     /// Base URL of the daemon, e.g. `http://127.0.0.1:8080`.
     pub url: String,
     pub sdk_app_id: u32,
-    pub room: String,
+    /// The rooms to publish into (the same users in each).
+    pub rooms: Vec<String>,
     pub string_room: bool,
     /// The user id, or the prefix `<user>_<n>` with `count > 1`.
     pub user: String,
@@ -84,6 +88,7 @@ pub struct PublishReport {
 }
 
 struct Session {
+    room: String,
     user: String,
     aux: bool,
     rtc: Rtc,
@@ -109,11 +114,36 @@ struct Session {
 /// takes far longer to notice a peer that vanished (a killed box).
 const SILENCE: Duration = Duration::from_secs(5);
 
-/// Opens a session again for `(user, aux)` (`--reconnect`).
-type Reopen<'a> = &'a dyn Fn(&str, bool) -> Result<Session, PublishError>;
+/// Opens a session again for `(room, user, aux)` (`--reconnect`).
+type Reopen<'a> = &'a dyn Fn(&str, &str, bool) -> Result<Session, PublishError>;
+
+/// Sessions opened at once while starting (WHIP POSTs in flight).
+const OPEN_CONCURRENCY: usize = 16;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// `FIRST-LAST` → the integer room ids in between, both included.
+pub fn room_range(range: &str) -> Result<Vec<String>, String> {
+    let (first, last) = range
+        .split_once('-')
+        .ok_or_else(|| format!("{range:?} is not FIRST-LAST"))?;
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("{v:?} is not a room number (1..=4294967294)"))
+    };
+    let (first, last) = (parse(first)?, parse(last)?);
+    if first == 0 || last < first {
+        return Err(format!(
+            "{range:?}: FIRST must be at least 1 and at most LAST"
+        ));
+    }
+    if last - first >= 1000 {
+        return Err(format!("{range:?} spans more than 1000 rooms"));
+    }
+    Ok((first..=last).map(|r| r.to_string()).collect())
+}
 
 fn user_ids(o: &PublishOptions) -> Vec<String> {
     if o.count <= 1 {
@@ -139,6 +169,7 @@ fn user_sig(o: &PublishOptions, user: &str) -> Option<String> {
 async fn open(
     http: &reqwest::Client,
     o: &PublishOptions,
+    room: &str,
     user: &str,
     aux: bool,
 ) -> Result<Session, PublishError> {
@@ -168,7 +199,7 @@ async fn open(
         "{}/whip/{}/{}/{}",
         o.url.trim_end_matches('/'),
         o.sdk_app_id,
-        o.room,
+        room,
         user
     );
     if aux {
@@ -217,6 +248,7 @@ async fn open(
         .map_err(|e| PublishError::Whip(format!("bad answer: {e}")))?;
     rtc.sdp_api().accept_answer(pending, answer)?;
     Ok(Session {
+        room: room.to_owned(),
         user: user.to_owned(),
         aux,
         rtc,
@@ -252,12 +284,39 @@ pub async fn run(o: PublishOptions, stop: Arc<AtomicBool>) -> Result<PublishRepo
         _ => None,
     };
     let audio = o.audio.clone().map(AudioSource::new).transpose()?;
-    let mut sessions = Vec::new();
-    for user in user_ids(&o) {
-        sessions.push(open(&http, &o, &user, false).await?);
-        if o.aux && o.video.is_some() {
-            sessions.push(open(&http, &o, &user, true).await?);
+    let mut wanted = Vec::new();
+    for room in &o.rooms {
+        for user in user_ids(&o) {
+            wanted.push((room.clone(), user.clone(), false));
+            if o.aux && o.video.is_some() {
+                wanted.push((room.clone(), user, true));
+            }
         }
+    }
+    // Many rooms: open a few sessions at a time (each a WHIP round trip)
+    // so that the first are not left waiting for ICE while the last open.
+    let opened: Vec<Result<Session, PublishError>> = {
+        use futures_util::stream::{self, StreamExt};
+        stream::iter(wanted.iter())
+            .map(|(room, user, aux)| open(&http, &o, room, user, *aux))
+            .buffered(OPEN_CONCURRENCY)
+            .collect()
+            .await
+    };
+    let mut sessions = Vec::with_capacity(opened.len());
+    let mut failure = None;
+    for s in opened {
+        match s {
+            Ok(s) => sessions.push(s),
+            Err(e) => failure = failure.or(Some(e)),
+        }
+    }
+    if let Some(e) = failure {
+        // Leave nothing behind on the box: end the sessions that opened.
+        for s in &sessions {
+            let _ = http.delete(&s.location).send().await;
+        }
+        return Err(e);
     }
     let duration = o.duration;
     let (main_video, aux_video, audio) = if o.mute {
@@ -270,7 +329,9 @@ pub async fn run(o: PublishOptions, stop: Arc<AtomicBool>) -> Result<PublishRepo
     let report = tokio::task::spawn_blocking(move || {
         let mut sessions = sessions;
         // On this blocking thread the runtime may be entered to reopen.
-        let reopen = |user: &str, aux: bool| runtime.block_on(open(&http2, &o2, user, aux));
+        let reopen = |room: &str, user: &str, aux: bool| {
+            runtime.block_on(open(&http2, &o2, room, user, aux))
+        };
         let reopen: Option<Reopen<'_>> = o2.reconnect.then_some(&reopen);
         let r = media_loop(
             &mut sessions,
@@ -325,7 +386,7 @@ fn media_loop(
         // `--reconnect`: a failed session publishes again, with backoff.
         if let Some(reopen) = reopen {
             for s in sessions.iter_mut().filter(|s| s.dead && now >= s.retry_at) {
-                match reopen(&s.user, s.aux) {
+                match reopen(&s.room, &s.user, s.aux) {
                     Ok(fresh) => {
                         tracing::info!(user = %s.user, aux = s.aux, location = %fresh.location, "published again");
                         *s = fresh;
@@ -531,4 +592,19 @@ fn send(
         }
     }
     n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::room_range;
+
+    #[test]
+    fn a_room_range_is_every_integer_room_between_both_ends() {
+        assert_eq!(room_range("7-9").expect("range"), ["7", "8", "9"]);
+        assert_eq!(room_range("5-5").expect("range"), ["5"]);
+        assert_eq!(room_range("1-1000").expect("range").len(), 1000);
+        for bad in ["", "7", "9-7", "0-3", "a-b", "1-1001", "1-99999999999"] {
+            assert!(room_range(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

@@ -484,8 +484,9 @@ impl VideoSource {
             .complexity(Complexity::Low)
             // Signal the matrix the renderer actually uses.
             .vui(VuiConfig::bt601());
-        let encoder = Encoder::with_api_config(OpenH264API::from_source(), encoder_cfg)
+        let mut encoder = Encoder::with_api_config(OpenH264API::from_source(), encoder_cfg)
             .map_err(SourceError::H264)?;
+        crate::media::openh264_log::route_encoder_log(&mut encoder);
         let renderer =
             pattern::Renderer::new(cfg.width, cfg.height, cfg.pattern, cfg.color, &cfg.label);
         Ok(Self {

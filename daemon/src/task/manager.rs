@@ -508,7 +508,11 @@ impl Manager {
                     && !matches!(l.record.state, TaskState::Exited { .. })
             })
             .map(|l| l.record.task_id.clone());
-        let live_after = st.tasks.len() + 1 - usize::from(displaced.is_some());
+        // A task that is Exited (Delete answered, its files closing) no
+        // longer counts: a Create right after a Delete is admitted.
+        let is_running = |l: &&Live| !matches!(l.record.state, TaskState::Exited { .. });
+        let live_now = st.tasks.values().filter(is_running).count();
+        let live_after = live_now + 1 - usize::from(displaced.is_some());
         if live_after > self.inner.config.limits.max_tasks {
             self.inner
                 .metrics
@@ -516,7 +520,7 @@ impl Manager {
                 .with_label_values(&["max_tasks"])
                 .inc();
             return Err(TaskError::Concurrency {
-                running: st.tasks.len(),
+                running: live_now,
                 limit: self.inner.config.limits.max_tasks,
             });
         }
@@ -529,6 +533,7 @@ impl Manager {
             let running = st
                 .tasks
                 .values()
+                .filter(is_running)
                 .filter(|l| l.record.spec.sdk_app_id == spec.sdk_app_id)
                 .count();
             if running + 1 - usize::from(displaced.is_some()) > limit {
