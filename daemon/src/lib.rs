@@ -24,6 +24,8 @@
 
 pub mod api;
 pub mod auth;
+pub mod benchmark;
+pub mod capacity;
 pub mod clock;
 pub mod cluster;
 pub mod config;

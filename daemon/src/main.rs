@@ -34,6 +34,9 @@ enum Command {
     },
     /// Publish a synthetic test pattern and tone into a room over WHIP.
     Publish(Box<PublishArgs>),
+    /// Measure this box (docs/performance.md "Capacity").
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Merge a folder of single-stream recordings into one MP4 (or M4A)
     /// per user and section, like TRTC_Merge.py (docs/merge.md).
     Merge(MergeArgs),
@@ -65,6 +68,61 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Ramp each task shape over real WHIP until real time breaks; print
+    /// a table and write the capacity profile that admission uses
+    /// (data_dir/capacity.json). Starts its own daemon unless --url.
+    Capacity(Box<CapacityArgs>),
+}
+
+#[derive(clap::Args)]
+struct CapacityArgs {
+    /// The box's configuration: the profile goes to its data_dir (or
+    /// limits.capacity_profile) and its recording.compositor is measured.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Where to write the profile (overrides --config's).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Measure a running daemon instead of starting one (give API
+    /// credentials with --secret-id/--secret-key unless it runs in dev mode).
+    #[arg(long)]
+    url: Option<String>,
+    #[arg(long)]
+    secret_id: Option<String>,
+    #[arg(long)]
+    secret_key: Option<String>,
+    #[arg(long, default_value_t = 1_400_000_001)]
+    sdk_app_id: u32,
+    /// Shapes to measure, comma separated (default: all): single-1av,
+    /// single-5av, single-25av, mixed-4x360p-720p15, mixed-9x360p-720p15,
+    /// mixed-25x360p-1080p15, mixed-audio-4.
+    #[arg(long, value_delimiter = ',')]
+    shapes: Vec<String>,
+    /// Seconds every task must have had media before a window starts.
+    #[arg(long, default_value_t = 6)]
+    warmup: u64,
+    /// Seconds of each measured window.
+    #[arg(long, default_value_t = 20)]
+    window: u64,
+    /// The most tasks a ramp tries.
+    #[arg(long, default_value_t = 400)]
+    max_tasks: u32,
+    /// Bisection stops within this share of the count that held.
+    #[arg(long, default_value_t = 0.1)]
+    precision: f64,
+    /// The API's p99 bound under load (DescribeCloudRecording), ms.
+    #[arg(long, default_value_t = 10.0)]
+    api_p99_ms: f64,
+    /// Short windows and a coarse ramp (minutes instead of half an hour).
+    #[arg(long)]
+    quick: bool,
+    /// Print the outcome as JSON (after the table).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -535,9 +593,80 @@ fn exit_anyway_after(after: std::time::Duration) {
     }
 }
 
+fn bench_capacity(a: CapacityArgs) -> anyhow::Result<()> {
+    use kiroku::benchmark::{self, BenchOptions};
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KIROKU_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match &a.config {
+        Some(path) => {
+            Some(Config::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)
+        }
+        None => None,
+    };
+    let out = a
+        .out
+        .clone()
+        .or_else(|| config.as_ref().map(|c| c.limits.capacity_profile.clone()))
+        .ok_or_else(|| {
+            anyhow::anyhow!("give --config (the profile goes to its data_dir) or --out FILE")
+        })?;
+    let compositor = match config.as_ref().map(|c| c.recording.compositor) {
+        Some(kiroku::config::CompositorPreference::Cpu) => "cpu",
+        Some(kiroku::config::CompositorPreference::Gpu) => "gpu",
+        _ => "auto",
+    };
+    if !(a.precision.is_finite() && (0.01..=1.0).contains(&a.precision)) {
+        anyhow::bail!("--precision must be 0.01..=1");
+    }
+    let (warmup, window, precision) = if a.quick {
+        (a.warmup.min(3), a.window.min(8), a.precision.max(0.25))
+    } else {
+        (a.warmup, a.window, a.precision)
+    };
+    let opts = BenchOptions {
+        kiroku: std::env::current_exe().context("the path of this kiroku binary")?,
+        url: a.url,
+        secret_id: a.secret_id,
+        secret_key: a.secret_key,
+        sdk_app_id: a.sdk_app_id,
+        shapes: a.shapes,
+        warmup: std::time::Duration::from_secs(warmup),
+        window: std::time::Duration::from_secs(window.max(2)),
+        max_tasks: a.max_tasks.max(1),
+        precision,
+        api_p99_ms: a.api_p99_ms,
+        compositor: compositor.to_owned(),
+        out: out.clone(),
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let outcomes = runtime.block_on(benchmark::run(opts))?;
+    print!("{}", benchmark::render_table(&outcomes));
+    println!("capacity profile written to {}", out.display());
+    if a.json {
+        println!("{}", serde_json::to_string(&outcomes)?);
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Bench(BenchCommand::Capacity(args)) => match bench_capacity(*args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("kiroku bench capacity: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Merge(args) => merge(args),
         Command::Doctor { config, s3, json } => doctor(config, s3, json),
         Command::Drain { config, url } => match drain(config, url) {

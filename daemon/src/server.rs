@@ -94,6 +94,7 @@ struct Operator {
     gate: Arc<OperatorGate>,
     ingest: Arc<Ingest>,
     drainer: Arc<crate::drain::Drainer>,
+    capacity: Arc<crate::capacity::Capacity>,
 }
 
 /// The operator's endpoints (`/v1/*`): status and admin, behind
@@ -102,9 +103,11 @@ fn operator_router(
     gate: Arc<OperatorGate>,
     ingest: Arc<Ingest>,
     drainer: Arc<crate::drain::Drainer>,
+    capacity: Arc<crate::capacity::Capacity>,
 ) -> Router {
     let router = Router::new()
         .route("/v1/rooms", get(rooms_status))
+        .route("/v1/capacity", get(capacity_status))
         .route("/v1/drain", axum::routing::post(drain_box))
         .route("/v1/sessions/{session_id}", delete(end_session));
     // Only where the supervision tests asked for it (crate::faults).
@@ -120,6 +123,7 @@ fn operator_router(
         gate,
         ingest,
         drainer,
+        capacity,
     }))
 }
 
@@ -176,6 +180,21 @@ fn json_error(status: StatusCode, message: &str) -> Response {
         status,
         [(header::CONTENT_TYPE, "application/json")],
         serde_json::json!({ "error": message }).to_string(),
+    )
+        .into_response()
+}
+
+/// `GET /v1/capacity`: capacity, used, free, each task's cost and load
+/// (docs/api.md "Capacity").
+async fn capacity_status(State(op): State<Arc<Operator>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = op.gate.denied(&Method::GET, &headers) {
+        return refused;
+    }
+    let report = op.capacity.report();
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_string(&report).unwrap_or_default(),
     )
         .into_response()
 }
@@ -409,6 +428,26 @@ pub async fn run(
             None => e.to_string(),
         }),
     })?;
+    let capacity = Arc::new(crate::capacity::Capacity::new(
+        crate::capacity::CapacitySettings {
+            profile_path: config.limits.capacity_profile.clone(),
+            fraction: config.limits.capacity_fraction,
+            admit_by_cost: config.limits.admit_by_cost,
+        },
+        Arc::default(),
+        &metrics,
+    ));
+    // Per-task CPU rates and the capacity gauges, once a second.
+    let capacity_refresh = {
+        let capacity = capacity.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                every.tick().await;
+                capacity.refresh(std::time::Instant::now());
+            }
+        })
+    };
     let manager = Manager::start(
         config.clone(),
         store.clone(),
@@ -422,6 +461,7 @@ pub async fn run(
             vod: vod.clone(),
         },
         health.clone(),
+        capacity.clone(),
     )
     .await;
     let fleet_heartbeat = fleet.clone().map(|f| {
@@ -489,7 +529,12 @@ pub async fn run(
             ingest.clone(),
             fleet.clone(),
         ))))
-        .merge(operator_router(gate, ingest.clone(), drainer.clone()))
+        .merge(operator_router(
+            gate,
+            ingest.clone(),
+            drainer.clone(),
+            capacity.clone(),
+        ))
         .merge(crate::console::router(console))
         .merge(vod_http::router(vod));
     // An open dev-mode box trusts whoever reaches its loopback listener; a
@@ -567,6 +612,7 @@ pub async fn run(
         h.abort();
     }
     expiry.abort();
+    capacity_refresh.abort();
     reloader.abort();
     if let Some(m) = metrics_server {
         m.abort();

@@ -57,6 +57,7 @@ impl From<crate::task::error::TaskError> for ApiError {
             TaskError::NotFound { .. } | TaskError::Expired { .. } | TaskError::Exiting { .. } => {
                 codes::TASK_NOT_EXIST
             }
+            TaskError::Capacity(_) => codes::RESOURCE_INSUFFICIENT,
             TaskError::Store => codes::INTERNAL,
             TaskError::Fenced { .. } => codes::TASK_NOT_EXIST,
         };
@@ -114,6 +115,8 @@ pub mod codes {
 
     pub const TASK_NOT_EXIST: &str = "FailedOperation.TaskNotExist";
     pub const RESTRICTED_CONCURRENCY: &str = "FailedOperation.RestrictedConcurrency";
+    /// Admission by cost refused a Create (the box is full).
+    pub const RESOURCE_INSUFFICIENT: &str = "ResourceInsufficient.RequestRejection";
     pub const SDK_APP_ID_NOT_EXIST: &str = "FailedOperation.SdkAppIdNotExist";
     /// kiroku's own (fleet mode, docs/fleet.md): another box of the fleet
     /// records the room; the message names it. Tencent has no such case.

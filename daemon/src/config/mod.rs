@@ -205,12 +205,17 @@ fn check_secret(key: &str, value: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     pub max_tasks: usize,
     pub api_rate_per_second: u32,
     /// End-of-task packing jobs (HLS → MP4) at once; the others wait.
     pub packing_jobs: usize,
+    /// Admission by cost: the share of measured capacity admitted.
+    pub capacity_fraction: f64,
+    pub admit_by_cost: bool,
+    /// The capacity profile (`kiroku bench capacity` writes it).
+    pub capacity_profile: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -538,6 +543,21 @@ impl Config {
         if !(1..=64).contains(&packing_jobs) {
             return Err(invalid("limits.packing_jobs", "must be between 1 and 64"));
         }
+        let capacity_fraction = raw.limits.capacity_fraction.unwrap_or(0.8);
+        if !(capacity_fraction.is_finite() && (0.05..=1.0).contains(&capacity_fraction)) {
+            return Err(invalid(
+                "limits.capacity_fraction",
+                "must be between 0.05 and 1.0 (the share of measured capacity admitted)",
+            ));
+        }
+        let capacity_profile = match raw.limits.capacity_profile.clone() {
+            Some(p) => p,
+            None => raw
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+                .join("capacity.json"),
+        };
         let api_rate_per_second = raw.limits.api_rate_per_second.unwrap_or(DEFAULT_API_RATE);
         if api_rate_per_second == 0 {
             return Err(invalid("limits.api_rate_per_second", "must be at least 1"));
@@ -881,6 +901,9 @@ impl Config {
                 max_tasks,
                 api_rate_per_second,
                 packing_jobs,
+                capacity_fraction,
+                admit_by_cost: raw.limits.admit_by_cost.unwrap_or(true),
+                capacity_profile,
             },
             callbacks: CallbackConfig {
                 retry_for,

@@ -86,6 +86,9 @@ pub(super) struct RawLimits {
     pub(super) max_tasks: Option<usize>,
     pub(super) api_rate_per_second: Option<u32>,
     pub(super) packing_jobs: Option<usize>,
+    pub(super) capacity_fraction: Option<f64>,
+    pub(super) admit_by_cost: Option<bool>,
+    pub(super) capacity_profile: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -15,6 +15,7 @@ use crate::domain::task::TaskRecord;
 use crate::hls::naming::Naming;
 use crate::hls::segmenter::SegmenterConfig;
 use crate::record::compose::{open_encoder, CompositorSource};
+use crate::record::load::LoadBoard;
 use crate::record::mixed::{MixedRecorder, MixedSettings};
 use crate::record::single::Settings;
 use crate::record::worker::{
@@ -33,10 +34,16 @@ pub struct RecorderFactory {
     compositors: CompositorSource,
     registry: Arc<Registry>,
     metrics: RecorderMetrics,
+    loads: Arc<LoadBoard>,
 }
 
 impl RecorderFactory {
-    pub fn new(config: RecordingConfig, registry: Arc<Registry>, metrics: RecorderMetrics) -> Self {
+    pub fn new(
+        config: RecordingConfig,
+        registry: Arc<Registry>,
+        metrics: RecorderMetrics,
+        loads: Arc<LoadBoard>,
+    ) -> Self {
         let compositors = CompositorSource::new(config.compositor);
         tracing::info!(compositor = %compositors.description, "mixed-stream compositor");
         Self {
@@ -44,7 +51,13 @@ impl RecorderFactory {
             compositors,
             registry,
             metrics,
+            loads,
         }
+    }
+
+    /// What the compositor of mixed tasks is (`cpu` or `wgpu …`).
+    pub fn compositor_kind(&self) -> &str {
+        &self.compositors.description
     }
 
     pub fn metrics(&self) -> &RecorderMetrics {
@@ -126,6 +139,7 @@ impl RecorderFactory {
             journal: Some(self.config.journal_dir.join(&record.task_id)),
             metrics: self.metrics.clone(),
             events: events_tx,
+            load: self.loads.task(&record.task_id),
         };
         worker::spawn(setup)
             .map(|h| (h, events_rx))

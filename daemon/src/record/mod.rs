@@ -15,6 +15,8 @@
 //!   channel, store writes, metrics, events to the task runner. `build`
 //!   puts a recorder together from a task record; `compose` hands out
 //!   compositors (per task on the CPU, or the shared wgpu service).
+//! - `load` is what each recorder costs and how far behind it runs, read
+//!   by `capacity` (admission, `/v1/capacity`, metrics).
 //!
 //! Out of scope: when a task starts or stops (`task`), where files end up
 //! (`output`), HLS naming and segmenting themselves (`hls`).
@@ -23,6 +25,7 @@ pub mod action;
 pub mod build;
 pub mod compose;
 pub mod journal;
+pub mod load;
 pub mod mixed;
 pub mod single;
 pub mod subscribe;

@@ -1709,6 +1709,7 @@ mod tests {
             store: store.clone(),
             metrics: RecorderMetrics::register(&crate::metrics::Metrics::new()),
             events: events_tx,
+            load: Arc::default(),
         })
         .expect("recorder thread");
         let deadline = Instant::now() + Duration::from_secs(20);

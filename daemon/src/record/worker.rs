@@ -14,9 +14,9 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
 
 use crate::metrics::{self, Metrics};
 use crate::output::Store;
@@ -24,6 +24,7 @@ use kiroku_gpu::{Compositor, VideoEncoder};
 
 use crate::domain::params::{MixLayout, Subscription};
 use crate::record::action::{Action, FileInfo, Stats};
+use crate::record::load::{thread_cpu_time, TaskLoad};
 use crate::record::mixed::{Images, MixStats, MixedRecorder, MixedSettings};
 use crate::record::single::{OfferedTrack, Settings, SingleRecorder};
 use crate::record::timeline::unix_us;
@@ -126,6 +127,21 @@ impl Core {
         }
     }
 
+    /// How far the output clock trails its due time (mixed; zero for a
+    /// recorder that keeps up, and for single-stream cores).
+    fn output_behind(&self) -> Duration {
+        match self {
+            Core::Mixed(c) => match c.next_due_us() {
+                Some(due) => {
+                    let late = unix_us(SystemTime::now()) - due;
+                    Duration::from_micros(u64::try_from(late).unwrap_or(0))
+                }
+                None => Duration::ZERO,
+            },
+            Core::Single(_) => Duration::ZERO,
+        }
+    }
+
     /// How long until the core wants [`Self::tick`] again, at most `POLL`.
     fn wait(&self) -> Duration {
         match self {
@@ -207,6 +223,9 @@ pub struct RecorderMetrics {
     pub restarts: IntCounter,
     pub segments_ended_early: IntCounter,
     pub journal_failures: IntCounter,
+    /// From a segment's cut (the arrival of the frame that closed it, or
+    /// the mixed output tick it ended at) to the end of its write.
+    pub segment_latency: Histogram,
 }
 
 impl RecorderMetrics {
@@ -238,7 +257,18 @@ impl RecorderMetrics {
         ] {
             mix_events.with_label_values(&[e]).reset();
         }
+        let segment_latency = Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "kiroku_recorder_segment_latency_seconds",
+                "From a segment's cut (arrival of the frame that closed it; for mixed tasks the output tick it ended at) to the end of its write to the store or spool",
+            )
+            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(segment_latency.clone()))
+            .expect("unique metric");
         Self {
+            segment_latency,
             frames: c(
                 "kiroku_recorder_frames_total",
                 "Frames received by recorders",
@@ -345,6 +375,8 @@ pub struct RecorderSetup {
     pub journal: Option<std::path::PathBuf>,
     pub metrics: RecorderMetrics,
     pub events: tokio::sync::mpsc::Sender<RecorderEvent>,
+    /// Where the thread publishes its cost and lag (`capacity` reads it).
+    pub load: Arc<TaskLoad>,
 }
 
 /// Starts the recorder thread of a task.
@@ -387,11 +419,16 @@ struct Worker {
     reported_errors: u64,
     reported_ended_early: u64,
     streams: i64,
+    load: Arc<TaskLoad>,
+    /// When the input that the actions being carried out answer arrived
+    /// (a frame's arrival, a due output tick): segment latency runs from it.
+    cause: Instant,
 }
 
 impl Drop for Worker {
     /// The gauges are given back however the thread ends (a panic too).
     fn drop(&mut self) {
+        self.load.stopped();
         self.metrics.streams.sub(self.streams);
         self.metrics.recorders.dec();
         // The task's series go with it (a panic too).
@@ -415,8 +452,10 @@ fn run(setup: RecorderSetup, control: mpsc::Receiver<RecorderControl>) {
         journal,
         metrics,
         events,
+        load,
     } = setup;
     metrics.recorders.inc();
+    load.started();
     let (tx, rx) = mpsc::sync_channel::<Delivery>(CHANNEL_CAPACITY);
     // Holding the watch keeps the room (and its version counter) alive.
     let watch = registry.watch(&room);
@@ -457,6 +496,8 @@ fn run(setup: RecorderSetup, control: mpsc::Receiver<RecorderControl>) {
         reported_errors: 0,
         reported_ended_early: 0,
         streams: 0,
+        load,
+        cause: Instant::now(),
     };
     let mut seen_version = None;
     'outer: loop {
@@ -480,6 +521,7 @@ fn run(setup: RecorderSetup, control: mpsc::Receiver<RecorderControl>) {
             // can end their subscriptions. (A recorder running behind — a
             // loaded box — lost the last seconds of every user who left.)
             while let Ok(d) = rx.try_recv() {
+                w.took(&d);
                 let actions = core.on_frame(d);
                 w.execute(actions);
             }
@@ -489,12 +531,14 @@ fn run(setup: RecorderSetup, control: mpsc::Receiver<RecorderControl>) {
         }
         match rx.recv_timeout(core.wait()) {
             Ok(d) => {
+                w.took(&d);
                 let actions = core.on_frame(d);
                 w.execute(actions);
                 // Take what is queued before looking at controls again.
                 for _ in 0..256 {
                     match rx.try_recv() {
                         Ok(d) => {
+                            w.took(&d);
                             let actions = core.on_frame(d);
                             w.execute(actions);
                         }
@@ -502,7 +546,20 @@ fn run(setup: RecorderSetup, control: mpsc::Receiver<RecorderControl>) {
                     }
                 }
             }
-            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
+            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
+                // Nothing queued: a single-stream recorder is level with
+                // real time.
+                if matches!(core, Core::Single(_)) {
+                    w.load.set_behind(Duration::ZERO);
+                }
+            }
+        }
+        if let Core::Mixed(_) = core {
+            let behind = core.output_behind();
+            w.load.set_behind(behind);
+            w.cause = Instant::now()
+                .checked_sub(behind)
+                .unwrap_or_else(Instant::now);
         }
         let actions = core.tick();
         w.execute(actions);
@@ -524,6 +581,13 @@ fn run(setup: RecorderSetup, control: mpsc::Receiver<RecorderControl>) {
 }
 
 impl Worker {
+    /// A frame is taken from the channel: what it causes runs from its
+    /// arrival, and its wait is how far this recorder is behind.
+    fn took(&mut self, d: &Delivery) {
+        self.cause = d.frame.received_at;
+        self.load.set_behind(d.frame.received_at.elapsed());
+    }
+
     fn snapshot(&mut self, room: &RoomKey) -> Vec<OfferedTrack> {
         self.offered.clear();
         let mut offered = Vec::new();
@@ -569,6 +633,9 @@ impl Worker {
                 Action::Store { key, data } => {
                     if self.put(&key, &data) {
                         self.metrics.segments.inc();
+                        self.metrics
+                            .segment_latency
+                            .observe(self.cause.elapsed().as_secs_f64());
                         if let Some(j) = self.journal.as_mut() {
                             j.stored(&key);
                         }
@@ -681,5 +748,17 @@ impl Worker {
         let streams = core.active_streams() as i64;
         self.metrics.streams.add(streams - self.streams);
         self.streams = streams;
+        let video = self
+            .subscribed
+            .values()
+            .filter(|t| t.kind.is_video())
+            .count();
+        let audio = self.subscribed.len() - video;
+        self.load.set_streams(
+            u32::try_from(video).unwrap_or(u32::MAX),
+            u32::try_from(audio).unwrap_or(u32::MAX),
+        );
+        self.load.set_output_frames_dropped(m.ticks_skipped);
+        self.load.set_thread_cpu(thread_cpu_time());
     }
 }

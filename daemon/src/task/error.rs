@@ -12,6 +12,9 @@ pub enum TaskError {
         running: usize,
         limit: usize,
     },
+    /// Admission by cost (`capacity`): the box is full.
+    #[error("{0}")]
+    Capacity(String),
     #[error(
         "task {task_id} does not exist for SdkAppId {sdk_app_id} (never created, or already ended)"
     )]

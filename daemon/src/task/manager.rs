@@ -50,7 +50,7 @@ use crate::output::TeeStore;
 use crate::record::action::FileInfo;
 use crate::record::build::RecorderFactory;
 use crate::record::worker::{RecorderEvent, RecorderMetrics};
-use crate::room::Registry;
+use crate::room::{Registry, RoomKey};
 use crate::state::{Change, NewCallback, StateStore};
 use crate::task::lifecycle::{self, Event, Transition};
 use crate::task::outputs::OutputPlan;
@@ -117,6 +117,8 @@ pub(super) struct Inner {
     pub(super) health: Arc<crate::health::Health>,
     /// Places for end-of-task packing jobs (`limits.packing_jobs`).
     pub(super) packing: Arc<tokio::sync::Semaphore>,
+    /// Admission by cost and each task's measured load.
+    pub(super) capacity: Arc<crate::capacity::Capacity>,
     pub(super) state: Mutex<State>,
 }
 
@@ -155,12 +157,15 @@ impl Manager {
         rooms: Arc<Registry>,
         outputs: Outputs,
         health: Arc<crate::health::Health>,
+        capacity: Arc<crate::capacity::Capacity>,
     ) -> Self {
         let recorders = RecorderFactory::new(
             config.recording.clone(),
             rooms.clone(),
             RecorderMetrics::register(&metrics),
+            capacity.loads().clone(),
         );
+        capacity.compositor_in_use(recorders.compositor_kind());
         let storage = Arc::new(LocalStore::new(config.data_dir.join("storage")));
         let staging = Arc::new(LocalStore::new(config.data_dir.join("staging")));
         // The box's own listeners are never image servers (unless allowed).
@@ -192,6 +197,7 @@ impl Manager {
                 packing,
                 http,
                 health,
+                capacity,
                 state: Mutex::new(State::default()),
             }),
         };
@@ -374,6 +380,44 @@ impl Manager {
         g.with_label_values(&["idle"]).set(idle);
         g.with_label_values(&["in_progress"]).set(progress);
         g.with_label_values(&["exited"]).set(exited);
+        // The capacity ledger counts what runs: a task stops counting once
+        // it is Exited (Delete has answered), and its load record goes
+        // when it leaves.
+        let running = st
+            .tasks
+            .values()
+            .filter(|l| !matches!(l.record.state, TaskState::Exited { .. }))
+            .map(|l| {
+                let spec = &l.record.spec;
+                (l.record.task_id.as_str(), spec)
+            });
+        let capacity = &self.inner.capacity;
+        capacity.sync(
+            running,
+            |spec| self.publishers(spec),
+            |task_id| st.tasks.contains_key(task_id),
+        );
+    }
+
+    /// The users publishing in a task's room now, as (audio+video, audio
+    /// only, video only): what a new task there will record.
+    fn publishers(&self, spec: &RecordingSpec) -> (u32, u32, u32) {
+        let key = RoomKey {
+            sdk_app_id: spec.sdk_app_id,
+            room: spec.room.clone(),
+        };
+        let (mut av, mut audio, mut video) = (0u32, 0u32, 0u32);
+        for (_, tracks) in self.inner.rooms.snapshot(&key) {
+            let a = tracks.iter().any(|t| !t.kind.is_video());
+            let v = tracks.iter().any(|t| t.kind.is_video());
+            match (a, v) {
+                (true, true) => av = av.saturating_add(1),
+                (true, false) => audio = audio.saturating_add(1),
+                (false, true) => video = video.saturating_add(1),
+                (false, false) => {}
+            }
+        }
+        (av, audio, video)
     }
 
     /// A copy of a live task's record.
@@ -549,6 +593,22 @@ impl Manager {
                 });
             }
         }
+        // Admission by cost: what this task will cost beside the running
+        // ones (a displaced task's cost is freed).
+        let shape = crate::capacity::Capacity::shape(&spec, self.publishers(&spec));
+        let admitted = match &displaced {
+            Some(old) => self.inner.capacity.admit_replacing(&shape, old),
+            None => self.inner.capacity.admit(&shape),
+        };
+        if let Err(full) = admitted {
+            self.inner
+                .metrics
+                .tasks_refused
+                .with_label_values(&["capacity"])
+                .inc();
+            tracing::warn!(error = %full, "task refused: the box is full");
+            return Err(TaskError::Capacity(full.to_string()));
+        }
         if let Some(old) = displaced {
             self.stop_locked(&mut st, &old, LeaveCode::SameUserIdEntered, None)
                 .await?;
@@ -574,6 +634,12 @@ impl Manager {
             ..Change::default()
         })
         .await?;
+        self.inner.capacity.add(
+            &record.task_id,
+            record.spec.sdk_app_id,
+            record.spec.room.to_string(),
+            shape,
+        );
         let (control, runner) = self.spawn_runner(&record);
         let task_id = record.task_id.clone();
         tracing::info!(task_id = %task_id, sdk_app_id = record.spec.sdk_app_id, room = %record.spec.room,
@@ -1174,6 +1240,15 @@ mod tests {
             rooms,
             outputs,
             Arc::new(crate::health::Health::new()),
+            Arc::new(crate::capacity::Capacity::new(
+                crate::capacity::CapacitySettings {
+                    profile_path: dir.join("capacity.json"),
+                    fraction: 0.8,
+                    admit_by_cost: true,
+                },
+                Arc::default(),
+                &crate::metrics::Metrics::new(),
+            )),
         )
         .await;
         Fixture { mgr, store, dir }
