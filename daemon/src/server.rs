@@ -150,7 +150,8 @@ async fn drain_box(State(op): State<Arc<Operator>>, headers: HeaderMap) -> Respo
 
 /// `POST /v1/faults` (tests only, `KIROKU_TEST_FAULTS=1`):
 /// `{"ingest": true}` or `{"recorder": "<TaskId>"}` arms a panic,
-/// `{"commit_failures": n}` fails the next n state-store commits.
+/// `{"commit_failures": n}` fails the next n state-store commits,
+/// `{"slow_encoder_ms": ms}` slows the encoder of mixed tasks started next.
 async fn inject_fault(
     State(op): State<Arc<Operator>>,
     headers: HeaderMap,
@@ -166,10 +167,12 @@ async fn inject_fault(
         crate::faults::arm_recorder_panic(task);
     } else if let Some(n) = v.get("commit_failures").and_then(serde_json::Value::as_u64) {
         crate::faults::arm_commit_failures(u32::try_from(n).unwrap_or(u32::MAX));
+    } else if let Some(ms) = v.get("slow_encoder_ms").and_then(serde_json::Value::as_u64) {
+        crate::faults::arm_slow_encoder(u32::try_from(ms).unwrap_or(u32::MAX));
     } else {
         return json_error(
             StatusCode::BAD_REQUEST,
-            "send {\"ingest\": true}, {\"recorder\": \"<TaskId>\"} or {\"commit_failures\": <n>}",
+            "send {\"ingest\": true}, {\"recorder\": \"<TaskId>\"}, {\"commit_failures\": <n>} or {\"slow_encoder_ms\": <ms>}",
         );
     }
     StatusCode::NO_CONTENT.into_response()

@@ -98,10 +98,9 @@ impl RecorderFactory {
                         None
                     } else {
                         let settings = MixedRecorder::encoder_settings(&mix.transcode);
-                        Some(
-                            open_encoder(settings)
-                                .map_err(|e| format!("cannot open the H.264 encoder: {e}"))?,
-                        )
+                        Some(crate::faults::encoder(open_encoder(settings).map_err(
+                            |e| format!("cannot open the H.264 encoder: {e}"),
+                        )?))
                     };
                 CoreSetup::Mixed {
                     settings: Box::new(MixedSettings {

@@ -245,10 +245,11 @@ impl RecorderMetrics {
         let mix_events = metrics::counter_vec(
             r,
             "kiroku_mix_events_total",
-            "Mixed-stream pipeline events: tick_skipped (output frames skipped to catch up with real time), decode_error, frame_dropped (input frames dropped, queue full), encode_error, compose_error",
+            "Mixed-stream pipeline events: output_dropped (output frames dropped evenly while the task runs behind real time: overload), tick_skipped (output frames skipped at once to catch up from more than 1 s behind), decode_error, frame_dropped (input frames dropped, queue full), encode_error, compose_error",
             &["event"],
         );
         for e in [
+            "output_dropped",
             "tick_skipped",
             "decode_error",
             "frame_dropped",
@@ -701,6 +702,11 @@ impl Worker {
         self.metrics.mix_ticks.inc_by(m.ticks - r.ticks);
         let me = &self.metrics.mix_events;
         for (label, now, before) in [
+            (
+                "output_dropped",
+                m.output_frames_dropped,
+                r.output_frames_dropped,
+            ),
             ("tick_skipped", m.ticks_skipped, r.ticks_skipped),
             ("decode_error", m.decode_errors, r.decode_errors),
             ("frame_dropped", m.frames_dropped, r.frames_dropped),
@@ -758,7 +764,8 @@ impl Worker {
             u32::try_from(video).unwrap_or(u32::MAX),
             u32::try_from(audio).unwrap_or(u32::MAX),
         );
-        self.load.set_output_frames_dropped(m.ticks_skipped);
+        self.load
+            .set_output_frames_dropped(m.ticks_skipped + m.output_frames_dropped);
         self.load.set_thread_cpu(thread_cpu_time());
     }
 }

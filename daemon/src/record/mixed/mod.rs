@@ -18,8 +18,14 @@
 //! make their tick. For each tick every input's frames up to `T_k` are
 //! decoded and its latest picture is shown: users stay in sync with each
 //! other and with the mixed audio, which the mixer cuts at the same `T_k`.
-//! A recorder that falls more than [`MAX_BEHIND_US`] behind skips video
-//! ticks (counted) rather than drifting further; audio stays continuous.
+//! Overload: a recorder more than [`DECIMATE_ABOVE_US`] behind drops
+//! output frames evenly — one in two, then three in four, … down to one
+//! frame a second — checked every [`PACE_STEP_US`] of output; dropped
+//! ticks still decode the inputs and mix the audio, and the frames kept
+//! carry their own tick's time, so playlist durations stay true to the
+//! wall clock. Level with real time for [`RESTORE_AFTER_US`], the rate
+//! doubles back. Only a recorder still more than [`MAX_BEHIND_US`] behind
+//! jumps to the newest tick (counted as skipped). Audio stays continuous.
 //!
 //! Pictures: users take places in the layout in room join order. A user
 //! with no subscribed video holds a place (unless PureAudioDisableLayout)
@@ -60,8 +66,16 @@ use scene::Mark;
 
 /// A video with no new frame for this long has stopped (FillType applies).
 pub const STALE_US: i64 = 2_000_000;
-/// Further behind real time than this, video ticks are skipped.
-pub const MAX_BEHIND_US: i64 = 1_000_000;
+/// Further behind real time than this, video ticks are skipped at once
+/// (an overload the even drops below could not absorb in time).
+pub const MAX_BEHIND_US: i64 = 2_000_000;
+/// Further behind than this, output frames are dropped evenly.
+pub const DECIMATE_ABOVE_US: i64 = 400_000;
+/// Less behind than this for [`RESTORE_AFTER_US`], the rate doubles back.
+const RESTORE_BELOW_US: i64 = 100_000;
+const RESTORE_AFTER_US: i64 = 3_000_000;
+/// The output rate changes at most this often (output time).
+pub const PACE_STEP_US: i64 = 250_000;
 /// Opus packets held before the output's start is fixed, at most (about
 /// 80 s of 20 ms packets over all users; the start is fixed within the
 /// latency of the first media).
@@ -125,6 +139,11 @@ pub type Images = HashMap<String, Arc<Picture>>;
 pub struct MixStats {
     pub ticks: u64,
     pub ticks_skipped: u64,
+    /// Output frames dropped evenly under overload (their ticks mixed the
+    /// audio and decoded the inputs, but composed and encoded nothing).
+    pub output_frames_dropped: u64,
+    /// One output frame is kept in this many (1: every frame).
+    pub decimation: u32,
     pub decode_errors: u64,
     pub frames_dropped: u64,
     pub encode_errors: u64,
@@ -218,6 +237,10 @@ pub struct MixedRecorder {
     start_us: Option<i64>,
     start_fixed: bool,
     next_tick: u64,
+    /// When the output rate last changed, and since when the recorder has
+    /// been level with real time (output time).
+    paced_at: i64,
+    calm_since: Option<i64>,
     force_keyframe: bool,
     next_tag: u64,
     media_started: bool,
@@ -290,6 +313,8 @@ impl MixedRecorder {
             start_us: None,
             start_fixed: false,
             next_tick: 0,
+            paced_at: i64::MIN,
+            calm_since: None,
             force_keyframe: false,
             next_tag: 1,
             media_started: false,
@@ -297,7 +322,10 @@ impl MixedRecorder {
             outputs: Vec::new(),
             aac: Vec::new(),
             stats: Stats::default(),
-            mix_stats: MixStats::default(),
+            mix_stats: MixStats {
+                decimation: 1,
+                ..MixStats::default()
+            },
         };
         me.set_layout(layout);
         Ok(me)
@@ -567,7 +595,11 @@ impl MixedRecorder {
             .map(|t| t + self.settings.latency_us)
     }
 
-    /// Renders every output frame that is due at wall-clock time `now_us`.
+    /// Renders the output frames due at wall-clock time `now_us`, up to
+    /// and including one composed picture: a loaded recorder then comes
+    /// back with a fresh clock (its lag measured anew, its input drained)
+    /// before the next; the caller calls again while [`Self::next_due_us`]
+    /// has passed.
     pub fn tick(&mut self, now_us: i64) -> Vec<Action> {
         let mut actions = Vec::new();
         self.render_until(now_us - self.settings.latency_us, true, &mut actions);
@@ -591,22 +623,72 @@ impl MixedRecorder {
                 self.next_tick = newest;
                 continue;
             }
-            self.render_tick(t, actions);
+            if catch_up {
+                self.pace(until_us - t, t);
+            }
+            let d = u64::from(self.mix_stats.decimation.max(1));
+            let keep = self.next_tick % d == 0;
+            if !keep && self.encoder.is_some() {
+                self.mix_stats.output_frames_dropped += 1;
+            }
+            self.render_tick(t, keep, actions);
             self.next_tick += 1;
+            if catch_up && keep && self.encoder.is_some() {
+                break;
+            }
         }
     }
 
-    fn render_tick(&mut self, t: i64, actions: &mut Vec<Action>) {
+    /// Adapts the output rate to how far behind (`lag`) tick `t` runs.
+    fn pace(&mut self, lag: i64, t: i64) {
+        if self.encoder.is_none() || t.saturating_sub(self.paced_at) < PACE_STEP_US {
+            return;
+        }
+        let fps = self.settings.transcode.video.fps.max(1);
+        let d = self.mix_stats.decimation.max(1);
+        if lag > DECIMATE_ABOVE_US {
+            self.calm_since = None;
+            if d < fps {
+                self.mix_stats.decimation = d.saturating_mul(2).min(fps);
+                self.paced_at = t;
+                tracing::warn!(
+                    behind_ms = lag / 1000,
+                    keep_one_in = self.mix_stats.decimation,
+                    "mixed recording behind real time: dropping output frames evenly"
+                );
+            }
+        } else if lag < RESTORE_BELOW_US {
+            let since = *self.calm_since.get_or_insert(t);
+            if d > 1 && t - since >= RESTORE_AFTER_US {
+                self.mix_stats.decimation = d / 2;
+                self.paced_at = t;
+                self.calm_since = Some(t);
+                tracing::info!(
+                    keep_one_in = self.mix_stats.decimation,
+                    "mixed recording caught up: output rate raised"
+                );
+            }
+        } else {
+            self.calm_since = None;
+        }
+    }
+
+    /// One output tick: the inputs decoded up to `t`, the audio mixed; the
+    /// picture composed and encoded unless the frame is dropped (`video`
+    /// false, overload).
+    fn render_tick(&mut self, t: i64, video: bool, actions: &mut Vec<Action>) {
         let frame_us = 1_000_000 / i64::from(self.settings.transcode.video.fps.max(1));
         let now = self.settings.stopwatch;
         if self.encoder.is_some() {
             let t0 = now();
             self.decode_until(t, actions);
-            let t1 = now();
-            self.build_scene(t);
-            self.mix_stats.stages.decode += t1 - t0;
-            self.mix_stats.stages.compose += now() - t1;
-            self.encode_tick(t);
+            self.mix_stats.stages.decode += now() - t0;
+            if video {
+                let t1 = now();
+                self.build_scene(t);
+                self.mix_stats.stages.compose += now() - t1;
+                self.encode_tick(t);
+            }
         }
         let t0 = now();
         if let Some(m) = self.mixer.as_mut() {
@@ -955,9 +1037,15 @@ mod tests {
             self.actions.extend(a);
         }
 
+        /// As the worker does: tick again while frames are due.
         fn tick(&mut self, now_us: i64) {
-            let a = self.rec.tick(now_us);
-            self.actions.extend(a);
+            loop {
+                let a = self.rec.tick(now_us);
+                self.actions.extend(a);
+                if self.rec.next_due_us().is_none_or(|due| due > now_us) {
+                    break;
+                }
+            }
         }
 
         fn finish(&mut self, now_us: i64) {
@@ -1617,18 +1705,26 @@ mod tests {
         // 2.4 s behind: straight to the newest due tick (30).
         sim.tick(T0 + LATENCY_US + 3_000_000);
         assert_eq!(stats(&sim), (7, 24));
-        // Exactly MAX_BEHIND_US behind still renders every tick.
+        // Exactly MAX_BEHIND_US (2 s) behind: no jump, every tick (31..=51)
+        // runs, but output frames are dropped evenly. The rate halves every
+        // PACE_STEP_US (250 ms) of output while more than 400 ms behind:
+        // one in 2 from tick 31, 4 from 34, 8 from 37, then one a second
+        // (10 fps) from 40; kept: 32, 36, 40, 50.
         sim.tick(T0 + LATENCY_US + 31 * FRAME_US + MAX_BEHIND_US);
-        assert_eq!(stats(&sim), (18, 24));
+        assert_eq!(stats(&sim), (28, 24));
+        assert_eq!(sim.rec.mix_stats.decimation, 10);
+        assert_eq!(sim.rec.mix_stats.output_frames_dropped, 17);
         // The end, 6 s later: the backlog up to the last media (9.9 s) is
-        // rendered without skipping.
+        // rendered without skipping, at the rate in force (one a second).
         sim.finish(T0 + LATENCY_US + 6_000_000);
         assert_eq!(stats(&sim), (76, 24));
+        assert_eq!(sim.rec.mix_stats.output_frames_dropped, 17 + 44);
 
         let start = sim.rec.start_pts().expect("started");
         assert_eq!(time_of(start), T0);
+        // Each frame kept carries its own tick's time.
         let want: Vec<u64> = (0..=5)
-            .chain(30..100)
+            .chain([30, 32, 36, 40, 50, 60, 70, 80, 90])
             .map(|k| start + k * 90_000 / u64::from(FPS))
             .collect();
         assert_eq!(video_pts(&sim.actions), want);
@@ -1640,6 +1736,49 @@ mod tests {
         let n = sim.actions.len();
         sim.tick(T0 + 60_000_000);
         assert_eq!(sim.actions.len(), n);
+    }
+
+    #[test]
+    fn an_overloaded_mix_drops_frames_evenly_and_restores_its_rate_once_level() {
+        let mut sim = Sim::new(
+            StreamType::AudioVideo,
+            FillType::LastFrame,
+            MixLayout::default(),
+        );
+        let tags = sim.offer(&[("alice", TrackKind::MainVideo)]);
+        let tag = tags[&("alice".to_owned(), TrackKind::MainVideo)];
+        let mut cam = camera(RED);
+        for n in 0..300 {
+            let f = video_frame(&mut cam, n);
+            sim.frame(tag, f);
+        }
+        // 600 ms behind (over DECIMATE_ABOVE_US, under MAX_BEHIND_US): one
+        // frame in two, nothing skipped at once.
+        sim.tick(T0 + LATENCY_US + 600_000);
+        assert_eq!(sim.rec.mix_stats.decimation, 2);
+        assert_eq!(sim.rec.mix_stats.ticks_skipped, 0);
+        // Then on time, tick by tick, for 6 s: back to every frame.
+        let mut now = T0 + LATENCY_US + 700_000;
+        while now < T0 + LATENCY_US + 7_000_000 {
+            sim.tick(now);
+            now += FRAME_US;
+        }
+        // Ticks 0..=6 at one in two (1, 3, 5 dropped); level from tick 6
+        // (0.6 s), the full rate returns 3 s later, at tick 36: 7, 9, … 35
+        // dropped meanwhile.
+        assert_eq!(sim.rec.mix_stats.decimation, 1);
+        let dropped = sim.rec.mix_stats.output_frames_dropped;
+        assert_eq!(dropped, 3 + 15);
+        // No two frames in a row were dropped, and every kept frame is on
+        // its tick (all of them stored once the recording ends).
+        sim.finish(now);
+        let start = sim.rec.start_pts().expect("started");
+        let ticks: Vec<u64> = video_pts(&sim.actions)
+            .iter()
+            .map(|p| (p - start) * u64::from(FPS) / 90_000)
+            .collect();
+        assert!(ticks.windows(2).all(|w| w[1] - w[0] <= 2), "{ticks:?}");
+        assert_eq!(ticks.len() as u64 + dropped, sim.rec.mix_stats.ticks);
     }
 
     #[test]
