@@ -21,9 +21,25 @@ What it sends:
 - audio: a sine tone at `tone_hz`, amplitude 0.25, 48 kHz mono, 20 ms frames,
   Opus only.
 
+With `pattern="sync"` it sends the A/V sync clip instead (`SyncClip`, for
+tests/e2e/avsync.py): a dark picture (a dim grey square still moving along
+the top band) that turns `color` over the whole frame for
+`SyncClip.flash_frames` frames at each mark, and silence except a beep of
+`tone_hz` starting on the very sample of each mark. The marks are instants of
+the media timeline (pts), on video frame boundaries, about every
+`SyncClip.period` seconds with a deterministic irregular jitter, so that a
+whole-period shift cannot pair the wrong flash and beep; both tracks share one
+media origin, and `start_at` (Unix s) lets several publishers share it too
+("clients started together": their marks leave at the same wall instants).
+With `start_at`, every RTCP sender report aiortc sends is logged
+(`sender_reports`, `sender_report_errors()`: how late each report's wall
+time is), and `stall()` blocks the sender's event loop (a starved sender).
+
 Frames are generated on a real-time clock: frame n of a track is produced at
 (first frame time + n * frame interval), with pts n * interval, so
 `frames_sent / fps` is the media duration that was handed to the encoder.
+(In sync mode "first frame time" is the publisher's `media_origin`, the same
+for both tracks.)
 
 `start()` does non-trickle WHIP (RFC 9725): aiortc's setLocalDescription
 returns once ICE gathering is complete, the offer (with every candidate) is
@@ -43,8 +59,10 @@ import asyncio
 import fractions
 import logging
 import math
+import random
 import threading
 import time
+from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import av
@@ -55,12 +73,14 @@ from aiortc import (MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCRt
 from aiortc import sdp as aiortc_sdp
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcconfiguration import RTCBundlePolicy
+from aiortc.rtp import RtcpSrPacket
 
 log = logging.getLogger("independent_publisher")
 
 VIDEO_CLOCK = 90000
 AUDIO_RATE = 48000
 AUDIO_SAMPLES = 960  # 20 ms at 48 kHz
+NTP_UNIX_OFFSET = 2208988800  # seconds from 1900 to 1970
 
 
 def whip_url(base: str, app: int, room: int | str, user: str, *, aux: bool = False,
@@ -84,6 +104,72 @@ class ConnectError(Exception):
     """The answer was accepted but the peer connection did not reach 'connected'."""
 
 
+@dataclass(frozen=True)
+class SyncClip:
+    """Where the sync clip's marks fall, and what a mark looks and sounds like.
+
+    Mark k (k = 1, 2, ...) is at video frame `mark_frame(k, fps)`: the frame
+    nearest to k * period + j_k, where j_k is a pseudo-random jitter in
+    [-jitter, +jitter] fixed by `seed` (every publisher with the same clip has
+    the same marks). Mark 0 is left out: media time 0 passes while the
+    receiver is still asking for the first key frame. Consecutive marks are at
+    least period - 2 * jitter apart.
+
+    A mark is `flash_frames` frames of the publisher's `color` from that frame
+    on, and `beep_ms` of a `level` (of full scale) sine at `tone_hz` from the
+    audio sample of the same instant (phase 0 there), so the flash's first
+    frame and the beep's first sample have the same pts.
+    """
+
+    period: float = 1.0
+    jitter: float = 0.2
+    flash_frames: int = 3
+    beep_ms: float = 40.0
+    level: float = 0.5
+    seed: int = 19
+    dark: tuple[int, int, int] = (0, 0, 0)
+    square: tuple[int, int, int] = (48, 48, 48)
+
+    def __post_init__(self):
+        assert 0 <= self.jitter < self.period / 4, "marks must stay in order and apart"
+
+    def _jitter(self, k: int) -> float:
+        return self.jitter * (2 * random.Random(self.seed * 1_000_003 + k).random() - 1)
+
+    def mark_frame(self, k: int, fps: int) -> int:
+        assert k >= 1
+        return round((k * self.period + self._jitter(k)) * fps)
+
+    def marks(self, fps: int, frames: int) -> list[float]:
+        """Media times (s) of the marks whose first frame is among the first `frames`."""
+        out, k = [], 1
+        while (f := self.mark_frame(k, fps)) < frames:
+            out.append(f / fps)
+            k += 1
+        return out
+
+    def is_flash(self, n: int, fps: int) -> bool:
+        """Whether video frame n shows a flash."""
+        k = max(1, round(n / fps / self.period))
+        return any(0 <= n - self.mark_frame(j, fps) < self.flash_frames for j in (k - 1, k, k + 1) if j >= 1)
+
+    def beep_starts(self, first: int, last: int, fps: int) -> list[int]:
+        """Audio sample indices (48 kHz) of the beeps that sound in [first, last)."""
+        per_frame = AUDIO_RATE // fps
+        length = self.beep_samples
+        k = max(1, int((first / AUDIO_RATE) / self.period) - 1)
+        out = []
+        while (s := self.mark_frame(k, fps) * per_frame) < last:
+            if s + length > first:
+                out.append(s)
+            k += 1
+        return out
+
+    @property
+    def beep_samples(self) -> int:
+        return round(self.beep_ms * AUDIO_RATE / 1000)
+
+
 class _PacedTrack(MediaStreamTrack):
     """Produces frames in real time; counts them; ends when told to."""
 
@@ -102,14 +188,14 @@ class _PacedTrack(MediaStreamTrack):
         loop = asyncio.get_running_loop()
         n = self.frames
         if self._t0 is None:
-            self._t0 = loop.time()
+            self._t0 = self._owner._track_origin(loop)
+        delay = self._t0 + n * self._interval - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if self._owner._ending:
+            raise MediaStreamError
+        if self.first_wall is None:
             self.first_wall = time.time()
-        else:
-            delay = self._t0 + n * self._interval - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if self._owner._ending:
-                raise MediaStreamError
         self.frames = n + 1
         self.last_wall = time.time()
         return n
@@ -126,6 +212,11 @@ class _ColourVideo(_PacedTrack):
         self._square = max(8, (min(w, h) // 12) // 2 * 2)
         self._step = fractions.Fraction(VIDEO_CLOCK, owner.fps)
         self._rng = np.random.default_rng(0) if owner.pattern == "noise" else None
+        self._sync = owner.sync if owner.pattern == "sync" else None
+        if self._sync is not None:
+            self._base[:, :] = self._sync.dark
+            self._flash = np.empty_like(self._base)
+            self._flash[:, :] = owner.color
 
     async def recv(self) -> av.VideoFrame:
         n = await self._pace()
@@ -134,12 +225,14 @@ class _ColourVideo(_PacedTrack):
             self._owner._force_keyframe()
         if self._rng is not None:
             img = self._rng.integers(0, 256, self._base.shape, dtype=np.uint8)
+        elif self._sync is not None and self._sync.is_flash(n, self._owner.fps):
+            img = self._flash
         else:
             img = self._base.copy()
             s, w = self._square, self._owner.width
             x = (n * 4) % max(1, w - s)
             y = max(0, self._owner.height // 16)
-            img[y:y + s, x:x + s] = 255
+            img[y:y + s, x:x + s] = self._sync.square if self._sync is not None else 255
         frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
         frame.pts = int(n * self._step)
         frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
@@ -152,11 +245,25 @@ class _ToneAudio(_PacedTrack):
     def __init__(self, owner: "Publisher"):
         super().__init__(owner, AUDIO_SAMPLES / AUDIO_RATE)
         self._w = 2 * math.pi * owner.tone_hz / AUDIO_RATE
+        self._sync = owner.sync if owner.pattern == "sync" else None
+
+    def _beeps(self, first: int) -> np.ndarray:
+        """Sync mode: samples [first, first + AUDIO_SAMPLES): silence, and the beeps that sound there."""
+        clip, fps = self._sync, self._owner.fps
+        out = np.zeros(AUDIO_SAMPLES)
+        for start in clip.beep_starts(first, first + AUDIO_SAMPLES, fps):
+            lo, hi = max(first, start), min(first + AUDIO_SAMPLES, start + clip.beep_samples)
+            k = np.arange(lo, hi, dtype=np.float64)
+            out[lo - first:hi - first] = clip.level * np.sin(self._w * (k - start))
+        return out
 
     async def recv(self) -> av.AudioFrame:
         n = await self._pace()
-        k = np.arange(n * AUDIO_SAMPLES, (n + 1) * AUDIO_SAMPLES, dtype=np.float64)
-        pcm = (0.25 * 32767 * np.sin(self._w * k)).astype(np.int16).reshape(1, -1)
+        if self._sync is not None:
+            pcm = (32767 * self._beeps(n * AUDIO_SAMPLES)).astype(np.int16).reshape(1, -1)
+        else:
+            k = np.arange(n * AUDIO_SAMPLES, (n + 1) * AUDIO_SAMPLES, dtype=np.float64)
+            pcm = (0.25 * 32767 * np.sin(self._w * k)).astype(np.int16).reshape(1, -1)
         frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
         frame.sample_rate = AUDIO_RATE
         frame.pts = n * AUDIO_SAMPLES
@@ -182,7 +289,8 @@ class Publisher:
 
     Attributes after start(): `connected` (True while the peer connection is
     connected), `session_url`, `answer_sdp`, `offer_sdp`, `started_at` (Unix s
-    of the first frame of any track), `frames_sent` / `audio_frames_sent`,
+    of the first frame of any track), `media_origin` (sync mode: Unix s of
+    media time 0, shared by both tracks), `frames_sent` / `audio_frames_sent`,
     `keyframe_requests` (PLI/FIR received, answered with a key frame unless
     `ignore_keyframe_requests`), `states` (connectionStates);
     after stop(): `stopped_at` (Unix s when the tracks ended; no frame is
@@ -192,10 +300,23 @@ class Publisher:
     def __init__(self, whip_url: str, *, token: str | None = None, color=(255, 0, 0), tone_hz: float = 440.0,
                  width: int = 320, height: int = 240, fps: int = 15, video: bool = True, audio: bool = True,
                  aux: bool = False, keyframe_interval: float | None = None, pattern: str = "solid",
-                 verify: bool | str = True, ignore_keyframe_requests: bool = False):
+                 verify: bool | str = True, ignore_keyframe_requests: bool = False,
+                 sync: SyncClip | None = None, start_at: float | None = None):
         assert video or audio, "nothing to publish"
-        assert pattern in ("solid", "noise"), pattern
+        assert pattern in ("solid", "noise", "sync"), pattern
         self.pattern = pattern
+        # pattern="sync": the clip's marks (SyncClip); start_at: the Unix
+        # time of media time 0 (else the first frame asked for), shared by
+        # both tracks; frames wait for it.
+        self.sync = sync or SyncClip()
+        if pattern == "sync":
+            assert AUDIO_RATE % int(fps) == 0, "sync marks need whole audio samples per video frame"
+        self.start_at = start_at
+        self._origin_loop: float | None = None
+        self.media_origin: float | None = None
+        # Sync mode: every RTCP sender report aiortc sent, as (kind, the
+        # report's NTP time as Unix s, the media time (s) of its RTP time).
+        self.sender_reports: list[tuple[str, float, float]] = []
         if aux:
             u = urlsplit(whip_url)
             if not u.path.rstrip("/").endswith("/aux"):
@@ -256,6 +377,76 @@ class Publisher:
     def published_seconds(self) -> float:
         assert self.started_at is not None and self.stopped_at is not None, "not started and stopped"
         return self.stopped_at - self.started_at
+
+    def sync_marks(self) -> list[float]:
+        """Sync mode: media times (s) of the marks whose flash frame was sent
+        (their beeps too, when audio ran as long); their Unix times are
+        `media_origin` + these."""
+        assert self.pattern == "sync", "not a sync clip"
+        return self.sync.marks(self.fps, self._video.frames if self._video else 0)
+
+    def sender_report_errors(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """Sync mode: for each sender report of the `kind` track, its media
+        time (s) and how far its wall time is from when that media instant was
+        due (ms): media_origin + media time. aiortc pairs the RTP time of the
+        last packet sent with the time it was sent, so this is how late that
+        packet left (encoding, a starved event loop); a receiver that maps
+        RTP time to wall time by these reports inherits the error."""
+        rows = [(m, (w - self.media_origin - m) * 1000) for k, w, m in self.sender_reports if k == kind]
+        return np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
+
+    def _watch_sender_reports(self) -> None:
+        """Sync mode with `start_at`: logs every sender report in `sender_reports`. The RTP
+        time of media time 0 is the first RTP packet's of each track (aiortc
+        starts each track's RTP times at a random origin + its first frame's
+        pts, which is 0)."""
+        pc = self._pc
+        kinds = {t.sender._ssrc: t.kind for t in pc.getTransceivers()}
+        first_rtp: dict[int, int] = {}
+        transport = pc.getTransceivers()[0].sender.transport  # bundled: the one transport
+        send_rtp = transport._send_rtp
+
+        async def sending_rtp(data: bytes) -> None:
+            if len(data) >= 12 and not 192 <= data[1] <= 223:  # RTP, not RTCP (RFC 5761)
+                ssrc = int.from_bytes(data[8:12], "big")
+                if ssrc in kinds and ssrc not in first_rtp:
+                    first_rtp[ssrc] = int.from_bytes(data[4:8], "big")
+            await send_rtp(data)
+
+        transport._send_rtp = sending_rtp
+        for t in pc.getTransceivers():
+            sender, ssrc, kind = t.sender, t.sender._ssrc, t.kind
+            clock = VIDEO_CLOCK if kind == "video" else AUDIO_RATE
+
+            async def sending_rtcp(packets, send=sender._send_rtcp, ssrc=ssrc, kind=kind, clock=clock) -> None:
+                for sr in packets:
+                    if isinstance(sr, RtcpSrPacket) and ssrc in first_rtp and sr.sender_info.ntp_timestamp:
+                        ntp = sr.sender_info.ntp_timestamp
+                        wall = (ntp >> 32) - NTP_UNIX_OFFSET + (ntp & 0xFFFFFFFF) / 2**32
+                        media = ((sr.sender_info.rtp_timestamp - first_rtp[ssrc]) & 0xFFFFFFFF) / clock
+                        self.sender_reports.append((kind, wall, media))
+                await send(packets)
+
+            sender._send_rtcp = sending_rtcp
+
+    def _track_origin(self, loop: asyncio.AbstractEventLoop) -> float:
+        """Loop time of a track's frame 0: when it is first asked for; in sync
+        mode one origin for both tracks (`start_at`, or the first ask)."""
+        if self.pattern != "sync":
+            return loop.time()
+        if self._origin_loop is None:
+            now_loop, now = loop.time(), time.time()
+            at = self.start_at if self.start_at is not None and self.start_at > now else now
+            self._origin_loop = now_loop + (at - now)
+            self.media_origin = at
+        return self._origin_loop
+
+    def stall(self, seconds: float) -> None:
+        """Blocks the publisher's event loop for `seconds` (a starved sender:
+        the frames due meanwhile are made and sent late, in a burst, with
+        their pts on time)."""
+        assert self._loop is not None, "not started"
+        self._loop.call_soon_threadsafe(time.sleep, seconds)
 
     def send_keyframe(self) -> None:
         """Makes the next video frame a key frame (as a PLI would), whatever
@@ -394,6 +585,9 @@ class Publisher:
             why = self._diagnosis()
             self._close_quietly()
             raise ConnectError(f"{self.url}: not connected within {timeout} s: {why}")
+        if self.pattern == "sync" and self.start_at is not None and self.start_at > time.time():
+            # Before the media starts, so that the first RTP packets are seen.
+            self._loop.call_soon_threadsafe(self._watch_sender_reports)
         return self
 
     # -- stop ---------------------------------------------------------------

@@ -21,8 +21,15 @@
 //!    plus the clock difference, without jitter). Later tracks of the user
 //!    use the same offset.
 //! 5. If a track's RTP clock drifts from its sender reports by more than
-//!    [`REANCHOR_US`], it re-anchors on the latest report — unless that
-//!    report contradicts the track's long-run rate: the report's mapping
+//!    [`REANCHOR_US`], it re-anchors. The reports are judged by the
+//!    earliest mapping among those seen in the last [`REPORT_WINDOW_US`]:
+//!    a report is only ever late (a starved sender stamps it after the
+//!    RTP time it pairs, aiortc by up to a quarter second), so one late
+//!    report is outvoted by the good one before it, and a track moves only
+//!    when every recent report agrees (a real step of the sender's clock
+//!    is followed [`REPORT_WINDOW_US`] later; an earlier mapping at once).
+//!    A re-anchor is refused when the mapping contradicts the track's
+//!    long-run rate: the report's mapping
 //!    differs from the track's first one (its origin) by more than
 //!    [`MAX_REPORT_RATE_ERROR`] of the RTP time since then. No clock runs
 //!    that far off, so the report is broken and ignored (GStreamer 1.22's
@@ -56,6 +63,11 @@ pub const CONFIRM_US: i64 = 5_500_000;
 pub const SR_WAIT_US: i64 = 2_000_000;
 /// Drift between RTP time and sender reports that triggers a re-anchor.
 pub const REANCHOR_US: i64 = 20_000;
+/// Sender reports are judged by the earliest mapping seen this recently
+/// (longer than a report interval, so that a late report is outvoted).
+pub const REPORT_WINDOW_US: i64 = 2_500_000;
+/// Distinct recent report mappings kept at most.
+const MAX_RECENT_REPORTS: usize = 32;
 /// The largest drift from the track's first mapping (its origin), as a
 /// share of the RTP time since, that a re-anchor accepts (a real clock is
 /// off by parts per million; a stall or a step of the sender's wall clock
@@ -121,6 +133,8 @@ pub struct TrackClock {
     /// Mapping constant of the last refused report (each frame repeats the
     /// report in force; it is counted once).
     refused_mapping: Option<i128>,
+    /// Recent report mappings and when each was last in force (arrival µs).
+    recent_reports: VecDeque<(i128, i64)>,
     pending: VecDeque<MediaFrame>,
 }
 
@@ -134,6 +148,7 @@ impl TrackClock {
             released: false,
             origin: None,
             refused_mapping: None,
+            recent_reports: VecDeque::new(),
             pending: VecDeque::new(),
         }
     }
@@ -159,6 +174,31 @@ impl TrackClock {
         drift.unsigned_abs() as f64 > MAX_REPORT_RATE_ERROR * elapsed.unsigned_abs().max(1) as f64
     }
 
+    /// Notes the report mapping `c` in force at `arrival`; returns the
+    /// earliest mapping in force within [`REPORT_WINDOW_US`].
+    fn recent_earliest(&mut self, c: i128, arrival: i64) -> i128 {
+        match self
+            .recent_reports
+            .iter_mut()
+            .find(|(m, _)| (*m - c).abs() <= NEW_REPORT_US)
+        {
+            Some(seen) => seen.1 = arrival,
+            None => {
+                self.recent_reports.push_back((c, arrival));
+                if self.recent_reports.len() > MAX_RECENT_REPORTS {
+                    self.recent_reports.pop_front();
+                }
+            }
+        }
+        self.recent_reports
+            .retain(|(_, seen)| arrival.saturating_sub(*seen) <= REPORT_WINDOW_US);
+        self.recent_reports
+            .iter()
+            .map(|(m, _)| *m)
+            .min()
+            .unwrap_or(c)
+    }
+
     /// Takes a frame; appends the frames that are now placed, as
     /// `(server µs, frame)`, to `out` in arrival order.
     pub fn push(
@@ -175,24 +215,36 @@ impl TrackClock {
                 rtp: frame.rtp_time,
                 at: sender,
             };
+            let earliest = self.recent_earliest(self.mapping(frame.rtp_time, sender), arrival);
             match self.anchor {
                 None | Some(Anchor::Sender { .. }) if !self.released => {
                     let c = self.mapping(frame.rtp_time, sender);
                     match self.first_report {
                         None => self.first_report = Some((c, arrival)),
                         Some((first, _)) if (c - first).abs() > NEW_REPORT_US => {
-                            self.confirmed = true
+                            // The first report was wrong (str0m's before any
+                            // media): it must not outvote the one confirmed.
+                            self.confirmed = true;
+                            self.recent_reports
+                                .retain(|(m, _)| (*m - c).abs() <= NEW_REPORT_US);
                         }
                         Some(_) => {}
                     }
                     self.anchor = Some(latest);
                 }
                 Some(Anchor::Sender { rtp, at }) => {
+                    // This frame's sender time by the earliest recent report.
+                    let rtp_us = frame.rtp_time as i128 * 1_000_000 / i128::from(self.clock_rate);
+                    let sender = i64::try_from(earliest + rtp_us).unwrap_or(sender);
+                    let latest = Anchor::Sender {
+                        rtp: frame.rtp_time,
+                        at: sender,
+                    };
                     let elapsed = self.since(frame.rtp_time, rtp);
                     let drift = sender - (at + elapsed);
                     if drift.abs() > REANCHOR_US {
                         if self.contradicts_origin(frame.rtp_time, sender) {
-                            let c = self.mapping(frame.rtp_time, sender);
+                            let c = earliest;
                             if self
                                 .refused_mapping
                                 .is_none_or(|m| (c - m).abs() > NEW_REPORT_US)
@@ -443,29 +495,39 @@ mod tests {
         assert_eq!(out[1].0 - out[0].0, 66_000);
     }
 
+    /// One late report (a starved sender stamps it late) moves nothing;
+    /// reports that all agree on a later mapping move the track once the
+    /// earlier one has left the window.
     #[test]
-    fn drift_after_release_reanchors() {
+    fn a_late_report_is_outvoted_and_a_lasting_step_reanchors_after_the_window() {
         let mut user = UserClock::default();
         let mut clock = TrackClock::new(48_000);
         let mut out = Vec::new();
-        for i in 0..30 {
-            let report = Some(if i < 5 { 100 } else { 0 }); // a second report at frame 5
-            clock.push(
+        let mut reanchored_at = Vec::new();
+        for i in 0..500 {
+            let report = Some(match i {
+                0..5 => 100,      // a second report at frame 5 confirms
+                30..80 => 80_000, // one report, 80 ms late, for 1 s
+                200.. => 50_000,  // from 4 s on, every report 50 ms later
+                _ => 0,
+            });
+            let n = clock.push(
                 frame(48_000, 0, i * 20_000, 1_000, 0, report),
                 &mut user,
                 &mut out,
             );
+            if n.reanchored {
+                reanchored_at.push(i);
+            }
         }
-        assert_eq!(out.len(), 30);
-        // The sender's reports now say 50 ms later than its RTP clock does.
-        let n = clock.push(
-            frame(48_000, 0, 30 * 20_000, 1_000, 0, Some(50_000)),
-            &mut user,
-            &mut out,
-        );
-        assert!(n.reanchored);
-        let last = out.last().expect("placed").0;
-        assert_eq!(last, T0 + 30 * 20_000 + 50_000 + 1_000);
+        // The last report at the old mapping was in force at frame 199;
+        // 2.5 s (125 frames) later it leaves the window: frame 325 moves.
+        assert_eq!(reanchored_at, vec![325]);
+        assert_eq!(out.len(), 500);
+        for (i, w) in out.windows(2).enumerate() {
+            let step = if i + 1 == 325 { 70_000 } else { 20_000 };
+            assert_eq!(w[1].0 - w[0].0, step, "frame {}", i + 1);
+        }
     }
 
     /// GStreamer 1.22's sender reports advance their RTP time at about
@@ -526,25 +588,28 @@ mod tests {
         (out.iter().map(|(t, _)| *t).collect(), refused, reanchored)
     }
 
-    /// A stall is a small share of the long run: the track re-anchors,
-    /// jumps forward by the stall, and its span stays the wall time (the
-    /// audio transcoder fills the gap), instead of coming out short.
+    /// A stall is a small share of the long run: once every recent
+    /// report agrees (the last one from before the stall, in force until
+    /// frame 99, leaves the window at frame 210: arrivals are 300 ms later
+    /// from frame 100), the track re-anchors, jumps forward by the stall,
+    /// and its span stays the wall time (the audio transcoder fills the
+    /// gap), instead of coming out short.
     #[test]
     fn a_stalled_sender_clock_jumps_forward_with_its_reports() {
-        let (placed, refused, reanchored) = stalled_audio(100, 300_000, 200);
+        let (placed, refused, reanchored) = stalled_audio(100, 300_000, 300);
         assert_eq!((refused, reanchored), (0, 1));
-        assert_eq!(placed[100] - placed[99], 20_000 + 300_000);
-        assert_eq!(placed[199] - placed[0], 199 * 20_000 + 300_000);
+        assert_eq!(placed[210] - placed[209], 20_000 + 300_000);
+        assert_eq!(placed[299] - placed[0], 299 * 20_000 + 300_000);
     }
 
-    /// A stall early in the stream is a large share of the time since the
-    /// origin: reports are refused only until the long run makes the stall
-    /// plausible, then the track catches up — never left short for good.
+    /// A stall early in the stream: by the time the window has let go of
+    /// the report before it (frame 135), the long run makes the stall
+    /// plausible, and the track catches up — never left short for good.
     #[test]
-    fn an_early_stall_is_refused_only_until_the_long_run_absorbs_it() {
+    fn an_early_stall_is_taken_once_the_window_has_passed() {
         let (placed, refused, reanchored) = stalled_audio(25, 300_000, 150);
-        assert_eq!(refused, 1, "0.3 s stall after 0.5 s is 60 % of the run");
-        assert_eq!(reanchored, 1);
+        assert_eq!((refused, reanchored), (0, 1));
+        assert_eq!(placed[135] - placed[134], 20_000 + 300_000);
         assert_eq!(placed[149] - placed[0], 149 * 20_000 + 300_000);
     }
 
