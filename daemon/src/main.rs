@@ -648,7 +648,17 @@ fn bench_capacity(a: CapacityArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let outcomes = runtime.block_on(benchmark::run(opts))?;
+    // Interrupted, the run is dropped: its daemon and publishers are
+    // killed and its folder removed on the way out.
+    let outcomes = runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            r = benchmark::run(opts) => r,
+            _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+            _ = term.recv() => anyhow::bail!("terminated"),
+        }
+    })?;
     print!("{}", benchmark::render_table(&outcomes));
     println!("capacity profile written to {}", out.display());
     if a.json {

@@ -596,17 +596,20 @@ pub async fn run(o: BenchOptions) -> anyhow::Result<Vec<ShapeOutcome>> {
                     }
                 }
             };
-            if let Some(b) = &bar {
-                b.println(format!(
-                    "  {:<24} {:>4} task(s): {} ({:.2} cores, {:.0}/{:.0} frames/s, p99 {:.1} ms)",
-                    shape.name,
-                    n,
-                    result.broke.map_or("real time", Limit::label),
-                    result.daemon_cores,
-                    result.recorded_fps,
-                    result.expected_fps,
-                    result.api_p99_ms
-                ));
+            let line = format!(
+                "  {:<24} {:>4} task(s): {} ({:.2} cores, {:.0}/{:.0} frames/s, p99 {:.1} ms)",
+                shape.name,
+                n,
+                result.broke.map_or("real time", Limit::label),
+                result.daemon_cores,
+                result.recorded_fps,
+                result.expected_fps,
+                result.api_p99_ms
+            );
+            match &bar {
+                Some(b) => b.println(line),
+                // Not a terminal (a log, a pipe): one line per step.
+                None => eprintln!("{line}"),
             }
             ramp.record(n, result.broke);
             steps.push(result);
