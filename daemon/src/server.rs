@@ -525,6 +525,7 @@ pub async fn run(
         callbacks: outbox.log(),
         metrics: metrics.clone(),
         health: health.clone(),
+        capacity: capacity.clone(),
     });
     let app = router(api, metrics.clone(), health.clone())
         .merge(whip::router(Arc::new(WhipState::new(

@@ -92,6 +92,8 @@ def test_the_console_endpoints_record_list_and_play(kiroku, receiver, tmp_path):
         status = s.get(d.url + "/v1/status", timeout=5).json()
         assert status["tasks"] == 1 and status["max_tasks"] == 2 and status["publishing_tracks"] >= 1, status
         assert status["health"] == "ok" and status["spool_capacity_bytes"] > 0
+        # The same cost figures as GET /v1/capacity: one task costs something.
+        assert status["capacity_admit_units"] == 80.0 and 0 < status["capacity_used_units"] < 80, status
         # A second task fills the box: the capacity alert fires.
         second = api(d, "CreateCloudRecording", create_params(room="7703", max_idle=30), **bearer)["TaskId"]
         alerts = s.get(d.url + "/v1/status", timeout=5).json()["alerts"]

@@ -78,6 +78,7 @@ pub struct Console {
     pub callbacks: Arc<DeliveryLog>,
     pub metrics: Metrics,
     pub health: Arc<Health>,
+    pub capacity: Arc<crate::capacity::Capacity>,
 }
 
 pub fn router(console: Arc<Console>) -> Router {
@@ -373,6 +374,8 @@ async fn status(State(c): State<Arc<Console>>, method: Method, headers: HeaderMa
     json_ok(json!({
         "tasks": load.tasks,
         "max_tasks": load.max_tasks,
+        "capacity_used_units": c.capacity.used(),
+        "capacity_admit_units": c.capacity.admit_units(),
         "publishing_tracks": publishing,
         "sessions": c.ingest.sessions.len(),
         "spool_used_bytes": load.spool_used,

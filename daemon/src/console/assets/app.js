@@ -301,6 +301,9 @@ function renderStatus() {
   morph($("load-figures"), [
     figure("Tasks", `${s.tasks} / ${s.max_tasks}`,
       h("meter", { min: 0, max: Math.max(1, s.max_tasks), value: s.tasks, low: s.max_tasks * 0.7, high: s.max_tasks * 0.9, optimum: 0 })),
+    figure("Capacity (cost units)", `${(s.capacity_used_units ?? 0).toFixed(1)} / ${(s.capacity_admit_units ?? 0).toFixed(0)}`,
+      h("meter", { min: 0, max: Math.max(1, s.capacity_admit_units), value: s.capacity_used_units,
+        low: s.capacity_admit_units * 0.7, high: s.capacity_admit_units * 0.9, optimum: 0 })),
     figure("Publishing tracks", s.publishing_tracks),
     figure("WHIP sessions", s.sessions),
     figure("Upload spool", `${bytes(s.spool_used_bytes)} / ${bytes(s.spool_capacity_bytes)}`,
