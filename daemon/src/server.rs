@@ -440,14 +440,16 @@ pub async fn run(
         Arc::default(),
         &metrics,
     ));
-    // Per-task CPU rates and the capacity gauges, once a second.
+    // Per-task CPU rates, the capacity gauges and the kernel's count of
+    // datagrams dropped at the WebRTC socket, once a second.
     let capacity_refresh = {
-        let capacity = capacity.clone();
+        let (capacity, ingest) = (capacity.clone(), ingest.clone());
         tokio::spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
             loop {
                 every.tick().await;
                 capacity.refresh(std::time::Instant::now());
+                ingest.refresh_socket_drops();
             }
         })
     };

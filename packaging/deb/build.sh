@@ -37,6 +37,7 @@ strip --strip-unneeded "$root/usr/bin/kiroku"
 install -D -m 0644 packaging/kiroku.service "$root/lib/systemd/system/kiroku.service"
 install -D -m 0644 packaging/deb/kiroku.sysusers "$root/usr/lib/sysusers.d/kiroku.conf"
 install -D -m 0644 packaging/deb/kiroku.tmpfiles "$root/usr/lib/tmpfiles.d/kiroku.conf"
+install -D -m 0644 packaging/deb/kiroku.sysctl "$root/usr/lib/sysctl.d/60-kiroku.conf"
 install -D -m 0644 packaging/kiroku.toml "$root/etc/kiroku/kiroku.toml"  # 0640 root:kiroku once the user exists (postinst)
 for f in grafana/kiroku.json prometheus/kiroku-alerts.yml; do
   install -D -m 0644 "packaging/$f" "$root/usr/share/kiroku/$f"

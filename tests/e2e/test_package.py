@@ -53,7 +53,7 @@ def test_the_package_builds_passes_lintian_installs_and_starts(kiroku, tmp_path)
     assert run("dpkg-deb", "--field", deb, "Package").stdout.strip() == "kiroku"
     contents = run("dpkg-deb", "--contents", deb).stdout
     for path in ("./usr/bin/kiroku", "./lib/systemd/system/kiroku.service", "./usr/lib/sysusers.d/kiroku.conf",
-                 "./usr/lib/tmpfiles.d/kiroku.conf", "./etc/kiroku/kiroku.toml",
+                 "./usr/lib/tmpfiles.d/kiroku.conf", "./usr/lib/sysctl.d/60-kiroku.conf", "./etc/kiroku/kiroku.toml",
                  "./usr/share/kiroku/grafana/kiroku.json", "./usr/share/kiroku/prometheus/kiroku-alerts.yml",
                  "./usr/share/doc/kiroku/copyright", "./usr/share/doc/kiroku/README.md"):
         assert re.search(rf" {re.escape(path)}$", contents, re.M), (path, contents)

@@ -11,6 +11,7 @@
 pub mod engine;
 pub mod offer;
 pub mod router;
+pub mod socket;
 pub mod whip;
 
 use std::collections::HashMap;
@@ -89,6 +90,8 @@ pub struct IngestMetrics {
     pub stun_forged: IntCounter,
     pub malformed: IntCounter,
     pub socket_errors: IntCounter,
+    /// Datagrams the kernel dropped for the socket (its buffer was full).
+    pub socket_drops: IntCounter,
     pub frames: IntCounterVec,
     pub drops: IntCounterVec,
     pub keyframe_requests: IntCounter,
@@ -144,6 +147,10 @@ impl IngestMetrics {
             socket_errors: c(
                 "kiroku_ingest_socket_errors_total",
                 "UDP send/receive errors",
+            ),
+            socket_drops: c(
+                "kiroku_ingest_socket_drops_total",
+                "Datagrams the kernel dropped because the WebRTC socket's receive buffer was full (the box is short of CPU, or net.core.rmem_max is low)",
             ),
             frames: cv(
                 "kiroku_ingest_frames_total",
@@ -437,6 +444,17 @@ pub struct Ingest {
 }
 
 impl Ingest {
+    /// Brings `kiroku_ingest_socket_drops_total` up to the kernel's count
+    /// (called about once a second).
+    pub fn refresh_socket_drops(&self) {
+        if let Some(kernel) = socket::kernel_drops(self.udp_addr.port()) {
+            let counted = self.metrics.socket_drops.get();
+            if kernel > counted {
+                self.metrics.socket_drops.inc_by(kernel - counted);
+            }
+        }
+    }
+
     /// Binds the UDP socket and starts the media thread (supervised: it
     /// reports to `health`).
     pub fn start(
@@ -447,6 +465,14 @@ impl Ingest {
     ) -> std::io::Result<Arc<Self>> {
         let socket = UdpSocket::bind(udp_listen)?;
         let udp_addr = socket.local_addr()?;
+        match socket::raise_receive_buffer(&socket) {
+            Ok(granted) if granted < socket::RECEIVE_BUFFER_WARN => {
+                tracing::warn!(granted, wanted = socket::RECEIVE_BUFFER,
+                    "the WebRTC socket's receive buffer is small: a busy box will lose packets; raise net.core.rmem_max (the Debian package's sysctl.d file sets 16 MiB)")
+            }
+            Ok(granted) => tracing::info!(granted, "WebRTC socket receive buffer"),
+            Err(e) => tracing::warn!(error = %e, "cannot size the WebRTC socket's receive buffer"),
+        }
         let candidates = if advertised.is_empty() {
             vec![udp_addr]
         } else {
