@@ -75,6 +75,8 @@ step "recording benchmark (short smoke, debug build)"
 
 step "mixed pipeline benchmark (short smoke, debug build, side by side with ffmpeg)"
 ./target/debug/mix-bench --seconds 2 --cases 4x720,25x1080
+step "mixed picture quality (short smoke, debug build: kiroku's encoder and x264 veryfast scored on the same canvas)"
+./target/debug/mix-bench --seconds 2 --cases 4x720 --quality --no-ffmpeg
 step "spool write benchmark (short smoke, debug build: io_uring vs plain writes)"
 ./target/debug/spool-bench --files 100 --threads 1,8
 step "upload benchmark (short smoke, debug build: spool + S3 uploads vs boto3, against moto)"

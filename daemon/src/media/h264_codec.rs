@@ -18,9 +18,11 @@ use std::sync::Arc;
 use kiroku_gpu::{EncodeError, EncodedFrame, EncoderSettings, Picture, VideoEncoder};
 use openh264::decoder::Decoder;
 use openh264::encoder::{
-    BitRate, Complexity, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, Profile,
-    RateControlMode, SpsPpsStrategy, UsageType, VuiConfig,
+    BitRate, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, Profile, QpRange,
+    SpsPpsStrategy, UsageType, VuiConfig,
 };
+/// The tuning's enums, so that callers need not depend on `openh264`.
+pub use openh264::encoder::{Complexity, RateControlMode};
 use openh264::formats::{YUVSlices, YUVSource};
 use openh264::OpenH264API;
 
@@ -107,6 +109,85 @@ fn copy_plane(src: &[u8], stride: usize, dst: &mut [u8], w: usize, h: usize) {
     }
 }
 
+/// The OpenH264 settings that trade encoding speed for picture quality.
+/// [`Default`] is what kiroku encodes with ([`OpenH264Encoder::open`]);
+/// `mix-bench --openh264 …` builds others to measure them against x264.
+#[derive(Debug, Clone, Copy)]
+pub struct EncoderTuning {
+    /// Mode decision effort. `Low` decides macroblock modes on SAD with
+    /// OpenH264's fast coding functions; `Medium` and `High` use SATD and
+    /// the full mode search (they differ only for screen content).
+    pub complexity: Complexity,
+    /// How the frame QP follows the bitrate. `Bufferbased` does not follow
+    /// the bitrate at all, and `Timestamp` needs frame times (the
+    /// `openh264` crate passes 0 for every frame).
+    pub rate_control: RateControlMode,
+    /// Lower QP for macroblocks that did not change (static backgrounds).
+    pub background_detection: bool,
+    /// Asked of OpenH264, but its parameter validation (2.x) switches
+    /// adaptive quantisation off whatever is asked ("algorithms needs to be
+    /// refactored"): the output is identical either way.
+    pub adaptive_quantization: bool,
+    /// Lets OpenH264 insert IDRs of its own at scene cuts.
+    pub scene_change_detect: bool,
+    pub long_term_reference: bool,
+    /// Lets the rate control drop frames. Never on in kiroku: every output
+    /// tick must be a frame (the output clock sets the frame rate and the
+    /// playlist durations); the option exists so `mix-bench` can show what
+    /// skipping would buy.
+    pub skip_frames: bool,
+    /// QP range. Either bound at 0 lets OpenH264 use its own, 12..=42.
+    pub qp_min: u8,
+    pub qp_max: u8,
+}
+
+/// kiroku's tuning, measured with `mix-bench --quality` (issue 19; see
+/// docs/performance.md): textured, moving canvases, 4×360p→720p15 at
+/// 1.5 Mbit/s and 25×360p→1080p15 at 3 Mbit/s, GOP 2 s, mean PSNR-Y
+/// against the uncompressed canvas. At the same bitrate OpenH264 is 2.4 dB
+/// (720p) and 2.8 dB (1080p) below x264 `veryfast`, and none of the
+/// settings the `openh264` crate exposes closes much of that:
+/// - `complexity`: Medium (the same as High for camera content) gains
+///   0.15–0.22 dB, about 4 % of bitrate, for 12–17 % more encoder CPU.
+///   Reaching x264's PSNR takes 1.46× (720p) and 1.90× (1080p) the bitrate
+///   at Low, 1.41× and 1.82× at Medium, and there the whole pipeline runs
+///   at about 1.6× (720p) and 1.5× (1080p) ffmpeg's throughput per
+///   CPU-second with either (medians of 4–5 runs). At the customer's
+///   bitrate Medium costs 5–10 % of the pipeline's throughput for those
+///   0.2 dB, so Low stays (density first).
+/// - rate control: Bitrate held the target to 0.5 % over 20 s without
+///   skipping frames (OpenH264 warns it "can't be controlled" without:
+///   it raises the QP instead when a window of 8 frames overspends).
+///   Quality mode was 0.1 dB worse, Timestamp 0.2–0.4 dB (1–2 dB at the
+///   10th percentile).
+/// - frame skipping: never on (see the field); on, it skipped no frame and
+///   changed nothing here.
+/// - background detection: no change on moving pictures, 0.5–1.3 dB worse
+///   on kiroku publish's colour bars.
+/// - scene change detection: IDRs off the GOP, up to 0.17 dB worse.
+/// - adaptive quantisation, long-term reference, the QP range (12–51,
+///   20–38 tried): no change.
+///
+/// What does close part of the gap is not in the crate's `EncoderConfig`
+/// (raw `SEncParamExt` fields): CABAC (Main profile) +0.4–0.6 dB for
+/// 8–12 % more encoder CPU, and a larger IDR budget (`iIdrBitrateRatio`)
+/// +0.4 dB at 720p but −0.3 dB at 1080p.
+impl Default for EncoderTuning {
+    fn default() -> Self {
+        Self {
+            complexity: Complexity::Low,
+            rate_control: RateControlMode::Bitrate,
+            background_detection: false,
+            adaptive_quantization: false,
+            scene_change_detect: false,
+            long_term_reference: false,
+            skip_frames: false,
+            qp_min: 0,
+            qp_max: 51,
+        }
+    }
+}
+
 /// The CPU H.264 encoder of the mixed canvas.
 pub struct OpenH264Encoder {
     settings: EncoderSettings,
@@ -116,29 +197,44 @@ pub struct OpenH264Encoder {
 }
 
 impl OpenH264Encoder {
+    /// An encoder with kiroku's tuning ([`EncoderTuning::default`]).
     pub fn open(settings: EncoderSettings) -> Result<Self, EncodeError> {
+        Self::open_tuned(settings, EncoderTuning::default())
+    }
+
+    /// An encoder with other OpenH264 settings (benchmarks). Refuses a QP
+    /// range outside 0..=51 (the crate would panic on it).
+    pub fn open_tuned(
+        settings: EncoderSettings,
+        tuning: EncoderTuning,
+    ) -> Result<Self, EncodeError> {
+        if tuning.qp_max > 51 || tuning.qp_min > tuning.qp_max {
+            return Err(EncodeError::Unavailable(format!(
+                "QP range {}..={} is outside 0..=51",
+                tuning.qp_min, tuning.qp_max
+            )));
+        }
         let cfg = EncoderConfig::new()
             .profile(Profile::Baseline)
             .usage_type(UsageType::CameraVideoRealTime)
-            .rate_control_mode(RateControlMode::Bitrate)
+            .rate_control_mode(tuning.rate_control)
             .bitrate(BitRate::from_bps(settings.bitrate_bps))
             .max_frame_rate(FrameRate::from_hz(settings.fps.max(1) as f32))
             // The output clock sets the frame rate: every tick is a frame.
-            .skip_frames(false)
+            .skip_frames(tuning.skip_frames)
             // IDRs are placed here (GOP and requests) so that segment cuts
             // are predictable.
             .intra_frame_period(IntraFramePeriod::from_num_frames(0))
-            .scene_change_detect(false)
-            // Background detection and adaptive quantisation cost about a
-            // fifth of the encode time for a small gain on static scenes;
-            // density matters more here (docs/performance.md).
-            .background_detection(false)
-            .adaptive_quantization(false)
+            .scene_change_detect(tuning.scene_change_detect)
+            .background_detection(tuning.background_detection)
+            .adaptive_quantization(tuning.adaptive_quantization)
+            .long_term_reference(tuning.long_term_reference)
+            .qp(QpRange::new(tuning.qp_min, tuning.qp_max))
             .sps_pps_strategy(SpsPpsStrategy::ConstantId)
             // Many tasks encode side by side; threads inside one encoder
             // would only contend with them.
             .num_threads(1)
-            .complexity(Complexity::Low)
+            .complexity(tuning.complexity)
             .vui(VuiConfig::bt601());
         let mut encoder = Encoder::with_api_config(OpenH264API::from_source(), cfg)
             .map_err(|e| EncodeError::Unavailable(e.to_string()))?;
