@@ -93,14 +93,6 @@ def test_admission_by_cost_refuses_past_the_admitted_share_and_counts_what_runs(
     assert len(more) == 3 and capacity(d)["admit_by_cost"] is False
 
 
-def test_a_create_right_after_a_delete_is_not_refused_for_concurrency(kiroku):
-    d = kiroku("maxone", limits={"max_tasks": 1, "api_rate_per_second": 1000})
-    api = d.sdk()
-    for i in range(5):
-        t = api.create(create_params(room=str(42000 + i)))
-        api.delete(t)
-
-
 def test_capacity_follows_publishers_and_reports_each_tasks_load(kiroku):
     """With the reference profile: a single-stream task's cost grows when
     two users publish, its recorder thread's CPU and lag are reported, and

@@ -28,8 +28,8 @@ def test_max_tasks(kiroku):
     api.wait_gone(tasks[0])
     tasks[0] = replacement
 
-    # After a Delete there is room again (once the stopped task has finished:
-    # an Exited task still holds its slot while its files are finished).
+    # After a Delete there is room again (an Exited task no longer counts,
+    # even while its files are finished: test_density.py checks the race).
     api.delete(tasks[1])
     api.wait_gone(tasks[1])
     t = api.create(create_params(room="30003"))
