@@ -115,8 +115,8 @@ struct CapacityArgs {
     #[arg(long, default_value_t = 0.1)]
     precision: f64,
     /// The API's p99 under load (DescribeCloudRecording) as this command
-    /// sees it, ms (queueing outside the daemon included; the daemon's own
-    /// p99 must be within 10 ms).
+    /// sees it, ms, above which a window is reported `api_slow` (reported
+    /// beside the verdict, which is about the media).
     #[arg(long, default_value_t = 100.0)]
     api_p99_ms: f64,
     /// Short windows and a coarse ramp (minutes instead of half an hour).

@@ -35,8 +35,9 @@ pub struct Expectation {
     pub tasks: u32,
     /// Frames per second all publishers send (video + audio).
     pub frames_per_second: f64,
-    /// Client-side p99 bound (queueing outside the daemon's handler
-    /// included); the daemon's own p99 must be within 10 ms.
+    /// Real time is about the media: the API's latency is reported beside
+    /// each window (above this bound: `api_slow`), not judged — under load
+    /// Describe waits behind state-store commits (docs/performance.md).
     pub api_p99_bound_ms: f64,
     pub behind_bound_s: f64,
     /// The share of expected frames that must be recorded (the rest is
@@ -53,7 +54,6 @@ pub enum Limit {
     Drops,
     Frames,
     Latency,
-    Api,
 }
 
 impl Limit {
@@ -63,7 +63,6 @@ impl Limit {
             Limit::Drops => "drops",
             Limit::Frames => "frames",
             Limit::Latency => "latency",
-            Limit::Api => "api",
         }
     }
 }
@@ -82,6 +81,8 @@ pub struct StepResult {
     pub api_p99_ms: f64,
     /// Share of API requests the daemon answered within 10 ms.
     pub api_within_10ms: f64,
+    /// The API missed its bounds in this window (reported, not judged).
+    pub api_slow: bool,
     pub daemon_cores: f64,
     pub daemon_rss: f64,
     pub publisher_cores: f64,
@@ -113,8 +114,6 @@ pub fn judge(a: &Sample, b: &Sample, e: &Expectation, api_p99_ms: f64) -> StepRe
         Some(Limit::Frames)
     } else if late > 0.0 || b.behind > e.behind_bound_s {
         Some(Limit::Latency)
-    } else if api_within_10ms < 0.99 || api_p99_ms > e.api_p99_bound_ms {
-        Some(Limit::Api)
     } else {
         None
     };
@@ -129,6 +128,7 @@ pub fn judge(a: &Sample, b: &Sample, e: &Expectation, api_p99_ms: f64) -> StepRe
         behind_s: b.behind,
         api_p99_ms,
         api_within_10ms,
+        api_slow: api_within_10ms < 0.99 || api_p99_ms > e.api_p99_bound_ms,
         daemon_cores: (b.daemon_cpu - a.daemon_cpu) / dt,
         daemon_rss: b.daemon_rss,
         publisher_cores,
@@ -276,13 +276,14 @@ mod tests {
             ..b
         };
         assert_eq!(judge(&a, &late, &expect(), 3.0).broke, Some(Limit::Latency));
-        assert_eq!(judge(&a, &b, &expect(), 25.0).broke, Some(Limit::Api));
-        // The daemon itself slow: 2 of 100 requests over 10 ms.
+        // The API is reported, not judged.
         let slow_api = Sample {
             api_within_10ms: 98.0,
             ..b
         };
-        assert_eq!(judge(&a, &slow_api, &expect(), 3.0).broke, Some(Limit::Api));
+        let r = judge(&a, &slow_api, &expect(), 25.0);
+        assert_eq!(r.broke, None);
+        assert!(r.api_slow && (r.api_within_10ms - 0.98).abs() < 1e-9);
         let starved = Sample {
             ingest_frames: 9_000.0,
             recorded_frames: 9_000.0,
