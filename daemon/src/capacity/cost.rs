@@ -120,7 +120,15 @@ pub fn fit(points: &[Point], fallback: &CostModel) -> CostModel {
         .iter()
         .filter(|p| matches!(p.shape.kind, ShapeKind::MixedAudio))
         .collect();
-    if !audio.is_empty() {
+    if audio.is_empty() {
+        // Not measured: an audio-only mix costs what recording its users'
+        // audio does (a task, and 0.3 of an A/V user each), an assumption
+        // docs/performance.md states.
+        if m.mixed_audio_task == 0.0 && m.mixed_audio_user == 0.0 {
+            m.mixed_audio_task = m.single_task;
+            m.mixed_audio_user = 0.3 * m.single_user;
+        }
+    } else {
         // One measured size: split it half per task, half per user (the
         // audio mix and its AAC encode per task, an Opus decode per user).
         let per: f64 = audio.iter().map(|p| p.units()).sum::<f64>() / audio.len() as f64;

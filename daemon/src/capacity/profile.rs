@@ -150,9 +150,13 @@ impl CapacityProfile {
             .collect()
     }
 
-    /// Measured with `kiroku bench capacity` (release build) on the
-    /// 2-core development VM, 2026-12-03 (docs/performance.md): what a box
-    /// assumes per 2 cores until it has been measured itself.
+    /// Measured with `kiroku bench capacity --quick` (release build) on
+    /// the 2-core development VM, 2026-12-03 (docs/performance.md
+    /// "Capacity"): what a box assumes per 2 cores until it has been
+    /// measured itself. The mixed 9-input ramp was stopped early (8 is a
+    /// lower bound); the 25-input 1080p and audio-only shapes were not
+    /// measured in that run and are left out (the model extrapolates them:
+    /// `cost::fit`).
     pub fn reference() -> Self {
         let r = |name: &str, mode, users, (width, height, fps), held| ProfileResult {
             name: name.to_owned(),
@@ -180,31 +184,23 @@ impl CapacityProfile {
             compositor: "cpu".to_owned(),
             encoder: "openh264".to_owned(),
             results: vec![
-                r("single-1av", ShapeMode::Single, 1, (0, 0, 0), 300),
-                r("single-5av", ShapeMode::Single, 5, (0, 0, 0), 60),
+                r("single-1av", ShapeMode::Single, 1, (0, 0, 0), 256),
+                r("single-5av", ShapeMode::Single, 5, (0, 0, 0), 56),
                 r("single-25av", ShapeMode::Single, 25, (0, 0, 0), 12),
                 r(
                     "mixed-4x360p-720p15",
                     ShapeMode::Mixed,
                     4,
                     (1280, 720, 15),
-                    6,
+                    20,
                 ),
                 r(
                     "mixed-9x360p-720p15",
                     ShapeMode::Mixed,
                     9,
                     (1280, 720, 15),
-                    4,
+                    8,
                 ),
-                r(
-                    "mixed-25x360p-1080p15",
-                    ShapeMode::Mixed,
-                    25,
-                    (1920, 1080, 15),
-                    1,
-                ),
-                r("mixed-audio-4", ShapeMode::MixedAudio, 4, (0, 0, 0), 60),
             ],
         }
     }
@@ -227,6 +223,6 @@ mod tests {
         );
         let e = CapacityProfile::parse("{}", "capacity.json").expect_err("empty");
         assert!(e.to_string().contains("capacity.json"), "{e}");
-        assert_eq!(p.points(2.0)[0].held, 600.0);
+        assert_eq!(p.points(2.0)[0].held, 512.0);
     }
 }
