@@ -118,24 +118,8 @@ struct Client {
 impl Client {
     async fn call(&self, action: &str, body: String) -> anyhow::Result<serde_json::Value> {
         let ts = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
-        let headers = vec![
-            ("content-type".to_owned(), "application/json".to_owned()),
-            ("host".to_owned(), self.host.clone()),
-        ];
-        let hash = tc3::sha256_hex(body.as_bytes());
-        let auth = tc3::authorization_header(
-            SECRET_ID,
-            SECRET_KEY,
-            "trtc",
-            ts,
-            &tc3::SignedRequest {
-                method: "POST",
-                path: "/",
-                query: "",
-                headers: &headers,
-                payload_hash: &hash,
-            },
-        );
+        let auth =
+            tc3::json_post_authorization(SECRET_ID, SECRET_KEY, &self.host, body.as_bytes(), ts);
         let resp = self
             .http
             .post(format!("http://{}/", self.host))

@@ -189,6 +189,35 @@ pub fn authorization_header(
     )
 }
 
+/// The `Authorization` of a JSON `POST /` to `host` (client side, as
+/// Tencent's SDKs sign an API call: content-type and host signed).
+pub fn json_post_authorization(
+    secret_id: &str,
+    secret_key: &str,
+    host: &str,
+    body: &[u8],
+    timestamp: i64,
+) -> String {
+    let headers = vec![
+        ("content-type".to_owned(), "application/json".to_owned()),
+        ("host".to_owned(), host.to_owned()),
+    ];
+    let hash = sha256_hex(body);
+    authorization_header(
+        secret_id,
+        secret_key,
+        "trtc",
+        timestamp,
+        &SignedRequest {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &headers,
+            payload_hash: &hash,
+        },
+    )
+}
+
 /// `YYYY-MM-DD` (UTC) of a Unix timestamp, as the credential scope uses.
 pub fn utc_date(timestamp: i64) -> String {
     match time::OffsetDateTime::from_unix_timestamp(timestamp) {

@@ -249,24 +249,7 @@ impl Target {
             .header("X-TC-Version", "2019-07-22");
         if let Some((id, key)) = &self.credentials {
             let ts = crate::clock::unix_ms() as i64 / 1000;
-            let headers = vec![
-                ("content-type".to_owned(), "application/json".to_owned()),
-                ("host".to_owned(), host),
-            ];
-            let hash = tc3::sha256_hex(body.as_bytes());
-            let auth = tc3::authorization_header(
-                id,
-                key,
-                "trtc",
-                ts,
-                &tc3::SignedRequest {
-                    method: "POST",
-                    path: "/",
-                    query: "",
-                    headers: &headers,
-                    payload_hash: &hash,
-                },
-            );
+            let auth = tc3::json_post_authorization(id, key, &host, body.as_bytes(), ts);
             req = req
                 .header("Authorization", auth)
                 .header("X-TC-Timestamp", ts.to_string());
