@@ -388,15 +388,21 @@ fn drain(config: Option<PathBuf>, url: Option<String>) -> anyhow::Result<()> {
     })
 }
 
-fn publish(a: PublishArgs) -> anyhow::Result<()> {
-    use kiroku::publish::client::{self, PublishOptions};
-    use kiroku::publish::source::{AudioConfig, Pattern, Rgb, VideoConfig};
+/// Logging of the tools (publish, bench capacity): warnings and up to
+/// stderr, or what `KIROKU_LOG` asks for.
+fn init_tool_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KIROKU_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+fn publish(a: PublishArgs) -> anyhow::Result<()> {
+    use kiroku::publish::client::{self, PublishOptions};
+    use kiroku::publish::source::{AudioConfig, Pattern, Rgb, VideoConfig};
+    init_tool_logging();
     if a.count == 0 || a.count > 10_000 {
         anyhow::bail!("--count must be 1..=10000");
     }
@@ -597,12 +603,7 @@ fn exit_anyway_after(after: std::time::Duration) {
 
 fn bench_capacity(a: CapacityArgs) -> anyhow::Result<()> {
     use kiroku::benchmark::{self, BenchOptions};
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KIROKU_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    init_tool_logging();
     let config = match &a.config {
         Some(path) => {
             Some(Config::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)
