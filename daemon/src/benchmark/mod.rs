@@ -30,7 +30,7 @@ use serde::Serialize;
 
 use crate::api::tc3;
 use crate::capacity::profile::{
-    CapacityProfile, Host, ProfileResult, ShapeMode, ShapeSpec, PROFILE_VERSION,
+    named_shapes, CapacityProfile, Host, ProfileResult, ShapeMode, ShapeSpec, PROFILE_VERSION,
 };
 use ramp::{judge, Expectation, Limit, Ramp, Sample, StepResult};
 
@@ -45,44 +45,20 @@ pub struct BenchShape {
 
 /// The shapes of docs/performance.md "Capacity", in the order they run.
 pub fn shapes() -> Vec<BenchShape> {
-    let s = |name, mode, users, (width, height, fps), start| BenchShape {
-        name,
-        spec: ShapeSpec {
-            mode,
-            users,
-            width,
-            height,
-            fps,
-        },
-        start,
-    };
-    vec![
-        s("single-1av", ShapeMode::Single, 1, (0, 0, 0), 16),
-        s("single-5av", ShapeMode::Single, 5, (0, 0, 0), 8),
-        s("single-25av", ShapeMode::Single, 25, (0, 0, 0), 1),
-        s(
-            "mixed-4x360p-720p15",
-            ShapeMode::Mixed,
-            4,
-            (1280, 720, 15),
-            1,
-        ),
-        s(
-            "mixed-9x360p-720p15",
-            ShapeMode::Mixed,
-            9,
-            (1280, 720, 15),
-            1,
-        ),
-        s(
-            "mixed-25x360p-1080p15",
-            ShapeMode::Mixed,
-            25,
-            (1920, 1080, 15),
-            1,
-        ),
-        s("mixed-audio-4", ShapeMode::MixedAudio, 4, (0, 0, 0), 4),
-    ]
+    named_shapes()
+        .into_iter()
+        .map(|(name, spec)| BenchShape {
+            name,
+            spec,
+            // Small shapes start higher: the ramp doubles from here.
+            start: match (spec.mode, spec.users) {
+                (ShapeMode::Single, 1) => 16,
+                (ShapeMode::Single, 5) => 8,
+                (ShapeMode::MixedAudio, _) => 4,
+                _ => 1,
+            },
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone)]

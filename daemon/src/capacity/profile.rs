@@ -72,6 +72,36 @@ impl ShapeSpec {
     }
 }
 
+/// The task shapes `kiroku bench capacity` measures, by name, in the order
+/// it runs them (docs/performance.md "Capacity").
+pub fn named_shapes() -> [(&'static str, ShapeSpec); 7] {
+    let s = |mode, users, (width, height, fps)| ShapeSpec {
+        mode,
+        users,
+        width,
+        height,
+        fps,
+    };
+    [
+        ("single-1av", s(ShapeMode::Single, 1, (0, 0, 0))),
+        ("single-5av", s(ShapeMode::Single, 5, (0, 0, 0))),
+        ("single-25av", s(ShapeMode::Single, 25, (0, 0, 0))),
+        (
+            "mixed-4x360p-720p15",
+            s(ShapeMode::Mixed, 4, (1280, 720, 15)),
+        ),
+        (
+            "mixed-9x360p-720p15",
+            s(ShapeMode::Mixed, 9, (1280, 720, 15)),
+        ),
+        (
+            "mixed-25x360p-1080p15",
+            s(ShapeMode::Mixed, 25, (1920, 1080, 15)),
+        ),
+        ("mixed-audio-4", s(ShapeMode::MixedAudio, 4, (0, 0, 0))),
+    ]
+}
+
 /// What the machine was.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Host {
@@ -158,19 +188,18 @@ impl CapacityProfile {
     /// measured in that run and are left out (the model extrapolates them:
     /// `cost::fit`).
     pub fn reference() -> Self {
-        let r = |name: &str, mode, users, (width, height, fps), held| ProfileResult {
-            name: name.to_owned(),
-            shape: ShapeSpec {
-                mode,
-                users,
-                width,
-                height,
-                fps,
-            },
-            held_tasks: held,
-            cpu_cores_per_task: 0.0,
-            rss_bytes_per_task: 0.0,
-            limit: "reference".to_owned(),
+        let r = |name: &str, held| {
+            named_shapes()
+                .into_iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, shape)| ProfileResult {
+                    name: name.to_owned(),
+                    shape,
+                    held_tasks: held,
+                    cpu_cores_per_task: 0.0,
+                    rss_bytes_per_task: 0.0,
+                    limit: "reference".to_owned(),
+                })
         };
         CapacityProfile {
             version: PROFILE_VERSION,
@@ -183,25 +212,16 @@ impl CapacityProfile {
             },
             compositor: "cpu".to_owned(),
             encoder: "openh264".to_owned(),
-            results: vec![
-                r("single-1av", ShapeMode::Single, 1, (0, 0, 0), 256),
-                r("single-5av", ShapeMode::Single, 5, (0, 0, 0), 56),
-                r("single-25av", ShapeMode::Single, 25, (0, 0, 0), 12),
-                r(
-                    "mixed-4x360p-720p15",
-                    ShapeMode::Mixed,
-                    4,
-                    (1280, 720, 15),
-                    20,
-                ),
-                r(
-                    "mixed-9x360p-720p15",
-                    ShapeMode::Mixed,
-                    9,
-                    (1280, 720, 15),
-                    8,
-                ),
-            ],
+            results: [
+                r("single-1av", 256),
+                r("single-5av", 56),
+                r("single-25av", 12),
+                r("mixed-4x360p-720p15", 20),
+                r("mixed-9x360p-720p15", 8),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
         }
     }
 }
@@ -224,5 +244,6 @@ mod tests {
         let e = CapacityProfile::parse("{}", "capacity.json").expect_err("empty");
         assert!(e.to_string().contains("capacity.json"), "{e}");
         assert_eq!(p.points(2.0)[0].held, 512.0);
+        assert_eq!(p.results.len(), 5, "every reference shape is a named one");
     }
 }
