@@ -573,7 +573,7 @@ pub async fn run(
             std::future::pending(),
         ))
     });
-    systemd::ready(&format!("{} tasks", manager.live_count().await));
+    systemd::ready(&format!("{} tasks", manager.live_count()));
     let heartbeat = tokio::spawn(heartbeat(manager.clone(), health.clone(), stop_rx));
 
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
@@ -666,7 +666,7 @@ async fn fleet_heartbeat(
         // Fencing of the media side: a task this box runs that the
         // database gives to another box (taken over while this box was
         // paused or cut off) stops here within a heartbeat of waking.
-        let running = manager.running_task_ids().await;
+        let running = manager.running_task_ids();
         match fleet.call(move |f| f.tasks_lost(&running)).await {
             Ok(lost) => {
                 for task_id in lost {
@@ -786,12 +786,8 @@ async fn heartbeat(
                         health.up("ingest engine progress");
                     }
                 }
-                // The status line needs the manager's lock, which a slow
-                // commit (fsync) holds: it must not delay the next ping.
-                let count = tokio::time::timeout(std::time::Duration::from_secs(1), manager.live_count());
-                if let Ok(n) = count.await {
-                    systemd::status(&format!("{n} tasks"));
-                }
+                // Read from the manager's view: no wait behind a commit.
+                systemd::status(&format!("{} tasks", manager.live_count()));
             }
             _ = stop.changed() => return,
         }

@@ -139,7 +139,7 @@ async fn task_elsewhere(
     let Some(fleet) = &api.fleet else {
         return Ok(None);
     };
-    if api.manager.runs(task_id).await {
+    if api.manager.runs(task_id) {
         return Ok(None);
     }
     let id = task_id.to_owned();
@@ -622,7 +622,7 @@ async fn describe(
     if let Some(elsewhere) = task_elsewhere(api, &task_id, hops).await? {
         return Ok(elsewhere);
     }
-    let status = api.manager.describe(id, &task_id).await?;
+    let status = api.manager.describe(id, &task_id)?;
     let files = serde_json::to_value(&status.files).unwrap_or_else(|_| Value::Array(Vec::new()));
     Ok(Reply::Here(fields(vec![
         ("TaskId", Value::from(status.task_id)),

@@ -233,7 +233,7 @@ async fn tasks(State(c): State<Arc<Console>>, method: Method, headers: HeaderMap
     if let Some(refused) = c.gate.denied(&method, &headers) {
         return refused;
     }
-    let overview = c.manager.overview().await;
+    let overview = c.manager.overview();
     let listed = {
         let c = c.clone();
         tokio::task::spawn_blocking(move || {
@@ -353,7 +353,7 @@ async fn status(State(c): State<Arc<Console>>, method: Method, headers: HeaderMa
     if let Some(refused) = c.gate.denied(&method, &headers) {
         return refused;
     }
-    let tasks = c.manager.live_count().await;
+    let tasks = c.manager.live_count();
     let rooms = c.ingest.registry.status();
     let publishing = rooms
         .iter()

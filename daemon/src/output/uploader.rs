@@ -400,7 +400,7 @@ impl UploadService {
                 tracing::warn!(task_id = %record.task_id, error = %e, "could not seal an upload target anew");
             }
         }
-        shared.update_gauges();
+        shared.publish_state();
         // Tasks that ended before the restart with nothing left finish now.
         let ended: Vec<String> = lock(&shared.tasks)
             .iter()
@@ -456,7 +456,7 @@ impl UploadService {
         t.record = record;
         t.uploader = Some(uploader);
         drop(tasks);
-        self.shared.update_gauges();
+        self.shared.publish_state();
         self.shared.wake.notify_one();
         Ok(())
     }
@@ -658,7 +658,7 @@ impl Shared {
         let Some(t) = done else {
             return;
         };
-        self.update_gauges();
+        self.publish_state();
         if let Err(e) = self.book.remove(task_id) {
             tracing::warn!(task_id, error = %e, "removing the task's upload target");
         }
@@ -684,7 +684,7 @@ impl Shared {
         }
     }
 
-    fn update_gauges(&self) {
+    fn publish_state(&self) {
         let stats = lock(&self.queue).stats();
         let m = &self.metrics;
         m.pending_files.set(stats.pending_files as i64);
@@ -765,7 +765,7 @@ impl Shared {
                 }
             }
         }
-        self.update_gauges();
+        self.publish_state();
     }
 }
 
@@ -981,7 +981,7 @@ impl Store for SpoolStore {
                 tracing::warn!(entry = old, error = %e, "removing a superseded spool entry");
             }
         }
-        self.shared.update_gauges();
+        self.shared.publish_state();
         self.shared.wake.notify_one();
         Ok(())
     }

@@ -27,7 +27,7 @@ impl Manager {
     /// [`end_of_task_callbacks`]). Also run for a task that was ending when
     /// the daemon stopped: every step can run twice.
     pub(super) async fn finish_outputs(&self, task_id: &str, failed_writes: u64) {
-        let Some(record) = self.record_of(task_id).await else {
+        let Some(record) = self.record_of(task_id) else {
             return;
         };
         let plan = OutputPlan::of(&record.spec);

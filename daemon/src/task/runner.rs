@@ -116,7 +116,7 @@ impl Manager {
             restarts = record.restarts,
             "recorder restarted after its thread died"
         );
-        Ok((recorder, record.spec.mix.map(|m| m.layout)))
+        Ok((recorder, record.spec.mix.as_ref().map(|m| m.layout.clone())))
     }
 }
 
