@@ -119,10 +119,17 @@ struct SessionOutcome {
     lost: u64,
     /// The video track's state in the status endpoint at the end.
     video_state: &'static str,
+    audio_written: u64,
 }
 
-/// Publishes for 10 simulated seconds; video stops at `video_stops_at`.
-fn run_session(loss_every: u64, video_stops_at: Duration) -> SessionOutcome {
+/// Publishes for 10 simulated seconds; video stops at `video_stops_at`;
+/// the session is DELETEd at `delete_at` (its last packets still on the
+/// way: the publisher sends them and DELETEs at once).
+fn run_session(
+    loss_every: u64,
+    video_stops_at: Duration,
+    delete_at: Option<Duration>,
+) -> SessionOutcome {
     let t0 = Instant::now();
     let server_addr: SocketAddr = "10.0.0.1:8443".parse().expect("addr");
     let client_addr: SocketAddr = "10.0.0.2:50000".parse().expect("addr");
@@ -203,6 +210,7 @@ fn run_session(loss_every: u64, video_stops_at: Duration) -> SessionOutcome {
         std::sync::mpsc::Receiver<MediaFrame>,
     )> = None;
     let (mut video_got, mut audio_got) = (Vec::new(), Vec::new());
+    let mut deleted = false;
     client.drain(now, &mut net, true);
     while now < end {
         // Deliver due packets.
@@ -232,7 +240,7 @@ fn run_session(loss_every: u64, video_stops_at: Duration) -> SessionOutcome {
             client.drain(now, &mut net, true);
         }
         // Publish: 30 fps video, 50 fps audio, once connected.
-        if client.connected && now >= media_start {
+        if client.connected && now >= media_start && !deleted {
             let media_t = now - media_start;
             while Duration::from_millis(vframe * 1000 / 30) <= media_t.min(video_stops_at) {
                 let w = client.rtc.writer(client.video).expect("video writer");
@@ -267,6 +275,17 @@ fn run_session(loss_every: u64, video_stops_at: Duration) -> SessionOutcome {
                 aframe += 1;
             }
             client.drain(now, &mut net, true);
+            if delete_at.is_some_and(|d| now >= t0 + d) {
+                deleted = true;
+                core.command(
+                    Command::RemovePeer {
+                        session_id: "s1".into(),
+                    },
+                    now,
+                );
+                // The engine's loop runs the due timeouts next.
+                core.handle_timeouts(now);
+            }
         }
         for (dest, data) in core.take_transmits() {
             net.send(now, server_addr, dest, data, true);
@@ -313,6 +332,7 @@ fn run_session(loss_every: u64, video_stops_at: Duration) -> SessionOutcome {
         audio: audio_got,
         lost: net.lost,
         video_state,
+        audio_written: aframe,
     }
 }
 
@@ -323,7 +343,7 @@ fn frames_arrive_whole_and_in_order_over_a_clean_network() {
         audio,
         video_state,
         ..
-    } = run_session(0, Duration::from_secs(60));
+    } = run_session(0, Duration::from_secs(60), None);
     assert_eq!(video_state, "publishing");
     // ~9.5 s of media at 30 fps / 50 fps, minus the frames before the
     // subscriber's first key frame.
@@ -369,7 +389,7 @@ fn frames_arrive_whole_and_in_order_over_a_clean_network() {
 fn loss_and_reordering_are_repaired_by_nack() {
     let SessionOutcome {
         video, audio, lost, ..
-    } = run_session(20, Duration::from_secs(60));
+    } = run_session(20, Duration::from_secs(60), None);
     assert!(lost > 40, "the emulated network lost {lost} packets");
     // NACK/RTX recover video; the few frames that cannot be recovered in
     // time are skipped, not delivered broken.
@@ -393,7 +413,7 @@ fn loss_and_reordering_are_repaired_by_nack() {
 
 #[test]
 fn a_track_whose_rtp_stops_shows_as_muted_while_audio_goes_on() {
-    let out = run_session(0, Duration::from_secs(4));
+    let out = run_session(0, Duration::from_secs(4), None);
     assert_eq!(out.video_state, "muted", "str0m paused the video stream");
     let last_video = out.video.last().map(|f| f.rtp_time).unwrap_or(0) - out.video[0].rtp_time;
     assert!(last_video <= 4 * 90_000 + 3000, "no video after the stop");
@@ -442,4 +462,20 @@ fn unconnected_sessions_are_bounded_and_a_publisher_may_post_again() {
         .expect("room again");
     table.remove("s2");
     assert_eq!(table.pending(), 1);
+}
+
+#[test]
+fn a_deleted_session_keeps_the_packets_sent_just_before_its_delete() {
+    let out = run_session(0, Duration::from_secs(60), Some(Duration::from_secs(5)));
+    // The last audio frame written (its second byte is its number) came
+    // through although the DELETE was handled before it arrived …
+    let last = out.audio.last().expect("audio frames");
+    assert_eq!(
+        last.data.get(1).copied(),
+        Some((out.audio_written - 1) as u8),
+        "{} audio frames written",
+        out.audio_written
+    );
+    // … and the session is gone once the linger has passed.
+    assert_eq!(out.video_state, "gone");
 }
