@@ -377,6 +377,9 @@ fn media_loop(
     let mut audio_n: u64 = 0;
     let mut buf = vec![0u8; 2048];
     let (mut want_main_key, mut want_aux_key) = (false, false);
+    let video_period = Duration::from_micros(1_000_000 / u64::from(fps));
+    let (mut main_spread, mut aux_spread, mut audio_spread) =
+        (None::<Spread>, None::<Spread>, None::<Spread>);
     loop {
         let now = Instant::now();
         let elapsed = now - start;
@@ -450,30 +453,32 @@ fn media_loop(
                 }
                 let f = src.next_frame(media_time)?;
                 report.video_frames_encoded += 1;
-                let data: Arc<[u8]> = f.data.into();
-                report.video_frames_sent += send(
-                    sessions,
-                    false,
-                    true,
-                    now,
+                let frame = Spread::new(
+                    (false, true),
                     MediaTime::from_90khz(f.pts_90khz),
-                    &data,
+                    f.data.into(),
+                    now,
+                    video_period,
                 );
+                if let Some(mut old) = main_spread.replace(frame) {
+                    report.video_frames_sent += old.advance(sessions, now, true);
+                }
             }
             if let Some(src) = aux_video.as_mut() {
                 if std::mem::take(&mut want_aux_key) {
                     src.force_keyframe();
                 }
                 let f = src.next_frame(media_time)?;
-                let data: Arc<[u8]> = f.data.into();
-                report.video_frames_sent += send(
-                    sessions,
-                    true,
-                    true,
-                    now,
+                let frame = Spread::new(
+                    (true, true),
                     MediaTime::from_90khz(f.pts_90khz),
-                    &data,
+                    f.data.into(),
+                    now,
+                    video_period,
                 );
+                if let Some(mut old) = aux_spread.replace(frame) {
+                    report.video_frames_sent += old.advance(sessions, now, true);
+                }
             }
             video_n += 1;
         }
@@ -482,15 +487,29 @@ fn media_loop(
             if let Some(src) = audio.as_mut() {
                 let f = src.next_frame()?;
                 report.audio_frames_encoded += 1;
-                let data: Arc<[u8]> = f.data.into();
                 let t = MediaTime::new(f.pts_48khz, Frequency::FORTY_EIGHT_KHZ);
-                report.audio_frames_sent += send(sessions, false, false, now, t, &data);
+                let frame = Spread::new((false, false), t, f.data.into(), now, AUDIO_PERIOD);
+                if let Some(mut old) = audio_spread.replace(frame) {
+                    report.audio_frames_sent += old.advance(sessions, now, true);
+                }
             }
             audio_n += 1;
+        }
+        // Each session's turn at the frames in hand.
+        if let Some(f) = main_spread.as_mut() {
+            report.video_frames_sent += f.advance(sessions, now, false);
+        }
+        if let Some(f) = aux_spread.as_mut() {
+            report.video_frames_sent += f.advance(sessions, now, false);
+        }
+        if let Some(f) = audio_spread.as_mut() {
+            report.audio_frames_sent += f.advance(sessions, now, false);
         }
         // Drain every session.
         let mut next = start + Duration::from_micros(video_n * 1_000_000 / u64::from(fps));
         next = next.min(start + Duration::from_millis(audio_n * 20));
+        // Turns come in the loop's 5 ms steps (below), not on their own
+        // wake-ups: 200 sessions' turns would wake it every 0.3 ms.
         for s in sessions.iter_mut().filter(|s| !s.dead) {
             loop {
                 match s.rtc.poll_output() {
@@ -550,48 +569,112 @@ fn media_loop(
     Ok(report)
 }
 
-/// Writes one frame to every connected session of the right kind; returns
-/// how many sessions took it.
-fn send(
-    sessions: &mut [Session],
+/// One audio frame's duration.
+const AUDIO_PERIOD: Duration = Duration::from_millis(20);
+
+/// A frame handed to the sessions one after another over its frame
+/// period, session `i` of `n` at `from + period * i / n`: independent
+/// publishers' packets are not in step, and a frame written to every
+/// session at once made bursts (200 sessions' key frames in the same
+/// millisecond) that no real room produces.
+struct Spread {
+    /// (aux, video): which sessions and track take it.
+    kind: (bool, bool),
+    t: MediaTime,
+    data: Arc<[u8]>,
+    from: Instant,
+    period: Duration,
+    /// The next session whose turn it is.
+    next: usize,
+}
+
+impl Spread {
+    fn new(
+        kind: (bool, bool),
+        t: MediaTime,
+        data: Arc<[u8]>,
+        from: Instant,
+        period: Duration,
+    ) -> Self {
+        Self {
+            kind,
+            t,
+            data,
+            from,
+            period,
+            next: 0,
+        }
+    }
+
+    /// When session `next` of `n` is due (None: every session had it).
+    fn next_turn(&self, n: usize) -> Option<Instant> {
+        (self.next < n).then(|| self.from + turn_offset(self.period, self.next, n))
+    }
+
+    /// Writes the frame to each session whose turn has come by `now` (to
+    /// all that are left when `all`); returns how many took it.
+    fn advance(&mut self, sessions: &mut [Session], now: Instant, all: bool) -> u64 {
+        let n = sessions.len();
+        let mut took = 0;
+        while let Some(due) = self.next_turn(n) {
+            if !all && due > now {
+                break;
+            }
+            if let Some(s) = sessions.get_mut(self.next) {
+                let (aux, video) = self.kind;
+                took += u64::from(send_one(s, aux, video, now, self.t, &self.data));
+            }
+            self.next += 1;
+        }
+        took
+    }
+}
+
+/// Session `i` of `n`'s offset into a frame period.
+fn turn_offset(period: Duration, i: usize, n: usize) -> Duration {
+    let i = u32::try_from(i).unwrap_or(u32::MAX);
+    let n = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+    period * i / n
+}
+
+/// Writes one frame to a session if it is connected and of the right kind;
+/// whether it took it.
+fn send_one(
+    s: &mut Session,
     aux: bool,
     video: bool,
     now: Instant,
     t: MediaTime,
     data: &Arc<[u8]>,
-) -> u64 {
-    let mut n = 0;
-    for s in sessions
-        .iter_mut()
-        .filter(|s| s.connected && !s.dead && s.aux == aux)
-    {
-        let Some(mid) = (if video { s.video } else { s.audio }) else {
-            continue;
-        };
-        if s.pts.is_none() {
-            let pt_of = |rtc: &mut Rtc, mid: Option<Mid>, codec: Codec| {
-                let mid = mid?;
-                let w = rtc.writer(mid)?;
-                let pt = w
-                    .payload_params()
-                    .find(|p| p.spec().codec == codec)
-                    .map(|p| p.pt());
-                pt
-            };
-            let a = pt_of(&mut s.rtc, s.audio, Codec::Opus);
-            let v = pt_of(&mut s.rtc, s.video, Codec::H264);
-            s.pts = Some((a, v));
-        }
-        let Some((a, v)) = s.pts else { continue };
-        let Some(pt) = (if video { v } else { a }) else {
-            continue;
-        };
-        let Some(w) = s.rtc.writer(mid) else { continue };
-        if w.write(pt, now, t, data.clone()).is_ok() {
-            n += 1;
-        }
+) -> bool {
+    if !s.connected || s.dead || s.aux != aux {
+        return false;
     }
-    n
+    let Some(mid) = (if video { s.video } else { s.audio }) else {
+        return false;
+    };
+    if s.pts.is_none() {
+        let pt_of = |rtc: &mut Rtc, mid: Option<Mid>, codec: Codec| {
+            let mid = mid?;
+            let w = rtc.writer(mid)?;
+            let pt = w
+                .payload_params()
+                .find(|p| p.spec().codec == codec)
+                .map(|p| p.pt());
+            pt
+        };
+        let a = pt_of(&mut s.rtc, s.audio, Codec::Opus);
+        let v = pt_of(&mut s.rtc, s.video, Codec::H264);
+        s.pts = Some((a, v));
+    }
+    let Some((a, v)) = s.pts else { return false };
+    let Some(pt) = (if video { v } else { a }) else {
+        return false;
+    };
+    let Some(w) = s.rtc.writer(mid) else {
+        return false;
+    };
+    w.write(pt, now, t, data.clone()).is_ok()
 }
 
 #[cfg(test)]
@@ -606,5 +689,21 @@ mod tests {
         for bad in ["", "7", "9-7", "0-3", "a-b", "1-1001", "1-99999999999"] {
             assert!(room_range(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn sessions_take_their_turns_spread_over_the_frame_period() {
+        use super::turn_offset;
+        use std::time::Duration;
+        let period = Duration::from_micros(66_666);
+        let offsets: Vec<Duration> = (0..200).map(|i| turn_offset(period, i, 200)).collect();
+        assert_eq!(offsets[0], Duration::ZERO);
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]));
+        assert!(offsets[199] < period);
+        // Half-way through the sessions, half-way through the period.
+        assert_eq!(offsets[100], period / 2);
+        // One session: at once.
+        assert_eq!(turn_offset(period, 0, 1), Duration::ZERO);
+        assert_eq!(turn_offset(period, 0, 0), Duration::ZERO);
     }
 }

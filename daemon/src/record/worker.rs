@@ -35,6 +35,12 @@ use crate::room::{Delivery, Registry, RoomKey, Track};
 const CHANNEL_CAPACITY: usize = 4096;
 /// How often the thread looks at controls and the room when no frame comes.
 const POLL: Duration = Duration::from_millis(50);
+/// A single-stream recorder that took frames rests this long before it
+/// takes more, so it wakes once per batch instead of once per frame (100
+/// two-user tasks woke their threads ~13,000 times a second; a tenth of
+/// the box's CPU time went to switching threads). Its segments close at
+/// most this much later; the channel holds seconds of frames.
+const SINGLE_BATCH: Duration = Duration::from_millis(20);
 
 /// What the task runner hears from its recorder.
 #[derive(Debug, Clone, PartialEq)]
@@ -545,6 +551,9 @@ fn run(setup: RecorderSetup, control: mpsc::Receiver<RecorderControl>) {
                         }
                         Err(_) => break,
                     }
+                }
+                if matches!(core, Core::Single(_)) {
+                    std::thread::sleep(SINGLE_BATCH);
                 }
             }
             Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
