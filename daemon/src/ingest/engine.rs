@@ -38,11 +38,15 @@ use crate::room::{Codec, MediaFrame, Registry, RoomKey, SessionNetStats, Track, 
 const TICK: Duration = Duration::from_millis(20);
 /// A peer that has not connected by then is dropped.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// A deleted session goes this long after its DELETE: a publisher sends
-/// its last packets and DELETEs at once, and those packets may still wait
-/// in the socket's queue behind other peers' (a density run lost the last
-/// audio frame of 36 of 200 sessions this way).
+/// A deleted session stays at least this long after its DELETE, and then
+/// until the engine has found the socket empty: a publisher sends its last
+/// packets and DELETEs at once, and those packets may still be on the way
+/// or wait in the socket's queue behind other peers' (a density run lost
+/// the last audio frame of 36 of 200 sessions this way; with a fixed
+/// 100 ms a starved engine still lost 50 frames of 200 sessions).
 const DELETE_LINGER: Duration = Duration::from_millis(100);
+/// … but never longer than this.
+const DELETE_LINGER_MAX: Duration = Duration::from_secs(2);
 
 /// A peer handed over by the WHIP handler after `accept_offer`.
 pub struct NewPeer {
@@ -86,8 +90,8 @@ struct Peer {
     /// that is not itself a key frame, instead of being lost.
     deferred_keyframes: Vec<TrackKind>,
     net: SessionNetStats,
-    /// Deleted: the peer goes at this time ([`DELETE_LINGER`]).
-    leave_at: Option<Instant>,
+    /// When it was deleted (it lingers: [`DELETE_LINGER`]).
+    deleted_at: Option<Instant>,
 }
 
 pub struct IngestCore {
@@ -110,6 +114,8 @@ pub struct IngestCore {
     by_slot: HashMap<(RoomKey, String, bool), PeerId>,
     deadlines: BTreeSet<(Instant, PeerId)>,
     next_id: PeerId,
+    /// Deleted peers still taking their last packets.
+    lingering: Vec<PeerId>,
 }
 
 /// How long a restarted engine stays down (reported by `/healthz`) before
@@ -192,11 +198,10 @@ fn serve(
         let _ = socket.set_read_timeout(Some(wait));
         match socket.recv_from(&mut buf) {
             Ok((n, source)) => core.handle_datagram(Instant::now(), source, &buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                ) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                core.socket_idle(Instant::now());
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => {
                 tracing::warn!(error = %e, "UDP receive failed");
                 core.metrics.socket_errors.inc();
@@ -241,6 +246,7 @@ impl IngestCore {
             by_slot: HashMap::new(),
             deadlines: BTreeSet::new(),
             next_id: 1,
+            lingering: Vec::new(),
         }
     }
 
@@ -282,8 +288,10 @@ impl IngestCore {
                 };
                 match self.peers.get_mut(&id) {
                     Some(peer) if peer.connected => {
-                        let at = now + DELETE_LINGER;
-                        peer.leave_at = Some(peer.leave_at.map_or(at, |t| t.min(at)));
+                        if peer.deleted_at.is_none() {
+                            peer.deleted_at = Some(now);
+                            self.lingering.push(id);
+                        }
                         self.drain(id, now);
                     }
                     _ => self.remove(id, "deleted"),
@@ -347,7 +355,7 @@ impl IngestCore {
                 mid_stats: HashMap::new(),
                 deferred_keyframes: Vec::new(),
                 net: SessionNetStats::default(),
-                leave_at: None,
+                deleted_at: None,
             },
         );
         self.metrics.peers.set(self.peers.len() as i64);
@@ -358,6 +366,9 @@ impl IngestCore {
         let Some(mut peer) = self.peers.remove(&id) else {
             return;
         };
+        if peer.deleted_at.is_some() {
+            self.lingering.retain(|l| *l != id);
+        }
         // Tell the publisher at once (RTCP BYE, DTLS close_notify) rather
         // than leave it to notice the silence: a box draining hands its
         // rooms on, and the publisher should publish again right away.
@@ -452,6 +463,30 @@ impl IngestCore {
         self.drain(id, now);
     }
 
+    /// The socket had nothing to read at `now`: every packet sent before a
+    /// DELETE at least [`DELETE_LINGER`] ago has been taken, so those
+    /// peers go.
+    pub fn socket_idle(&mut self, now: Instant) {
+        if self.lingering.is_empty() {
+            return;
+        }
+        let mut done = Vec::new();
+        self.lingering.retain(|id| {
+            let due = self
+                .peers
+                .get(id)
+                .and_then(|p| p.deleted_at)
+                .is_none_or(|t| now >= t + DELETE_LINGER);
+            if due {
+                done.push(*id);
+            }
+            !due
+        });
+        for id in done {
+            self.remove(id, "deleted");
+        }
+    }
+
     /// Advances every peer whose deadline is at or before `now`.
     pub fn handle_timeouts(&mut self, now: Instant) {
         while let Some(&(t, id)) = self.deadlines.first() {
@@ -466,7 +501,10 @@ impl IngestCore {
                 self.remove(id, "connect_timeout");
                 continue;
             }
-            if peer.leave_at.is_some_and(|t| now >= t) {
+            if peer
+                .deleted_at
+                .is_some_and(|t| now >= t + DELETE_LINGER_MAX)
+            {
                 self.remove(id, "deleted");
                 continue;
             }
@@ -494,8 +532,8 @@ impl IngestCore {
                         // Wake at least every second so that connect
                         // timeouts and liveness are noticed.
                         peer.deadline = t.min(now + Duration::from_secs(1));
-                        if let Some(leave) = peer.leave_at {
-                            peer.deadline = peer.deadline.min(leave);
+                        if let Some(deleted) = peer.deleted_at {
+                            peer.deadline = peer.deadline.min(deleted + DELETE_LINGER_MAX);
                         }
                         break;
                     }

@@ -123,13 +123,17 @@ struct SessionOutcome {
 }
 
 /// Publishes for 10 simulated seconds; video stops at `video_stops_at`;
-/// the session is DELETEd at `delete_at` (its last packets still on the
-/// way: the publisher sends them and DELETEs at once).
+/// the session is DELETEd at `delete.0` (its last packets still on the
+/// way: the publisher sends them and DELETEs at once), after which the
+/// engine gets no CPU for `delete.1` (a starved box: its socket's queue
+/// fills) and then runs its timeouts before it reads that queue.
 fn run_session(
     loss_every: u64,
     video_stops_at: Duration,
-    delete_at: Option<Duration>,
+    delete: Option<(Duration, Duration)>,
 ) -> SessionOutcome {
+    let delete_at = delete.map(|d| d.0);
+    let starved_for = delete.map_or(Duration::ZERO, |d| d.1);
     let t0 = Instant::now();
     let server_addr: SocketAddr = "10.0.0.1:8443".parse().expect("addr");
     let client_addr: SocketAddr = "10.0.0.2:50000".parse().expect("addr");
@@ -211,12 +215,28 @@ fn run_session(
     )> = None;
     let (mut video_got, mut audio_got) = (Vec::new(), Vec::new());
     let mut deleted = false;
+    let mut starved_until: Option<Instant> = None;
+    let mut held: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
     client.drain(now, &mut net, true);
     while now < end {
-        // Deliver due packets.
-        for (from, to, data) in net.pop_due(now) {
-            if to == server_addr {
+        let starved = starved_until.is_some_and(|t| now < t);
+        let mut server_read = false;
+        if !starved && starved_until.take().is_some() {
+            // Back from starvation: the timeouts first, then the queue.
+            core.handle_timeouts(now);
+            for (from, data) in held.drain(..) {
                 core.handle_datagram(now, from, &data);
+                server_read = true;
+            }
+        }
+        // Deliver due packets (the server's wait in its queue while it
+        // is starved).
+        for (from, to, data) in net.pop_due(now) {
+            if to == server_addr && starved {
+                held.push((from, data));
+            } else if to == server_addr {
+                core.handle_datagram(now, from, &data);
+                server_read = true;
             } else {
                 let input = Input::Receive(
                     now,
@@ -231,7 +251,12 @@ fn run_session(
                 client.drain(now, &mut net, true);
             }
         }
-        core.handle_timeouts(now);
+        if !starved {
+            if !server_read {
+                core.socket_idle(now);
+            }
+            core.handle_timeouts(now);
+        }
         if now >= client.deadline {
             client
                 .rtc
@@ -285,6 +310,9 @@ fn run_session(
                 );
                 // The engine's loop runs the due timeouts next.
                 core.handle_timeouts(now);
+                if !starved_for.is_zero() {
+                    starved_until = Some(now + starved_for);
+                }
             }
         }
         for (dest, data) in core.take_transmits() {
@@ -466,7 +494,19 @@ fn unconnected_sessions_are_bounded_and_a_publisher_may_post_again() {
 
 #[test]
 fn a_deleted_session_keeps_the_packets_sent_just_before_its_delete() {
-    let out = run_session(0, Duration::from_secs(60), Some(Duration::from_secs(5)));
+    // The engine keeps up, and the packets arrive 1–6 ms after the DELETE;
+    // or it is starved for 500 ms after the DELETE (its queue fills).
+    for starved in [Duration::ZERO, Duration::from_millis(500)] {
+        let out = run_session(
+            0,
+            Duration::from_secs(60),
+            Some((Duration::from_secs(5), starved)),
+        );
+        last_audio_frame_arrived_and_the_session_ended(&out);
+    }
+}
+
+fn last_audio_frame_arrived_and_the_session_ended(out: &SessionOutcome) {
     // The last audio frame written (its second byte is its number) came
     // through although the DELETE was handled before it arrived …
     let last = out.audio.last().expect("audio frames");
