@@ -706,7 +706,10 @@ def run_once(kiroku: str, n: int, shape: Shape, seconds: float, *, warmup: float
             f"{fmt_int(ing(c))} ingested ({fmt_int(net_lost)} lost on the way; datagrams the kernel dropped on "
             f"the daemon's full UDP socket {fig['ingest_socket_drops_by_phase']}, on the machine "
             f"{fmt_int(fig['udp_rcvbuf_drops_machine'])}; sessions ended by the box "
-            f"{fig['sessions_ended_before_the_stop'] or 0}; unrepaired gaps A→C {fig['discontinuities_window']:.0f}), "
+            f"{fig['sessions_ended_before_the_stop'] or 0}; unrepaired gaps A→C {fig['discontinuities_window']:.0f}; "
+            f"datagrams the publisher's own sockets refused {fig.get('publisher_report', {}).get('send_errors', 'n/a')}; "
+            f"unroutable at the daemon {c.counter('kiroku_ingest_unroutable_packets_total'):.0f}, malformed "
+            f"{c.counter('kiroku_ingest_malformed_packets_total'):.0f}), "
             f"publisher exit {pub_rc}"))
 
         # ---- drops -------------------------------------------------------------

@@ -184,9 +184,8 @@ impl CapacityProfile {
     /// the 2-core development VM, 2026-12-03 (docs/performance.md
     /// "Capacity"): what a box assumes per 2 cores until it has been
     /// measured itself. The mixed 9-input ramp was stopped early (8 is a
-    /// lower bound); the 25-input 1080p and audio-only shapes were not
-    /// measured in that run and are left out (the model extrapolates them:
-    /// `cost::fit`).
+    /// lower bound); the 25-input 1080p and audio-only shapes come from a
+    /// second run of the same day (docs/performance.md "Capacity").
     pub fn reference() -> Self {
         let r = |name: &str, held| {
             named_shapes()
@@ -218,6 +217,8 @@ impl CapacityProfile {
                 r("single-25av", 12),
                 r("mixed-4x360p-720p15", 20),
                 r("mixed-9x360p-720p15", 8),
+                r("mixed-25x360p-1080p15", 5),
+                r("mixed-audio-4", 80),
             ]
             .into_iter()
             .flatten()
@@ -244,6 +245,6 @@ mod tests {
         let e = CapacityProfile::parse("{}", "capacity.json").expect_err("empty");
         assert!(e.to_string().contains("capacity.json"), "{e}");
         assert_eq!(p.points(2.0)[0].held, 512.0);
-        assert_eq!(p.results.len(), 5, "every reference shape is a named one");
+        assert_eq!(p.results.len(), 7, "every reference shape is a named one");
     }
 }

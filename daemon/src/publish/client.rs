@@ -79,6 +79,9 @@ pub struct PublishReport {
     pub audio_frames_sent: u64,
     pub keyframe_requests: u64,
     pub bytes_sent: u64,
+    /// Datagrams the publisher's own sockets refused (a full send buffer:
+    /// lost before they left this process).
+    pub send_errors: u64,
     /// Sessions opened again after one failed (`--reconnect`).
     pub reconnects: u64,
     pub seconds: f64,
@@ -519,7 +522,9 @@ fn media_loop(
                     }
                     Ok(Output::Transmit(t)) => {
                         report.bytes_sent += t.contents.len() as u64;
-                        let _ = s.socket.send_to(&t.contents, t.destination);
+                        if s.socket.send_to(&t.contents, t.destination).is_err() {
+                            report.send_errors += 1;
+                        }
                     }
                     Ok(Output::Event(Event::Connected)) => {
                         s.connected = true;
