@@ -41,9 +41,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A deleted session stays at least this long after its DELETE, and then
 /// until the engine has found the socket empty: a publisher sends its last
 /// packets and DELETEs at once, and those packets may still be on the way
-/// or wait in the socket's queue behind other peers' (a density run lost
-/// the last audio frame of 36 of 200 sessions this way; with a fixed
-/// 100 ms a starved engine still lost 50 frames of 200 sessions).
+/// or wait in the socket's queue behind other peers' (a fixed linger
+/// loses them when the engine is starved for longer: `ingest::tests`).
 const DELETE_LINGER: Duration = Duration::from_millis(100);
 /// … but never longer than this.
 const DELETE_LINGER_MAX: Duration = Duration::from_secs(2);
