@@ -1348,6 +1348,19 @@ mod tests {
         drop(st);
     }
 
+    /// A single-stream task of app 1 in room 7 that waits a day for media.
+    async fn create_single_task(fx: &Fixture) -> String {
+        let raw: model::CreateCloudRecordingRequest = serde_json::from_value(serde_json::json!({
+            "SdkAppId": 1, "RoomId": "7", "UserId": "bot", "UserSig": "s",
+            "RecordParams": {"RecordMode": 1, "MaxIdleTime": 86400}
+        }))
+        .expect("shape");
+        fx.mgr
+            .create(validate::create(raw).expect("valid"))
+            .await
+            .expect("created")
+    }
+
     /// A Modify whose commit is followed, before the in-memory record
     /// changes, by a recorder event on the same task: the event must commit
     /// the record *with* the Modify, or a restart brings the old
@@ -1356,16 +1369,7 @@ mod tests {
     #[tokio::test]
     async fn modify_racing_a_recorder_event_survives_a_restart() {
         let fx = fixture("modify-race").await;
-        let raw: model::CreateCloudRecordingRequest = serde_json::from_value(serde_json::json!({
-            "SdkAppId": 1, "RoomId": "7", "UserId": "bot", "UserSig": "s",
-            "RecordParams": {"RecordMode": 1, "MaxIdleTime": 86400}
-        }))
-        .expect("shape");
-        let task_id = fx
-            .mgr
-            .create(validate::create(raw).expect("valid"))
-            .await
-            .expect("created");
+        let task_id = create_single_task(&fx).await;
         let wanted = Subscription {
             audio: UserFilter::Deny(vec![UserPattern::Exact("muted".into())]),
             video: UserFilter::All,
@@ -1430,16 +1434,7 @@ mod tests {
     #[tokio::test]
     async fn readers_do_not_wait_behind_a_commit_and_see_what_was_committed() {
         let fx = fixture("view").await;
-        let raw: model::CreateCloudRecordingRequest = serde_json::from_value(serde_json::json!({
-            "SdkAppId": 1, "RoomId": "7", "UserId": "bot", "UserSig": "s",
-            "RecordParams": {"RecordMode": 1, "MaxIdleTime": 86400}
-        }))
-        .expect("shape");
-        let task_id = fx
-            .mgr
-            .create(validate::create(raw).expect("valid"))
-            .await
-            .expect("created");
+        let task_id = create_single_task(&fx).await;
         let file = StorageFile {
             user_id: "alice".into(),
             file_name: "1_7_alice_main.m3u8".into(),
