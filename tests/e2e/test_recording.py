@@ -147,6 +147,11 @@ def test_two_publishers_aux_and_a_browser_are_recorded_exactly_as_the_spec_names
     try:
         reports = {"alice": publish_report(alice), "bob_smith": publish_report(bob)}
     finally:
+        # What of the browser's audio reached the box (its Opus frames are
+        # 20 ms), read just before it stops.
+        from test_whip import tracks, user_status
+        status = user_status(recd, room, "browser_1")
+        browser_audio_frames = tracks(status).get("audio", {}).get("frames", 0) if status else 0
         browser_stopped_ms = browser.kill()
     time.sleep(0.5)
     described = api.describe(task_id)
@@ -189,7 +194,19 @@ def test_two_publishers_aux_and_a_browser_are_recorded_exactly_as_the_spec_names
         published = (browser_stopped_ms - pl.start_rec_time) / 1000
         assert published >= 30, published
         try:
-            expected[base] = check_stream(folder, base, codec, published)
+            if codec == "aac":
+                # The audio holds every frame that reached the box, and is
+                # no longer than the wall time. Against the wall time alone
+                # it can be short: a CPU-starved Chromium captures less
+                # audio than time passes (a CI run: 0.41 s of 32.9 s), and
+                # only a sender report after the stall tells the box of it.
+                expected[base] = check_stream(folder, base, codec, None)
+                reached = browser_audio_frames * 0.020
+                assert reached >= 0.95 * published, (base, "audio that reached the box", reached, published)
+                assert 0.99 * reached <= expected[base].total <= 1.01 * published, (
+                    base, expected[base].total, "reached", reached, "published", published)
+            else:
+                expected[base] = check_stream(folder, base, codec, published)
         except AssertionError as e:
             # A loaded box starves Chromium's capture threads: say what the
             # recorder's timeline made of its sender reports.

@@ -102,6 +102,9 @@ struct Session {
     video: Option<Mid>,
     pts: Option<(Option<Pt>, Option<Pt>)>,
     connected: bool,
+    /// Whether the session has had a key frame: pictures before its first
+    /// one cannot be decoded, so none are sent (nor counted as sent).
+    video_started: bool,
     dead: bool,
     deadline: Instant,
     /// `--reconnect`: when to try again after a failed reopen, and the
@@ -262,6 +265,7 @@ async fn open(
         video,
         pts: None,
         connected: false,
+        video_started: false,
         dead: false,
         deadline: now,
         retry_at: now,
@@ -458,6 +462,7 @@ fn media_loop(
                 report.video_frames_encoded += 1;
                 let frame = Spread::new(
                     (false, true),
+                    f.keyframe,
                     MediaTime::from_90khz(f.pts_90khz),
                     f.data.into(),
                     now,
@@ -474,6 +479,7 @@ fn media_loop(
                 let f = src.next_frame(media_time)?;
                 let frame = Spread::new(
                     (true, true),
+                    f.keyframe,
                     MediaTime::from_90khz(f.pts_90khz),
                     f.data.into(),
                     now,
@@ -491,7 +497,7 @@ fn media_loop(
                 let f = src.next_frame()?;
                 report.audio_frames_encoded += 1;
                 let t = MediaTime::new(f.pts_48khz, Frequency::FORTY_EIGHT_KHZ);
-                let frame = Spread::new((false, false), t, f.data.into(), now, AUDIO_PERIOD);
+                let frame = Spread::new((false, false), false, t, f.data.into(), now, AUDIO_PERIOD);
                 if let Some(mut old) = audio_spread.replace(frame) {
                     report.audio_frames_sent += old.advance(sessions, now, true);
                 }
@@ -530,6 +536,16 @@ fn media_loop(
                         s.connected = true;
                         report.connected += 1;
                         tracing::info!(user = %s.user, aux = s.aux, "connected");
+                        // A sender's first picture to a new peer is a key
+                        // frame: the encoder's first one went out before
+                        // the session connected, and the frames after it
+                        // cannot be decoded until one comes (a loaded box
+                        // took 4 frames to get one by asking).
+                        if s.aux {
+                            want_aux_key = true;
+                        } else {
+                            want_main_key = true;
+                        }
                     }
                     Ok(Output::Event(Event::KeyframeRequest(_))) => {
                         report.keyframe_requests += 1;
@@ -606,6 +622,7 @@ const AUDIO_PERIOD: Duration = Duration::from_millis(20);
 struct Spread {
     /// (aux, video): which sessions and track take it.
     kind: (bool, bool),
+    keyframe: bool,
     t: MediaTime,
     data: Arc<[u8]>,
     from: Instant,
@@ -617,6 +634,7 @@ struct Spread {
 impl Spread {
     fn new(
         kind: (bool, bool),
+        keyframe: bool,
         t: MediaTime,
         data: Arc<[u8]>,
         from: Instant,
@@ -624,6 +642,7 @@ impl Spread {
     ) -> Self {
         Self {
             kind,
+            keyframe,
             t,
             data,
             from,
@@ -648,7 +667,13 @@ impl Spread {
             }
             if let Some(s) = sessions.get_mut(self.next) {
                 let (aux, video) = self.kind;
-                took += u64::from(send_one(s, aux, video, now, self.t, &self.data));
+                let frame = OutFrame {
+                    video,
+                    keyframe: self.keyframe,
+                    t: self.t,
+                    data: &self.data,
+                };
+                took += u64::from(send_one(s, aux, &frame, now));
             }
             self.next += 1;
         }
@@ -663,17 +688,24 @@ fn turn_offset(period: Duration, i: usize, n: usize) -> Duration {
     period * i / n
 }
 
-/// Writes one frame to a session if it is connected and of the right kind;
-/// whether it took it.
-fn send_one(
-    s: &mut Session,
-    aux: bool,
+/// One encoded frame on its way to a session.
+struct OutFrame<'a> {
     video: bool,
-    now: Instant,
+    keyframe: bool,
     t: MediaTime,
-    data: &Arc<[u8]>,
-) -> bool {
-    if !s.connected || s.dead || s.aux != aux {
+    data: &'a Arc<[u8]>,
+}
+
+/// Writes one frame to a session if it is connected and of the right kind
+/// (video from its first key frame on); whether it took it.
+fn send_one(s: &mut Session, aux: bool, frame: &OutFrame<'_>, now: Instant) -> bool {
+    let OutFrame {
+        video,
+        keyframe,
+        t,
+        data,
+    } = *frame;
+    if !s.connected || s.dead || s.aux != aux || (video && !s.video_started && !keyframe) {
         return false;
     }
     let Some(mid) = (if video { s.video } else { s.audio }) else {
@@ -700,7 +732,11 @@ fn send_one(
     let Some(w) = s.rtc.writer(mid) else {
         return false;
     };
-    w.write(pt, now, t, data.clone()).is_ok()
+    let written = w.write(pt, now, t, data.clone()).is_ok();
+    if written && video {
+        s.video_started = true;
+    }
+    written
 }
 
 #[cfg(test)]
