@@ -51,6 +51,7 @@ pub mod publish;
 pub mod ratelimit;
 pub mod record;
 pub mod room;
+pub mod sched;
 pub mod sealing;
 pub mod server;
 pub mod state;

@@ -1,8 +1,7 @@
 //! The spool's io_uring engine: each job (write a whole file, then
 //! fdatasync it) goes in as a linked pair of SQEs, the spool directory's
 //! fsync as one more, all submitted together and completed asynchronously,
-//! so that new jobs go in while earlier ones sync. The only module of the
-//! crate with `unsafe` code.
+//! so that new jobs go in while earlier ones sync.
 //!
 //! Memory safety rests on one rule: a buffer or file descriptor named by a
 //! submitted SQE is not freed before its completion has been reaped. The

@@ -392,6 +392,9 @@ pub fn spawn(setup: RecorderSetup) -> std::io::Result<RecorderHandle> {
     let name = format!("rec-{}", &setup.task_id[..setup.task_id.len().min(8)]);
     let thread = std::thread::Builder::new().name(name).spawn(move || {
         let (task_id, metrics) = (setup.task_id.clone(), setup.metrics.clone());
+        if !crate::sched::mark_batch_work() {
+            tracing::debug!(%task_id, "the kernel kept the recorder thread's scheduling policy");
+        }
         // A panic ends the thread; its events channel closes with it, which
         // is how the task's runner learns that it must restart it.
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(setup, control_rx)))
