@@ -71,7 +71,12 @@ class Moto:
 
     def stop(self):
         self.proc.terminate()
-        self.proc.wait(10)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            # A moto holding gigabytes (a long soak) can take longer to exit.
+            self.proc.kill()
+            self.proc.wait(10)
 
 
 class Relay:
