@@ -19,7 +19,7 @@ import pytest
 from kiroku_e2e import APP_ID, REPO, create_params, free_port, metric_samples, wait_until
 from recording import (UTC17, beep_times, encode_id, play_in_chromium, decode_ok, ffprobe, flash_times, parse_playlist, playlist_start,
                        publish, publish_report, single_base, task_files, to_unix_ms)
-from test_whip import CHROMIUM, _Quiet, whip_url
+from test_whip import CHROMIUM, _Quiet, tracks, user_status, whip_url
 
 SEGMENT_SECONDS = 4
 
@@ -115,7 +115,6 @@ class Browser:
 
 
 def browser_publishing(d, room, user) -> bool:
-    from test_whip import tracks, user_status
     u = user_status(d, room, user)
     if not u:
         return False
@@ -148,11 +147,13 @@ def test_two_publishers_aux_and_a_browser_are_recorded_exactly_as_the_spec_names
         reports = {"alice": publish_report(alice), "bob_smith": publish_report(bob)}
     finally:
         # What of the browser's audio reached the box (its Opus frames are
-        # 20 ms), read just before it stops.
-        from test_whip import tracks, user_status
-        status = user_status(recd, room, "browser_1")
+        # 20 ms), read just before it stops; the browser is stopped even if
+        # the read fails.
+        try:
+            status = user_status(recd, room, "browser_1")
+        finally:
+            browser_stopped_ms = browser.kill()
         browser_audio_frames = tracks(status).get("audio", {}).get("frames", 0) if status else 0
-        browser_stopped_ms = browser.kill()
     time.sleep(0.5)
     described = api.describe(task_id)
     api.delete(task_id)
