@@ -72,6 +72,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shlex
 import shutil
 import signal
 import subprocess
@@ -303,7 +304,8 @@ def run_soak(kiroku: str, minutes: float, tasks: int | None = None, *, segment_s
              groups: int = 4, warmup_seconds: float | None = None, outage_seconds: float = 60.0,
              modify_every: float = 30.0, publish_seconds: tuple[float, float] = (40.0, 120.0),
              pause_seconds: tuple[float, float] = (3.0, 15.0), seed: int = 19, work: Path | None = None,
-             make_daemon: Callable[[str, dict], Daemon] | None = None, log=print) -> SoakResult:
+             make_daemon: Callable[[str, dict], Daemon] | None = None, daemon_wrapper: list[str] | None = None,
+             log=print) -> SoakResult:
     BUCKET, Moto, Relay, cloud_storage, storage_config = storage_pieces()
     own_work = work is None
     work = Path(work or tempfile.mkdtemp(prefix="kiroku-soak-"))
@@ -328,7 +330,8 @@ def run_soak(kiroku: str, minutes: float, tasks: int | None = None, *, segment_s
         cfg = deep_merge(cfg, {"recording": {"segment_seconds": segment_seconds},
                                "storage": storage_config(relay.port, spool_capacity_mb=8192,
                                                          drain_timeout_seconds=120)})
-        d = Daemon(work, cfg, name="soak").start() if make_daemon is None else make_daemon("soak", cfg)
+        d = (Daemon(work, cfg, name="soak", wrapper=daemon_wrapper).start() if make_daemon is None
+             else make_daemon("soak", cfg))
         pid = d.proc.pid
         udp_drops0 = db.udp_rcvbuf_errors()
 
@@ -599,6 +602,11 @@ def run_soak(kiroku: str, minutes: float, tasks: int | None = None, *, segment_s
                 "segments stored ≤ 1 s", total_obs > 0 and delta.get(1.0) == total_obs,
                 f"{delta.get(1.0, 0):.0f} of {total_obs:.0f} segments stored within 1 s of their cut over the run "
                 f"(the outage included: the spool takes them), p99 <= {fig['segment_latency']['p99_le_s']} s"))
+        writes = final.buckets("kiroku_recorder_store_write_seconds")  # where late segments' time went
+        if writes is not None:
+            fig["store_writes"] = {"observations": writes.get(float("inf"), 0.0),
+                                   "over_1s": writes.get(float("inf"), 0.0) - writes.get(1.0, 0.0),
+                                   "p99_le_s": db.bucket_percentile(writes, 99)}
         behinds = [x["behind_max_s"] for x in samples if x["behind_max_s"] is not None]
         fig["behind_max_s"] = max(behinds) if behinds else NA
         fig["modify_calls"] = modifier.calls
@@ -635,7 +643,8 @@ def print_result(r: SoakResult, out=print) -> None:
     for c in r.checks:
         verdict = "n/a " if c.ok is None else ("PASS" if c.ok else "FAIL")
         out(f"  {verdict}  {c.name:<34} {c.detail}")
-    out(f"        segment latency: {f.get('segment_latency')}; largest task lag sampled: {f.get('behind_max_s')}; "
+    out(f"        segment latency: {f.get('segment_latency')}; store writes: {f.get('store_writes', NA)}; "
+        f"largest task lag sampled: {f.get('behind_max_s')}; "
         f"Modify: {f.get('modify_calls')} calls, p99 {f.get('modify_p99_ms')} ms; RSS metric at the end: "
         f"{f.get('rss_metric_end_mib')}")
 
@@ -653,13 +662,16 @@ def main() -> int:
     ap.add_argument("--publish-seconds", type=float, nargs=2, default=(40, 120), metavar=("MIN", "MAX"))
     ap.add_argument("--pause-seconds", type=float, nargs=2, default=(3, 15), metavar=("MIN", "MAX"))
     ap.add_argument("--keep", metavar="DIR", help="work in DIR and keep it")
+    ap.add_argument("--daemon-wrapper", metavar="CMD",
+                    help="run the daemon under CMD (e.g. \"heaptrack -o /tmp/soak\" to see where memory goes)")
     args = ap.parse_args()
     if not Path(args.kiroku).exists():
         ap.error(f"{args.kiroku} does not exist")
     r = run_soak(args.kiroku, args.minutes, args.tasks, segment_seconds=args.segment_seconds, groups=args.groups,
                  warmup_seconds=args.warmup, outage_seconds=args.outage_seconds, modify_every=args.modify_every,
                  publish_seconds=tuple(args.publish_seconds), pause_seconds=tuple(args.pause_seconds),
-                 work=Path(args.keep) if args.keep else None)
+                 work=Path(args.keep) if args.keep else None,
+                 daemon_wrapper=shlex.split(args.daemon_wrapper) if args.daemon_wrapper else None)
     print_result(r)
     print(json.dumps(r.to_json(), default=str))
     return 0 if r.passed else 1

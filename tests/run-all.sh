@@ -11,7 +11,8 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # to a disk CI shares with the recordings the tests write.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step's start time, so a slow CI log shows where the minutes went.
+step() { printf '\n==> [%s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 
 # --- system packages -------------------------------------------------------
 # mesa-vulkan-drivers + libvulkan1: Mesa's lavapipe, a Vulkan software
@@ -65,7 +66,7 @@ KIROKU_REQUIRE_GPU_TESTS=1 cargo test -p kiroku-gpu --features nvenc --locked nv
 
 # --- end to end -----------------------------------------------------------
 step "end-to-end tests (tests/e2e, Tencent SDK against the real binary)"
-KIROKU_REQUIRE_ALL=1 KIROKU_REQUIRE_GPU_TESTS=1 KIROKU_REQUIRE_TOOLS=1 KIROKU_BIN="$PWD/target/debug/kiroku" .venv/bin/python -m pytest -q tests/e2e
+KIROKU_REQUIRE_ALL=1 KIROKU_REQUIRE_GPU_TESTS=1 KIROKU_REQUIRE_TOOLS=1 KIROKU_BIN="$PWD/target/debug/kiroku" .venv/bin/python -m pytest -q --durations=25 tests/e2e
 
 # --- benchmark smoke --------------------------------------------------------
 step "API benchmark (short, debug build; figures in docs/performance.md come from release builds)"

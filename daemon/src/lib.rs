@@ -38,6 +38,7 @@ pub mod faults;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;
+pub mod heap;
 pub mod hls;
 pub mod http_edge;
 pub mod ingest;

@@ -44,6 +44,12 @@ pub(crate) fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str])
     c
 }
 
+pub(crate) fn float_counter(r: &Registry, name: &str, help: &str) -> prometheus::Counter {
+    let c = prometheus::Counter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
 pub(crate) fn float_counter_vec(
     r: &Registry,
     name: &str,

@@ -453,6 +453,7 @@ pub async fn run(
             }
         })
     };
+    let heap_trim = tokio::spawn(trim_heap(metrics.clone()));
     let manager = Manager::start(
         config.clone(),
         store.clone(),
@@ -619,6 +620,7 @@ pub async fn run(
     }
     expiry.abort();
     capacity_refresh.abort();
+    heap_trim.abort();
     reloader.abort();
     if let Some(m) = metrics_server {
         m.abort();
@@ -628,6 +630,38 @@ pub async fn run(
     drop(store);
     tracing::info!("stopped");
     result
+}
+
+/// Hands the heap's free pages back to the kernel every
+/// [`crate::heap::TRIM_EVERY`] (see `heap`), on a blocking thread: the trim
+/// takes each malloc arena's lock for a moment.
+async fn trim_heap(metrics: Metrics) {
+    let trims = crate::metrics::counter(
+        metrics.registry(),
+        "kiroku_heap_trims_total",
+        "Times the daemon handed the heap's free pages back to the kernel (malloc_trim, every 30 s)",
+    );
+    let seconds = crate::metrics::float_counter(
+        metrics.registry(),
+        "kiroku_heap_trim_seconds_total",
+        "Time spent handing the heap's free pages back to the kernel",
+    );
+    let mut tick = tokio::time::interval(crate::heap::TRIM_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let took = tokio::task::spawn_blocking(|| {
+            let started = std::time::Instant::now();
+            crate::heap::release_free_pages();
+            started.elapsed()
+        })
+        .await;
+        if let Ok(took) = took {
+            trims.inc();
+            seconds.inc_by(took.as_secs_f64());
+        }
+    }
 }
 
 /// Renews this box's lease in the fleet, five times a lease; failures are

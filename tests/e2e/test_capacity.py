@@ -129,6 +129,9 @@ def test_capacity_follows_publishers_and_reports_each_tasks_load(kiroku):
     # Every segment was stored within a second of its cut.
     assert metric_value(text, "kiroku_recorder_segment_latency_seconds_bucket", {"le": "1"}) == \
         metric_value(text, "kiroku_recorder_segment_latency_seconds_count")
+    # Every write (segments and playlists) is timed: the writing part of that latency.
+    assert metric_value(text, "kiroku_recorder_store_write_seconds_count") > \
+        metric_value(text, "kiroku_recorder_segment_latency_seconds_count")
     assert metric_value(text, "kiroku_process_resident_memory_bytes") > 10e6
     assert metric_value(text, "kiroku_process_cpu_seconds_total") > 0
     api.delete(task)

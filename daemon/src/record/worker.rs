@@ -232,6 +232,9 @@ pub struct RecorderMetrics {
     /// From a segment's cut (the arrival of the frame that closed it, or
     /// the mixed output tick it ended at) to the end of its write.
     pub segment_latency: Histogram,
+    /// How long each write to the store or spool took: the part of
+    /// `segment_latency` spent writing (the rest is the recorder's queue).
+    pub store_write: Histogram,
 }
 
 impl RecorderMetrics {
@@ -274,8 +277,19 @@ impl RecorderMetrics {
         .expect("valid metric");
         r.register(Box::new(segment_latency.clone()))
             .expect("unique metric");
+        let store_write = Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "kiroku_recorder_store_write_seconds",
+                "How long one segment or playlist write to the store or spool took, fsync included: the part of kiroku_recorder_segment_latency_seconds spent writing (the rest is the recorder's queue)",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(store_write.clone()))
+            .expect("unique metric");
         Self {
             segment_latency,
+            store_write,
             frames: c(
                 "kiroku_recorder_frames_total",
                 "Frames received by recorders",
@@ -688,7 +702,12 @@ impl Worker {
     }
 
     fn put(&mut self, key: &str, data: &[u8]) -> bool {
-        match self.store.put(key, data) {
+        let started = Instant::now();
+        let written = self.store.put(key, data);
+        self.metrics
+            .store_write
+            .observe(started.elapsed().as_secs_f64());
+        match written {
             Ok(()) => {
                 self.metrics.bytes.inc_by(data.len() as u64);
                 true
