@@ -607,6 +607,7 @@ def run_soak(kiroku: str, minutes: float, tasks: int | None = None, *, segment_s
             fig["store_writes"] = {"observations": writes.get(float("inf"), 0.0),
                                    "over_1s": writes.get(float("inf"), 0.0) - writes.get(1.0, 0.0),
                                    "p99_le_s": db.bucket_percentile(writes, 99)}
+        fig["heap_trims"] = final.value("kiroku_heap_trims_total")  # None in a build without the trim
         behinds = [x["behind_max_s"] for x in samples if x["behind_max_s"] is not None]
         fig["behind_max_s"] = max(behinds) if behinds else NA
         fig["modify_calls"] = modifier.calls

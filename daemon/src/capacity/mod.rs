@@ -611,13 +611,11 @@ impl Gauges {
             "CPU time of each live task's recorder thread",
             &["task_id"],
         );
-        let process_cpu = prometheus::Counter::new(
+        let process_cpu = crate::metrics::float_counter(
+            r,
             "kiroku_process_cpu_seconds_total",
             "CPU time of the kiroku process (every thread)",
-        )
-        .expect("valid metric");
-        r.register(Box::new(process_cpu.clone()))
-            .expect("unique metric");
+        );
         Self {
             used: g(
                 "kiroku_capacity_used_units",
