@@ -16,7 +16,7 @@
 //! module holds one-line FFI calls.
 #![allow(unsafe_code)]
 
-/// The nice value of recorder threads. 10 weighs a thread at about a
+/// How much nicer than the daemon recorder threads run. 10 weighs a thread at about a
 /// tenth of a normal one, so a running recorder no longer holds off a
 /// waking API or ingest thread for its whole slice; a hundred of them still
 /// outweigh the few normal threads, so together they keep the CPU they
@@ -25,6 +25,12 @@
 /// 10, every media check passing; `SCHED_IDLE` starved the recorders
 /// (1.8 s behind).
 pub const RECORDER_NICE: i32 = 10;
+
+/// The nice value a recorder thread asks for: [`RECORDER_NICE`] above the
+/// calling thread's (an operator's systemd `Nice=` moves both), at most 19.
+fn recorder_nice(current: i32) -> i32 {
+    current.saturating_add(RECORDER_NICE).min(19)
+}
 
 /// Marks the calling thread as batch work (see the module docs). A kernel
 /// that refuses leaves the thread as it was: scheduling is a preference,
@@ -39,7 +45,8 @@ pub fn mark_batch_work() -> bool {
         // Lowering one's own priority needs no privilege. On Linux the nice
         // value is per thread, and `who` 0 is the calling thread.
         // SAFETY: plain integer arguments.
-        let niced = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, RECORDER_NICE) };
+        let niced =
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, recorder_nice(current_nice())) };
         rc == 0 && niced == 0
     }
     #[cfg(not(target_os = "linux"))]
@@ -55,8 +62,8 @@ fn current_policy() -> i32 {
     unsafe { libc::sched_getscheduler(0) }
 }
 
-/// The calling thread's nice value, for tests.
-#[cfg(all(test, target_os = "linux"))]
+/// The calling thread's nice value.
+#[cfg(target_os = "linux")]
 fn current_nice() -> i32 {
     // SAFETY: plain integer arguments; who 0 is the calling thread.
     unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
@@ -68,12 +75,20 @@ mod tests {
 
     #[test]
     fn a_thread_marked_as_batch_work_runs_as_sched_batch_and_others_do_not() {
+        let here = current_nice();
         let marked = std::thread::spawn(|| (mark_batch_work(), current_policy(), current_nice()))
             .join()
             .expect("thread");
-        assert_eq!(marked, (true, libc::SCHED_BATCH, RECORDER_NICE));
+        assert_eq!(marked, (true, libc::SCHED_BATCH, recorder_nice(here)));
         // Only the thread that asked changed.
         assert_eq!(current_policy(), libc::SCHED_OTHER);
-        assert_ne!(current_nice(), RECORDER_NICE);
+        assert_eq!(current_nice(), here);
+    }
+
+    #[test]
+    fn recorders_run_ten_nicer_than_the_daemon_within_the_kernel_range() {
+        assert_eq!(recorder_nice(0), 10);
+        assert_eq!(recorder_nice(-5), 5);
+        assert_eq!(recorder_nice(15), 19);
     }
 }
