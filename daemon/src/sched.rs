@@ -7,8 +7,9 @@
 //! Describe p99 17–45 ms at 100 tasks while the handler itself took under
 //! 10 ms). Recorders are throughput work with seconds of queue in front of
 //! them, so they run as `SCHED_BATCH` (a batch thread's wake-up does not
-//! preempt the running thread) at nice 10 ([`RECORDER_NICE`]: a waking
-//! API or ingest thread preempts a running recorder). The API's and
+//! preempt the running thread), 10 nicer than the daemon
+//! ([`RECORDER_NICE`]: a waking API or ingest thread preempts a running
+//! recorder). The API's and
 //! ingest's threads keep the normal policy and priority.
 //!
 //! `sched_setscheduler` and `setpriority` have no safe wrapper in the
@@ -16,8 +17,8 @@
 //! module holds one-line FFI calls.
 #![allow(unsafe_code)]
 
-/// How much nicer than the daemon recorder threads run. 10 weighs a thread at about a
-/// tenth of a normal one, so a running recorder no longer holds off a
+/// How much nicer than the daemon recorder threads run. 10 weighs a
+/// thread at about a tenth of a normal one, so a running recorder no longer holds off a
 /// waking API or ingest thread for its whole slice; a hundred of them still
 /// outweigh the few normal threads, so together they keep the CPU they
 /// need. Side by side at 100 two-user tasks (docs/performance.md): client
