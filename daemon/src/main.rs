@@ -535,8 +535,12 @@ async fn shutdown_signal() {
     }
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+fn serve(config: Config, malloc_arenas: Option<usize>) -> anyhow::Result<()> {
     init_logging(&config);
+    match malloc_arenas {
+        Some(n) => tracing::info!(malloc_arenas = n, "malloc arenas capped at one per core"),
+        None => tracing::info!("malloc arenas left to the C library or the environment"),
+    }
     if config.dev_mode() {
         tracing::warn!(
             listen = %config.server.listen,
@@ -671,6 +675,9 @@ fn bench_capacity(a: CapacityArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists (see `heap`): a daemon's hundreds of
+    // threads otherwise spread the heap over eight arenas per core.
+    let arenas = kiroku::heap::limit_arenas();
     let cli = Cli::parse();
     match cli.command {
         Command::Bench(BenchCommand::Capacity(args)) => match bench_capacity(*args) {
@@ -749,7 +756,7 @@ fn main() -> ExitCode {
                 },
                 None => Config::embedded_defaults(),
             };
-            match serve(config) {
+            match serve(config, arenas) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("kiroku: {e:#}");
