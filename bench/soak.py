@@ -300,6 +300,10 @@ def slope_per_hour(points: list[tuple[float, float]]) -> float:
     return sum((t - mx) * (v - my) for t, v in points) / var * 3600
 
 
+def mib_or_none(v: float | None) -> float | None:
+    return None if v is None else round(v / 2**20, 1)
+
+
 def run_soak(kiroku: str, minutes: float, tasks: int | None = None, *, segment_seconds: float = 10.0,
              groups: int = 4, warmup_seconds: float | None = None, outage_seconds: float = 60.0,
              modify_every: float = 30.0, publish_seconds: tuple[float, float] = (40.0, 120.0),
@@ -400,7 +404,8 @@ def run_soak(kiroku: str, minutes: float, tasks: int | None = None, *, segment_s
                       "pending_bytes": s.counter("kiroku_upload_pending_bytes"),
                       "streams": s.counter("kiroku_recorder_streams"), "peers": s.counter("kiroku_ingest_peers"),
                       "behind_max_s": s.max_of("kiroku_task_behind_seconds"),
-                      "loadavg_1m": round(__import__("os").getloadavg()[0], 2)}
+                      "loadavg_1m": round(__import__("os").getloadavg()[0], 2),
+                      "heap_in_use_mib": mib_or_none(s.value("kiroku_heap_in_use_bytes"))}
             samples.append(sample)
             if rss_start is None and now >= warmup:
                 rss_start = (now, rss)
@@ -464,13 +469,22 @@ def run_soak(kiroku: str, minutes: float, tasks: int | None = None, *, segment_s
         fig.update(rss_start_mib=round(rss_start[1] / 2**20, 1), rss_end_mib=round(rss_end[1] / 2**20, 1),
                    rss_growth_pct=round(growth * 100, 2), rss_max_mib=max((x["rss_mib"] for x in samples), default=0),
                    rss_slope_second_half_mib_per_h=round(slope_per_hour(half), 1))
+        # The allocator's live heap beside the RSS: which of the two grew.
+        heap = [(x["t"], x["heap_in_use_mib"]) for x in samples
+                if x["t"] >= fig.get("rss_start_at_s", 0) and x["heap_in_use_mib"] is not None]
+        fig["heap_in_use_start_mib"] = heap[0][1] if heap else NA
+        fig["heap_in_use_end_mib"] = mib_or_none(end_scrape.value("kiroku_heap_in_use_bytes")) or NA
+        fig["heap_in_use_slope_second_half_mib_per_h"] = round(
+            slope_per_hour([p for p in heap if p[0] >= total / 2]), 1) if heap else NA
         rss_metric = end_scrape.value("kiroku_process_resident_memory_bytes")
         fig["rss_metric_end_mib"] = NA if rss_metric is None else round(rss_metric / 2**20, 1)
         res.checks.append(Check("RSS growth < 5 %", growth < 0.05,
                                 f"{fig['rss_start_mib']} MiB after the warm-up ({rss_start[0]:.0f} s) -> "
                                 f"{fig['rss_end_mib']} MiB at the end ({growth * 100:+.2f} %); max "
                                 f"{fig['rss_max_mib']} MiB; second-half slope "
-                                f"{fig['rss_slope_second_half_mib_per_h']} MiB/h"))
+                                f"{fig['rss_slope_second_half_mib_per_h']} MiB/h; live heap "
+                                f"{fig['heap_in_use_start_mib']} -> {fig['heap_in_use_end_mib']} MiB, "
+                                f"second-half slope {fig['heap_in_use_slope_second_half_mib_per_h']} MiB/h"))
 
         # ---- frames ---------------------------------------------------------
         runs = [r for loop in loops for r in loop.runs]

@@ -46,6 +46,37 @@ pub fn release_free_pages() -> bool {
     }
 }
 
+/// What malloc holds, summed over its arenas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeapUsage {
+    /// Bytes handed out and not yet freed: the live heap (mmapped blocks
+    /// included).
+    pub in_use: u64,
+    /// Bytes free inside the arenas, whether still resident or already
+    /// handed back by a trim.
+    pub free: u64,
+}
+
+/// The allocator's own account of the heap. It takes each arena's lock
+/// while it walks the free lists, so call it off the async runtime. `None`
+/// where the C library is not glibc.
+pub fn usage() -> Option<HeapUsage> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: no pointers cross; glibc takes each arena's lock itself.
+        let m = unsafe { libc::mallinfo2() };
+        let bytes = |n: libc::size_t| u64::try_from(n).unwrap_or(u64::MAX);
+        Some(HeapUsage {
+            in_use: bytes(m.uordblks).saturating_add(bytes(m.hblkhd)),
+            free: bytes(m.fordblks),
+        })
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
+    }
+}
+
 /// The arenas glibc may create for `cores` cores: one per core, at least
 /// two, where glibc's default is eight per core.
 pub fn arena_limit(cores: usize) -> usize {
@@ -154,6 +185,17 @@ mod tests {
                 after / MIB
             );
             assert!(kept.iter().all(|b| b.len() == 4096 && b[4095] == 1));
+            let before = usage().expect("glibc");
+            let more: Vec<Vec<u8>> = (0..1024).map(|_| vec![2u8; 16 * 1024]).collect();
+            let after = usage().expect("glibc");
+            assert!(
+                after.in_use.saturating_sub(before.in_use) >= 16 * MIB,
+                "in use {} -> {} bytes",
+                before.in_use,
+                after.in_use
+            );
+            drop(more);
+            assert!(usage().expect("glibc").in_use < after.in_use);
         })
         .join()
         .expect("thread");

@@ -646,6 +646,17 @@ async fn trim_heap(metrics: Metrics) {
         "kiroku_heap_trim_seconds_total",
         "Time spent handing the heap's free pages back to the kernel",
     );
+    let in_use = crate::metrics::gauge(
+        metrics.registry(),
+        "kiroku_heap_in_use_bytes",
+        "Bytes the daemon has allocated and not freed (malloc's live heap, after the last trim): \
+         what grows here is held by the daemon, what grows only in the RSS is kept by the allocator",
+    );
+    let free = crate::metrics::gauge(
+        metrics.registry(),
+        "kiroku_heap_free_bytes",
+        "Bytes free inside malloc's arenas after the last trim, resident or already handed back",
+    );
     let mut tick = tokio::time::interval(crate::heap::TRIM_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -654,12 +665,17 @@ async fn trim_heap(metrics: Metrics) {
         let took = tokio::task::spawn_blocking(|| {
             let started = std::time::Instant::now();
             crate::heap::release_free_pages();
-            started.elapsed()
+            let took = started.elapsed();
+            (took, crate::heap::usage())
         })
         .await;
-        if let Ok(took) = took {
+        if let Ok((took, usage)) = took {
             trims.inc();
             seconds.inc_by(took.as_secs_f64());
+            if let Some(u) = usage {
+                in_use.set(i64::try_from(u.in_use).unwrap_or(i64::MAX));
+                free.set(i64::try_from(u.free).unwrap_or(i64::MAX));
+            }
         }
     }
 }

@@ -266,15 +266,19 @@ def test_mixed_recording_of_two_aiortc_publishers(indep):
           f"(sum {sum(durations):.3f}), EXTINF sum {pl.total:.3f}, video frames {frames} ({frames / FPS:.3f} s); "
           f"publishers "
           f"{[(n, round(p.published_seconds, 3), p.frames_sent) for n, p in pubs.items()]}")
-    # Start: the output starts at the first media the server places (the
-    # first publisher's first frame, a few ms later on loopback). End: the
-    # Delete, processed just before `deleted_at` (the call's round trip),
-    # renders up to its own wall time. The output is in whole frames (1/FPS).
-    # So within 1/FPS + the Delete's round trip: 0.3 s allows a loaded box.
-    assert abs(whole - wall) <= 0.3, (whole, wall)
-    assert abs(sum(durations) - wall) <= 0.3 + len(names) / FPS, (durations, wall)
+    # Start: the output starts at the first media the server places: the
+    # first publisher's first frame, a few ms later on loopback, unless the
+    # box was loaded and that publisher's first frames came before the task
+    # took its track (then the output starts with the later publisher, as
+    # one run of the full suite showed: 128 frames from the second
+    # publisher's start). End: the Delete, processed just before
+    # `deleted_at` (the call's round trip), renders up to its own wall time.
+    # The output is in whole frames (1/FPS): 0.3 s allows a loaded box.
+    latest = deleted_at - max(p.started_at for p in pubs.values())
+    assert latest - 0.3 <= whole <= wall + 0.3, (whole, latest, wall)
+    assert abs(sum(durations) - whole) <= 0.3 + len(names) / FPS, (durations, whole)
     # The output clock never skips a frame (VideoParams.Fps, no catch-up at this load).
-    assert abs(frames / FPS - wall) <= 0.3, (frames, wall)
+    assert abs(frames / FPS - whole) <= 0.1, (frames, whole)
 
     # Nine-grid with two users: W/2 × H each, side by side, in join order.
     img = frame_rgb(playlist, whole / 2, W, H)

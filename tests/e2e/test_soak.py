@@ -45,6 +45,9 @@ def test_five_minutes_of_churn_and_an_s3_outage_lose_nothing(tmp_path):
     total = MINUTES * 60
     # The daemon handed the heap's free pages back every 30 s (daemon/src/heap.rs).
     assert r.figures["heap_trims"] is not None and r.figures["heap_trims"] >= total / 30 - 2, r.figures["heap_trims"]
+    # After each trim the daemon reports malloc's live heap; it is part of the RSS.
+    live = r.figures["heap_in_use_end_mib"]
+    assert isinstance(live, float) and 1 < live < r.figures["rss_end_mib"], (live, r.figures["rss_end_mib"])
     last_third = [x["rss_mib"] for x in r.series if x["t"] >= total * 2 / 3]
     assert len(last_third) >= 5, r.series
     growth = last_third[-1] / last_third[0] - 1

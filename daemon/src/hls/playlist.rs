@@ -161,6 +161,13 @@ impl Playlist {
     }
 
     pub fn render(&self) -> String {
+        self.render_as(self.ended)
+    }
+
+    /// The text as if the playlist had (or had not) ended, without copying
+    /// its segments: the journal records the open playlist at every
+    /// segment's first frame.
+    pub fn render_as(&self, ended: bool) -> String {
         let mut out = String::with_capacity(256 + self.segments.len() * 96);
         let _ = writeln!(out, "#EXTM3U");
         let _ = writeln!(out, "#EXT-X-VERSION:3");
@@ -178,7 +185,7 @@ impl Playlist {
             let _ = writeln!(out, "#EXTINF:{:.3}", s.duration_seconds);
             let _ = writeln!(out, "{}", s.file_name);
         }
-        if self.ended {
+        if ended {
             let _ = writeln!(out, "#EXT-X-ENDLIST");
         }
         out
@@ -225,6 +232,11 @@ mod tests {
 #EXTINF:12.074\n1400123456_12345__UserId_s_MTY4NjExOQ..__UserId_e_main_video_20330531094551825.ts\n\
 #EXTINF:11.901\n1400123456_12345__UserId_s_MTY4NjExOQ..__UserId_e_main_video_20330531094603825.ts\n#EXT-X-ENDLIST\n";
         assert_eq!(p.render(), expected);
+        let open = expected.strip_suffix("#EXT-X-ENDLIST\n").expect("ended");
+        assert_eq!(p.render_as(false), open);
+        p.ended = false;
+        assert_eq!(p.render(), open);
+        assert_eq!(p.render_as(true), expected);
     }
 
     #[test]

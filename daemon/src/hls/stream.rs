@@ -526,11 +526,7 @@ impl HlsStream {
             playlist_text: self
                 .playlist
                 .as_ref()
-                .map(|p| {
-                    let mut unended = p.clone();
-                    unended.ended = false;
-                    unended.render()
-                })
+                .map(|p| p.render_as(false))
                 .unwrap_or_default(),
             discontinuity: open.discontinuity,
         });
