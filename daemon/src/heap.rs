@@ -13,15 +13,13 @@
 //! blocking thread. mimalloc was tried instead and held 5× the RSS (a heap
 //! per thread, 90+ threads), so the allocator stays glibc's.
 //!
-//! The trim alone still let an hour's RSS creep up about 28 MiB/h under a
-//! flat live heap: glibc gives threads up to eight arenas per core, and the
-//! pages each arena keeps partly used add up across them. The daemon
-//! therefore caps the arenas at one per core ([`limit_arenas`]) before it
-//! starts any thread; side by side over 16 minutes at 32 tasks that held
-//! the malloc'd memory 8–14 MiB lower and flatter, with no segment late
-//! (docs/performance.md, "Soak").
+//! Capping the arenas at one per core (`M_ARENA_MAX`) was tried and not
+//! kept: it lowered an hour's RSS by about 20 MiB without changing its
+//! slope, and on two cores it made the API's tail and the ingest worse
+//! (threads at different priorities queue on fewer arena locks; see
+//! docs/performance.md, "Soak").
 //!
-//! `malloc_trim` and `mallopt` have no safe wrapper in the crates the
+//! `malloc_trim` and `mallinfo2` have no safe wrapper in the crates the
 //! daemon uses, so this module holds two FFI calls.
 #![allow(unsafe_code)]
 
@@ -74,79 +72,6 @@ pub fn usage() -> Option<HeapUsage> {
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {
         None
-    }
-}
-
-/// The arenas glibc may create for `cores` cores: one per core, at least
-/// two, where glibc's default is eight per core.
-pub fn arena_limit(cores: usize) -> usize {
-    cores.max(2)
-}
-
-/// Whether the operator chose the arena count through the environment
-/// (`MALLOC_ARENA_MAX`, or `glibc.malloc.arena_max` in `GLIBC_TUNABLES`):
-/// their choice stands.
-pub fn arenas_chosen_by_operator(
-    malloc_arena_max: Option<&str>,
-    glibc_tunables: Option<&str>,
-) -> bool {
-    malloc_arena_max.is_some()
-        || glibc_tunables.is_some_and(|t| {
-            t.split(':')
-                .any(|kv| kv.trim_start().starts_with("glibc.malloc.arena_max="))
-        })
-}
-
-/// Caps glibc's malloc arenas at [`arena_limit`] for this machine unless
-/// the operator chose otherwise. Call it first thing in `main`, before any
-/// thread starts: threads pick their arena at their first allocation.
-/// Returns the limit set, or `None` where nothing was set.
-pub fn limit_arenas() -> Option<usize> {
-    if arenas_chosen_by_operator(
-        std::env::var("MALLOC_ARENA_MAX").ok().as_deref(),
-        std::env::var("GLIBC_TUNABLES").ok().as_deref(),
-    ) {
-        return None;
-    }
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let limit = arena_limit(cores);
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        let value = libc::c_int::try_from(limit).unwrap_or(libc::c_int::MAX);
-        // SAFETY: mallopt takes plain integers and its own lock.
-        let set = unsafe { libc::mallopt(libc::M_ARENA_MAX, value) } == 1;
-        set.then_some(limit)
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        let _ = limit;
-        None
-    }
-}
-
-#[cfg(test)]
-mod policy_tests {
-    use super::*;
-
-    #[test]
-    fn one_arena_per_core_and_never_fewer_than_two() {
-        assert_eq!(arena_limit(1), 2);
-        assert_eq!(arena_limit(2), 2);
-        assert_eq!(arena_limit(16), 16);
-    }
-
-    #[test]
-    fn an_operators_arena_choice_in_the_environment_stands() {
-        assert!(!arenas_chosen_by_operator(None, None));
-        assert!(arenas_chosen_by_operator(Some("4"), None));
-        assert!(arenas_chosen_by_operator(
-            None,
-            Some("glibc.malloc.tcache_count=0:glibc.malloc.arena_max=3")
-        ));
-        assert!(!arenas_chosen_by_operator(
-            None,
-            Some("glibc.malloc.mmap_threshold=131072")
-        ));
     }
 }
 

@@ -535,12 +535,8 @@ async fn shutdown_signal() {
     }
 }
 
-fn serve(config: Config, malloc_arenas: Option<usize>) -> anyhow::Result<()> {
+fn serve(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
-    match malloc_arenas {
-        Some(n) => tracing::info!(malloc_arenas = n, "malloc arenas capped at one per core"),
-        None => tracing::info!("malloc arenas left to the C library or the environment"),
-    }
     if config.dev_mode() {
         tracing::warn!(
             listen = %config.server.listen,
@@ -675,9 +671,6 @@ fn bench_capacity(a: CapacityArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    // Before any thread exists (see `heap`): a daemon's hundreds of
-    // threads otherwise spread the heap over eight arenas per core.
-    let arenas = kiroku::heap::limit_arenas();
     let cli = Cli::parse();
     match cli.command {
         Command::Bench(BenchCommand::Capacity(args)) => match bench_capacity(*args) {
@@ -756,7 +749,7 @@ fn main() -> ExitCode {
                 },
                 None => Config::embedded_defaults(),
             };
-            match serve(config, arenas) {
+            match serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("kiroku: {e:#}");
