@@ -267,11 +267,11 @@ def test_mixed_recording_of_two_aiortc_publishers(indep):
           f"publishers "
           f"{[(n, round(p.published_seconds, 3), p.frames_sent) for n, p in pubs.items()]}")
     # Start: the output starts at the first media the server places: the
-    # first publisher's first frame, a few ms later on loopback, unless the
-    # box was loaded and that publisher's first frames came before the task
-    # took its track (then the output starts with the later publisher, as
-    # one run of the full suite showed: 128 frames from the second
-    # publisher's start). End: the Delete, processed just before
+    # first publisher's first frame, a few ms later on loopback. In one run
+    # of the full suite on a loaded box it started with the second publisher
+    # instead (128 frames from its start, though the task had taken the
+    # first publisher's tracks 0.54 s earlier; why is not known yet), so the
+    # start may lie anywhere between the two. End: the Delete, processed just before
     # `deleted_at` (the call's round trip), renders up to its own wall time.
     # The output is in whole frames (1/FPS): 0.3 s allows a loaded box.
     latest = deleted_at - max(p.started_at for p in pubs.values())
