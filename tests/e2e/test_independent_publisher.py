@@ -266,18 +266,18 @@ def test_mixed_recording_of_two_aiortc_publishers(indep):
           f"(sum {sum(durations):.3f}), EXTINF sum {pl.total:.3f}, video frames {frames} ({frames / FPS:.3f} s); "
           f"publishers "
           f"{[(n, round(p.published_seconds, 3), p.frames_sent) for n, p in pubs.items()]}")
-    # Start: the output starts at the first media the server places: the
-    # first publisher's first frame, a few ms later on loopback. In one run
-    # of the full suite on a loaded box it started with the second publisher
-    # instead (128 frames from its start, though the task had taken the
-    # first publisher's tracks 0.54 s earlier; why is not known yet), so the
-    # start may lie anywhere between the two. End: the Delete, processed just before
-    # `deleted_at` (the call's round trip), renders up to its own wall time.
-    # The output is in whole frames (1/FPS): 0.3 s allows a loaded box.
-    latest = deleted_at - max(p.started_at for p in pubs.values())
-    assert latest - 0.3 <= whole <= wall + 0.3, (whole, latest, wall)
-    assert abs(sum(durations) - whole) <= 0.3 + len(names) / FPS, (durations, whole)
+    # Start: the output starts at the first media the server places (the
+    # first publisher's first frame, a few ms later on loopback). End: the
+    # Delete, processed just before `deleted_at` (the call's round trip),
+    # renders up to its own wall time. The output is in whole frames (1/FPS).
+    # So within 1/FPS + the Delete's round trip: 0.3 s allows a loaded box.
+    # (One full-suite run on a loaded box failed here: the output held only
+    # the second publisher's 128 frames although the task had taken the
+    # first publisher's tracks 0.54 s earlier. Not explained yet; an open bug.)
+    assert abs(whole - wall) <= 0.3, (whole, wall)
+    assert abs(sum(durations) - wall) <= 0.3 + len(names) / FPS, (durations, wall)
     # The output clock never skips a frame (VideoParams.Fps, no catch-up at this load).
+    assert abs(frames / FPS - wall) <= 0.3, (frames, wall)
     assert abs(frames / FPS - whole) <= 0.1, (frames, whole)
 
     # Nine-grid with two users: W/2 × H each, side by side, in join order.
