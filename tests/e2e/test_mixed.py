@@ -24,8 +24,10 @@ from recording import UTC17, decode_ok, ffprobe, parse_playlist, publish, publis
 
 W, H = 640, 360
 SEGMENT_SECONDS = 4
-# Output frames are rendered this long after the media instant they show, so
-# a Modify at wall time M shows from the frame of media time M - LATENCY on.
+# Output frames are rendered at least this long after the media instant they
+# show (longer while the timeline holds a new publisher's media for its
+# sender reports); a Modify at wall time M shows from the frame of media time
+# M on, whatever that delay.
 LATENCY = 3.0
 # name → (colour, tone Hz); joined in this order.
 USERS = {
@@ -293,7 +295,7 @@ def test_float_then_screen_share_then_custom_by_modify(mixd, mix_receiver):
     start_s = pl.start_rec_time / 1000
 
     # Float: red (first to join) fills the canvas; the others at the bottom-left.
-    frame = frame_at(playlist, share_at - LATENCY - start_s - 2.0)
+    frame = frame_at(playlist, share_at - start_s - 2.0)
     assert_colour(frame, (200, 20, 240, 120), USERS["red"][0], "float big picture")
     small_w, small_h, margin = round(0.235 * W), round(0.235 * H), round(0.012 * W)
     y = H - round(0.012 * H) - small_h
@@ -302,13 +304,13 @@ def test_float_then_screen_share_then_custom_by_modify(mixd, mix_receiver):
         assert_colour(frame, (x, y, small_w, small_h), USERS[name][0], f"float small picture {i}")
 
     # Screen-share: blue big on the left (4W/5 × H), the others stacked on the right.
-    frame = frame_at(playlist, share_at - LATENCY - start_s + 2.5)
+    frame = frame_at(playlist, share_at - start_s + 2.5)
     assert_colour(frame, (0, 0, 4 * W // 5, H), USERS["blue"][0], "screen-share big picture")
     for i, name in enumerate(("red", "green", "yellow")):
         assert_colour(frame, (4 * W // 5, i * H // 4, W // 5, H // 4), USERS[name][0], f"screen-share small {i}")
 
     # Custom: the tiles as given, blue on top of red and green.
-    frame = frame_at(playlist, custom_at - LATENCY - start_s + 2.5)
+    frame = frame_at(playlist, custom_at - start_s + 2.5)
     assert_colour(frame, (0, 0, 320, 360), USERS["yellow"][0], "custom yellow")
     assert_colour(frame, (560, 0, 80, 100), USERS["red"][0], "custom red (uncovered part)")
     assert_colour(frame, (560, 260, 80, 100), USERS["green"][0], "custom green (uncovered part)")

@@ -244,14 +244,20 @@ def check_bucket_recording(objects: dict[str, bytes], folder: str, tmp: Path,
     """Every object under `folder` is a playlist or a segment named by one; every
     segment a playlist names is there; each playlist ended (except those named
     in `unended_ok`: a playlist whose writer was killed); every segment is
-    downloaded and decodes without a single error, and lasts what its
-    #EXTINF says. Returns playlist name → its segments."""
+    downloaded and decodes without a single error, and its #EXTINF is its
+    span on the media timeline: up to the next segment's first timestamp
+    (ffprobe's start_time; a gap in the publisher's timeline at a cut
+    belongs to the segment before it, which ffprobe's duration cannot see),
+    and for the last segment (or the last before a discontinuity) its own
+    duration. Returns playlist name → its segments."""
     names = {k[len(folder) + 1:]: v for k, v in objects.items()}
     assert all("/" not in n for n in names), list(names)
     playlists = {n: v for n, v in names.items() if n.endswith(".m3u8")}
     assert playlists, list(names)
     named: dict[str, list[str]] = {}
     extinf: dict[str, float] = {}
+    # segment → the segment after it in its playlist, unless a discontinuity is between them
+    following: dict[str, str | None] = {}
     for name, text in playlists.items():
         path = tmp / name
         path.write_bytes(text)
@@ -260,18 +266,31 @@ def check_bucket_recording(objects: dict[str, bytes], folder: str, tmp: Path,
         segs = [s for _, s, _ in pl.segments]
         named[name] = segs
         extinf.update({s: d for d, s, _ in pl.segments})
+        for (_, seg, _), nxt in zip(pl.segments, [*pl.segments[1:], None]):
+            following[seg] = nxt[1] if nxt is not None and not nxt[2] else None
         missing = [s for s in segs if s not in names]
         assert not missing, f"{name} names segments the bucket lacks: {missing}"
     all_named = {s for segs in named.values() for s in segs}
     extra = [n for n in names if not n.endswith(".m3u8") and n not in all_named]
     assert not extra, f"objects no playlist names: {extra}"
+    probed: dict[str, dict] = {}
     for seg in sorted(all_named):
         p = tmp / seg
         p.write_bytes(names[seg])
         info = ffprobe(p)
         assert info["streams"], seg
         decode_clean(p)
-        got = float(info["format"]["duration"])
+        probed[seg] = info["format"]
+    for seg in sorted(all_named):
+        got = float(probed[seg]["duration"])
+        nxt = following[seg]
+        if nxt is not None:
+            span = float(probed[nxt]["start_time"]) - float(probed[seg]["start_time"])
+            assert abs(span - extinf[seg]) <= SEGMENT_DURATION_TOLERANCE, \
+                f"{seg}: the next segment starts {span:.3f} s later, #EXTINF {extinf[seg]:.3f} s"
+            assert got <= extinf[seg] + SEGMENT_DURATION_TOLERANCE, \
+                f"{seg}: ffprobe says {got:.3f} s, longer than its #EXTINF {extinf[seg]:.3f} s"
+            continue
         # A segment of a few frames (the tail a recorder closes when its
         # task moves to another box) gives ffprobe too few timestamps to
         # infer the last frame's duration: one frame interval more is fine.

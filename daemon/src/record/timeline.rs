@@ -294,6 +294,16 @@ impl TrackClock {
         notes
     }
 
+    /// Server arrival time (unix µs) of the oldest frame the track holds
+    /// unplaced, while it waits for its sender reports; `None` once it
+    /// places frames as they come.
+    pub fn holding_since(&self) -> Option<i64> {
+        if self.released {
+            return None;
+        }
+        self.pending.front().map(|f| unix_us(f.received_wall))
+    }
+
     /// Places whatever is still waiting (the track ended): with the best
     /// mapping known, or by arrival time.
     pub fn flush(&mut self, user: &mut UserClock, out: &mut Vec<(i64, MediaFrame)>) {

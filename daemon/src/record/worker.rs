@@ -119,7 +119,9 @@ impl Core {
         match (self, c) {
             (Core::Single(core), RecorderControl::Subscription(s)) => core.set_subscription(s),
             (Core::Mixed(core), RecorderControl::Subscription(s)) => core.set_subscription(s),
-            (Core::Mixed(core), RecorderControl::Layout(l)) => core.set_layout(l),
+            (Core::Mixed(core), RecorderControl::Layout(l)) => {
+                core.modify_layout(l, unix_us(SystemTime::now()))
+            }
             (Core::Mixed(core), RecorderControl::Images(i)) => core.add_images(i),
             _ => {}
         }
@@ -600,8 +602,9 @@ fn run(setup: RecorderSetup, control: mpsc::Receiver<RecorderControl>) {
     let actions = core.finish();
     w.execute(actions);
     w.update_stats(&core);
-    let stages = core.mix_stats().stages;
-    tracing::info!(task_id = %w.task_id, failed_writes = w.failed_writes, stages = ?stages, "recorder finished");
+    let mix = core.mix_stats();
+    tracing::info!(task_id = %w.task_id, failed_writes = w.failed_writes, stages = ?mix.stages,
+        hold_wait_ms = mix.hold_wait_us / 1000, "recorder finished");
     let _ = w.events.blocking_send(RecorderEvent::Finished {
         failed_writes: w.failed_writes,
     });

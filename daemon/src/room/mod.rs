@@ -6,16 +6,20 @@
 //! up to two WHIP sessions (main: audio + camera; aux: screen share).
 //!
 //! Frames flow `ingest` thread → [`Track::deliver`] → every subscriber's
-//! bounded channel. The ingest thread never blocks: when a subscriber's
+//! bounded channel. A subscriber that arrives within a track's first
+//! seconds is first handed the track from its start (`head.rs`). The
+//! ingest thread never blocks: when a subscriber's
 //! channel is full, audio frames are dropped, and video drops until the
 //! next key frame while a key frame is requested from the publisher; both
 //! are counted. Room events (user joined/left, track started/stopped) go to
 //! a broadcast channel per room; a publisher count per room is kept in a
 //! watch channel, which recording tasks use for MaxIdleTime.
 //!
-//! Lock order: `Registry.rooms` before `Room.state` before `Track.subscribers`.
+//! Lock order: `Registry.rooms` before `Room.state` before `Track.fanout`
+//! before `Track.state`.
 
 pub mod frame;
+mod head;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,6 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{broadcast, watch};
 
 pub use frame::{Codec, MediaFrame, TrackKind};
+use head::TrackHead;
 
 use crate::domain::params::RoomId;
 
@@ -85,6 +90,27 @@ enum Sink {
     Shared { tx: SyncSender<Delivery>, tag: u64 },
 }
 
+impl Sink {
+    /// Hands a frame over without blocking.
+    fn try_send(&self, frame: &MediaFrame) -> Result<(), TrySendError<()>> {
+        match self {
+            Sink::Own(tx) => tx.try_send(frame.clone()).map_err(|e| match e {
+                TrySendError::Full(_) => TrySendError::Full(()),
+                TrySendError::Disconnected(_) => TrySendError::Disconnected(()),
+            }),
+            Sink::Shared { tx, tag } => tx
+                .try_send(Delivery {
+                    tag: *tag,
+                    frame: frame.clone(),
+                })
+                .map_err(|e| match e {
+                    TrySendError::Full(_) => TrySendError::Full(()),
+                    TrySendError::Disconnected(_) => TrySendError::Disconnected(()),
+                }),
+        }
+    }
+}
+
 /// A frame on a shared channel, tagged with the subscription it belongs to.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -96,6 +122,14 @@ struct Subscriber {
     sink: Sink,
     /// After an overflow, video waits for the next key frame.
     awaiting_keyframe: bool,
+}
+
+/// A track's subscribers and its head, under one lock so that a new
+/// subscriber gets the head and then every later frame, in order.
+#[derive(Default)]
+struct Fanout {
+    subscribers: Vec<Subscriber>,
+    head: TrackHead,
 }
 
 /// Live statistics of one track (shown by the status endpoint).
@@ -114,7 +148,7 @@ pub struct Track {
     pub codec: Codec,
     session_id: String,
     pub stats: TrackStats,
-    subscribers: Mutex<Vec<Subscriber>>,
+    fanout: Mutex<Fanout>,
     state: Mutex<TrackState>,
     muted: AtomicBool,
 }
@@ -148,7 +182,7 @@ impl Track {
             codec,
             session_id: session_id.to_owned(),
             stats: TrackStats::default(),
-            subscribers: Mutex::new(Vec::new()),
+            fanout: Mutex::new(Fanout::default()),
             state: Mutex::new(TrackState::default()),
             muted: AtomicBool::new(false),
         }
@@ -191,17 +225,24 @@ impl Track {
 
     /// Ends a shared subscription.
     pub fn unsubscribe(&self, tag: u64) {
-        lock(&self.subscribers)
+        lock(&self.fanout)
+            .subscribers
             .retain(|s| !matches!(s.sink, Sink::Shared { tag: t, .. } if t == tag));
     }
 
     fn add_subscriber(&self, sink: Sink, observer: &dyn RoomObserver) {
         let video = self.kind.is_video();
-        lock(&self.subscribers).push(Subscriber {
+        let mut fan = lock(&self.fanout);
+        // The track from its start, if it started moments ago; a video
+        // head starts with a key frame, so the subscriber needs no other.
+        let head = fan.head.frames();
+        let replayed = !head.is_empty() && head.iter().all(|f| sink.try_send(f).is_ok());
+        fan.subscribers.push(Subscriber {
             sink,
-            awaiting_keyframe: video,
+            awaiting_keyframe: video && !replayed,
         });
-        if video {
+        drop(fan);
+        if video && !replayed {
             lock(&self.state).keyframe_asked = Some(Instant::now());
             observer.keyframe_wanted(&self.session_id, self.kind);
         }
@@ -221,7 +262,7 @@ impl Track {
     }
 
     pub fn subscriber_count(&self) -> usize {
-        lock(&self.subscribers).len()
+        lock(&self.fanout).subscribers.len()
     }
 
     /// Fans a frame out to every subscriber without blocking.
@@ -253,8 +294,9 @@ impl Track {
         let video = self.kind.is_video();
         let mut want_keyframe = false;
         let mut still_waiting = false;
-        let mut subs = lock(&self.subscribers);
-        subs.retain_mut(|s| {
+        let mut fan = lock(&self.fanout);
+        fan.head.push(frame, video);
+        fan.subscribers.retain_mut(|s| {
             if video && s.awaiting_keyframe {
                 if !frame.keyframe {
                     still_waiting = true;
@@ -264,22 +306,7 @@ impl Track {
                 }
                 s.awaiting_keyframe = false;
             }
-            let sent = match &s.sink {
-                Sink::Own(tx) => tx.try_send(frame.clone()).map_err(|e| match e {
-                    TrySendError::Full(_) => TrySendError::Full(()),
-                    TrySendError::Disconnected(_) => TrySendError::Disconnected(()),
-                }),
-                Sink::Shared { tx, tag } => tx
-                    .try_send(Delivery {
-                        tag: *tag,
-                        frame: frame.clone(),
-                    })
-                    .map_err(|e| match e {
-                        TrySendError::Full(_) => TrySendError::Full(()),
-                        TrySendError::Disconnected(_) => TrySendError::Disconnected(()),
-                    }),
-            };
-            match sent {
+            match s.sink.try_send(frame) {
                 Ok(()) => true,
                 Err(TrySendError::Full(())) => {
                     self.stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -296,7 +323,7 @@ impl Track {
                 Err(TrySendError::Disconnected(())) => false,
             }
         });
-        drop(subs);
+        drop(fan);
         // The state is locked again only while a subscriber waits (not on
         // every frame).
         let ask = want_keyframe
@@ -811,6 +838,67 @@ mod tests {
             "no more once the key frame came"
         );
         assert_eq!(rx.try_iter().next().map(|f| f.data[0]), Some(99));
+    }
+
+    #[test]
+    fn a_subscriber_arriving_just_after_the_start_gets_the_track_from_its_first_key_frame() {
+        // The recorder subscribes 300 ms after the publisher's first key
+        // frame went by (its look at the room came late).
+        let obs = Counting::default();
+        let track = Track::new(TrackKind::MainVideo, Codec::H264, "s1");
+        let t0 = Instant::now();
+        let at = |ms: u64, key: bool, n: u64| {
+            let mut f = frame(key, n);
+            f.received_at = t0 + Duration::from_millis(ms);
+            f
+        };
+        track.deliver(&at(0, false, 0), &obs); // a stray delta before the key frame
+        for (n, ms) in (33..300).step_by(67).enumerate() {
+            track.deliver(&at(ms, n == 0, n as u64 + 1), &obs);
+        }
+        let rx = track.subscribe(64, &obs);
+        assert_eq!(
+            obs.keyframe_requests.load(Ordering::Relaxed),
+            0,
+            "the head starts at a key frame: none is asked for"
+        );
+        track.deliver(&at(300, false, 9), &obs);
+        let got: Vec<u8> = rx.try_iter().map(|f| f.data[0]).collect();
+        assert_eq!(
+            got,
+            vec![1, 2, 3, 4, 9],
+            "the head, then what came after, in order"
+        );
+        assert_eq!(obs.drops.load(Ordering::Relaxed), 0);
+
+        // Past the span, a new subscriber starts at the next key frame.
+        track.deliver(&at(2_100, false, 10), &obs);
+        let late = track.subscribe(64, &obs);
+        assert_eq!(obs.keyframe_requests.load(Ordering::Relaxed), 1);
+        track.deliver(&at(2_167, false, 11), &obs);
+        track.deliver(&at(2_233, true, 12), &obs);
+        let got: Vec<u8> = late.try_iter().map(|f| f.data[0]).collect();
+        assert_eq!(got, vec![12]);
+    }
+
+    #[test]
+    fn a_head_that_does_not_fit_the_channel_falls_back_to_the_next_key_frame() {
+        let obs = Counting::default();
+        let track = Track::new(TrackKind::MainVideo, Codec::H264, "s1");
+        let t0 = Instant::now();
+        for n in 0..4u64 {
+            let mut f = frame(n == 0, n);
+            f.received_at = t0 + Duration::from_millis(n * 33);
+            track.deliver(&f, &obs);
+        }
+        let rx = track.subscribe(2, &obs);
+        assert_eq!(obs.keyframe_requests.load(Ordering::Relaxed), 1);
+        let partial: Vec<u8> = rx.try_iter().map(|f| f.data[0]).collect();
+        assert_eq!(partial, vec![0, 1], "what fitted");
+        let mut f = frame(false, 4);
+        f.received_at = t0 + Duration::from_millis(133);
+        track.deliver(&f, &obs);
+        assert_eq!(rx.try_iter().count(), 0, "waits for a key frame");
     }
 
     #[test]

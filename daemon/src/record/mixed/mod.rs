@@ -20,6 +20,14 @@
 //! nearest `T_k`) is shown: users stay in sync with each other and with
 //! the mixed audio, which the mixer cuts at the same `T_k`, to within half
 //! an output frame.
+//! The timeline holds a new track's first frames until its sender
+//! reports confirm where they go (up to seconds: aiortc's second report
+//! comes about 2 s in). Ticks are not rendered past media the timeline
+//! still holds: the render delay grows by what the holds need (never
+//! past [`MAX_HOLD_WAIT_US`]) and keeps that length, so the held media
+//! makes its ticks instead of being skipped, and the output clock never
+//! jumps. (Before, with a 1.5 s latency, a publisher's first 0.54–0.67 s
+//! of video was missing from the mix.)
 //! Overload: a recorder more than [`DECIMATE_ABOVE_US`] behind and not
 //! catching up drops output frames evenly — one in two, then three in
 //! four, … down to one frame a second — checked every [`PACE_STEP_US`] of
@@ -84,6 +92,15 @@ pub const PACE_STEP_US: i64 = 250_000;
 /// by at least this much a [`PACE_STEP_US`] (it renders 1.125× faster than
 /// real time) is catching up and keeps every frame.
 const DRAIN_PER_STEP_US: i64 = PACE_STEP_US / 8;
+/// A frame the timeline holds is placed at or a little before its
+/// arrival (its delay less the least delay of the user's frames): ticks
+/// stay this far before the oldest held arrival.
+const HOLD_SLACK_US: i64 = 250_000;
+/// The render delay grows at most this much for held media: the longest a
+/// track is held (its first report within the arrival fallback's wait,
+/// then the wait for a second).
+pub const MAX_HOLD_WAIT_US: i64 =
+    crate::record::timeline::SR_WAIT_US + crate::record::timeline::CONFIRM_US;
 /// Opus packets held before the output's start is fixed, at most (about
 /// 80 s of 20 ms packets over all users; the start is fixed within the
 /// latency of the first media).
@@ -152,6 +169,9 @@ pub struct MixStats {
     pub output_frames_dropped: u64,
     /// One output frame is kept in this many (1: every frame).
     pub decimation: u32,
+    /// How much longer than the latency the output waits for media the
+    /// timeline held (µs; module docs).
+    pub hold_wait_us: i64,
     pub decode_errors: u64,
     pub frames_dropped: u64,
     pub encode_errors: u64,
@@ -216,6 +236,9 @@ pub struct MixedRecorder {
     subscription: Subscription,
     layout: MixLayout,
     marks: Vec<Mark>,
+    /// Layouts a Modify set, each with the server time (µs) of its call:
+    /// it shows from the output frame of that instant on.
+    pending_layouts: VecDeque<(i64, MixLayout)>,
     images: Images,
     admission: Admission,
     subs: HashMap<u64, Sub>,
@@ -244,6 +267,9 @@ pub struct MixedRecorder {
     /// first); fixed from then on.
     start_us: Option<i64>,
     start_fixed: bool,
+    /// How much longer than the latency ticks wait, learnt from the
+    /// timeline's holds (module docs); never shrinks.
+    hold_wait_us: i64,
     next_tick: u64,
     /// The lag last sampled (output time, lag), one sample per
     /// [`PACE_STEP_US`] of output, and since when the recorder has been
@@ -299,6 +325,7 @@ impl MixedRecorder {
             subscription,
             layout: MixLayout::default(),
             marks: Vec::new(),
+            pending_layouts: VecDeque::new(),
             images: Images::new(),
             admission: Admission::default(),
             subs: HashMap::new(),
@@ -321,6 +348,7 @@ impl MixedRecorder {
             }],
             start_us: None,
             start_fixed: false,
+            hold_wait_us: 0,
             next_tick: 0,
             lag_sample: None,
             calm_since: None,
@@ -601,7 +629,31 @@ impl MixedRecorder {
     /// When the next output frame is due (wall clock, unix µs).
     pub fn next_due_us(&self) -> Option<i64> {
         self.tick_time(self.next_tick)
-            .map(|t| t + self.settings.latency_us)
+            .map(|t| t + self.render_delay_us())
+    }
+
+    /// How far behind the wall clock ticks are rendered.
+    fn render_delay_us(&self) -> i64 {
+        self.settings.latency_us + self.hold_wait_us
+    }
+
+    /// Lengthens the render delay so that the next ticks do not pass media
+    /// the timeline still holds (module docs).
+    fn wait_for_held(&mut self, now_us: i64) {
+        let Some(held) = self
+            .subs
+            .values()
+            .filter_map(|s| s.clock.holding_since())
+            .min()
+        else {
+            return;
+        };
+        let need =
+            (now_us - self.settings.latency_us - (held - HOLD_SLACK_US)).min(MAX_HOLD_WAIT_US);
+        if need > self.hold_wait_us {
+            self.hold_wait_us = need;
+            self.mix_stats.hold_wait_us = need;
+        }
     }
 
     /// Renders the output frames due at wall-clock time `now_us`, up to
@@ -611,7 +663,8 @@ impl MixedRecorder {
     /// has passed.
     pub fn tick(&mut self, now_us: i64) -> Vec<Action> {
         let mut actions = Vec::new();
-        self.render_until(now_us - self.settings.latency_us, true, &mut actions);
+        self.wait_for_held(now_us);
+        self.render_until(now_us - self.render_delay_us(), true, &mut actions);
         actions
     }
 
@@ -712,6 +765,7 @@ impl MixedRecorder {
             self.mix_stats.stages.decode += now() - t0;
             if video {
                 let t1 = now();
+                self.apply_layouts_due(t);
                 self.build_scene(t);
                 self.mix_stats.stages.compose += now() - t1;
                 self.encode_tick(t);
@@ -1498,7 +1552,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_layout_shows_from_the_next_output_frame() {
+    fn a_new_layout_shows_from_the_output_frame_of_the_calls_instant() {
         let mut sim = Sim::new(
             StreamType::AudioVideo,
             FillType::LastFrame,
@@ -1528,17 +1582,18 @@ mod tests {
             }],
             ..MixLayout::default()
         };
-        let mut switched_after = None;
+        let mut rendered_by_then = None;
         run(&mut sim, &mut pubs, 0..step(5_000_000), |sim, now| {
             if now == T0 + 4_500_000 {
-                switched_after = Some(sim.rec.mix_stats.ticks as usize);
-                sim.rec.set_layout(custom.clone());
+                rendered_by_then = Some(sim.rec.mix_stats.ticks as usize);
+                sim.rec.modify_layout(custom.clone(), now);
             }
         });
         sim.finish(T0 + 5_000_000);
-        let switched_after = switched_after.expect("switched");
-        // Rendered live by then: the ticks up to 4.5 s − latency.
-        assert_eq!(switched_after, 16);
+        // Rendered live by the call: the ticks up to 4.5 s − latency; the
+        // new layout waits for the output to reach the call's instant.
+        assert_eq!(rendered_by_then, Some(16));
+        let switched_after = 45;
         let pics = pictures(&sim.actions);
         assert_eq!(pics.len(), 51);
         for (i, (_, p)) in pics.iter().enumerate() {
@@ -1915,6 +1970,60 @@ mod tests {
         );
         // Alice's audio from T0 on is in the mix: about 6 s of AAC frames.
         assert!(audio.len() >= 280, "{} AAC frames", audio.len());
+    }
+
+    #[test]
+    fn media_the_timeline_holds_longer_than_the_latency_still_makes_its_ticks() {
+        // Latency 1.5 s. Alice's audio carries sender reports, confirmed
+        // by a second one at 1.6 s: placed then, it fixes the start and
+        // the output begins. Her video has none: the timeline holds it
+        // 2 s, then places it by arrival, from T0. Her first picture must
+        // be the output's first, not half a second later (a CI run lost
+        // 0.54 s of a publisher's video this way, aiortc's audio and video
+        // reports confirming at different times).
+        let mut sim = Sim::new(
+            StreamType::AudioVideo,
+            FillType::LastFrame,
+            MixLayout::default(),
+        );
+        sim.rec.settings.latency_us = 1_500_000;
+        let tags = sim.offer(&both("alice"));
+        let tag = |k| tags[&("alice".to_owned(), k)];
+        let (audio, video) = (tag(TrackKind::Audio), tag(TrackKind::MainVideo));
+        let (mut red, mut mic) = (camera(RED), microphone());
+        for s in 0..step(5_000_000) {
+            let now = T0 + s as i64 * STEP_US;
+            let mut f = audio_frame(&mut mic, s);
+            let error = if now >= T0 + 1_600_000 { 1_000 } else { 0 };
+            f.ntp_time = Some(at(now + error));
+            sim.frame(audio, f);
+            if s % 5 == 0 {
+                let f = video_frame(&mut red, s / 5);
+                sim.frame(video, f);
+            }
+            sim.tick(now);
+        }
+        sim.finish(T0 + 5_000_000);
+        let start = sim.rec.start_pts().expect("started");
+        assert_eq!(time_of(start), T0);
+        let pics = pictures(&sim.actions);
+        assert_eq!(pics.first().map(|(pts, _)| *pts), Some(start));
+        for (pts, p) in pics.iter().take(10) {
+            let at_ms = (time_of(*pts) - T0) / 1000;
+            assert!(
+                near(mean(p, W / 2, H / 2, 16, 16), yuv(RED)),
+                "alice at {at_ms} ms"
+            );
+        }
+        assert_eq!(pics.len(), 51, "T0 to the end (5 s), both included");
+        assert_eq!(sim.rec.mix_stats.ticks_skipped, 0);
+        assert_eq!(sim.rec.mix_stats.output_frames_dropped, 0);
+        // Waited what the video's hold needed past the latency, and the slack.
+        let waited = sim.rec.mix_stats.hold_wait_us;
+        assert!(
+            (700_000..=800_000).contains(&waited),
+            "hold wait {waited} µs"
+        );
     }
 
     #[test]

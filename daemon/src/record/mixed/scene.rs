@@ -36,8 +36,45 @@ fn canvas_rect(left: u32, top: u32, w: u32, h: u32, cw: u32, ch: u32) -> Rect {
     Rect::new(x, y, even(w.min(cw - x)), even(h.min(ch - y)))
 }
 
+/// Layouts waiting for their instant, at most (module docs of `modify_layout`).
+const MAX_PENDING_LAYOUTS: usize = 64;
+
 impl MixedRecorder {
-    /// ModifyCloudRecording: the new layout shows from the next output frame.
+    /// ModifyCloudRecording at server time `now_us`: the new layout shows
+    /// from the output frame of that instant on, whatever the output's
+    /// delay (the latency, and any wait for held media), so the recording
+    /// changes where the room did when the call was made.
+    pub fn modify_layout(&mut self, layout: MixLayout, now_us: i64) {
+        self.pending_layouts.push_back((now_us, layout));
+        // A caller that keeps calling Modify cannot pile layouts up: past
+        // the bound the oldest is put in force now (a later one follows
+        // within the output's delay anyway).
+        while self.pending_layouts.len() > MAX_PENDING_LAYOUTS {
+            if let Some((_, layout)) = self.pending_layouts.pop_front() {
+                self.set_layout(layout);
+            }
+        }
+    }
+
+    /// Image URLs of the layout in force and of those waiting for their instant.
+    fn wanted_image_urls(&self) -> Vec<String> {
+        let mut urls = self.layout.image_urls();
+        for (_, l) in &self.pending_layouts {
+            urls.extend(l.image_urls());
+        }
+        urls
+    }
+
+    /// Puts in force the layouts Modify set for instants up to output time `t`.
+    pub(super) fn apply_layouts_due(&mut self, t: i64) {
+        while self.pending_layouts.front().is_some_and(|(at, _)| *at <= t) {
+            if let Some((_, layout)) = self.pending_layouts.pop_front() {
+                self.set_layout(layout);
+            }
+        }
+    }
+
+    /// Puts a layout in force from the next output frame.
     pub fn set_layout(&mut self, layout: MixLayout) {
         let (cw, ch) = self.canvas_size();
         self.marks = layout
@@ -82,17 +119,18 @@ impl MixedRecorder {
                 )),
             })
             .collect();
-        // Only the new layout's images stay: a caller who keeps changing
-        // image URLs cannot pile decoded pictures up in memory.
-        let wanted = layout.image_urls();
-        self.images.retain(|url, _| wanted.contains(url));
+        // Only the images of the new layout (and of the layouts waiting for
+        // their instant) stay: a caller who keeps changing image URLs cannot
+        // pile decoded pictures up in memory.
         self.layout = layout;
+        let wanted = self.wanted_image_urls();
+        self.images.retain(|url, _| wanted.contains(url));
     }
 
     /// Images fetched for the layout, kept if the current layout uses them
     /// (one that arrives after a Modify dropped it is not).
     pub fn add_images(&mut self, images: Images) {
-        let wanted = self.layout.image_urls();
+        let wanted = self.wanted_image_urls();
         self.images
             .extend(images.into_iter().filter(|(url, _)| wanted.contains(url)));
     }
