@@ -429,6 +429,7 @@ fn frame(
         ntp_time: None,
         received_at: Instant::now(),
         received_wall: wall,
+        report_stamp: None,
         contiguous: true,
     }
 }

@@ -417,11 +417,13 @@ def test_dashboard_and_alerts_use_what_a_live_daemon_exports(kiroku, receiver, t
         api = d.sdk()
 
         # A publisher that ignores key-frame requests: recorders that join
-        # mid-GOP drop frames until its next key frame (every 2 s).
+        # mid-GOP drop frames until its next key frame (every 2 s). They join
+        # 2.5 s in: within a track's first 2 s the room would hand them the
+        # track from its start (room/head.rs), and nothing would drop.
         room = "7101"
         pub = Publisher(whip_url(d.url, APP_ID, room, "alice"), fps=15, keyframe_interval=2.0,
                         ignore_keyframe_requests=True).start(timeout=15)
-        time.sleep(0.5)
+        time.sleep(max(0.0, pub.started_at + 2.5 - time.time()))
         single = api.create(create_params(room=room, StorageParams=cloud_storage(["dash"])))
         mixed_params = create_params(room=room, mode=2)
         mixed_params["MixTranscodeParams"] = {

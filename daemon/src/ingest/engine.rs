@@ -654,6 +654,7 @@ impl IngestCore {
                     rtp_time: t.unwrap.extend(rtp32),
                     clock_rate,
                     ntp_time,
+                    report_stamp: d.last_sender_info.as_ref().map(|sr| sr.ntp_time),
                     received_at: d.network_time,
                     received_wall,
                     contiguous: d.contiguous,

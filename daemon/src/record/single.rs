@@ -637,6 +637,7 @@ mod tests {
                 ntp_time: Some(at(placed_us - self.skew_us - MIN_DELAY_US)),
                 received_at: Instant::now(),
                 received_wall: at(placed_us + jitter_us),
+                report_stamp: None,
                 contiguous: true,
             }
         }

@@ -9,9 +9,11 @@
 //!    ingest puts the SR-derived sender wall time on each frame).
 //! 2. A sender's first report can be wrong: some stacks (str0m among
 //!    them) send one before any media, pairing "now" with RTP time zero.
-//!    So a track holds its frames until a second, different report
-//!    confirms the mapping, or [`CONFIRM_US`] (longer than the usual 5 s
-//!    audio report interval) has passed; the latest report anchors.
+//!    So a track holds its frames until a second report confirms the
+//!    mapping (one that maps differently replaces a wrong first; one that
+//!    maps alike, told apart from a repeat by its own NTP stamp, confirms
+//!    it), or [`CONFIRM_US`] (longer than the usual 5 s audio report
+//!    interval) has passed; the latest report anchors.
 //! 3. A user's tracks share the sender's clock, so their sender times are
 //!    directly comparable: audio and video of one user line up as the
 //!    sender captured them.
@@ -126,6 +128,9 @@ pub struct TrackClock {
     anchor: Option<Anchor>,
     /// Mapping constant of the first report, and when it arrived.
     first_report: Option<(i128, i64)>,
+    /// The NTP stamp of the first report (tells a second report that maps
+    /// alike from a repeat of the first).
+    first_stamp: Option<i64>,
     confirmed: bool,
     released: bool,
     /// The first sender anchor placed frames from (module docs, step 5).
@@ -144,6 +149,7 @@ impl TrackClock {
             clock_rate: i64::from(clock_rate.max(1)),
             anchor: None,
             first_report: None,
+            first_stamp: None,
             confirmed: false,
             released: false,
             origin: None,
@@ -219,6 +225,7 @@ impl TrackClock {
             match self.anchor {
                 None | Some(Anchor::Sender { .. }) if !self.released => {
                     let c = self.mapping(frame.rtp_time, sender);
+                    let stamp = frame.report_stamp.map(unix_us);
                     match self.first_report {
                         None => self.first_report = Some((c, arrival)),
                         Some((first, _)) if (c - first).abs() > NEW_REPORT_US => {
@@ -228,8 +235,16 @@ impl TrackClock {
                             self.recent_reports
                                 .retain(|(m, _)| (*m - c).abs() <= NEW_REPORT_US);
                         }
+                        // Another report that maps alike confirms the first
+                        // (a wrong one could not agree with it).
+                        Some(_)
+                            if stamp.is_some_and(|s| self.first_stamp.is_some_and(|f| f != s)) =>
+                        {
+                            self.confirmed = true;
+                        }
                         Some(_) => {}
                     }
+                    self.first_stamp = self.first_stamp.or(stamp);
                     self.anchor = Some(latest);
                 }
                 Some(Anchor::Sender { rtp, at }) => {
@@ -389,6 +404,7 @@ mod tests {
             ntp_time: report_error_us.map(|e| at(T0 + capture_us + e)),
             received_at: Instant::now(),
             received_wall: at(T0 + capture_us + delay_us + skew_us),
+            report_stamp: None,
             contiguous: true,
         }
     }
@@ -463,6 +479,29 @@ mod tests {
         );
         assert_eq!(out.len() as i64, confirm_frames + 1);
         assert_eq!(out[0].0, T0 + 2_000);
+    }
+
+    #[test]
+    fn a_second_report_that_agrees_confirms_the_first_at_once() {
+        // Reports once a second that map alike (a steady sender's clock,
+        // like str0m's or a browser's): the second, told apart by its own
+        // NTP stamp, confirms the first; nothing waits for CONFIRM_US.
+        let mut user = UserClock::default();
+        let mut clock = TrackClock::new(48_000);
+        let mut out = Vec::new();
+        for i in 0..60i64 {
+            let mut f = frame(48_000, 0, i * 20_000, 2_000, 0, Some(0));
+            let report = i * 20_000 / 1_000_000;
+            f.report_stamp = Some(at(T0 + report * 1_000_000));
+            clock.push(f, &mut user, &mut out);
+            if i < 50 {
+                assert!(out.is_empty(), "frame {i}: only the first report yet");
+                assert!(clock.holding_since().is_some());
+            }
+        }
+        assert_eq!(out.len(), 60, "placed from the second report on");
+        assert_eq!(out[0].0, T0 + 2_000);
+        assert_eq!(clock.holding_since(), None);
     }
 
     #[test]

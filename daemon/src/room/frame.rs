@@ -47,6 +47,11 @@ pub struct MediaFrame {
     /// Sender wall-clock time of this frame from the latest RTCP sender
     /// report (`ntp + (rtp - sr_rtp) / clock_rate`); `None` before the first SR.
     pub ntp_time: Option<SystemTime>,
+    /// The NTP time stamped on that sender report: each report has its own,
+    /// so two reports that map RTP time alike are still told apart (the
+    /// recording timeline takes a second report as confirmation of the
+    /// first). `None` before the first SR.
+    pub report_stamp: Option<SystemTime>,
     /// When the first packet of this frame arrived here.
     pub received_at: Instant,
     /// Server wall-clock time of arrival (for BeginTimeStamp and file names).

@@ -101,6 +101,7 @@ mod tests {
             ntp_time: None,
             received_at: t0 + Duration::from_millis(ms),
             received_wall: SystemTime::now(),
+            report_stamp: None,
             contiguous: true,
         }
     }

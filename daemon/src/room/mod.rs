@@ -778,6 +778,7 @@ mod tests {
             ntp_time: None,
             received_at: Instant::now(),
             received_wall: SystemTime::now(),
+            report_stamp: None,
             contiguous: true,
         }
     }

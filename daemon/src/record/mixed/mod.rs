@@ -1169,6 +1169,7 @@ mod tests {
             ntp_time: None,
             received_at: Instant::now(),
             received_wall: at(T0 + n as i64 * FRAME_US),
+            report_stamp: None,
             contiguous: true,
         }
     }
@@ -1185,6 +1186,7 @@ mod tests {
             ntp_time: None,
             received_at: Instant::now(),
             received_wall: at(T0 + k as i64 * STEP_US),
+            report_stamp: None,
             contiguous: true,
         }
     }
