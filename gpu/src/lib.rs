@@ -13,6 +13,10 @@
 use std::sync::Arc;
 
 #[cfg(feature = "nvenc")]
+pub mod cuda;
+#[cfg(feature = "nvenc")]
+pub mod nvdec;
+#[cfg(feature = "nvenc")]
 pub mod nvenc;
 
 pub mod cpu;

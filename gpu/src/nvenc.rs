@@ -38,6 +38,7 @@ use nvidia_video_codec_sdk::sys::nvEncodeAPI::{
     NV_ENC_LEVEL, NV_ENC_PIC_TYPE,
 };
 
+use crate::cuda::DriverError;
 use crate::{chroma_size, EncodeError, EncodedFrame, EncoderSettings, Picture, VideoEncoder};
 
 mod ffi;
@@ -73,17 +74,9 @@ pub fn probe() -> Probe {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Unavailable {
-    #[error("{library} could not be loaded (is the NVIDIA driver installed?): {detail}")]
-    LibraryMissing {
-        library: &'static str,
-        detail: String,
-    },
-    #[error("{library} has no {symbol} (driver too old?): {detail}")]
-    SymbolMissing {
-        library: &'static str,
-        symbol: &'static str,
-        detail: String,
-    },
+    /// The driver's libraries or CUDA, shared with NVDEC.
+    #[error(transparent)]
+    Driver(#[from] DriverError),
     #[error(
         "the NVIDIA driver supports NVENC API {driver} at most, this build needs {required}: \
          update the driver"
@@ -94,8 +87,6 @@ pub enum Unavailable {
     },
     #[error("the driver's NVENC function table lacks {0}")]
     MissingFunction(&'static str),
-    #[error("no CUDA device")]
-    NoCudaDevice,
     #[error(
         "{device} has no NVENC engine ({status}); data-centre GPUs such as the H100 and H200 \
          have none"
@@ -103,8 +94,6 @@ pub enum Unavailable {
     NoEncoder { device: String, status: NvencStatus },
     #[error("the NVENC engine of {device} cannot encode H.264")]
     NoH264 { device: String },
-    #[error("CUDA {call} failed: {error}")]
-    Cuda { call: &'static str, error: String },
     #[error("NVENC: {0}")]
     Nvenc(NvencCallError),
 }

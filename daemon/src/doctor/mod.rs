@@ -491,17 +491,39 @@ async fn gpu(report: &mut Report) {
         Err(e) => report.push(Finding::warn("gpu", e.to_string(), "report this")),
     }
     report.push(nvenc());
-    let nvdec = ["/dev/nvidia0", "/dev/nvidiactl"]
+    report.push(nvdec());
+}
+
+#[cfg(feature = "nvenc")]
+fn nvdec() -> Finding {
+    match kiroku_gpu::nvdec::probe_h264() {
+        kiroku_gpu::nvdec::Probe::Available(d) => Finding::ok(
+            "nvdec",
+            format!(
+                "{}: {} NVDEC engine(s), H.264 up to {}x{}; kiroku decodes on the CPU (NVDEC is not used yet)",
+                d.device_name, d.engines, d.max_width, d.max_height
+            ),
+        ),
+        kiroku_gpu::nvdec::Probe::Unavailable(why) => Finding::ok(
+            "nvdec",
+            format!("not available ({why}); kiroku decodes on the CPU"),
+        ),
+    }
+}
+
+#[cfg(not(feature = "nvenc"))]
+fn nvdec() -> Finding {
+    let device = ["/dev/nvidia0", "/dev/nvidiactl"]
         .iter()
         .all(|p| Path::new(p).exists());
-    report.push(Finding::ok(
+    Finding::ok(
         "nvdec",
-        if nvdec {
-            "an NVIDIA device is present; kiroku decodes on the CPU (NVDEC is not used yet)"
+        if device {
+            "an NVIDIA device is present, not probed (build with --features nvenc); kiroku decodes on the CPU"
         } else {
             "no NVIDIA device; kiroku decodes on the CPU"
         },
-    ));
+    )
 }
 
 #[cfg(feature = "nvenc")]

@@ -12,7 +12,7 @@
 //!   field through raw pointers.
 #![allow(unsafe_code)]
 
-use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
+use std::ffi::{c_char, c_void, CStr};
 use std::mem::MaybeUninit;
 use std::ptr;
 use std::sync::OnceLock;
@@ -23,10 +23,10 @@ use nvidia_video_codec_sdk::sys::nvEncodeAPI::{self as sys, GUID, NVENCSTATUS};
 use super::{
     nv12_len, write_nv12, ApiVersion, EncodePlan, NvencCallError, NvencStatus, Unavailable,
 };
+use crate::cuda::{self, load_library, symbol, Device};
 use crate::{EncodeError, Picture};
 
 const NVENC_LIBRARY: &str = "libnvidia-encode.so.1";
-const CUDA_LIBRARY: &str = "libcuda.so.1";
 
 /// P1 is the fastest preset and P7 the best; P4 is the middle, and the
 /// low-latency tuning turns off what would delay output (B-frames,
@@ -39,13 +39,6 @@ const INPUT_FORMAT: sys::NV_ENC_BUFFER_FORMAT =
 /// `NVENCSTATUS` as C returns it.
 type Status = u32;
 type RawEncoder = *mut c_void;
-
-/// `CUresult`; 0 is `CUDA_SUCCESS`.
-type CuResult = c_uint;
-type CuDevice = c_int;
-type CuContext = *mut c_void;
-const CUDA_SUCCESS: CuResult = 0;
-const CUDA_ERROR_NO_DEVICE: CuResult = 100;
 
 /// The NVENC entry points this module calls, out of the driver's table.
 struct EncodeApi {
@@ -189,94 +182,14 @@ impl EncodeApi {
     }
 }
 
-/// The CUDA driver API entry points this module calls (prototypes from
-/// `cuda.h`).
-struct CudaApi {
-    init: unsafe extern "C" fn(c_uint) -> CuResult,
-    device_get_count: unsafe extern "C" fn(*mut c_int) -> CuResult,
-    device_get: unsafe extern "C" fn(*mut CuDevice, c_int) -> CuResult,
-    device_get_name: unsafe extern "C" fn(*mut c_char, c_int, CuDevice) -> CuResult,
-    primary_ctx_retain: unsafe extern "C" fn(*mut CuContext, CuDevice) -> CuResult,
-    primary_ctx_release: unsafe extern "C" fn(CuDevice) -> CuResult,
-    get_error_name: unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult,
-}
-
-impl CudaApi {
-    fn load(library: &Library) -> Result<Self, Unavailable> {
-        // SAFETY: each type is the C prototype of the named function in
-        // cuda.h (the `_v2` names are what the header's macros select).
-        unsafe {
-            Ok(Self {
-                init: symbol(library, CUDA_LIBRARY, "cuInit")?,
-                device_get_count: symbol(library, CUDA_LIBRARY, "cuDeviceGetCount")?,
-                device_get: symbol(library, CUDA_LIBRARY, "cuDeviceGet")?,
-                device_get_name: symbol(library, CUDA_LIBRARY, "cuDeviceGetName")?,
-                primary_ctx_retain: symbol(library, CUDA_LIBRARY, "cuDevicePrimaryCtxRetain")?,
-                primary_ctx_release: symbol(library, CUDA_LIBRARY, "cuDevicePrimaryCtxRelease_v2")?,
-                get_error_name: symbol(library, CUDA_LIBRARY, "cuGetErrorName")?,
-            })
-        }
-    }
-
-    fn check(&self, call: &'static str, result: CuResult) -> Result<(), Unavailable> {
-        if result == CUDA_SUCCESS {
-            return Ok(());
-        }
-        let mut name: *const c_char = ptr::null();
-        // SAFETY: writes one pointer; on success it points to a static,
-        // NUL-terminated string inside the driver.
-        let named = unsafe { (self.get_error_name)(result, &mut name) } == CUDA_SUCCESS;
-        let error = if named && !name.is_null() {
-            // SAFETY: see above.
-            let name = unsafe { CStr::from_ptr(name) }.to_string_lossy();
-            format!("{name} ({result})")
-        } else {
-            format!("CUresult {result}")
-        };
-        Err(Unavailable::Cuda { call, error })
-    }
-}
-
-fn load_library(name: &'static str) -> Result<Library, Unavailable> {
-    // SAFETY: loading runs the library's initialisers. These are the NVIDIA
-    // driver's own libraries, which expect to be opened at run time (that
-    // is how the CUDA runtime and NVIDIA's samples reach them).
-    unsafe { Library::new(name) }.map_err(|error| Unavailable::LibraryMissing {
-        library: name,
-        detail: error.to_string(),
-    })
-}
-
-/// Looks `name` up in `library` and copies the function pointer out.
-///
-/// # Safety
-/// `T` must be the function pointer type of `name`'s C prototype, and
-/// `library` must stay loaded for as long as the pointer is used (the
-/// [`Driver`] is never unloaded).
-unsafe fn symbol<T: Copy>(
-    library: &Library,
-    library_name: &'static str,
-    name: &'static str,
-) -> Result<T, Unavailable> {
-    // SAFETY: the caller vouches for `T`.
-    unsafe { library.get::<T>(name.as_bytes()) }
-        .map(|found| *found)
-        .map_err(|error| Unavailable::SymbolMissing {
-            library: library_name,
-            symbol: name,
-            detail: error.to_string(),
-        })
-}
-
 /// The driver's libraries, opened and initialised once per process.
 struct Driver {
     max_api_version: ApiVersion,
     encode: EncodeApi,
-    cuda: CudaApi,
     /// Keeps the function pointers above valid. The `Driver` lives in a
-    /// static and is never dropped: unloading libcuda while its threads
-    /// run is not supported, and reloading would gain nothing.
-    _libraries: [Library; 2],
+    /// static and is never dropped: unloading the driver's libraries while
+    /// their threads run is not supported, and reloading would gain nothing.
+    _library: Library,
 }
 
 static DRIVER: OnceLock<Result<Driver, Unavailable>> = OnceLock::new();
@@ -336,85 +249,22 @@ impl Driver {
         }
         let encode = EncodeApi::from_list(&list)?;
 
-        let cuda_library = load_library(CUDA_LIBRARY)?;
-        let cuda = CudaApi::load(&cuda_library)?;
-        // SAFETY: cuInit takes flags, which must be 0.
-        match unsafe { (cuda.init)(0) } {
-            CUDA_ERROR_NO_DEVICE => return Err(Unavailable::NoCudaDevice),
-            result => cuda.check("cuInit", result)?,
-        }
+        // NVENC sessions run on a CUDA context: without a working CUDA
+        // driver there is no encoder either.
+        cuda::cuda()?;
         tracing::debug!(%max_api_version, "NVIDIA driver loaded");
         Ok(Self {
             max_api_version,
             encode,
-            cuda,
-            _libraries: [nvenc_library, cuda_library],
+            _library: nvenc_library,
         })
-    }
-}
-
-/// The first CUDA device, with its primary context retained while this
-/// lives. NVENC wants a floating context (current to no thread): the
-/// primary context is one as long as nobody makes it current, and sharing
-/// it spares each encoder a context of its own, which costs GPU memory.
-struct Device {
-    driver: &'static Driver,
-    ordinal: CuDevice,
-    context: CuContext,
-    name: String,
-}
-
-impl Device {
-    fn first(driver: &'static Driver) -> Result<Self, Unavailable> {
-        let cuda = &driver.cuda;
-        let mut count = 0;
-        // SAFETY: writes one int.
-        cuda.check("cuDeviceGetCount", unsafe {
-            (cuda.device_get_count)(&mut count)
-        })?;
-        if count < 1 {
-            return Err(Unavailable::NoCudaDevice);
-        }
-        let mut ordinal = 0;
-        // SAFETY: writes one CUdevice; index 0 exists since count ≥ 1.
-        cuda.check("cuDeviceGet", unsafe { (cuda.device_get)(&mut ordinal, 0) })?;
-        let mut name = [0u8; 256];
-        // SAFETY: the buffer holds the length passed; the driver writes a
-        // NUL-terminated name within it.
-        cuda.check("cuDeviceGetName", unsafe {
-            (cuda.device_get_name)(name.as_mut_ptr().cast(), name.len() as c_int, ordinal)
-        })?;
-        let name = CStr::from_bytes_until_nul(&name)
-            .map(|text| text.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| String::from_utf8_lossy(&name).into_owned());
-        let mut context = ptr::null_mut();
-        // SAFETY: writes one CUcontext for a device that exists.
-        cuda.check("cuDevicePrimaryCtxRetain", unsafe {
-            (cuda.primary_ctx_retain)(&mut context, ordinal)
-        })?;
-        Ok(Self {
-            driver,
-            ordinal,
-            context,
-            name,
-        })
-    }
-}
-
-impl Drop for Device {
-    fn drop(&mut self) {
-        // SAFETY: balances the retain in `first`; the encode session that
-        // used the context was destroyed before (it is dropped first).
-        let result = unsafe { (self.driver.cuda.primary_ctx_release)(self.ordinal) };
-        if let Err(error) = self.driver.cuda.check("cuDevicePrimaryCtxRelease", result) {
-            tracing::warn!(%error, "releasing the CUDA context failed");
-        }
     }
 }
 
 /// An NVENC session on the first CUDA device, able to encode H.264.
 pub(super) struct Session {
     encoder: RawEncoder,
+    driver: &'static Driver,
     /// Dropped after `Session::drop` has destroyed the encoder.
     device: Device,
 }
@@ -422,11 +272,11 @@ pub(super) struct Session {
 impl Session {
     pub(super) fn open() -> Result<Self, Unavailable> {
         let driver = driver()?;
-        let device = Device::first(driver)?;
+        let device = Device::first()?;
         let mut params = sys::NV_ENC_OPEN_ENCODE_SESSION_EX_PARAMS::zeroed();
         params.version = sys::NV_ENC_OPEN_ENCODE_SESSION_EX_PARAMS_VER;
         params.deviceType = sys::NV_ENC_DEVICE_TYPE::NV_ENC_DEVICE_TYPE_CUDA;
-        params.device = device.context;
+        params.device = device.context();
         params.apiVersion = ApiVersion::BUILT.to_session_word();
         let mut encoder = ptr::null_mut();
         // SAFETY: versioned parameters naming a retained CUDA context; the
@@ -446,7 +296,7 @@ impl Session {
                     || status.is(NV_ENC_ERR_UNSUPPORTED_DEVICE)
                 {
                     Unavailable::NoEncoder {
-                        device: device.name.clone(),
+                        device: device.name().to_owned(),
                         status,
                     }
                 } else {
@@ -458,25 +308,29 @@ impl Session {
                 },
             );
         }
-        let session = Session { encoder, device };
+        let session = Session {
+            encoder,
+            driver,
+            device,
+        };
         if !session.encodes_h264().map_err(Unavailable::Nvenc)? {
             return Err(Unavailable::NoH264 {
-                device: session.device.name.clone(),
+                device: session.device.name().to_owned(),
             });
         }
         Ok(session)
     }
 
     pub(super) fn max_api_version(&self) -> ApiVersion {
-        self.device.driver.max_api_version
+        self.driver.max_api_version
     }
 
     pub(super) fn device_name(&self) -> &str {
-        &self.device.name
+        self.device.name()
     }
 
     fn api(&self) -> &'static EncodeApi {
-        &self.device.driver.encode
+        &self.driver.encode
     }
 
     fn check(&self, call: &'static str, status: Status) -> Result<(), NvencCallError> {
@@ -920,6 +774,7 @@ fn pic_params() -> sys::NV_ENC_PIC_PARAMS {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cuda::DriverError;
     use crate::nvenc::{probe, NvencEncoder, Probe};
     use crate::EncoderSettings;
 
@@ -1039,10 +894,10 @@ mod tests {
             assert!(
                 !matches!(
                     probed,
-                    Probe::Unavailable(Unavailable::LibraryMissing {
+                    Probe::Unavailable(Unavailable::Driver(DriverError::LibraryMissing {
                         library: NVENC_LIBRARY,
                         ..
-                    })
+                    }))
                 ),
                 "{probed:?}"
             );
@@ -1051,7 +906,7 @@ mod tests {
                 panic!("available without {NVENC_LIBRARY}: {probed:?}");
             };
             assert!(
-                matches!(&reason, Unavailable::LibraryMissing { library: NVENC_LIBRARY, detail } if !detail.is_empty()),
+                matches!(&reason, Unavailable::Driver(DriverError::LibraryMissing { library: NVENC_LIBRARY, detail }) if !detail.is_empty()),
                 "{reason:?}"
             );
             assert!(reason.to_string().starts_with(
