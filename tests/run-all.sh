@@ -54,7 +54,7 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-step "cargo clippy --features nvenc (NVENC bindings: built and unit-tested without a GPU)"
+step "cargo clippy --features nvenc (NVENC and NVDEC bindings: built and unit-tested without a GPU)"
 cargo clippy -p kiroku-gpu --features nvenc --all-targets --locked -- -D warnings
 cargo clippy -p kiroku --features nvenc --locked -- -D warnings
 step "cargo build"
@@ -62,7 +62,7 @@ cargo build --workspace --locked
 step "cargo test (required: ffprobe/moto (TOOLS), the wgpu compositor on lavapipe (GPU_TESTS), io_uring for the spool (URING))"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 KIROKU_REQUIRE_TOOLS=1 KIROKU_REQUIRE_GPU_TESTS=1 KIROKU_REQUIRE_URING=1 cargo test --workspace --locked
-KIROKU_REQUIRE_GPU_TESTS=1 cargo test -p kiroku-gpu --features nvenc --locked nvenc
+KIROKU_REQUIRE_GPU_TESTS=1 cargo test -p kiroku-gpu --features nvenc --locked -- nvenc nvdec cuda
 
 # --- end to end -----------------------------------------------------------
 step "end-to-end tests (tests/e2e, Tencent SDK against the real binary)"
