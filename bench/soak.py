@@ -32,6 +32,11 @@ Objects. A janitor lists the bucket every 20 s, counts every segment key
 once and deletes it (moto keeps objects in memory: an hour of 80 % load
 would not fit); playlists stay.
 
+Priority. The publishers and moto run at `--rig-nice` (10 by default, the
+niceness of the daemon's recorders): on a real box the publishers are
+elsewhere, and at the daemon's own priority the rig outranks the recorders
+it feeds, which then store segments late for want of CPU.
+
 Figures and goals (PASS / FAIL; "not available in this build" for a metric
 the binary lacks):
 - daemon RSS at the end of the warm-up and at the end of the load: growth
@@ -71,6 +76,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shlex
 import shutil
@@ -130,8 +136,9 @@ class PublisherLoop(threading.Thread):
     until stopped; each run is its own `kiroku publish` process."""
 
     def __init__(self, kiroku: str, url: str, rooms: str, user: str, delay: float, durations: tuple[float, float],
-                 pauses: tuple[float, float], log_dir: Path, rng: random.Random):
+                 pauses: tuple[float, float], log_dir: Path, rng: random.Random, nice: int = 0):
         super().__init__(daemon=True)
+        self.nice = nice
         self.kiroku, self.url, self.rooms, self.user = kiroku, url, rooms, user
         self.delay, self.durations, self.pauses = delay, durations, pauses
         self.log_dir, self.rng = log_dir, rng
@@ -165,7 +172,8 @@ class PublisherLoop(threading.Thread):
                     [self.kiroku, "publish", "--url", self.url, "--rooms", self.rooms, "--count", "1",
                      "--user", self.user, "--duration", f"{duration:.1f}", "--json", "--width", "320",
                      "--height", "180", "--fps", "15", "--bitrate", "200000"],
-                    stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+                    stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
+                    preexec_fn=(lambda: os.nice(self.nice)) if self.nice else None)
             out, _ = self.proc.communicate()
             run.ended, run.rc = time.time(), self.proc.returncode
             try:
@@ -309,7 +317,7 @@ def run_soak(kiroku: str, minutes: float, tasks: int | None = None, *, segment_s
              modify_every: float = 30.0, publish_seconds: tuple[float, float] = (40.0, 120.0),
              pause_seconds: tuple[float, float] = (3.0, 15.0), seed: int = 19, work: Path | None = None,
              make_daemon: Callable[[str, dict], Daemon] | None = None, daemon_wrapper: list[str] | None = None,
-             log=print) -> SoakResult:
+             rig_nice: int = 0, log=print) -> SoakResult:
     BUCKET, Moto, Relay, cloud_storage, storage_config = storage_pieces()
     own_work = work is None
     work = Path(work or tempfile.mkdtemp(prefix="kiroku-soak-"))
@@ -319,6 +327,8 @@ def run_soak(kiroku: str, minutes: float, tasks: int | None = None, *, segment_s
     warmup = warmup_seconds if warmup_seconds is not None else min(120.0, total * 0.15)
     rng = random.Random(seed)
     moto = Moto()
+    if rig_nice:
+        os.setpriority(os.PRIO_PROCESS, moto.proc.pid, rig_nice)
     moto.client.create_bucket(Bucket=BUCKET)
     relay = Relay(moto.port)
     receiver = CallbackReceiver().start()
@@ -380,7 +390,7 @@ def run_soak(kiroku: str, minutes: float, tasks: int | None = None, *, segment_s
         stagger = min(20.0, warmup / 3)
         for k, (span, user) in enumerate(slots):
             loop = PublisherLoop(kiroku, d.url, span, user, k * stagger / len(slots), publish_seconds,
-                                 pause_seconds, work / "publishers", random.Random(rng.random()))
+                                 pause_seconds, work / "publishers", random.Random(rng.random()), rig_nice)
             loops.append(loop)
             loop.start()
         modifier = Modifier(d, task_ids, modify_every)
@@ -677,6 +687,10 @@ def main() -> int:
     ap.add_argument("--publish-seconds", type=float, nargs=2, default=(40, 120), metavar=("MIN", "MAX"))
     ap.add_argument("--pause-seconds", type=float, nargs=2, default=(3, 15), metavar=("MIN", "MAX"))
     ap.add_argument("--keep", metavar="DIR", help="work in DIR and keep it")
+    ap.add_argument("--rig-nice", type=int, default=10, metavar="N",
+                    help="run the publishers and moto at nice N (default 10, the daemon's recorders' own): on a "
+                         "real box the publishers are elsewhere, and here they would otherwise outrank the "
+                         "recorders they feed")
     ap.add_argument("--daemon-wrapper", metavar="CMD",
                     help="run the daemon under CMD (e.g. \"heaptrack -o /tmp/soak\" to see where memory goes)")
     args = ap.parse_args()
@@ -686,7 +700,8 @@ def main() -> int:
                  warmup_seconds=args.warmup, outage_seconds=args.outage_seconds, modify_every=args.modify_every,
                  publish_seconds=tuple(args.publish_seconds), pause_seconds=tuple(args.pause_seconds),
                  work=Path(args.keep) if args.keep else None,
-                 daemon_wrapper=shlex.split(args.daemon_wrapper) if args.daemon_wrapper else None)
+                 daemon_wrapper=shlex.split(args.daemon_wrapper) if args.daemon_wrapper else None,
+                 rig_nice=args.rig_nice)
     print_result(r)
     print(json.dumps(r.to_json(), default=str))
     return 0 if r.passed else 1

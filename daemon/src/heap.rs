@@ -19,8 +19,18 @@
 //! (threads at different priorities queue on fewer arena locks; see
 //! docs/performance.md, "Soak").
 //!
-//! `malloc_trim` and `mallinfo2` have no safe wrapper in the crates the
-//! daemon uses, so this module holds two FFI calls.
+//! What the trim could not return was the pages pinned by small long-lived
+//! allocations made between segment buffers. glibc serves a block of at
+//! least `M_MMAP_THRESHOLD` with its own `mmap`, which `free` unmaps at
+//! once; but the threshold is dynamic, raised to the size of every mapped
+//! block freed, so after the first segment every segment buffer (256 KiB
+//! and up) came from the arenas and fragmented them. [`map_large_blocks`]
+//! fixes the threshold at [`MMAP_THRESHOLD`] at start-up: segment buffers
+//! stay out of the arenas, and their pages go back the moment they are
+//! freed (see docs/performance.md, "Soak").
+//!
+//! `malloc_trim`, `mallopt` and `mallinfo2` have no safe wrapper in the
+//! crates the daemon uses, so this module holds three FFI calls.
 #![allow(unsafe_code)]
 
 use std::time::Duration;
@@ -28,6 +38,28 @@ use std::time::Duration;
 /// How often the daemon trims: often enough that an hour's RSS follows the
 /// live heap, rarely enough that the arena locks it takes never show.
 pub const TRIM_EVERY: Duration = Duration::from_secs(30);
+
+/// Blocks from this size up get their own mapping: a segment buffer starts
+/// at 256 KiB (hls/stream.rs), media frames and packets stay far below.
+pub const MMAP_THRESHOLD: usize = 256 * 1024;
+
+/// Fixes glibc's mmap threshold at [`MMAP_THRESHOLD`] (which also stops
+/// glibc from raising it). Call once at start, before the worker threads.
+/// Returns whether it took; always false where the C library is not glibc.
+pub fn map_large_blocks() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let Ok(threshold) = libc::c_int::try_from(MMAP_THRESHOLD) else {
+            return false;
+        };
+        // SAFETY: no pointers cross; glibc takes its own lock.
+        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, threshold) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
 
 /// Releases the free pages of every malloc arena. Returns whether any
 /// memory went back to the kernel; always false where the C library is not
@@ -89,6 +121,34 @@ mod tests {
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         pages * u64::try_from(page).expect("page size")
+    }
+
+    /// Without the fixed threshold, freeing a mapped 4 MiB block raises
+    /// glibc's threshold to 4 MiB and the next 1 MiB buffers come from an
+    /// arena; with it they are mapped, and unmapped when freed.
+    #[test]
+    fn segment_sized_blocks_stay_mapped_after_a_larger_one_is_freed() {
+        const MIB: u64 = 1 << 20;
+        std::thread::spawn(|| {
+            assert!(map_large_blocks());
+            drop(vec![3u8; 4 << 20]);
+            let mapped = || {
+                // SAFETY: as in `usage`.
+                let m = unsafe { libc::mallinfo2() };
+                u64::try_from(m.hblkhd).expect("fits")
+            };
+            let before = mapped();
+            let buffers: Vec<Vec<u8>> = (0..8).map(|_| vec![4u8; 1 << 20]).collect();
+            let held = mapped();
+            // Other tests' threads map and unmap too: 8 MiB held, 4 required.
+            assert!(
+                held.saturating_sub(before) >= 4 * MIB,
+                "mapped {before} -> {held} bytes"
+            );
+            assert!(buffers.iter().all(|b| b[(1 << 20) - 1] == 4));
+        })
+        .join()
+        .expect("thread");
     }
 
     #[test]

@@ -537,6 +537,9 @@ async fn shutdown_signal() {
 
 fn serve(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
+    if !kiroku::heap::map_large_blocks() {
+        tracing::debug!("the C library's mmap threshold is its own (not glibc)");
+    }
     if config.dev_mode() {
         tracing::warn!(
             listen = %config.server.listen,

@@ -102,26 +102,49 @@ pub fn decode_id(encoded: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
+/// Unix ms of `t`; 0 before the epoch.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 /// `YYYYMMDDhhmmssSSS` in UTC.
 pub fn utc17(t: SystemTime) -> String {
-    let ms = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i128)
-        .unwrap_or(0);
-    let secs = (ms / 1000) as i64;
-    match time::OffsetDateTime::from_unix_timestamp(secs) {
-        Ok(d) => format!(
-            "{:04}{:02}{:02}{:02}{:02}{:02}{:03}",
-            d.year(),
-            u8::from(d.month()),
-            d.day(),
-            d.hour(),
-            d.minute(),
-            d.second(),
-            ms % 1000
-        ),
-        Err(_) => "00000000000000000".to_owned(),
+    Utc17(unix_ms(t)).to_string()
+}
+
+/// Unix ms written as `YYYYMMDDhhmmssSSS` in UTC, without allocating (a
+/// playlist writes one per segment line).
+#[derive(Debug, Clone, Copy)]
+pub struct Utc17(pub u64);
+
+impl std::fmt::Display for Utc17 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0;
+        let secs = i64::try_from(ms / 1000).unwrap_or(i64::MAX);
+        match time::OffsetDateTime::from_unix_timestamp(secs) {
+            Ok(d) => write!(
+                f,
+                "{:04}{:02}{:02}{:02}{:02}{:02}{:03}",
+                d.year(),
+                u8::from(d.month()),
+                d.day(),
+                d.hour(),
+                d.minute(),
+                d.second(),
+                ms % 1000
+            ),
+            Err(_) => f.write_str("00000000000000000"),
+        }
     }
+}
+
+/// A segment's file name: its playlist's name without `.m3u8`, `_`, its
+/// start, `.ts` (what [`Naming::single_segment`] and
+/// [`Naming::mixed_segment`] write).
+pub fn segment_name(playlist_base: &str, start_ms: u64) -> String {
+    format!("{playlist_base}_{}.ts", Utc17(start_ms))
 }
 
 /// `YYYYMMDDhhmmssSSS` (UTC) as Unix ms.
@@ -226,11 +249,7 @@ impl Naming {
         ty: TrackType,
         start: SystemTime,
     ) -> String {
-        format!(
-            "{}_{}.ts",
-            self.single_base(user_id, media, ty),
-            utc17(start)
-        )
+        segment_name(&self.single_base(user_id, media, ty), unix_ms(start))
     }
 
     /// `index` 0 = not split (no suffix).
@@ -253,7 +272,7 @@ impl Naming {
     }
 
     pub fn mixed_segment(&self, start: SystemTime) -> String {
-        format!("{}_{}.ts", self.stem, utc17(start))
+        segment_name(&self.stem, unix_ms(start))
     }
 
     pub fn mixed_mp4(&self, index: u32) -> String {

@@ -34,6 +34,8 @@
 
 use std::fmt::Write;
 
+use crate::hls::naming::{segment_name, Utc17};
+
 /// Why a text is not a media playlist [`Playlist::parse`] can use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -165,31 +167,169 @@ impl Playlist {
     }
 
     /// The text as if the playlist had (or had not) ended, without copying
-    /// its segments: the journal records the open playlist at every
-    /// segment's first frame.
+    /// its segments.
     pub fn render_as(&self, ended: bool) -> String {
-        let mut out = String::with_capacity(256 + self.segments.len() * 96);
-        let _ = writeln!(out, "#EXTM3U");
-        let _ = writeln!(out, "#EXT-X-VERSION:3");
-        let _ = writeln!(out, "#EXT-X-ALLOW-CACHE:NO");
-        let _ = writeln!(out, "#EXT-X-MEDIA-SEQUENCE:0");
-        let _ = writeln!(out, "#EXT-X-TARGETDURATION:{}", self.target_duration());
-        let _ = writeln!(out, "#EXT-X-TRTC-START-REC-TIME:{}", self.start_rec_time_ms);
-        if let Some((w, h)) = self.video_size {
-            let _ = writeln!(out, "#EXT-X-TRTC-VIDEO-METADATA:WIDTH:{w} HEIGHT:{h}");
-        }
-        for s in &self.segments {
-            if s.discontinuity {
-                let _ = writeln!(out, "#EXT-X-DISCONTINUITY");
-            }
-            let _ = writeln!(out, "#EXTINF:{:.3}", s.duration_seconds);
-            let _ = writeln!(out, "{}", s.file_name);
-        }
-        if ended {
-            let _ = writeln!(out, "#EXT-X-ENDLIST");
-        }
-        out
+        write_playlist(
+            Header {
+                start_rec_time_ms: self.start_rec_time_ms,
+                video_size: self.video_size,
+                target_duration: self.target_duration(),
+                segments: self.segments.len(),
+            },
+            self.segments
+                .iter()
+                .map(|s| (&s.file_name, s.duration_seconds, s.discontinuity)),
+            ended,
+        )
     }
+}
+
+/// The playlist a recorder writes while it records.
+///
+/// Its segments are named `<playlist name without .m3u8>_<UTC17>.ts`
+/// (naming.rs), so each entry keeps its start instead of its name: 24
+/// bytes a segment where a [`Playlist`] entry with its name takes about
+/// 150. The entries live as long as the stream does (the whole playlist is
+/// rewritten at every cut), which made them most of what a long recording's
+/// memory grew by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StampedPlaylist {
+    /// `#EXT-X-TRTC-START-REC-TIME`: server Unix ms of the first media.
+    pub start_rec_time_ms: u64,
+    /// `#EXT-X-TRTC-VIDEO-METADATA`, for video playlists.
+    pub video_size: Option<(u32, u32)>,
+    /// `#EXT-X-ENDLIST`: the stream ended.
+    pub ended: bool,
+    base: String,
+    segments: Vec<StampedSegment>,
+    target_duration: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct StampedSegment {
+    start_ms: u64,
+    duration_seconds: f64,
+    discontinuity: bool,
+}
+
+impl StampedPlaylist {
+    /// `playlist_name` is the `.m3u8` file's name; its segments' names
+    /// start with it, less the extension.
+    pub fn new(
+        playlist_name: &str,
+        start_rec_time_ms: u64,
+        video_size: Option<(u32, u32)>,
+    ) -> Self {
+        Self {
+            start_rec_time_ms,
+            video_size,
+            ended: false,
+            base: playlist_name
+                .strip_suffix(".m3u8")
+                .unwrap_or(playlist_name)
+                .to_owned(),
+            segments: Vec::new(),
+            target_duration: 1,
+        }
+    }
+
+    /// The name of this playlist's segment that starts at `start_ms`.
+    pub fn segment_name(&self, start_ms: u64) -> String {
+        segment_name(&self.base, start_ms)
+    }
+
+    pub fn push(&mut self, start_ms: u64, duration_seconds: f64, discontinuity: bool) {
+        self.target_duration = self
+            .target_duration
+            .max(duration_seconds.max(0.0).ceil() as u64);
+        self.segments.push(StampedSegment {
+            start_ms,
+            duration_seconds,
+            discontinuity,
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.segments.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.segments.len()
+    }
+
+    pub fn render(&self) -> String {
+        self.render_as(self.ended)
+    }
+
+    /// As [`Playlist::render_as`]: the journal records the open playlist
+    /// at every segment's first frame.
+    pub fn render_as(&self, ended: bool) -> String {
+        write_playlist(
+            Header {
+                start_rec_time_ms: self.start_rec_time_ms,
+                video_size: self.video_size,
+                target_duration: self.target_duration,
+                segments: self.segments.len(),
+            },
+            self.segments.iter().map(|s| {
+                (
+                    SegmentName(&self.base, s.start_ms),
+                    s.duration_seconds,
+                    s.discontinuity,
+                )
+            }),
+            ended,
+        )
+    }
+}
+
+/// `<base>_<UTC17>.ts`, written without an intermediate string.
+struct SegmentName<'a>(&'a str, u64);
+
+impl std::fmt::Display for SegmentName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}_{}.ts", self.0, Utc17(self.1))
+    }
+}
+
+struct Header {
+    start_rec_time_ms: u64,
+    video_size: Option<(u32, u32)>,
+    target_duration: u64,
+    segments: usize,
+}
+
+/// The one writer of the playlist text, for both representations.
+fn write_playlist<N: std::fmt::Display>(
+    header: Header,
+    segments: impl Iterator<Item = (N, f64, bool)>,
+    ended: bool,
+) -> String {
+    let mut out = String::with_capacity(256 + header.segments.saturating_mul(96));
+    let _ = writeln!(out, "#EXTM3U");
+    let _ = writeln!(out, "#EXT-X-VERSION:3");
+    let _ = writeln!(out, "#EXT-X-ALLOW-CACHE:NO");
+    let _ = writeln!(out, "#EXT-X-MEDIA-SEQUENCE:0");
+    let _ = writeln!(out, "#EXT-X-TARGETDURATION:{}", header.target_duration);
+    let _ = writeln!(
+        out,
+        "#EXT-X-TRTC-START-REC-TIME:{}",
+        header.start_rec_time_ms
+    );
+    if let Some((w, h)) = header.video_size {
+        let _ = writeln!(out, "#EXT-X-TRTC-VIDEO-METADATA:WIDTH:{w} HEIGHT:{h}");
+    }
+    for (name, duration_seconds, discontinuity) in segments {
+        if discontinuity {
+            let _ = writeln!(out, "#EXT-X-DISCONTINUITY");
+        }
+        let _ = writeln!(out, "#EXTINF:{duration_seconds:.3}");
+        let _ = writeln!(out, "{name}");
+    }
+    if ended {
+        let _ = writeln!(out, "#EXT-X-ENDLIST");
+    }
+    out
 }
 
 /// `WIDTH:1920 HEIGHT:1080`.
@@ -357,5 +497,51 @@ mod tests {
             Playlist::parse("#EXTM3U\n#EXTINF:1\n#EXT-X-ENDLIST\n"),
             Err(E::DanglingExtinf { line: 2 })
         );
+    }
+
+    #[test]
+    fn a_stamped_playlist_writes_what_a_named_one_does() {
+        use crate::domain::params::RoomId;
+        use crate::hls::naming::{Media, Naming, TrackType};
+        use std::time::{Duration, UNIX_EPOCH};
+
+        let naming = Naming::new(
+            &["p".into()],
+            "task",
+            1400000001,
+            &RoomId::Str("r 1".into()),
+            1,
+        );
+        for (playlist_name, name_of) in [
+            (
+                naming.single_playlist("alice", Media::Main, TrackType::AudioVideo),
+                Box::new(|ms: u64| {
+                    let t = UNIX_EPOCH + Duration::from_millis(ms);
+                    naming.single_segment("alice", Media::Main, TrackType::AudioVideo, t)
+                }) as Box<dyn Fn(u64) -> String>,
+            ),
+            (
+                naming.mixed_playlist(),
+                Box::new(|ms: u64| naming.mixed_segment(UNIX_EPOCH + Duration::from_millis(ms))),
+            ),
+        ] {
+            let starts = [1_622_425_551_884u64, 1_622_425_561_884, 1_622_425_599_001];
+            let mut named = Playlist::new(starts[0], Some((640, 360)));
+            let mut stamped = StampedPlaylist::new(&playlist_name, starts[0], Some((640, 360)));
+            for (i, (&start, seconds)) in starts.iter().zip([10.0, 12.074, 0.5]).enumerate() {
+                assert_eq!(stamped.segment_name(start), name_of(start));
+                named.push(seg(&name_of(start), seconds, i == 2));
+                stamped.push(start, seconds, i == 2);
+            }
+            assert_eq!(stamped.len(), 3);
+            assert_eq!(stamped.render_as(false), named.render_as(false));
+            named.ended = true;
+            stamped.ended = true;
+            assert_eq!(stamped.render(), named.render());
+            assert!(stamped.render().contains("#EXT-X-TARGETDURATION:13\n"));
+            assert_eq!(Playlist::parse(&stamped.render()).expect("parses"), named);
+        }
+        // The point of it: an entry is a fixed 24 bytes, with no name on the heap.
+        assert!(std::mem::size_of::<StampedSegment>() <= 24);
     }
 }

@@ -23,8 +23,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::hls::naming::{Media, Naming, TrackType};
-use crate::hls::playlist::{Playlist, Segment};
+use crate::hls::naming::{unix_ms, Media, Naming, TrackType};
+use crate::hls::playlist::StampedPlaylist;
 use crate::hls::segmenter::{Decision, Segmenter, SegmenterConfig};
 use crate::media::aac::{AacError, OpusToAac};
 use crate::media::h264;
@@ -104,6 +104,8 @@ const JOURNAL_EVERY_90K: u64 = 90_000;
 #[derive(Debug)]
 struct OpenSegment {
     file_name: String,
+    /// Unix ms of its start, which its name says too.
+    start_ms: u64,
     buf: Vec<u8>,
     has_video: bool,
     discontinuity: bool,
@@ -115,14 +117,12 @@ struct OpenSegment {
 
 pub struct HlsStream {
     id: StreamId,
-    /// The task's one mixed-stream file (RecordMode 2) rather than a user's.
-    mixed: bool,
     naming: Arc<Naming>,
     playlist_name: String,
     epoch_us: i64,
     segmenter: Segmenter,
     muxer: TsMuxer,
-    playlist: Option<Playlist>,
+    playlist: Option<StampedPlaylist>,
     open: Option<OpenSegment>,
     discontinuity_next: bool,
     /// The latest SPS and PPS NAL units (without start codes).
@@ -160,12 +160,6 @@ fn wall_of(pts: u64, epoch_us: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_micros(us.max(0) as u64)
 }
 
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Opus TOC byte: the `s` bit says stereo.
 fn opus_channels(packet: &[u8]) -> u8 {
     match packet.first() {
@@ -177,7 +171,7 @@ fn opus_channels(packet: &[u8]) -> u8 {
 impl HlsStream {
     pub fn new(id: StreamId, naming: Arc<Naming>, epoch_us: i64, cfg: SegmenterConfig) -> Self {
         let playlist_name = naming.single_playlist(&id.user_id, id.media, id.track_type);
-        Self::with_names(id, false, playlist_name, naming, epoch_us, cfg)
+        Self::with_names(id, playlist_name, naming, epoch_us, cfg)
     }
 
     /// The mixed-stream file of a task (`<SdkAppId>_<RoomId>.m3u8`), fed
@@ -195,12 +189,11 @@ impl HlsStream {
             track_type,
         };
         let playlist_name = naming.mixed_playlist();
-        Self::with_names(id, true, playlist_name, naming, epoch_us, cfg)
+        Self::with_names(id, playlist_name, naming, epoch_us, cfg)
     }
 
     fn with_names(
         id: StreamId,
-        mixed: bool,
         playlist_name: String,
         naming: Arc<Naming>,
         epoch_us: i64,
@@ -213,7 +206,6 @@ impl HlsStream {
         };
         Self {
             id,
-            mixed,
             naming,
             playlist_name,
             epoch_us,
@@ -576,18 +568,17 @@ impl HlsStream {
         }
         let mut buf = Vec::with_capacity(256 * 1024);
         self.muxer.write_tables(&mut buf);
-        if self.playlist.is_none() {
+        let start_ms = unix_ms(start);
+        let playlist = self.playlist.get_or_insert_with(|| {
             let size = if has_video { self.video_size } else { None };
-            self.playlist = Some(Playlist::new(unix_ms(start), size));
-        }
-        let file_name = if self.mixed {
-            self.naming.mixed_segment(start)
-        } else {
-            self.naming
-                .single_segment(&self.id.user_id, self.id.media, self.id.track_type, start)
-        };
+            StampedPlaylist::new(&self.playlist_name, start_ms, size)
+        });
+        // The name the playlist will write for it: `Naming`'s
+        // `single_segment` / `mixed_segment` for this stream.
+        let file_name = playlist.segment_name(start_ms);
         self.open = Some(OpenSegment {
             file_name,
+            start_ms,
             buf,
             has_video,
             discontinuity: std::mem::take(&mut self.discontinuity_next),
@@ -603,12 +594,8 @@ impl HlsStream {
         let Some(playlist) = self.playlist.as_mut() else {
             return;
         };
-        let first = playlist.segments.is_empty();
-        playlist.push(Segment {
-            file_name: open.file_name.clone(),
-            duration_seconds: seconds,
-            discontinuity: open.discontinuity,
-        });
+        let first = playlist.is_empty();
+        playlist.push(open.start_ms, seconds, open.discontinuity);
         out.push(Output::Segment {
             key: self.naming.key(&open.file_name),
             data: open.buf,
@@ -626,7 +613,7 @@ impl HlsStream {
         let Some(p) = self.playlist.as_ref() else {
             return;
         };
-        if p.segments.is_empty() {
+        if p.is_empty() {
             return;
         }
         out.push(Output::Playlist {
@@ -698,7 +685,7 @@ fn insert_parameter_sets(au: &[u8], sets: &[u8]) -> Vec<u8> {
     out
 }
 
-fn playlist_begin(p: Option<&Playlist>) -> u64 {
+fn playlist_begin(p: Option<&StampedPlaylist>) -> u64 {
     p.map_or(0, |p| p.start_rec_time_ms)
 }
 
