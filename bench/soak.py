@@ -32,10 +32,13 @@ Objects. A janitor lists the bucket every 20 s, counts every segment key
 once and deletes it (moto keeps objects in memory: an hour of 80 % load
 would not fit); playlists stay.
 
-Priority. The publishers and moto run at `--rig-nice` (10 by default, the
-niceness of the daemon's recorders): on a real box the publishers are
-elsewhere, and at the daemon's own priority the rig outranks the recorders
-it feeds, which then store segments late for want of CPU.
+Priority. The publishers run at `--rig-nice` (10 by default, the niceness
+of the daemon's recorders): on a real box the publishers are elsewhere, and
+at the daemon's own priority they outrank the recorders they feed, which
+then store segments late for want of CPU. moto stays at the daemon's
+priority: it stands in for a remote S3 on its own machine; niced with the
+rig, an hour's run had uploads behind from its first minutes
+(docs/performance.md, "Soak").
 
 Figures and goals (PASS / FAIL; "not available in this build" for a metric
 the binary lacks):
@@ -327,8 +330,6 @@ def run_soak(kiroku: str, minutes: float, tasks: int | None = None, *, segment_s
     warmup = warmup_seconds if warmup_seconds is not None else min(120.0, total * 0.15)
     rng = random.Random(seed)
     moto = Moto()
-    if rig_nice:
-        os.setpriority(os.PRIO_PROCESS, moto.proc.pid, rig_nice)
     moto.client.create_bucket(Bucket=BUCKET)
     relay = Relay(moto.port)
     receiver = CallbackReceiver().start()
@@ -688,9 +689,9 @@ def main() -> int:
     ap.add_argument("--pause-seconds", type=float, nargs=2, default=(3, 15), metavar=("MIN", "MAX"))
     ap.add_argument("--keep", metavar="DIR", help="work in DIR and keep it")
     ap.add_argument("--rig-nice", type=int, default=10, metavar="N",
-                    help="run the publishers and moto at nice N (default 10, the daemon's recorders' own): on a "
-                         "real box the publishers are elsewhere, and here they would otherwise outrank the "
-                         "recorders they feed")
+                    help="run the publishers at nice N (default 10, the daemon's recorders' own): on a real "
+                         "box the publishers are elsewhere, and here they would otherwise outrank the recorders "
+                         "they feed")
     ap.add_argument("--daemon-wrapper", metavar="CMD",
                     help="run the daemon under CMD (e.g. \"heaptrack -o /tmp/soak\" to see where memory goes)")
     args = ap.parse_args()

@@ -192,10 +192,22 @@ pub struct UploadQueue {
     /// Per key, the ids of its versions in the queue (at most two: one in
     /// flight and the newest), ascending.
     by_key: HashMap<String, Vec<EntryId>>,
+    /// Per task, its entries in the queue, and how many of them are
+    /// stranded: kept as entries come and go so that metrics and a task's
+    /// drain check cost nothing however long the backlog (an hour's S3
+    /// outage leaves 100k entries; counting them at every put held the
+    /// queue's lock long enough to starve the uploads that drain it).
+    per_task: HashMap<String, TaskCounts>,
     pending_bytes: u64,
     in_flight: usize,
     retries: u64,
     superseded: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct TaskCounts {
+    pending: usize,
+    stranded: usize,
 }
 
 impl UploadQueue {
@@ -204,6 +216,7 @@ impl UploadQueue {
             backoff,
             slots: BTreeMap::new(),
             by_key: HashMap::new(),
+            per_task: HashMap::new(),
             pending_bytes: 0,
             in_flight: 0,
             retries: 0,
@@ -268,9 +281,15 @@ impl UploadQueue {
             if let Some(s) = self.slots.remove(v) {
                 self.pending_bytes -= s.entry.size;
                 self.superseded += 1;
+                self.count_out(&s.entry);
             }
         }
         self.pending_bytes += entry.size;
+        let counts = self.per_task.entry(entry.task.clone()).or_default();
+        counts.pending += 1;
+        if entry.retry.attempts >= self.backoff.stranded_after {
+            counts.stranded += 1;
+        }
         self.slots.insert(
             entry.id,
             Slot {
@@ -331,7 +350,7 @@ impl UploadQueue {
 
     /// Entries of `task` still queued (in flight included).
     pub fn pending_for(&self, task: &str) -> usize {
-        self.slots.values().filter(|s| s.entry.task == task).count()
+        self.per_task.get(task).map_or(0, |c| c.pending)
     }
 
     /// Makes every waiting entry of `task` due at `now` (a task that ends
@@ -387,6 +406,11 @@ impl UploadQueue {
         self.in_flight -= 1;
         let r = &mut slot.entry.retry;
         r.attempts = r.attempts.saturating_add(1);
+        if r.attempts == backoff.stranded_after {
+            if let Some(c) = self.per_task.get_mut(&slot.entry.task) {
+                c.stranded += 1;
+            }
+        }
         r.next_attempt_at = now.saturating_add(backoff.delay_ms(id, r.attempts));
         r.last_error = Some(error.to_owned());
         Failed::Retry(r.clone())
@@ -394,12 +418,12 @@ impl UploadQueue {
 
     /// Counters for metrics.
     pub fn stats(&self) -> QueueStats {
-        let mut stranded = BTreeMap::new();
-        for s in self.slots.values() {
-            if s.entry.retry.attempts >= self.backoff.stranded_after {
-                *stranded.entry(s.entry.task.clone()).or_insert(0) += 1;
-            }
-        }
+        let stranded = self
+            .per_task
+            .iter()
+            .filter(|(_, c)| c.stranded > 0)
+            .map(|(task, c)| (task.clone(), c.stranded))
+            .collect();
         QueueStats {
             pending_files: self.slots.len(),
             pending_bytes: self.pending_bytes,
@@ -422,7 +446,22 @@ impl UploadQueue {
                 self.by_key.remove(&slot.entry.key);
             }
         }
+        self.count_out(&slot.entry);
         Some(slot.entry)
+    }
+
+    /// `entry` left the queue: its task's counts go down.
+    fn count_out(&mut self, entry: &Entry) {
+        let Some(c) = self.per_task.get_mut(&entry.task) else {
+            return;
+        };
+        c.pending = c.pending.saturating_sub(1);
+        if entry.retry.attempts >= self.backoff.stranded_after {
+            c.stranded = c.stranded.saturating_sub(1);
+        }
+        if c.pending == 0 {
+            self.per_task.remove(&entry.task);
+        }
     }
 }
 
@@ -483,6 +522,71 @@ mod tests {
         assert_eq!(ids(&q.due(1_000)), vec![1]);
         q.succeeded(1);
         assert_eq!(ids(&q.due(1_000)), vec![2]);
+    }
+
+    /// The per-task counts kept as entries come and go equal a recount,
+    /// through pushes, supersessions, failures past the stranded mark,
+    /// successes and a restore.
+    #[test]
+    fn per_task_counts_follow_every_change() {
+        fn recount(q: &UploadQueue) -> (BTreeMap<String, usize>, BTreeMap<String, usize>) {
+            let (mut pending, mut stranded) = (BTreeMap::new(), BTreeMap::new());
+            for s in q.slots.values() {
+                *pending.entry(s.entry.task.clone()).or_insert(0) += 1;
+                if s.entry.retry.attempts >= q.backoff.stranded_after {
+                    *stranded.entry(s.entry.task.clone()).or_insert(0) += 1;
+                }
+            }
+            (pending, stranded)
+        }
+        fn check(q: &UploadQueue) {
+            let (pending, stranded) = recount(q);
+            for task in ["a", "b", "c"] {
+                assert_eq!(
+                    q.pending_for(task),
+                    pending.get(task).copied().unwrap_or(0),
+                    "{task}"
+                );
+            }
+            assert_eq!(q.stats().stranded, stranded);
+        }
+        let mut q = UploadQueue::new(no_jitter());
+        let mut id = 0;
+        let mut now = 0;
+        for round in 0..40u64 {
+            for task in ["a", "b", "c"] {
+                id += 1;
+                q.push(Entry::new(id, task, format!("{task}/{id}.ts"), 10));
+                id += 1;
+                q.push(Entry::new(id, task, format!("{task}/x.m3u8"), 1));
+            }
+            check(&q);
+            now += 40_000;
+            for (n, e) in q.due_at_most(now, 4).into_iter().enumerate() {
+                // Task "b" keeps failing; the others fail one time in three.
+                if e.task == "b" || (round + n as u64) % 3 == 0 {
+                    q.failed(e.id, now, "503");
+                } else {
+                    q.succeeded(e.id);
+                }
+                check(&q);
+            }
+        }
+        assert!(q.stats().stranded.get("b").copied().unwrap_or(0) > 0);
+        let entries: Vec<Entry> = q.slots.values().map(|s| s.entry.clone()).collect();
+        let (restored, _) = UploadQueue::restore(no_jitter(), entries);
+        check(&restored);
+        assert_eq!(restored.stats().stranded, q.stats().stranded);
+        for e in q.due(u64::MAX) {
+            q.succeeded(e.id);
+        }
+        while !q.is_empty() {
+            for e in q.due(u64::MAX) {
+                q.succeeded(e.id);
+            }
+        }
+        check(&q);
+        assert!(q.per_task.is_empty());
     }
 
     #[test]

@@ -914,11 +914,18 @@ async fn run(shared: Arc<Shared>) {
                 shared.wake.notify_one();
             });
         }
+        let saturated = in_flight.load(std::sync::atomic::Ordering::Acquire) >= limit;
         let next = lock(&shared.queue).next_attempt_at();
+        let now = clock::unix_ms();
         let wait = match next {
-            Some(at) => {
-                Duration::from_millis(at.saturating_sub(clock::unix_ms()).clamp(10, 60_000))
-            }
+            // Every slot busy, or everything due waits behind an upload in
+            // flight (a playlist behind its segments, a key's newer
+            // version): only an upload's end changes that, and it wakes
+            // the loop. Polling here every 10 ms rescanned a backlog of
+            // tens of thousands under the queue's lock 100 times a second.
+            _ if saturated => Duration::from_secs(1),
+            Some(at) if at <= now => Duration::from_secs(1),
+            Some(at) => Duration::from_millis((at - now).clamp(10, 60_000)),
             None => Duration::from_secs(60),
         };
         tokio::select! {
