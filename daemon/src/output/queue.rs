@@ -25,7 +25,7 @@
 //!   deterministic function of (entry, attempt, seed), so schedules can be
 //!   tested and retries of many entries that failed together still spread.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -184,6 +184,12 @@ struct Slot {
 }
 
 /// The queue. See the module docs for its rules.
+///
+/// Every operation costs O(log n) in the backlog, or the few entries that
+/// must wait behind an upload in flight, never a walk over the backlog
+/// (only [`retry_now`](Self::retry_now), once per task's end): an hour's S3
+/// outage leaves 100k entries, and a walk under the queue's lock at every
+/// put and every finished upload starved the uploads that drain it.
 #[derive(Debug)]
 pub struct UploadQueue {
     backoff: Backoff,
@@ -192,22 +198,27 @@ pub struct UploadQueue {
     /// Per key, the ids of its versions in the queue (at most two: one in
     /// flight and the newest), ascending.
     by_key: HashMap<String, Vec<EntryId>>,
-    /// Per task, its entries in the queue, and how many of them are
-    /// stranded: kept as entries come and go so that metrics and a task's
-    /// drain check cost nothing however long the backlog (an hour's S3
-    /// outage leaves 100k entries; counting them at every put held the
-    /// queue's lock long enough to starve the uploads that drain it).
-    per_task: HashMap<String, TaskCounts>,
+    /// Per task, its entries' counts and its queued segments.
+    per_task: HashMap<String, TaskEntries>,
+    /// The entries not in flight, by the time they are due at.
+    waiting: BTreeSet<(u64, EntryId)>,
+    /// The entries of `waiting` due at `promoted_to` (or earlier), in put
+    /// order: what [`due_at_most`](Self::due_at_most) hands out from.
+    ready: BTreeSet<EntryId>,
+    promoted_to: u64,
     pending_bytes: u64,
     in_flight: usize,
     retries: u64,
     superseded: u64,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-struct TaskCounts {
+#[derive(Debug, Default)]
+struct TaskEntries {
     pending: usize,
     stranded: usize,
+    /// Its segments in the queue (in flight included): a playlist waits
+    /// while one spooled before it is here.
+    segments: BTreeSet<EntryId>,
 }
 
 impl UploadQueue {
@@ -217,6 +228,9 @@ impl UploadQueue {
             slots: BTreeMap::new(),
             by_key: HashMap::new(),
             per_task: HashMap::new(),
+            waiting: BTreeSet::new(),
+            ready: BTreeSet::new(),
+            promoted_to: 0,
             pending_bytes: 0,
             in_flight: 0,
             retries: 0,
@@ -277,19 +291,24 @@ impl UploadQueue {
         }
         keep.push(entry.id);
         *versions = keep;
-        for v in &out.superseded {
-            if let Some(s) = self.slots.remove(v) {
+        for &v in &out.superseded {
+            if let Some(s) = self.slots.remove(&v) {
                 self.pending_bytes -= s.entry.size;
                 self.superseded += 1;
+                self.unpark(v, s.entry.retry.next_attempt_at);
                 self.count_out(&s.entry);
             }
         }
         self.pending_bytes += entry.size;
-        let counts = self.per_task.entry(entry.task.clone()).or_default();
-        counts.pending += 1;
+        let task = self.per_task.entry(entry.task.clone()).or_default();
+        task.pending += 1;
         if entry.retry.attempts >= self.backoff.stranded_after {
-            counts.stranded += 1;
+            task.stranded += 1;
         }
+        if entry.kind == Kind::Segment {
+            task.segments.insert(entry.id);
+        }
+        self.park(entry.id, entry.retry.next_attempt_at);
         self.slots.insert(
             entry.id,
             Slot {
@@ -313,24 +332,36 @@ impl UploadQueue {
         if max == 0 {
             return out;
         }
-        // Tasks with a segment before the current position still queued.
-        let mut segment_pending: HashSet<&str> = HashSet::new();
-        // Keys with an older version before the current position.
-        let mut key_seen: HashSet<&str> = HashSet::new();
-        let mut picked = Vec::new();
-        for (&id, slot) in &self.slots {
-            let e = &slot.entry;
-            let older_version = !key_seen.insert(e.key.as_str());
-            let blocked_by_segment =
-                e.kind == Kind::Playlist && segment_pending.contains(e.task.as_str());
-            if e.kind == Kind::Segment {
-                segment_pending.insert(e.task.as_str());
+        if now > self.promoted_to {
+            let from = (self.promoted_to.saturating_add(1), EntryId::MIN);
+            for &(_, id) in self.waiting.range(from..=(now, EntryId::MAX)) {
+                self.ready.insert(id);
             }
-            if slot.in_flight
-                || older_version
-                || blocked_by_segment
-                || e.retry.next_attempt_at > now
-            {
+            self.promoted_to = now;
+        }
+        // What is ready but passed over waits behind an upload in flight
+        // (an older version of its key, or a playlist's earlier segment):
+        // at most a few per task, so this walk stays short.
+        let mut picked = Vec::new();
+        for &id in &self.ready {
+            let Some(slot) = self.slots.get(&id) else {
+                continue;
+            };
+            let e = &slot.entry;
+            let older_version = self
+                .by_key
+                .get(&e.key)
+                .and_then(|v| v.first())
+                .is_some_and(|&first| first < id);
+            let blocked_by_segment = e.kind == Kind::Playlist
+                && self
+                    .per_task
+                    .get(&e.task)
+                    .and_then(|t| t.segments.first())
+                    .is_some_and(|&first| first < id);
+            // Promoted at a later `now` than this one (the clock stepped back).
+            let early = e.retry.next_attempt_at > now;
+            if older_version || blocked_by_segment || early {
                 continue;
             }
             picked.push(id);
@@ -339,11 +370,14 @@ impl UploadQueue {
             }
         }
         for id in picked {
-            if let Some(slot) = self.slots.get_mut(&id) {
-                slot.in_flight = true;
-                self.in_flight += 1;
-                out.push(slot.entry.clone());
-            }
+            let Some(slot) = self.slots.get_mut(&id) else {
+                continue;
+            };
+            slot.in_flight = true;
+            let at = slot.entry.retry.next_attempt_at;
+            out.push(slot.entry.clone());
+            self.in_flight += 1;
+            self.unpark(id, at);
         }
         out
     }
@@ -355,22 +389,29 @@ impl UploadQueue {
 
     /// Makes every waiting entry of `task` due at `now` (a task that ends
     /// tries its backlog once more at once instead of after its backoff).
+    /// Walks the queue: it runs once per task's end.
     pub fn retry_now(&mut self, task: &str, now: u64) {
-        for s in self.slots.values_mut() {
-            if s.entry.task == task && !s.in_flight {
-                s.entry.retry.next_attempt_at = s.entry.retry.next_attempt_at.min(now);
+        let later: Vec<(EntryId, u64)> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| {
+                s.entry.task == task && !s.in_flight && s.entry.retry.next_attempt_at > now
+            })
+            .map(|(&id, s)| (id, s.entry.retry.next_attempt_at))
+            .collect();
+        for (id, at) in later {
+            self.unpark(id, at);
+            if let Some(s) = self.slots.get_mut(&id) {
+                s.entry.retry.next_attempt_at = now;
             }
+            self.park(id, now);
         }
     }
 
     /// The earliest time an entry not in flight is scheduled for (it may
     /// still wait for an upload in flight); `None` when nothing waits.
     pub fn next_attempt_at(&self) -> Option<u64> {
-        self.slots
-            .values()
-            .filter(|s| !s.in_flight)
-            .map(|s| s.entry.retry.next_attempt_at)
-            .min()
+        self.waiting.first().map(|&(at, _)| at)
     }
 
     /// The upload of `id` succeeded: it leaves the queue (remove it from
@@ -413,7 +454,9 @@ impl UploadQueue {
         }
         r.next_attempt_at = now.saturating_add(backoff.delay_ms(id, r.attempts));
         r.last_error = Some(error.to_owned());
-        Failed::Retry(r.clone())
+        let state = r.clone();
+        self.park(id, state.next_attempt_at);
+        Failed::Retry(state)
     }
 
     /// Counters for metrics.
@@ -438,6 +481,8 @@ impl UploadQueue {
         let slot = self.slots.remove(&id)?;
         if slot.in_flight {
             self.in_flight -= 1;
+        } else {
+            self.unpark(id, slot.entry.retry.next_attempt_at);
         }
         self.pending_bytes -= slot.entry.size;
         if let Some(v) = self.by_key.get_mut(&slot.entry.key) {
@@ -450,6 +495,20 @@ impl UploadQueue {
         Some(slot.entry)
     }
 
+    /// Entry `id`, not in flight, waits until `at`.
+    fn park(&mut self, id: EntryId, at: u64) {
+        self.waiting.insert((at, id));
+        if at <= self.promoted_to {
+            self.ready.insert(id);
+        }
+    }
+
+    /// Entry `id`, parked until `at`, goes in flight or leaves the queue.
+    fn unpark(&mut self, id: EntryId, at: u64) {
+        self.waiting.remove(&(at, id));
+        self.ready.remove(&id);
+    }
+
     /// `entry` left the queue: its task's counts go down.
     fn count_out(&mut self, entry: &Entry) {
         let Some(c) = self.per_task.get_mut(&entry.task) else {
@@ -459,6 +518,7 @@ impl UploadQueue {
         if entry.retry.attempts >= self.backoff.stranded_after {
             c.stranded = c.stranded.saturating_sub(1);
         }
+        c.segments.remove(&entry.id);
         if c.pending == 0 {
             self.per_task.remove(&entry.task);
         }
@@ -467,6 +527,8 @@ impl UploadQueue {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     fn no_jitter() -> Backoff {
@@ -587,6 +649,110 @@ mod tests {
         }
         check(&q);
         assert!(q.per_task.is_empty());
+    }
+
+    /// The indexed queue hands out exactly what a walk over the whole queue
+    /// in put order gives (the rules in the module docs), through random
+    /// pushes, supersessions, failures, successes, `retry_now` and a clock
+    /// that sometimes steps back; `next_attempt_at` equals a scan's minimum.
+    #[test]
+    fn due_matches_a_walk_over_the_whole_queue() {
+        fn walk(q: &UploadQueue, now: u64, max: usize) -> Vec<EntryId> {
+            let mut picked = Vec::new();
+            if max == 0 {
+                return picked;
+            }
+            let mut segment_before: HashSet<&str> = HashSet::new();
+            let mut key_before: HashSet<&str> = HashSet::new();
+            for (&id, slot) in &q.slots {
+                let e = &slot.entry;
+                let older_version = !key_before.insert(e.key.as_str());
+                let blocked = e.kind == Kind::Playlist && segment_before.contains(e.task.as_str());
+                if e.kind == Kind::Segment {
+                    segment_before.insert(e.task.as_str());
+                }
+                if slot.in_flight || older_version || blocked || e.retry.next_attempt_at > now {
+                    continue;
+                }
+                picked.push(id);
+                if picked.len() >= max {
+                    break;
+                }
+            }
+            picked
+        }
+        let mut q = UploadQueue::new(Backoff {
+            jitter: 0.5,
+            ..no_jitter()
+        });
+        let mut rng = 0x5eed_u64;
+        let mut random = move |n: u64| {
+            rng = splitmix64(rng);
+            rng % n
+        };
+        let tasks = ["a", "b", "c"];
+        let (mut now, mut id, mut handed_out) = (1_000u64, 0u64, 0usize);
+        let mut in_flight: Vec<EntryId> = Vec::new();
+        for step in 0..6_000 {
+            match random(10) {
+                0..=3 => {
+                    id += 1;
+                    let task = tasks[random(3) as usize];
+                    let key = if random(3) == 0 {
+                        format!("{task}/x{}.m3u8", random(2))
+                    } else {
+                        format!("{task}/{id}.ts")
+                    };
+                    q.push(Entry::new(id, task, key, 1));
+                }
+                4..=6 => {
+                    let max = random(4) as usize;
+                    let expected = walk(&q, now, max);
+                    let got = ids(&q.due_at_most(now, max));
+                    assert_eq!(got, expected, "step {step}");
+                    handed_out += got.len();
+                    in_flight.extend(got);
+                }
+                7 | 8 if !in_flight.is_empty() => {
+                    let e = in_flight.swap_remove(random(in_flight.len() as u64) as usize);
+                    if random(2) == 0 {
+                        assert!(q.succeeded(e).is_some());
+                    } else {
+                        assert_ne!(q.failed(e, now, "503"), Failed::Unknown);
+                    }
+                }
+                _ => q.retry_now(tasks[random(3) as usize], now),
+            }
+            now = match random(25) {
+                0 => now.saturating_sub(3_000),
+                _ => now + random(700),
+            };
+            let scan = q
+                .slots
+                .values()
+                .filter(|s| !s.in_flight)
+                .map(|s| s.entry.retry.next_attempt_at)
+                .min();
+            assert_eq!(q.next_attempt_at(), scan, "step {step}");
+        }
+        assert!(handed_out > 1_000, "{handed_out}");
+    }
+
+    /// A backlog waiting out its backoff is not looked at until it is due.
+    #[test]
+    fn backlog_in_backoff_is_not_walked() {
+        let mut q = UploadQueue::new(no_jitter());
+        for id in 1..=10_000 {
+            q.push(Entry::new(id, "a", format!("a/{id}.ts"), 1));
+        }
+        for e in q.due(0) {
+            q.failed(e.id, 0, "refused");
+        }
+        assert!(q.ready.is_empty(), "{} ready", q.ready.len());
+        assert!(q.due_at_most(999, 8).is_empty());
+        assert_eq!(q.next_attempt_at(), Some(1_000));
+        assert_eq!(ids(&q.due_at_most(1_000, 3)), vec![1, 2, 3]);
+        assert_eq!(q.ready.len(), 9_997);
     }
 
     #[test]
