@@ -267,6 +267,10 @@ class Daemon:
             self.proc = subprocess.Popen(
                 [*self.wrapper, KIROKU_BIN, "serve", "--config", str(self.config_path)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self._env(),
+                # A wrapper that does not exec (heaptrack is a shell script)
+                # would take a signal and leave the daemon running: with a
+                # wrapper, signals go to the whole process group.
+                start_new_session=bool(self.wrapper),
             )
         if self not in ACTIVE_DAEMONS:
             ACTIVE_DAEMONS.append(self)
@@ -301,19 +305,29 @@ class Daemon:
         """SIGTERM, then waits; returns the exit status (kills on timeout)."""
         assert self.proc is not None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self._signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self._signal(signal.SIGKILL)
                 self.proc.wait(5)
                 raise AssertionError(f"kiroku did not exit within {timeout} s of SIGTERM\n{self.log_tail()}")
         return self.proc.returncode
 
     def kill9(self) -> None:
         assert self.proc is not None and self.proc.poll() is None, "daemon is not running"
-        self.proc.send_signal(signal.SIGKILL)
+        self._signal(signal.SIGKILL)
         self.proc.wait(10)
+
+    def _signal(self, sig: int) -> None:
+        assert self.proc is not None
+        if self.wrapper:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+        else:
+            self.proc.send_signal(sig)
 
     def restart(self, wait: bool = True) -> "Daemon":
         if self.running:
