@@ -312,12 +312,29 @@ class Daemon:
                 self._signal(signal.SIGKILL)
                 self.proc.wait(5)
                 raise AssertionError(f"kiroku did not exit within {timeout} s of SIGTERM\n{self.log_tail()}")
+            self._wait_group_gone(timeout)
         return self.proc.returncode
 
     def kill9(self) -> None:
         assert self.proc is not None and self.proc.poll() is None, "daemon is not running"
         self._signal(signal.SIGKILL)
         self.proc.wait(10)
+
+    def _wait_group_gone(self, timeout: float) -> None:
+        """A wrapper that does not exec may exit before the daemon it
+        started has finished shutting down: wait for the whole group."""
+        if not self.wrapper or self.proc is None:
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                return
+            if time.monotonic() >= deadline:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                raise AssertionError(f"a wrapped kiroku outlived its wrapper by {timeout} s\n{self.log_tail()}")
+            time.sleep(0.05)
 
     def _signal(self, sig: int) -> None:
         assert self.proc is not None
