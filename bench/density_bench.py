@@ -548,9 +548,11 @@ def fmt_int(x: float) -> str:
 def run_once(kiroku: str, n: int, shape: Shape, seconds: float, *, warmup: float = 8.0, api_rate: float = 20.0,
              segment_seconds: float = 10.0, work: Path | None = None, ready_timeout: float | None = None,
              publisher: str | None = None, make_daemon: Callable[[str, dict], Daemon] | None = None,
-             log=print) -> Result:
+             daemon_env: dict[str, str] | None = None, log=print) -> Result:
     """One density run of `n` tasks; see the module docstring. `make_daemon`
-    (name, config) → a started Daemon lets a test use its fixture."""
+    (name, config) → a started Daemon lets a test use its fixture;
+    `daemon_env` is added to the daemon's environment only (an allocator
+    setting A/B'd on the daemon must not change the publishers)."""
     own_work = work is None
     work = work or Path(tempfile.mkdtemp(prefix="kiroku-density-"))
     kiroku_e2e.KIROKU_BIN = kiroku
@@ -558,7 +560,7 @@ def run_once(kiroku: str, n: int, shape: Shape, seconds: float, *, warmup: float
     cfg = density_config(kiroku, work / f"n{n}", segment_seconds, n + 10)
     fig_admit = cfg["limits"].get("admit_by_cost", NA)
     if make_daemon is None:
-        d = Daemon(work / f"n{n}", cfg, name=f"density{n}").start()
+        d = Daemon(work / f"n{n}", cfg, name=f"density{n}", env=daemon_env).start()
     else:
         d = make_daemon(f"density{n}", cfg)
     result = Result(tasks=n, shape=shape.name, seconds=seconds)
@@ -845,7 +847,7 @@ def ramp(args, shape: Shape) -> dict:
         try:
             r = run_once(args.kiroku, n, shape, args.ramp_seconds, warmup=args.warmup, api_rate=args.api_rate,
                          segment_seconds=args.segment_seconds, work=Path(args.keep) if args.keep else None,
-                         publisher=args.publisher)
+                     publisher=args.publisher, daemon_env=daemon_env)
         except RuntimeError as e:  # not ready in time, publisher failed: this size is not sustained
             print(f"\n{n} tasks: FAIL ({e})")
             r = Result(tasks=n, shape=shape.name, seconds=args.ramp_seconds,
@@ -898,6 +900,8 @@ def main() -> int:
     ap.add_argument("--ramp-ignore-api", action="store_true",
                     help="judge ramp steps on the recording checks only (a shared machine whose other work makes "
                          "client-side API timings meaningless); said in the output")
+    ap.add_argument("--daemon-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="set in the daemon's environment only (repeatable), e.g. an allocator tunable")
     ap.add_argument("--mixed", action="store_true", help="mixed tasks 4x360p -> 720p15 instead")
     ap.add_argument("--warmup", type=float, default=8.0)
     ap.add_argument("--api-rate", type=float, default=20.0, help="Describe requests per second")
@@ -922,6 +926,12 @@ def main() -> int:
         print(json.dumps(out, default=str))
         return 0
     n = args.tasks if not (args.mixed and args.tasks == 100) else 4
+    daemon_env = {}
+    for setting in args.daemon_env:
+        key, sep, value = setting.partition("=")
+        if not sep or not key:
+            ap.error(f"--daemon-env wants KEY=VALUE, got {setting!r}")
+        daemon_env[key] = value
     try:
         r = run_once(args.kiroku, n, shape, args.seconds, warmup=args.warmup, api_rate=args.api_rate,
                      segment_seconds=args.segment_seconds, work=Path(args.keep) if args.keep else None,
