@@ -847,7 +847,7 @@ def ramp(args, shape: Shape) -> dict:
         try:
             r = run_once(args.kiroku, n, shape, args.ramp_seconds, warmup=args.warmup, api_rate=args.api_rate,
                          segment_seconds=args.segment_seconds, work=Path(args.keep) if args.keep else None,
-                     publisher=args.publisher, daemon_env=daemon_env)
+                         publisher=args.publisher, daemon_env=args.daemon_env_parsed)
         except RuntimeError as e:  # not ready in time, publisher failed: this size is not sustained
             print(f"\n{n} tasks: FAIL ({e})")
             r = Result(tasks=n, shape=shape.name, seconds=args.ramp_seconds,
@@ -921,21 +921,21 @@ def main() -> int:
                   args.fps or shape.fps, args.bitrate or shape.bitrate, shape.mixed)
     if args.resolution is None:
         args.resolution = 1 if shape.mixed else 10
+    args.daemon_env_parsed = {}
+    for setting in args.daemon_env:
+        key, sep, value = setting.partition("=")
+        if not sep or not key:
+            ap.error(f"--daemon-env wants KEY=VALUE, got {setting!r}")
+        args.daemon_env_parsed[key] = value
     if args.ramp:
         out = ramp(args, shape)
         print(json.dumps(out, default=str))
         return 0
     n = args.tasks if not (args.mixed and args.tasks == 100) else 4
-    daemon_env = {}
-    for setting in args.daemon_env:
-        key, sep, value = setting.partition("=")
-        if not sep or not key:
-            ap.error(f"--daemon-env wants KEY=VALUE, got {setting!r}")
-        daemon_env[key] = value
     try:
         r = run_once(args.kiroku, n, shape, args.seconds, warmup=args.warmup, api_rate=args.api_rate,
                      segment_seconds=args.segment_seconds, work=Path(args.keep) if args.keep else None,
-                         publisher=args.publisher)
+                     publisher=args.publisher, daemon_env=args.daemon_env_parsed)
     except RuntimeError as e:
         print(f"\n{n} tasks: FAIL ({e})")
         print(json.dumps({"tasks": n, "shape": shape.name, "pass": False, "error": str(e)}))
